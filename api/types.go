@@ -1,0 +1,189 @@
+// Package api is the HTTP contract of slotd (DESIGN.md §6): the wire types the agent serves and
+// a typed Go client for them, used by the CLI, pipelines and the e2e tests.
+package api
+
+import "time"
+
+// Operation kinds.
+const (
+	KindDeploy   = "deploy"
+	KindSwap     = "swap"
+	KindRollback = "rollback"
+)
+
+// Operation states (DESIGN.md §6).
+const (
+	StatePending    = "pending"
+	StateApplying   = "applying"
+	StatePreviewing = "previewing"
+	StateWarming    = "warming"
+	StateSwitching  = "switching"
+	StateSettling   = "settling"
+	StateMonitoring = "monitoring"
+	StateSucceeded  = "succeeded"
+	StateFailed     = "failed"
+	StateCancelled  = "cancelled"
+
+	// StateDeploying is the state of a deploy operation while Nomad rolls the new version out.
+	StateDeploying = "deploying"
+)
+
+// Terminal reports whether an operation in state s has finished.
+func Terminal(s string) bool {
+	return s == StateSucceeded || s == StateFailed || s == StateCancelled
+}
+
+// Phase states.
+const (
+	PhasePending   = "pending"
+	PhaseRunning   = "running"
+	PhaseSucceeded = "succeeded"
+	PhaseFailed    = "failed"
+	PhaseSkipped   = "skipped"
+	PhaseCancelled = "cancelled"
+)
+
+// Phase names of a swap (DESIGN.md §3) and of a deploy.
+const (
+	PhaseApply   = "apply"
+	PhaseWarm    = "warm"
+	PhaseSwitch  = "switch"
+	PhaseSettle  = "settle"
+	PhaseMonitor = "monitor"
+	PhaseDeploy  = "deploy"
+)
+
+// Operation is one deploy, swap or rollback of a site, journaled in Consul KV.
+type Operation struct {
+	ID      string `json:"id"`
+	Site    string `json:"site"`
+	Kind    string `json:"kind"`
+	State   string `json:"state"`
+	Trigger string `json:"trigger,omitempty"` // api, auto_swap, monitor
+
+	// Deploy: the slot deployed into and the job variables given.
+	Slot string            `json:"slot,omitempty"`
+	Vars map[string]string `json:"vars,omitempty"`
+
+	// Swap and rollback: source and target slots.
+	Source  string `json:"source,omitempty"`
+	Target  string `json:"target,omitempty"`
+	Preview bool   `json:"preview,omitempty"`
+	// RollbackOf names the swap that a rollback reverses.
+	RollbackOf string `json:"rollback_of,omitempty"`
+
+	Phases []Phase `json:"phases"`
+	Error  string  `json:"error,omitempty"`
+
+	CreatedAt  time.Time  `json:"created_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+
+	// Index changes whenever the operation changes; pass it back as ?index= to block.
+	Index uint64 `json:"index"`
+}
+
+// Phase is one step of an operation.
+type Phase struct {
+	Name      string     `json:"name"`
+	State     string     `json:"state"`
+	Message   string     `json:"message,omitempty"`
+	StartedAt *time.Time `json:"started_at,omitempty"`
+	EndedAt   *time.Time `json:"ended_at,omitempty"`
+}
+
+// Duration is how long the phase ran, or has run so far when it has not ended.
+func (p Phase) Duration() time.Duration {
+	if p.StartedAt == nil {
+		return 0
+	}
+	if p.EndedAt == nil {
+		return time.Since(*p.StartedAt)
+	}
+	return p.EndedAt.Sub(*p.StartedAt)
+}
+
+// Phase returns the phase with the given name, or nil.
+func (o *Operation) Phase(name string) *Phase {
+	for i := range o.Phases {
+		if o.Phases[i].Name == name {
+			return &o.Phases[i]
+		}
+	}
+	return nil
+}
+
+// Site is a site with its slots, as GET /v1/sites and GET /v1/sites/{site} show it.
+type Site struct {
+	Name    string `json:"name"`
+	Service string `json:"service"`
+	Slots   []Slot `json:"slots"`
+	// Operation is the running operation, absent when idle.
+	Operation *Operation `json:"operation,omitempty"`
+	// LastOperation is the newest finished operation, absent when there is none.
+	LastOperation *Operation `json:"last_operation,omitempty"`
+}
+
+// Slot is one slot of a site and the lane that serves it.
+type Slot struct {
+	Name     string   `json:"name"`
+	Lane     string   `json:"lane"`
+	Version  uint64   `json:"version"`
+	Tags     []string `json:"tags"`
+	AutoSwap string   `json:"auto_swap,omitempty"`
+	Healthy  int      `json:"healthy"`
+	Total    int      `json:"total"`
+	// Instances and settings are filled by GET /v1/sites/{site} only.
+	Instances []Instance `json:"instances,omitempty"`
+	Settings  *Settings  `json:"settings,omitempty"`
+}
+
+// Instance is one allocation of a lane as Consul sees it.
+type Instance struct {
+	Alloc   string   `json:"alloc"`
+	Node    string   `json:"node"`
+	Address string   `json:"address"`
+	Port    int      `json:"port"`
+	Tags    []string `json:"tags"`
+	Healthy bool     `json:"healthy"`
+	Status  string   `json:"status"` // Consul's aggregated check status: passing, warning, critical
+}
+
+// Settings are a slot's swappable and sticky settings.
+type Settings struct {
+	Settings map[string]string `json:"settings"`
+	Sticky   map[string]string `json:"sticky"`
+}
+
+// DeployRequest is the body of POST /v1/sites/{site}/slots/{slot}/deploy.
+type DeployRequest struct {
+	Vars map[string]string `json:"vars"`
+}
+
+// SwapRequest is the body of POST /v1/sites/{site}/swap.
+type SwapRequest struct {
+	Source  string `json:"source"`
+	Target  string `json:"target"`
+	Preview bool   `json:"preview"`
+}
+
+// SettingRequest is the body of PUT /v1/sites/{site}/slots/{slot}/settings/{key}.
+type SettingRequest struct {
+	Value  string `json:"value"`
+	Sticky bool   `json:"sticky"`
+}
+
+// Health is the answer of GET /v1/health.
+type Health struct {
+	Status        string `json:"status"` // "ok"
+	Leader        bool   `json:"leader"`
+	LeaderAddress string `json:"leader_address,omitempty"`
+	Version       string `json:"version"`
+}
+
+// ErrorResponse is the body of every error answer.
+type ErrorResponse struct {
+	Error string `json:"error"`
+	// LeaderAddress is set on 503 answers from a daemon that is not the leader.
+	LeaderAddress string `json:"leader_address,omitempty"`
+}

@@ -1,0 +1,176 @@
+// Package config owns slotd's HCL site declarations (DESIGN.md §5): it decodes slots.hcl files,
+// fills defaults, and validates everything at once with file:line:col positions.
+package config
+
+import (
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// Defaults. Each is what an operator gets when the declaration leaves the field out.
+const (
+	// DefaultLogLevel is the go-hclog level of the daemon's logs.
+	DefaultLogLevel = "info"
+	// DefaultKVPrefix is the Consul KV folder that holds all of slotd's state.
+	DefaultKVPrefix = "slotd"
+	// DefaultHTTPAddress is where the daemon's API listens: loopback only unless told otherwise.
+	DefaultHTTPAddress = "127.0.0.1:4680"
+	// DefaultConsulAddress is the local Consul agent's HTTP API.
+	DefaultConsulAddress = "127.0.0.1:8500"
+	// DefaultNomadAddress is the local Nomad agent's HTTP API.
+	DefaultNomadAddress = "http://127.0.0.1:4646"
+	// DefaultWarmupTimeout bounds one warm-up request.
+	DefaultWarmupTimeout = 10 * time.Second
+	// DefaultWarmupAttempts is how often a warm-up request is tried before the instance fails.
+	DefaultWarmupAttempts = 5
+	// DefaultWarmupInterval is the pause between two attempts of one warm-up request.
+	DefaultWarmupInterval = 1 * time.Second
+	// DefaultMonitorWindow is how long the health of a new production is watched after a swap.
+	DefaultMonitorWindow = 2 * time.Minute
+	// DefaultMonitorThreshold is the fraction of the target's instances that must stay passing.
+	DefaultMonitorThreshold = 1.0
+	// DefaultMonitorGrace is how long health must stay below the threshold before it counts:
+	// one failed check run is not a degraded site.
+	DefaultMonitorGrace = 10 * time.Second
+	// DefaultDeployTimeout bounds a rollout of one lane (deploy, settings change, swap phase).
+	DefaultDeployTimeout = 10 * time.Minute
+)
+
+// DefaultWarmupStatuses are the statuses a warm-up request may answer with when the declaration
+// names none: 200–399. Unlike Azure, slotd never counts a 4xx or 5xx answer as warm.
+func DefaultWarmupStatuses() []int {
+	s := make([]int, 0, 200)
+	for c := 200; c < 400; c++ {
+		s = append(s, c)
+	}
+	return s
+}
+
+// Config is a whole set of declarations: the daemon's own settings and every site.
+type Config struct {
+	LogLevel string `hcl:"log_level,optional"`
+	LogJSON  bool   `hcl:"log_json,optional"`
+	KVPrefix string `hcl:"kv_prefix,optional"`
+
+	HTTP   HTTP   `hcl:"http,block"`
+	Consul Consul `hcl:"consul,block"`
+	Nomad  Nomad  `hcl:"nomad,block"`
+
+	// Sites in name order.
+	Sites []*Site `hcl:"site,block"`
+
+	// Files are the files the declarations were read from.
+	Files []string `hcl:"-"`
+}
+
+// HTTP configures the daemon's API listener.
+type HTTP struct {
+	Address string `hcl:"address,optional"`
+	// TokenFile holds the bearer token that writes (and reads, with ReadRequiresToken) need.
+	TokenFile         string `hcl:"token_file,optional"`
+	ReadRequiresToken bool   `hcl:"read_requires_token,optional"`
+	TLSCertFile       string `hcl:"tls_cert_file,optional"`
+	TLSKeyFile        string `hcl:"tls_key_file,optional"`
+
+	// Token is read from TokenFile after decoding; empty means the API is open.
+	Token string `hcl:"-"`
+}
+
+// Consul configures the Consul client. The token comes from token_file, token, or
+// CONSUL_HTTP_TOKEN, in that order; never from more than one of the first two.
+type Consul struct {
+	Address   string `hcl:"address,optional"`
+	Token     string `hcl:"token,optional"`
+	TokenFile string `hcl:"token_file,optional"`
+}
+
+// Nomad configures the Nomad client. The token comes from token_file, token, or NOMAD_TOKEN.
+type Nomad struct {
+	Address   string `hcl:"address,optional"`
+	Token     string `hcl:"token,optional"`
+	TokenFile string `hcl:"token_file,optional"`
+	Region    string `hcl:"region,optional"`
+	Namespace string `hcl:"namespace,optional"`
+}
+
+// Site is one application with its slots.
+type Site struct {
+	Name string `hcl:"name,label"`
+	// Job is the HCL2 jobspec, made absolute relative to the declaring file.
+	Job     string            `hcl:"job"`
+	Service string            `hcl:"service"`
+	Vars    map[string]string `hcl:"vars,optional"`
+
+	DeployTimeoutRaw string `hcl:"deploy_timeout,optional"`
+	DeployTimeout    time.Duration
+
+	Warmup  *Warmup  `hcl:"warmup,block"`
+	Monitor *Monitor `hcl:"monitor,block"`
+	Slots   []*Slot  `hcl:"slot,block"`
+
+	// Range is where the site is declared, for messages.
+	Range hcl.Range `hcl:"-"`
+}
+
+// Warmup is what a slot's instances must answer before traffic moves to them.
+type Warmup struct {
+	Paths    []string `hcl:"paths,optional"`
+	Statuses []int    `hcl:"statuses,optional"`
+	Host     string   `hcl:"host,optional"`
+
+	TimeoutRaw  string `hcl:"timeout,optional"`
+	Timeout     time.Duration
+	Attempts    int    `hcl:"attempts,optional"`
+	IntervalRaw string `hcl:"interval,optional"`
+	Interval    time.Duration
+}
+
+// Monitor is the watch on a new production after a swap.
+type Monitor struct {
+	WindowRaw    string  `hcl:"window,optional"`
+	Window       time.Duration
+	AutoRollback bool    `hcl:"auto_rollback,optional"`
+	Threshold    float64 `hcl:"threshold,optional"`
+	GraceRaw     string  `hcl:"grace,optional"`
+	Grace        time.Duration
+}
+
+// Slot is one named environment of a site.
+type Slot struct {
+	Name        string            `hcl:"name,label"`
+	Tags        []string          `hcl:"tags,optional"`
+	PreviewTags []string          `hcl:"preview_tags,optional"`
+	Settings    map[string]string `hcl:"settings,optional"`
+	Sticky      map[string]string `hcl:"sticky,optional"`
+	AutoSwap    string            `hcl:"auto_swap,optional"`
+}
+
+// Site returns the site with the given name, or nil.
+func (c *Config) Site(name string) *Site {
+	for _, s := range c.Sites {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// Slot returns the slot with the given name, or nil.
+func (s *Site) Slot(name string) *Slot {
+	for _, sl := range s.Slots {
+		if sl.Name == name {
+			return sl
+		}
+	}
+	return nil
+}
+
+// SlotNames returns the site's slot names in declaration order.
+func (s *Site) SlotNames() []string {
+	names := make([]string, len(s.Slots))
+	for i, sl := range s.Slots {
+		names[i] = sl.Name
+	}
+	return names
+}
