@@ -9,6 +9,8 @@ const (
 	KindDeploy   = "deploy"
 	KindSwap     = "swap"
 	KindRollback = "rollback"
+	// KindSettings rolls changed settings out to the lanes of a site's slots.
+	KindSettings = "settings"
 )
 
 // Operation states (DESIGN.md §6).
@@ -51,6 +53,7 @@ const (
 	PhaseSettle  = "settle"
 	PhaseMonitor = "monitor"
 	PhaseDeploy  = "deploy"
+	PhaseRollout = "rollout"
 )
 
 // Operation is one deploy, swap or rollback of a site, journaled in Consul KV.
@@ -69,6 +72,9 @@ type Operation struct {
 	Source  string `json:"source,omitempty"`
 	Target  string `json:"target,omitempty"`
 	Preview bool   `json:"preview,omitempty"`
+	// Switched is set in the same KV transaction that exchanges the two slots' bindings: from
+	// then on the swap is done as far as routing goes, and a restarted daemon settles it.
+	Switched bool `json:"switched,omitempty"`
 	// RollbackOf names the swap that a rollback reverses.
 	RollbackOf string `json:"rollback_of,omitempty"`
 
@@ -81,6 +87,8 @@ type Operation struct {
 
 	// Index changes whenever the operation changes; pass it back as ?index= to block.
 	Index uint64 `json:"index"`
+	// Seq orders a site's operations; finished ones are kept at history/<seq>.
+	Seq uint64 `json:"seq"`
 }
 
 // Phase is one step of an operation.

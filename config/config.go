@@ -47,21 +47,22 @@ func DefaultWarmupStatuses() []int {
 	return s
 }
 
-// Config is a whole set of declarations: the daemon's own settings and every site.
+// Config is a whole set of declarations: the daemon's own settings and every site. It is merged
+// from one or more files (see file in load.go), so it carries no hcl tags of its own.
 type Config struct {
-	LogLevel string `hcl:"log_level,optional"`
-	LogJSON  bool   `hcl:"log_json,optional"`
-	KVPrefix string `hcl:"kv_prefix,optional"`
+	LogLevel string
+	LogJSON  bool
+	KVPrefix string
 
-	HTTP   HTTP   `hcl:"http,block"`
-	Consul Consul `hcl:"consul,block"`
-	Nomad  Nomad  `hcl:"nomad,block"`
+	HTTP   HTTP
+	Consul Consul
+	Nomad  Nomad
 
 	// Sites in name order.
-	Sites []*Site `hcl:"site,block"`
+	Sites []*Site
 
-	// Files are the files the declarations were read from.
-	Files []string `hcl:"-"`
+	// Files are the files the declarations were read from, as named to Load or Parse.
+	Files []string
 }
 
 // HTTP configures the daemon's API listener.
@@ -74,7 +75,10 @@ type HTTP struct {
 	TLSKeyFile        string `hcl:"tls_key_file,optional"`
 
 	// Token is read from TokenFile after decoding; empty means the API is open.
-	Token string `hcl:"-"`
+	Token string
+
+	// Range is where the block is declared, for messages; zero when it was left out.
+	Range hcl.Range `hcl:",def_range"`
 }
 
 // Consul configures the Consul client. The token comes from token_file, token, or
@@ -83,6 +87,9 @@ type Consul struct {
 	Address   string `hcl:"address,optional"`
 	Token     string `hcl:"token,optional"`
 	TokenFile string `hcl:"token_file,optional"`
+
+	// Range is where the block is declared, for messages; zero when it was left out.
+	Range hcl.Range `hcl:",def_range"`
 }
 
 // Nomad configures the Nomad client. The token comes from token_file, token, or NOMAD_TOKEN.
@@ -92,6 +99,9 @@ type Nomad struct {
 	TokenFile string `hcl:"token_file,optional"`
 	Region    string `hcl:"region,optional"`
 	Namespace string `hcl:"namespace,optional"`
+
+	// Range is where the block is declared, for messages; zero when it was left out.
+	Range hcl.Range `hcl:",def_range"`
 }
 
 // Site is one application with its slots.
@@ -109,8 +119,8 @@ type Site struct {
 	Monitor *Monitor `hcl:"monitor,block"`
 	Slots   []*Slot  `hcl:"slot,block"`
 
-	// Range is where the site is declared, for messages.
-	Range hcl.Range `hcl:"-"`
+	// Range is where the site is declared (its `site "name"` header), for messages.
+	Range hcl.Range `hcl:",def_range"`
 }
 
 // Warmup is what a slot's instances must answer before traffic moves to them.
@@ -124,16 +134,22 @@ type Warmup struct {
 	Attempts    int    `hcl:"attempts,optional"`
 	IntervalRaw string `hcl:"interval,optional"`
 	Interval    time.Duration
+
+	// Range is where the block is declared, for messages; zero when it was left out.
+	Range hcl.Range `hcl:",def_range"`
 }
 
 // Monitor is the watch on a new production after a swap.
 type Monitor struct {
-	WindowRaw    string  `hcl:"window,optional"`
+	WindowRaw    string `hcl:"window,optional"`
 	Window       time.Duration
 	AutoRollback bool    `hcl:"auto_rollback,optional"`
 	Threshold    float64 `hcl:"threshold,optional"`
 	GraceRaw     string  `hcl:"grace,optional"`
 	Grace        time.Duration
+
+	// Range is where the block is declared, for messages; zero when it was left out.
+	Range hcl.Range `hcl:",def_range"`
 }
 
 // Slot is one named environment of a site.
@@ -144,6 +160,9 @@ type Slot struct {
 	Settings    map[string]string `hcl:"settings,optional"`
 	Sticky      map[string]string `hcl:"sticky,optional"`
 	AutoSwap    string            `hcl:"auto_swap,optional"`
+
+	// Range is where the slot is declared (its `slot "name"` header), for messages.
+	Range hcl.Range `hcl:",def_range"`
 }
 
 // Site returns the site with the given name, or nil.

@@ -1,5 +1,12 @@
+// Command slotd is the deployment-slot daemon for Nomad and Consul and its command line.
 package main
 
-import "fmt"
+import (
+	"os"
 
-func main() { fmt.Println("slotd") }
+	"github.com/slotd/slotd/cli"
+)
+
+func main() {
+	os.Exit(cli.Run(os.Args[1:], os.Stdout, os.Stderr))
+}

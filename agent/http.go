@@ -1,0 +1,672 @@
+package agent
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
+	"github.com/slotd/slotd/jobspec"
+)
+
+const (
+	// maxBody is the largest request body the API reads.
+	maxBody = 1 << 20
+	// defaultBlock and maxBlock bound how long GET /v1/operations/{id}?index= waits.
+	defaultBlock = 5 * time.Minute
+	maxBlock     = 10 * time.Minute
+)
+
+// errUnauthorized is a missing or wrong bearer token.
+var errUnauthorized = errors.New("missing or wrong bearer token: send Authorization: Bearer <token>")
+
+// errTooLarge is a request body over maxBody.
+var errTooLarge = errors.New("request body over 1 MiB")
+
+var envKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// handlerFunc is what every route implements: a value to encode as JSON, or a typed error.
+type handlerFunc func(r *http.Request) (status int, body any, err error)
+
+func (a *Agent) newServer() *http.Server {
+	mux := http.NewServeMux()
+	route := func(pattern string, write bool, h handlerFunc) {
+		mux.Handle(pattern, a.wrap(write, h))
+	}
+	route("GET /v1/sites", false, a.handleSites)
+	route("GET /v1/sites/{site}", false, a.handleSite)
+	route("POST /v1/sites/{site}/slots/{slot}/deploy", true, a.handleDeploy)
+	route("GET /v1/sites/{site}/slots/{slot}/settings", false, a.handleSettings)
+	route("PUT /v1/sites/{site}/slots/{slot}/settings/{key}", true, a.handleSetSetting)
+	route("DELETE /v1/sites/{site}/slots/{slot}/settings/{key}", true, a.handleDeleteSetting)
+	route("POST /v1/sites/{site}/swap", true, a.handleSwap)
+	route("POST /v1/sites/{site}/rollback", true, a.handleRollback)
+	route("GET /v1/sites/{site}/history", false, a.handleHistory)
+	route("GET /v1/operations/{id}", false, a.handleOperation)
+	route("POST /v1/operations/{id}/complete", true, a.handleComplete)
+	route("POST /v1/operations/{id}/cancel", true, a.handleCancel)
+	route("GET /v1/health", false, a.handleHealth)
+	metrics := promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{})
+	mux.Handle("GET /v1/metrics", a.guard(false, metrics))
+	return &http.Server{
+		Handler:           a.logRequests(mux),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      maxBlock + time.Minute,
+		IdleTimeout:       2 * time.Minute,
+	}
+}
+
+func (a *Agent) serve() error {
+	cfg := a.config()
+	var err error
+	if cfg.HTTP.TLSCertFile != "" {
+		err = a.server.ServeTLS(a.listener, cfg.HTTP.TLSCertFile, cfg.HTTP.TLSKeyFile)
+	} else {
+		err = a.server.Serve(a.listener)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func (a *Agent) config() *config.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}
+
+// statusRecorder remembers the status a handler wrote, for the access log.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (a *Agent) logRequests(next http.Handler) http.Handler {
+	log := a.logger.Named("http")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start))
+	})
+}
+
+// authorized checks the bearer token in constant time; an open API has no token.
+func (a *Agent) authorized(r *http.Request, write bool) bool {
+	cfg := a.config()
+	if cfg.HTTP.Token == "" || (!write && !cfg.HTTP.ReadRequiresToken) {
+		return true
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(cfg.HTTP.Token)) == 1
+}
+
+func (a *Agent) guard(write bool, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !a.authorized(r, write) {
+			a.logger.Warn("unauthorized request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			writeJSON(w, http.StatusUnauthorized, api.ErrorResponse{Error: errUnauthorized.Error()})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// wrap turns a handlerFunc into a handler: auth, body limit, JSON encoding and error mapping.
+func (a *Agent) wrap(write bool, h handlerFunc) http.Handler {
+	return a.guard(write, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		status, body, err := h(r)
+		if err != nil {
+			code, resp := a.errorResponse(err)
+			writeJSON(w, code, resp)
+			return
+		}
+		writeJSON(w, status, body)
+	}))
+}
+
+func (a *Agent) errorResponse(err error) (int, api.ErrorResponse) {
+	var maxErr *http.MaxBytesError
+	switch {
+	case errors.As(err, &maxErr), errors.Is(err, errTooLarge):
+		return http.StatusRequestEntityTooLarge, api.ErrorResponse{Error: errTooLarge.Error()}
+	case errors.Is(err, errBadRequest):
+		return http.StatusBadRequest, api.ErrorResponse{Error: err.Error()}
+	case errors.Is(err, errNotFound):
+		return http.StatusNotFound, api.ErrorResponse{Error: err.Error()}
+	case errors.Is(err, errBusy):
+		return http.StatusConflict, api.ErrorResponse{Error: err.Error()}
+	case errors.Is(err, errNotLeader):
+		return http.StatusServiceUnavailable, api.ErrorResponse{Error: err.Error(), LeaderAddress: a.leaderAddress()}
+	default:
+		a.logger.Error("request failed", "error", err)
+		return http.StatusInternalServerError, api.ErrorResponse{Error: err.Error()}
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(body)
+}
+
+// decode reads a JSON body strictly: unknown fields, trailing data and empty bodies are errors.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var maxErr *http.MaxBytesError
+		if errors.As(err, &maxErr) {
+			return errTooLarge
+		}
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%w: empty body: send a JSON object", errBadRequest)
+		}
+		return fmt.Errorf("%w: malformed JSON body: %v", errBadRequest, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: malformed JSON body: data after the object", errBadRequest)
+	}
+	return nil
+}
+
+// leading refuses requests that need the leader on a daemon that is not.
+func (a *Agent) leading() error {
+	if !a.isLeader() {
+		return errNotLeader
+	}
+	return nil
+}
+
+func (a *Agent) lookupSite(r *http.Request) (*siteRunner, *config.Site, error) {
+	name := r.PathValue("site")
+	s := a.siteRunner(name)
+	if s == nil {
+		return nil, nil, fmt.Errorf("%w: no site %q", errNotFound, name)
+	}
+	return s, s.config(), nil
+}
+
+func lookupSlot(site *config.Site, name string) (*config.Slot, error) {
+	slot := site.Slot(name)
+	if slot == nil {
+		return nil, fmt.Errorf("%w: site %s has no slot %q (slots: %s)", errNotFound, site.Name, name, strings.Join(site.SlotNames(), ", "))
+	}
+	return slot, nil
+}
+
+func (a *Agent) handleSites(r *http.Request) (int, any, error) {
+	out := []api.Site{}
+	sites := a.siteList()
+	sort.Slice(sites, func(i, j int) bool { return sites[i].name < sites[j].name })
+	for _, s := range sites {
+		view, err := a.siteView(r.Context(), s, false)
+		if err != nil {
+			return 0, nil, err
+		}
+		out = append(out, *view)
+	}
+	return http.StatusOK, out, nil
+}
+
+func (a *Agent) handleSite(r *http.Request) (int, any, error) {
+	s, _, err := a.lookupSite(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	view, err := a.siteView(r.Context(), s, true)
+	return http.StatusOK, view, err
+}
+
+// siteView assembles a site's status from KV (bindings, operations) and Consul (instances).
+func (a *Agent) siteView(ctx context.Context, s *siteRunner, detail bool) (*api.Site, error) {
+	cfg := s.config()
+	st, err := a.store.loadSlots(cfg.Name, nil)
+	if err != nil {
+		return nil, err
+	}
+	entries, _, err := a.siteEntries(ctx, cfg, 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	view := &api.Site{Name: cfg.Name, Service: cfg.Service, Slots: []api.Slot{}}
+	for _, slot := range cfg.Slots {
+		ss := st.slot(slot.Name)
+		v := api.Slot{Name: slot.Name, Lane: ss.Lane.Value, Version: ss.version(), Tags: slotTags(slot), AutoSwap: slot.AutoSwap}
+		for _, e := range entries {
+			if ss.Lane.Value == "" || e.Service.Meta[metaLane] != ss.Lane.Value {
+				continue
+			}
+			v.Total++
+			status := e.Checks.AggregatedStatus()
+			if status == consulapi.HealthPassing {
+				v.Healthy++
+			}
+			if detail {
+				addr := e.Service.Address
+				if addr == "" {
+					addr = e.Node.Address
+				}
+				v.Instances = append(v.Instances, api.Instance{
+					Alloc: allocOf(e.Service.ID), Node: e.Node.Node, Address: addr, Port: e.Service.Port,
+					Tags: e.Service.Tags, Healthy: status == consulapi.HealthPassing, Status: status,
+				})
+			}
+		}
+		if detail {
+			set := ss.settings()
+			v.Settings = &api.Settings{Settings: set.Settings, Sticky: set.Sticky}
+		}
+		view.Slots = append(view.Slots, v)
+	}
+	running, err := a.store.runningOperation(cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	if running != nil {
+		if mem := a.ops.get(running.ID); mem != nil {
+			running = mem
+		}
+		view.Operation = running
+	}
+	hist, err := a.store.history(cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	if len(hist) > 0 {
+		view.LastOperation = &hist[0]
+	}
+	return view, nil
+}
+
+// allocOf takes the allocation ID out of a Nomad service ID: _nomad-task-<alloc>-<...>.
+func allocOf(serviceID string) string {
+	rest, ok := strings.CutPrefix(serviceID, "_nomad-task-")
+	if !ok || len(rest) < 36 {
+		return serviceID
+	}
+	return rest[:36]
+}
+
+func (a *Agent) handleDeploy(r *http.Request) (int, any, error) {
+	s, site, err := a.lookupSite(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	slot, err := lookupSlot(site, r.PathValue("slot"))
+	if err != nil {
+		return 0, nil, err
+	}
+	var req api.DeployRequest
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if err := a.leading(); err != nil {
+		return 0, nil, err
+	}
+	for k := range req.Vars {
+		if !envKey.MatchString(k) {
+			return 0, nil, fmt.Errorf("%w: job variable name %q: use letters, digits and _, not starting with a digit", errBadRequest, k)
+		}
+	}
+	// Parse before anything starts, so a bad variable is a 400 and changes nothing.
+	app, err := fileSource(site, req.Vars)
+	if err != nil {
+		return 0, nil, err
+	}
+	base, err := jobspec.Parse(a.nomad.Jobs(), site.Job, app.Source, app.Vars)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%w: %v", errBadRequest, err)
+	}
+	if err := jobspec.CheckLane(base, site.Job, site.Service); err != nil {
+		return 0, nil, fmt.Errorf("%w: %v", errBadRequest, err)
+	}
+	op := &api.Operation{Kind: api.KindDeploy, Trigger: "api", Slot: slot.Name, Vars: copyVars(req.Vars)}
+	started, err := a.start(s, op, []string{api.PhaseDeploy}, a.deployOp(site, slot.Name, req.Vars))
+	return http.StatusAccepted, started, err
+}
+
+func (a *Agent) handleSettings(r *http.Request) (int, any, error) {
+	_, site, err := a.lookupSite(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	slot, err := lookupSlot(site, r.PathValue("slot"))
+	if err != nil {
+		return 0, nil, err
+	}
+	st, err := a.store.loadSlots(site.Name, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	set := st.slot(slot.Name).settings()
+	return http.StatusOK, api.Settings{Settings: set.Settings, Sticky: set.Sticky}, nil
+}
+
+func checkSettingKey(key string) error {
+	if !envKey.MatchString(key) {
+		return fmt.Errorf("%w: setting key %q is not an environment variable name: use letters, digits and _, not starting with a digit", errBadRequest, key)
+	}
+	if strings.HasPrefix(key, "SLOTD_") {
+		return fmt.Errorf("%w: setting key %q: the SLOTD_ prefix is reserved for slotd's own variables", errBadRequest, key)
+	}
+	return nil
+}
+
+// handleSetSetting writes one setting; a key that changes kind (swappable ↔ sticky) moves in
+// the same transaction. The settings watcher rolls the change out.
+func (a *Agent) handleSetSetting(r *http.Request) (int, any, error) {
+	_, site, err := a.lookupSite(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	slot, err := lookupSlot(site, r.PathValue("slot"))
+	if err != nil {
+		return 0, nil, err
+	}
+	key := r.PathValue("key")
+	if err := checkSettingKey(key); err != nil {
+		return 0, nil, err
+	}
+	var req api.SettingRequest
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if err := a.leading(); err != nil {
+		return 0, nil, err
+	}
+	kind, other := "settings", "sticky"
+	if req.Sticky {
+		kind, other = other, kind
+	}
+	return a.changeSetting(site, slot.Name, func(ss *slotState) consulapi.KVTxnOps {
+		var ops consulapi.KVTxnOps
+		cur := ss.Settings
+		old := ss.Sticky
+		if req.Sticky {
+			cur, old = old, cur
+		}
+		if v, ok := cur[key]; !ok || v.Value != req.Value {
+			ops = append(ops, casOp(a.store.slotKey(site.Name, slot.Name, kind, key), req.Value, v.Index))
+		}
+		if v, ok := old[key]; ok {
+			ops = append(ops, deleteCASOp(a.store.slotKey(site.Name, slot.Name, other, key), v.Index))
+		}
+		return ops
+	})
+}
+
+func (a *Agent) handleDeleteSetting(r *http.Request) (int, any, error) {
+	_, site, err := a.lookupSite(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	slot, err := lookupSlot(site, r.PathValue("slot"))
+	if err != nil {
+		return 0, nil, err
+	}
+	key := r.PathValue("key")
+	if err := checkSettingKey(key); err != nil {
+		return 0, nil, err
+	}
+	if err := a.leading(); err != nil {
+		return 0, nil, err
+	}
+	found := false
+	status, body, err := a.changeSetting(site, slot.Name, func(ss *slotState) consulapi.KVTxnOps {
+		var ops consulapi.KVTxnOps
+		if v, ok := ss.Settings[key]; ok {
+			ops = append(ops, deleteCASOp(a.store.slotKey(site.Name, slot.Name, "settings", key), v.Index))
+		}
+		if v, ok := ss.Sticky[key]; ok {
+			ops = append(ops, deleteCASOp(a.store.slotKey(site.Name, slot.Name, "sticky", key), v.Index))
+		}
+		found = len(ops) > 0
+		return ops
+	})
+	if err == nil && !found {
+		return 0, nil, fmt.Errorf("%w: slot %s has no setting %q", errNotFound, slot.Name, key)
+	}
+	return status, body, err
+}
+
+// changeSetting applies a check-and-set change to one slot's settings, retrying on a race.
+func (a *Agent) changeSetting(site *config.Site, slot string, change func(*slotState) consulapi.KVTxnOps) (int, any, error) {
+	for attempt := 0; ; attempt++ {
+		st, err := a.store.loadSlots(site.Name, nil)
+		if err != nil {
+			return 0, nil, err
+		}
+		_, err = a.store.txn(change(st.slot(slot)))
+		if errors.Is(err, errConflict) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return 0, nil, err
+		}
+		st, err = a.store.loadSlots(site.Name, nil)
+		if err != nil {
+			return 0, nil, err
+		}
+		set := st.slot(slot).settings()
+		return http.StatusOK, api.Settings{Settings: set.Settings, Sticky: set.Sticky}, nil
+	}
+}
+
+func (a *Agent) handleSwap(r *http.Request) (int, any, error) {
+	s, site, err := a.lookupSite(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	var req api.SwapRequest
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if req.Source == "" {
+		return 0, nil, fmt.Errorf("%w: source is required: the slot to swap in (slots: %s)", errBadRequest, strings.Join(site.SlotNames(), ", "))
+	}
+	if req.Target == "" {
+		req.Target = "production"
+	}
+	if _, err := lookupSlot(site, req.Source); err != nil {
+		return 0, nil, err
+	}
+	if _, err := lookupSlot(site, req.Target); err != nil {
+		return 0, nil, err
+	}
+	if req.Source == req.Target {
+		return 0, nil, fmt.Errorf("%w: source and target are both %q: swap two different slots", errBadRequest, req.Source)
+	}
+	if err := a.leading(); err != nil {
+		return 0, nil, err
+	}
+	op := &api.Operation{Kind: api.KindSwap, Trigger: "api", Source: req.Source, Target: req.Target, Preview: req.Preview}
+	started, err := a.start(s, op, swapPhases, a.swapOp(site, req.Source, req.Target))
+	return http.StatusAccepted, started, err
+}
+
+func (a *Agent) handleRollback(r *http.Request) (int, any, error) {
+	if _, _, err := a.lookupSite(r); err != nil {
+		return 0, nil, err
+	}
+	if err := a.leading(); err != nil {
+		return 0, nil, err
+	}
+	op, err := a.rollback(r.PathValue("site"), "api")
+	return http.StatusAccepted, op, err
+}
+
+func (a *Agent) handleHistory(r *http.Request) (int, any, error) {
+	_, site, err := a.lookupSite(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	hist, err := a.store.history(site.Name)
+	return http.StatusOK, hist, err
+}
+
+// handleOperation answers an operation; with ?index=N it blocks until the index differs.
+func (a *Agent) handleOperation(r *http.Request) (int, any, error) {
+	id := r.PathValue("id")
+	q := r.URL.Query()
+	var index uint64
+	if v := q.Get("index"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, nil, fmt.Errorf("%w: index %q is not a number", errBadRequest, v)
+		}
+		index = n
+	}
+	wait := defaultBlock
+	if v := q.Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return 0, nil, fmt.Errorf("%w: wait %q is not a positive duration such as 30s", errBadRequest, v)
+		}
+		wait = min(d, maxBlock)
+	}
+	if op := a.ops.get(id); op != nil {
+		if index == 0 {
+			return http.StatusOK, op, nil
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		defer cancel()
+		return http.StatusOK, a.ops.wait(ctx, id, index), nil
+	}
+	op, err := a.findOperation(id)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, op, nil
+}
+
+// findOperation looks for an operation this daemon has not seen, in KV.
+func (a *Agent) findOperation(id string) (*api.Operation, error) {
+	if !strings.HasPrefix(id, "op-") {
+		return nil, fmt.Errorf("%w: no operation %q", errNotFound, id)
+	}
+	for _, s := range a.siteList() {
+		if op, err := a.store.runningOperation(s.name); err == nil && op != nil && op.ID == id {
+			return op, nil
+		}
+		hist, err := a.store.history(s.name)
+		if err != nil {
+			return nil, err
+		}
+		for i := range hist {
+			if hist[i].ID == id {
+				return &hist[i], nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("%w: no operation %q", errNotFound, id)
+}
+
+// runningRun finds the run of an operation in flight in this daemon.
+func (a *Agent) runningRun(id string) (*run, error) {
+	for _, s := range a.siteList() {
+		s.mu.Lock()
+		r := s.running
+		s.mu.Unlock()
+		if r != nil && r.op.ID == id {
+			return r, nil
+		}
+	}
+	if _, err := a.findOperation(id); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("%w: operation %s is not running", errBusy, id)
+}
+
+func (a *Agent) handleComplete(r *http.Request) (int, any, error) {
+	if err := a.leading(); err != nil {
+		return 0, nil, err
+	}
+	id := r.PathValue("id")
+	run, err := a.runningRun(id)
+	if err != nil {
+		return 0, nil, err
+	}
+	cur := a.ops.get(id)
+	if cur == nil || cur.State != api.StatePreviewing {
+		return 0, nil, fmt.Errorf("%w: operation %s is not previewing", errBusy, id)
+	}
+	return a.signal(r.Context(), run, ctlComplete, cur.Index)
+}
+
+// handleCancel cancels a previewing swap (its source lane goes back), a swap before its
+// switch, a deploy or settings rollout (the lane goes back to its bound version), or ends the
+// monitor of a swap. A swap that is switching or settling cannot be cancelled half-way.
+func (a *Agent) handleCancel(r *http.Request) (int, any, error) {
+	if err := a.leading(); err != nil {
+		return 0, nil, err
+	}
+	id := r.PathValue("id")
+	run, err := a.runningRun(id)
+	if err != nil {
+		return 0, nil, err
+	}
+	cur := a.ops.get(id)
+	switch cur.State {
+	case api.StatePreviewing:
+		return a.signal(r.Context(), run, ctlCancel, cur.Index)
+	case api.StateMonitoring:
+		return a.signal(r.Context(), run, ctlEndMonitor, cur.Index)
+	case api.StateSwitching, api.StateSettling:
+		return 0, nil, fmt.Errorf("%w: operation %s is %s and cannot stop half-way; roll back after it ends", errBusy, id, cur.State)
+	}
+	run.cancelled.Store(true)
+	run.cancel()
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	return http.StatusOK, a.ops.wait(ctx, id, cur.Index), nil
+}
+
+// signal sends a control to a run and answers with the operation once it moved on.
+func (a *Agent) signal(ctx context.Context, r *run, c string, index uint64) (int, any, error) {
+	select {
+	case r.control <- c:
+	default:
+		return 0, nil, fmt.Errorf("%w: operation %s is already handling a request", errBusy, r.op.ID)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return http.StatusOK, a.ops.wait(ctx, r.op.ID, index), nil
+}
+
+func (a *Agent) handleHealth(*http.Request) (int, any, error) {
+	h := api.Health{Status: "ok", Leader: a.isLeader(), Version: Version}
+	if !h.Leader {
+		h.LeaderAddress = a.leaderAddress()
+	}
+	return http.StatusOK, h, nil
+}

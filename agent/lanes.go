@@ -1,0 +1,400 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/slotd/slotd/config"
+	"github.com/slotd/slotd/jobspec"
+)
+
+// Service meta that slotd puts on the site's service, so the Consul UI (and slotd) can tell
+// which lane an instance belongs to. It never changes for a lane, so it never causes a restart.
+const (
+	metaSite = "slotd_site"
+	metaLane = "slotd_lane"
+)
+
+// blockingWait is how long one blocking query waits for a change while an operation watches.
+const blockingWait = 5 * time.Second
+
+func jobID(site, lane string) string { return site + "-" + lane }
+
+// source is what a lane's app is made of: the jobspec text and its variables. Nomad keeps it
+// with every job version as the job's submission, so a lane can be re-rendered with other tags
+// or settings without picking up a jobspec file that changed on disk since it was deployed.
+type source struct {
+	Source string
+	Vars   map[string]string
+}
+
+// submission returns the source of a lane's job version, or the site's jobspec file with the
+// declared variables when Nomad has none (a lane that does not exist yet).
+func (a *Agent) submission(site *config.Site, lane string, version uint64, exists bool) (source, error) {
+	if exists {
+		sub, _, err := a.nomad.Jobs().Submission(jobID(site.Name, lane), int(version), nil)
+		if err == nil && sub != nil && sub.Source != "" {
+			return source{Source: sub.Source, Vars: sub.VariableFlags}, nil
+		}
+		if err != nil && !isNotFound(err) {
+			return source{}, fmt.Errorf("read submission of %s version %d: %w", jobID(site.Name, lane), version, err)
+		}
+	}
+	return fileSource(site, nil)
+}
+
+// fileSource reads the site's jobspec from disk with the declared variables overlaid by vars.
+func fileSource(site *config.Site, vars map[string]string) (source, error) {
+	b, err := os.ReadFile(site.Job)
+	if err != nil {
+		return source{}, fmt.Errorf("read jobspec of site %s: %w", site.Name, err)
+	}
+	all := map[string]string{}
+	for k, v := range site.Vars {
+		all[k] = v
+	}
+	for k, v := range vars {
+		all[k] = v
+	}
+	return source{Source: string(b), Vars: all}, nil
+}
+
+func isNotFound(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "404")
+}
+
+// render parses src through Nomad and renders it as lane with state want.
+func (a *Agent) render(site *config.Site, lane string, src source, want laneState) (*nomadapi.Job, error) {
+	base, err := jobspec.Parse(a.nomad.Jobs(), site.Job, src.Source, src.Vars)
+	if err != nil {
+		return nil, err
+	}
+	if err := jobspec.CheckLane(base, site.Job, site.Service); err != nil {
+		return nil, err
+	}
+	job := jobspec.Render(base, jobspec.Lane{
+		Site: site.Name, Lane: lane, Slot: want.Slot, Service: site.Service,
+		SlotTags: want.Tags, Env: want.Env,
+	})
+	for _, g := range job.TaskGroups {
+		for _, svc := range serviceBlocks(g) {
+			if svc.Name != site.Service {
+				continue
+			}
+			if svc.Meta == nil {
+				svc.Meta = map[string]string{}
+			}
+			svc.Meta[metaSite] = site.Name
+			svc.Meta[metaLane] = lane
+		}
+	}
+	return job, nil
+}
+
+func serviceBlocks(g *nomadapi.TaskGroup) []*nomadapi.Service {
+	svcs := append([]*nomadapi.Service(nil), g.Services...)
+	for _, t := range g.Tasks {
+		svcs = append(svcs, t.Services...)
+	}
+	return svcs
+}
+
+// instanceCount is how many instances of the site's service the job runs.
+func instanceCount(job *nomadapi.Job, service string) int {
+	n := 0
+	for _, g := range job.TaskGroups {
+		for _, svc := range serviceBlocks(g) {
+			if svc.Name == service {
+				c := 1
+				if g.Count != nil {
+					c = *g.Count
+				}
+				n += c
+				break
+			}
+		}
+	}
+	return n
+}
+
+// rollout is the outcome of ensureLane.
+type rollout struct {
+	Version uint64
+	Change  jobspec.Change
+}
+
+// ensureLane makes lane run src in state want. It registers a new job version only when Nomad's
+// plan shows a difference, then waits: for a restart, until Nomad's deployment succeeds; for any
+// change, until Consul shows every instance of the lane with the wanted tags and passing checks.
+func (a *Agent) ensureLane(ctx context.Context, site *config.Site, lane string, src source, want laneState) (rollout, error) {
+	id := jobID(site.Name, lane)
+	job, err := a.render(site, lane, src, want)
+	if err != nil {
+		return rollout{}, err
+	}
+	cur, _, err := a.nomad.Jobs().Info(id, (&nomadapi.QueryOptions{}).WithContext(ctx))
+	if err != nil && !isNotFound(err) {
+		return rollout{}, fmt.Errorf("read job %s: %w", id, err)
+	}
+	if cur != nil && cur.Stop != nil && *cur.Stop {
+		cur = nil // a stopped lane starts over as a new registration
+	}
+	change := jobspec.Restart
+	if cur != nil {
+		plan, _, err := a.nomad.Jobs().Plan(job, true, (&nomadapi.WriteOptions{}).WithContext(ctx))
+		if err != nil {
+			return rollout{}, fmt.Errorf("plan job %s: %w", id, err)
+		}
+		change = classify(plan)
+		if change == jobspec.NoChange {
+			return rollout{Version: *cur.Version, Change: change}, a.waitInstances(ctx, site, lane, job)
+		}
+	}
+	opts := &nomadapi.RegisterOptions{
+		Submission: &nomadapi.JobSubmission{Source: src.Source, Format: "hcl2", VariableFlags: src.Vars},
+	}
+	if cur != nil {
+		opts.EnforceIndex, opts.ModifyIndex = true, *cur.JobModifyIndex
+	}
+	a.logger.Debug("register lane", "site", site.Name, "lane", lane, "slot", want.Slot, "change", change.String(), "tags", strings.Join(want.Tags, ","))
+	if _, _, err := a.nomad.Jobs().RegisterOpts(job, opts, (&nomadapi.WriteOptions{}).WithContext(ctx)); err != nil {
+		return rollout{}, fmt.Errorf("register job %s: %w", id, err)
+	}
+	after, _, err := a.nomad.Jobs().Info(id, (&nomadapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return rollout{}, fmt.Errorf("read job %s after register: %w", id, err)
+	}
+	version := *after.Version
+	if change == jobspec.Restart {
+		if err := a.waitDeployment(ctx, id, version); err != nil {
+			return rollout{Version: version, Change: change}, err
+		}
+	}
+	return rollout{Version: version, Change: change}, a.waitInstances(ctx, site, lane, job)
+}
+
+// classify reads Nomad's plan: nothing to do, an in-place update, or allocations replaced.
+func classify(plan *nomadapi.JobPlanResponse) jobspec.Change {
+	if plan.Diff != nil && plan.Diff.Type == "None" {
+		return jobspec.NoChange
+	}
+	if plan.Annotations != nil {
+		restart := false
+		for _, u := range plan.Annotations.DesiredTGUpdates {
+			if u.DestructiveUpdate > 0 || u.Place > 0 || u.Canary > 0 {
+				restart = true
+			}
+		}
+		if !restart {
+			return jobspec.TagsOnly
+		}
+	}
+	return jobspec.Restart
+}
+
+// waitDeployment waits until Nomad's deployment of the job version succeeds, with blocking queries.
+func (a *Agent) waitDeployment(ctx context.Context, id string, version uint64) error {
+	var index uint64
+	seen := "no deployment yet"
+	for {
+		q := (&nomadapi.QueryOptions{WaitIndex: index, WaitTime: blockingWait}).WithContext(ctx)
+		deps, meta, err := a.nomad.Jobs().Deployments(id, false, q)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("deployment of %s version %d: %w (last seen: %s)", id, version, ctx.Err(), seen)
+			}
+			a.metrics.queryErrors.WithLabelValues("nomad").Inc()
+			if err := sleepCtx(ctx, backoff(1)); err != nil {
+				return err
+			}
+			continue
+		}
+		index = nextIndex(index, meta.LastIndex)
+		for _, d := range deps {
+			if d.JobVersion != version {
+				continue
+			}
+			seen = fmt.Sprintf("deployment %s %s: %s", short(d.ID), d.Status, d.StatusDescription)
+			switch d.Status {
+			case "successful":
+				return nil
+			case "failed", "cancelled":
+				return fmt.Errorf("nomad deployment of %s version %d %s: %s%s", id, version, d.Status, d.StatusDescription, a.allocFailures(id, version))
+			}
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("deployment of %s version %d: %w (last seen: %s)", id, version, ctx.Err(), seen)
+		}
+	}
+}
+
+// allocFailures says why the allocations of a job version are unhealthy, from their task events.
+func (a *Agent) allocFailures(id string, version uint64) string {
+	stubs, _, err := a.nomad.Jobs().Allocations(id, true, nil)
+	if err != nil {
+		return ""
+	}
+	var reasons []string
+	for _, s := range stubs {
+		if s.JobVersion != version {
+			continue
+		}
+		healthy := s.DeploymentStatus != nil && s.DeploymentStatus.Healthy != nil && *s.DeploymentStatus.Healthy
+		if healthy {
+			continue
+		}
+		for task, ts := range s.TaskStates {
+			if len(ts.Events) == 0 {
+				continue
+			}
+			ev := ts.Events[len(ts.Events)-1]
+			msg := ev.DisplayMessage
+			if msg == "" {
+				msg = ev.Type
+			}
+			reasons = append(reasons, fmt.Sprintf("alloc %s task %s: %s", short(s.ID), task, msg))
+		}
+	}
+	if len(reasons) == 0 {
+		return ""
+	}
+	sort.Strings(reasons)
+	if len(reasons) > 4 {
+		reasons = reasons[:4]
+	}
+	return " (" + strings.Join(reasons, "; ") + ")"
+}
+
+// waitInstances waits until Consul shows exactly the lane's instances of job, each with the
+// job's tags for the service and every check passing.
+func (a *Agent) waitInstances(ctx context.Context, site *config.Site, lane string, job *nomadapi.Job) error {
+	want := jobspec.ServiceTags(job, site.Service)
+	count := instanceCount(job, site.Service)
+	var index uint64
+	seen := "no answer from consul yet"
+	for {
+		entries, idx, err := a.laneEntries(ctx, site, lane, index)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("wait for %d passing instances of %s with tags [%s]: %w (last seen: %s)",
+					count, jobID(site.Name, lane), strings.Join(want, ","), ctx.Err(), seen)
+			}
+			if err := sleepCtx(ctx, backoff(1)); err != nil {
+				return err
+			}
+			continue
+		}
+		index = nextIndex(index, idx)
+		ok, desc := instancesReady(entries, want, count)
+		seen = desc
+		if ok {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("wait for %d passing instances of %s with tags [%s]: %w (last seen: %s)",
+				count, jobID(site.Name, lane), strings.Join(want, ","), ctx.Err(), seen)
+		}
+	}
+}
+
+// instancesReady is the pure check behind waitInstances.
+func instancesReady(entries []*consulapi.ServiceEntry, wantTags []string, count int) (bool, string) {
+	passing, tagged := 0, 0
+	for _, e := range entries {
+		if sameSet(e.Service.Tags, wantTags) {
+			tagged++
+		}
+		if e.Checks.AggregatedStatus() == consulapi.HealthPassing {
+			passing++
+		}
+	}
+	desc := fmt.Sprintf("%d instances in consul, %d passing, %d with the wanted tags, want %d", len(entries), passing, tagged, count)
+	return len(entries) == count && passing == count && tagged == count, desc
+}
+
+// laneEntries reads the Consul instances of a lane, blocking on index when it is not zero.
+func (a *Agent) laneEntries(ctx context.Context, site *config.Site, lane string, index uint64) ([]*consulapi.ServiceEntry, uint64, error) {
+	return a.laneEntriesWait(ctx, site, lane, index, blockingWait)
+}
+
+func (a *Agent) laneEntriesWait(ctx context.Context, site *config.Site, lane string, index uint64, wait time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
+	all, idx, err := a.siteEntries(ctx, site, index, wait)
+	if err != nil {
+		return nil, 0, err
+	}
+	var out []*consulapi.ServiceEntry
+	for _, e := range all {
+		if e.Service.Meta[metaLane] == lane {
+			out = append(out, e)
+		}
+	}
+	return out, idx, nil
+}
+
+// siteEntries reads every Consul instance of the site's service that slotd manages.
+func (a *Agent) siteEntries(ctx context.Context, site *config.Site, index uint64, wait time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
+	q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+	entries, meta, err := a.consul.Health().Service(site.Service, "", false, q)
+	if err != nil {
+		a.metrics.queryErrors.WithLabelValues("consul").Inc()
+		return nil, 0, fmt.Errorf("read consul health of service %s: %w", site.Service, err)
+	}
+	var out []*consulapi.ServiceEntry
+	for _, e := range entries {
+		if e.Service.Meta[metaSite] == site.Name {
+			out = append(out, e)
+		}
+	}
+	return out, meta.LastIndex, nil
+}
+
+func sameSet(a, b []string) bool {
+	x := slices.Clone(a)
+	y := slices.Clone(b)
+	slices.Sort(x)
+	slices.Sort(y)
+	return slices.Equal(slices.Compact(x), slices.Compact(y))
+}
+
+// nextIndex follows STYLE.md's blocking-query rules: a lower index means a reset to 0.
+func nextIndex(old, got uint64) uint64 {
+	if got < old {
+		return 0
+	}
+	return got
+}
+
+// backoff is the pause before retry n of a failed query: growing, capped, with jitter.
+func backoff(n int) time.Duration {
+	d := 250 * time.Millisecond << min(n, 6)
+	return d/2 + time.Duration(time.Now().UnixNano()%int64(d/2))
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func short(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
+
+var errBusy = errors.New("an operation already runs on this site")

@@ -1,0 +1,345 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
+)
+
+// Typed errors that the HTTP layer maps to status codes.
+var (
+	errNotFound   = errors.New("not found")
+	errBadRequest = errors.New("bad request")
+	errNotLeader  = errors.New("this daemon is not the leader")
+	// errStopping ends an operation at a phase boundary when the daemon stops: the operation
+	// stays journaled in its state, and the next leader picks it up.
+	errStopping = errors.New("daemon stopping")
+)
+
+// controls sent to a running operation.
+const (
+	ctlComplete    = "complete"
+	ctlCancel      = "cancel"
+	ctlEndMonitor  = "end-monitor"
+	endMonitorWait = 30 * time.Second
+)
+
+// run is one operation in flight in this daemon.
+type run struct {
+	a       *Agent
+	site    *siteRunner
+	op      *api.Operation // owned by the run's goroutine; others see published copies
+	control chan string
+	done    chan struct{}
+	// after runs once the operation is in history: the follow-up it asks for (auto-swap, rollback).
+	after func()
+	// ctx ends when the operation is cancelled through the API or the daemon gives up waiting.
+	ctx       context.Context
+	cancel    context.CancelFunc
+	cancelled atomic.Bool
+}
+
+// siteRunner serialises the operations of one site: at most one runs at a time.
+type siteRunner struct {
+	name string
+
+	mu      sync.Mutex
+	cfg     *config.Site
+	ready   bool
+	running *run
+	// applied remembers, per slot, the effective state last rolled out, so the settings watcher
+	// only asks Nomad when KV really changed.
+	applied map[string]string
+	wake    chan struct{}
+}
+
+func (s *siteRunner) config() *config.Site {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg
+}
+
+func (s *siteRunner) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func newID() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "op-" + hex.EncodeToString(b)
+}
+
+// opFunc carries an operation out; it returns nil when the operation succeeded.
+type opFunc func(ctx context.Context, r *run) error
+
+// start journals op as the site's running operation and carries it out in the background.
+// It refuses with errBusy while another operation runs, except one that only monitors: a new
+// operation ends the monitoring of the last swap early.
+func (a *Agent) start(s *siteRunner, op *api.Operation, phases []string, fn opFunc) (*api.Operation, error) {
+	if !a.isLeader() {
+		return nil, errNotLeader
+	}
+	if err := a.endMonitoring(s); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.ready {
+		return nil, fmt.Errorf("%w: site %s is still starting", errBusy, s.name)
+	}
+	if s.running != nil {
+		return nil, fmt.Errorf("%w: %s %s is %s", errBusy, s.running.op.Kind, s.running.op.ID, a.ops.get(s.running.op.ID).State)
+	}
+	now := time.Now().UTC()
+	op.ID, op.Site, op.State = newID(), s.name, api.StatePending
+	op.CreatedAt, op.UpdatedAt = now, now
+	for _, p := range phases {
+		op.Phases = append(op.Phases, api.Phase{Name: p, State: api.PhasePending})
+	}
+	if err := a.store.createOperation(op); err != nil {
+		if errors.Is(err, errBusy) {
+			return nil, fmt.Errorf("%w: another operation is journaled in consul for site %s", errBusy, s.name)
+		}
+		return nil, err
+	}
+	a.metrics.opsStarted.WithLabelValues(s.name, op.Kind).Inc()
+	a.logger.Info("operation started", "site", s.name, "op", op.ID, "kind", op.Kind, "trigger", op.Trigger)
+	r := a.newRun(s, op)
+	go r.execute(fn)
+	return a.ops.get(op.ID), nil
+}
+
+func (a *Agent) newRun(s *siteRunner, op *api.Operation) *run {
+	r := &run{a: a, site: s, op: op, control: make(chan string, 1), done: make(chan struct{})}
+	r.ctx, r.cancel = context.WithCancel(a.opsCtx)
+	s.running = r
+	a.ops.publish(op)
+	return r
+}
+
+// endMonitoring ends the monitor phase of the site's running swap, if that is all it does.
+func (a *Agent) endMonitoring(s *siteRunner) error {
+	s.mu.Lock()
+	r := s.running
+	s.mu.Unlock()
+	if r == nil || a.ops.get(r.op.ID).State != api.StateMonitoring {
+		return nil
+	}
+	select {
+	case r.control <- ctlEndMonitor:
+	default:
+	}
+	select {
+	case <-r.done:
+		return nil
+	case <-time.After(endMonitorWait):
+		return fmt.Errorf("%w: the monitor of %s did not end", errBusy, r.op.ID)
+	}
+}
+
+// execute runs fn and then records the outcome in history.
+func (r *run) execute(fn opFunc) {
+	a := r.a
+	defer close(r.done)
+	defer r.cancel()
+	err := fn(r.ctx, r)
+	if err != nil && r.cancelled.Load() {
+		err = fmt.Errorf("%w: %v", errCancelled, err)
+	}
+	if errors.Is(err, errStopping) {
+		a.logger.Info("operation left journaled for the next leader", "site", r.op.Site, "op", r.op.ID, "state", r.op.State)
+		r.site.mu.Lock()
+		r.site.running = nil
+		r.site.mu.Unlock()
+		return
+	}
+	r.finish(err)
+	if r.after != nil {
+		r.after()
+	}
+}
+
+// finish ends the operation: succeeded, failed or cancelled, and moves it into history.
+func (r *run) finish(err error) {
+	a := r.a
+	op := r.op
+	now := time.Now().UTC()
+	switch {
+	case err == nil:
+		op.State = api.StateSucceeded
+	case errors.Is(err, errCancelled):
+		op.State = api.StateCancelled
+		op.Error = err.Error()
+	default:
+		op.State = api.StateFailed
+		op.Error = err.Error()
+	}
+	for i := range op.Phases {
+		if op.Phases[i].State == api.PhasePending {
+			op.Phases[i].State = api.PhaseSkipped
+		}
+	}
+	op.FinishedAt, op.UpdatedAt = &now, now
+	if jerr := a.store.finishOperation(op); jerr != nil {
+		a.logger.Error("cannot record finished operation", "site", op.Site, "op", op.ID, "error", jerr)
+	}
+	a.ops.publish(op)
+	a.metrics.finished(op)
+	level := a.logger.Info
+	if op.State != api.StateSucceeded {
+		level = a.logger.Warn
+	}
+	level("operation finished", "site", op.Site, "op", op.ID, "kind", op.Kind, "state", op.State, "error", op.Error)
+	r.site.mu.Lock()
+	r.site.running = nil
+	r.site.mu.Unlock()
+	r.site.poke()
+}
+
+var errCancelled = errors.New("cancelled")
+
+// phase runs one named phase: journaled as running before it starts, and with its outcome after.
+func (r *run) phase(name, state string, fn func() error) error {
+	a := r.a
+	if a.stopping.Load() {
+		return errStopping
+	}
+	p := r.op.Phase(name)
+	if p == nil {
+		r.op.Phases = append(r.op.Phases, api.Phase{Name: name})
+		p = &r.op.Phases[len(r.op.Phases)-1]
+	}
+	now := time.Now().UTC()
+	p.State, p.StartedAt, p.EndedAt, p.Message = api.PhaseRunning, &now, nil, ""
+	r.op.State, r.op.UpdatedAt = state, now
+	if err := r.journal(); err != nil {
+		return err
+	}
+	err := fn()
+	p = r.op.Phase(name)
+	end := time.Now().UTC()
+	p.EndedAt, r.op.UpdatedAt = &end, end
+	switch {
+	case err == nil:
+		p.State = api.PhaseSucceeded
+	case errors.Is(err, errCancelled):
+		p.State, p.Message = api.PhaseCancelled, err.Error()
+	default:
+		p.State, p.Message = api.PhaseFailed, err.Error()
+	}
+	a.metrics.phaseSeconds.WithLabelValues(r.op.Site, r.op.Kind, name, p.State).Observe(end.Sub(*p.StartedAt).Seconds())
+	if jerr := r.journal(); jerr != nil && err == nil {
+		return jerr
+	}
+	return err
+}
+
+// skip marks a phase as skipped with a reason.
+func (r *run) skip(name, why string) {
+	if p := r.op.Phase(name); p != nil {
+		p.State, p.Message = api.PhaseSkipped, why
+	}
+}
+
+// note sets the message of a phase while it runs and journals it.
+func (r *run) note(name, msg string) {
+	if p := r.op.Phase(name); p != nil {
+		p.Message = msg
+		_ = r.journal()
+	}
+}
+
+func (r *run) journal() error {
+	if err := r.a.store.updateOperation(r.op); err != nil {
+		return err
+	}
+	r.a.ops.publish(r.op)
+	return nil
+}
+
+// opRegistry keeps the operations this daemon has seen, for reads that block until a change.
+type opRegistry struct {
+	mu  sync.Mutex
+	ops map[string]*opEntry
+}
+
+type opEntry struct {
+	op      api.Operation
+	changed chan struct{}
+}
+
+// maxRemembered bounds the finished operations kept in memory; older ones are read from KV.
+const maxRemembered = 1000
+
+func newOpRegistry() *opRegistry { return &opRegistry{ops: map[string]*opEntry{}} }
+
+func (g *opRegistry) publish(op *api.Operation) {
+	c := *op
+	c.Phases = append([]api.Phase(nil), op.Phases...)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e, ok := g.ops[op.ID]
+	if !ok {
+		if len(g.ops) >= maxRemembered {
+			g.forgetFinished()
+		}
+		e = &opEntry{changed: make(chan struct{})}
+		g.ops[op.ID] = e
+	}
+	e.op = c
+	close(e.changed)
+	e.changed = make(chan struct{})
+}
+
+func (g *opRegistry) forgetFinished() {
+	for id, e := range g.ops {
+		if api.Terminal(e.op.State) {
+			delete(g.ops, id)
+		}
+	}
+}
+
+// get returns a copy of the operation, or nil.
+func (g *opRegistry) get(id string) *api.Operation {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e, ok := g.ops[id]
+	if !ok {
+		return nil
+	}
+	c := e.op
+	return &c
+}
+
+// wait returns the operation once its index differs from index, or when ctx ends.
+func (g *opRegistry) wait(ctx context.Context, id string, index uint64) *api.Operation {
+	for {
+		g.mu.Lock()
+		e, ok := g.ops[id]
+		if !ok {
+			g.mu.Unlock()
+			return nil
+		}
+		c, ch := e.op, e.changed
+		g.mu.Unlock()
+		if c.Index != index || api.Terminal(c.State) && index == 0 {
+			return &c
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return &c
+		}
+	}
+}

@@ -1,0 +1,104 @@
+package agent
+
+import (
+	"maps"
+
+	"github.com/slotd/slotd/config"
+)
+
+// slotSettings are one slot's swappable and sticky settings.
+type slotSettings struct {
+	Settings map[string]string
+	Sticky   map[string]string
+}
+
+// laneState is what a lane should run: which slot it believes it serves (SLOTD_SLOT), the
+// routes it carries (slot tags) and the settings in its environment. Every phase of an operation
+// is a move of one lane from one laneState to another.
+type laneState struct {
+	Slot string
+	Tags []string
+	Env  map[string]string
+}
+
+// effectiveEnv is swappable overlaid by sticky (DESIGN.md §2).
+func effectiveEnv(swappable, sticky map[string]string) map[string]string {
+	env := make(map[string]string, len(swappable)+len(sticky))
+	maps.Copy(env, swappable)
+	maps.Copy(env, sticky)
+	return env
+}
+
+// slotTags are the routes of a slot: its name (for <slot>.<service>.service.consul) and its tags.
+func slotTags(s *config.Slot) []string {
+	return append([]string{s.Name}, s.Tags...)
+}
+
+// steady is a lane serving slot s with settings set: the state between operations.
+func steady(s *config.Slot, set slotSettings) laneState {
+	return laneState{Slot: s.Name, Tags: slotTags(s), Env: effectiveEnv(set.Settings, set.Sticky)}
+}
+
+// The states of a swap of source into target. src and tgt are the settings of the two slots as
+// they were when the swap started; the source lane carries the app of src.
+
+// applied: the source lane off the source's routes, with the target's sticky settings and
+// identity, reachable only through the target's preview tags (phase 1).
+func applied(target *config.Slot, src, tgt slotSettings) laneState {
+	return laneState{Slot: target.Name, Tags: append([]string(nil), target.PreviewTags...), Env: effectiveEnv(src.Settings, tgt.Sticky)}
+}
+
+// switched: the source lane on the target's routes (phase 3, make).
+func switched(target *config.Slot, src, tgt slotSettings) laneState {
+	return laneState{Slot: target.Name, Tags: slotTags(target), Env: effectiveEnv(src.Settings, tgt.Sticky)}
+}
+
+// drained: the target lane off every route, still with the target's settings (phase 3, break).
+func drained(target *config.Slot, tgt slotSettings) laneState {
+	return laneState{Slot: target.Name, Tags: nil, Env: effectiveEnv(tgt.Settings, tgt.Sticky)}
+}
+
+// settled: the former target lane serving the source slot, with the swappable settings that came
+// with its app and the source's sticky settings (phase 4). Tags and env change in one rollout:
+// each new instance starts with both, so no instance carries the target's sticky settings under
+// the source's routes.
+func settled(source *config.Slot, src, tgt slotSettings) laneState {
+	return steady(source, slotSettings{Settings: tgt.Settings, Sticky: src.Sticky})
+}
+
+// swappedSettings is what each slot's swappable settings become: they travel with the app.
+func swappedSettings(src, tgt slotSettings) (newSrc, newTgt slotSettings) {
+	return slotSettings{Settings: tgt.Settings, Sticky: src.Sticky}, slotSettings{Settings: src.Settings, Sticky: tgt.Sticky}
+}
+
+// laneNames are the lanes a site may use: a, b, c, …
+func laneName(i int) string {
+	if i < 26 {
+		return string(rune('a' + i))
+	}
+	return laneName(i/26-1) + laneName(i%26)
+}
+
+// assignLanes binds every slot without a lane to the first free lane, in declaration order.
+func assignLanes(slots []string, bound map[string]string) map[string]string {
+	out := make(map[string]string, len(slots))
+	used := map[string]bool{}
+	for _, s := range slots {
+		if l := bound[s]; l != "" {
+			out[s] = l
+			used[l] = true
+		}
+	}
+	next := 0
+	for _, s := range slots {
+		if out[s] != "" {
+			continue
+		}
+		for used[laneName(next)] {
+			next++
+		}
+		out[s] = laneName(next)
+		used[out[s]] = true
+	}
+	return out
+}

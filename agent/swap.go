@@ -1,0 +1,454 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+
+	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
+)
+
+// restoreTimeout bounds putting a lane back after a failed phase; it runs on its own context,
+// because the failure may be the operation's own deadline.
+const restoreTimeout = 10 * time.Minute
+
+// swapPhases are the phases of DESIGN.md §3, in order.
+var swapPhases = []string{api.PhaseApply, api.PhaseWarm, api.PhaseSwitch, api.PhaseSettle, api.PhaseMonitor}
+
+// swap carries out one swap of source into target, phase after phase (DESIGN.md §3).
+type swap struct {
+	*run
+	site           *config.Site
+	source, target *config.Slot
+	// The two lanes and what they ran when the swap started.
+	srcLane, tgtLane string
+	srcApp, tgtApp   source
+	src, tgt         slotSettings
+}
+
+// swapOp is the operation behind POST /swap, /rollback, auto-swap and the monitor's rollback.
+func (a *Agent) swapOp(site *config.Site, sourceName, targetName string) opFunc {
+	return func(ctx context.Context, r *run) error {
+		w := &swap{run: r, site: site, source: site.Slot(sourceName), target: site.Slot(targetName)}
+		if err := w.load(ctx); err != nil {
+			return err
+		}
+		return w.runPhases(ctx)
+	}
+}
+
+// load reads both slots' bindings and settings, and the app each lane runs.
+func (w *swap) load(ctx context.Context) error {
+	st, err := w.a.store.loadSlots(w.site.Name, nil)
+	if err != nil {
+		return err
+	}
+	s, t := st.Slots[w.source.Name], st.Slots[w.target.Name]
+	if s == nil || t == nil || s.Lane.Value == "" || t.Lane.Value == "" {
+		return fmt.Errorf("slots %s and %s must both be bound to a lane", w.source.Name, w.target.Name)
+	}
+	if w.op.Switched {
+		// A swap resumed after the switch: KV already holds the exchanged bindings.
+		s, t = t, s
+		w.src, w.tgt = swappedBack(s.settings(), t.settings())
+	} else {
+		w.src, w.tgt = s.settings(), t.settings()
+	}
+	w.srcLane, w.tgtLane = s.Lane.Value, t.Lane.Value
+	if w.srcApp, err = w.a.submission(w.site, w.srcLane, s.version(), true); err != nil {
+		return err
+	}
+	if w.tgtApp, err = w.a.submission(w.site, w.tgtLane, t.version(), true); err != nil {
+		return err
+	}
+	return nil
+}
+
+// swappedBack recovers the settings of source and target as they were before the exchange,
+// from the lanes' slots after it: sticky settings stayed, swappable ones travelled.
+func swappedBack(srcLaneSlot, tgtLaneSlot slotSettings) (src, tgt slotSettings) {
+	// srcLaneSlot is the slot now served by the source lane (the target), tgtLaneSlot the source.
+	return slotSettings{Settings: srcLaneSlot.Settings, Sticky: tgtLaneSlot.Sticky},
+		slotSettings{Settings: tgtLaneSlot.Settings, Sticky: srcLaneSlot.Sticky}
+}
+
+func (w *swap) runPhases(ctx context.Context) error {
+	if !w.op.Switched {
+		if w.op.State != api.StatePreviewing {
+			if err := w.phase(api.PhaseApply, api.StateApplying, func() error { return w.apply(ctx) }); err != nil {
+				return w.restoreSource(err)
+			}
+		}
+		if w.op.Preview {
+			if err := w.preview(ctx); err != nil {
+				return w.restoreSource(err)
+			}
+		}
+		if err := w.phase(api.PhaseWarm, api.StateWarming, func() error { return w.warm(ctx) }); err != nil {
+			return w.restoreSource(err)
+		}
+		if err := w.phase(api.PhaseSwitch, api.StateSwitching, func() error { return w.switchSlots(ctx) }); err != nil {
+			return err
+		}
+	}
+	if err := w.phase(api.PhaseSettle, api.StateSettling, func() error { return w.settle(ctx) }); err != nil {
+		return err
+	}
+	return w.monitor(ctx)
+}
+
+// apply takes the source lane off the source's routes and gives it the target's sticky
+// settings and identity, reachable only through the target's preview tags.
+func (w *swap) apply(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
+	defer cancel()
+	ro, err := w.a.ensureLane(ctx, w.site, w.srcLane, w.srcApp, applied(w.target, w.src, w.tgt))
+	if err != nil {
+		return err
+	}
+	w.note(api.PhaseApply, fmt.Sprintf("lane %s version %d (%s)", w.srcLane, ro.Version, ro.Change))
+	return nil
+}
+
+// preview holds the swap after apply until it is completed or cancelled.
+func (w *swap) preview(ctx context.Context) error {
+	w.op.State = api.StatePreviewing
+	w.op.UpdatedAt = time.Now().UTC()
+	if err := w.journal(); err != nil {
+		return err
+	}
+	w.a.logger.Info("swap previewing", "site", w.site.Name, "op", w.op.ID, "preview_tags", strings.Join(w.target.PreviewTags, ","))
+	for {
+		select {
+		case c := <-w.control:
+			switch c {
+			case ctlComplete:
+				return nil
+			case ctlCancel:
+				return fmt.Errorf("%w while previewing", errCancelled)
+			}
+		case <-w.a.stopCh:
+			return errStopping
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// warm sends the site's warm-up requests to every instance of the source lane, directly.
+func (w *swap) warm(ctx context.Context) error {
+	entries, _, err := w.a.laneEntries(ctx, w.site, w.srcLane, 0)
+	if err != nil {
+		return err
+	}
+	if len(entries) == 0 {
+		return fmt.Errorf("lane %s has no instances in consul to warm up", w.srcLane)
+	}
+	err = warmInstances(ctx, w.a.httpClient, w.site.Warmup, entries)
+	if err != nil {
+		w.a.metrics.warmupFailures.WithLabelValues(w.site.Name).Inc()
+		return err
+	}
+	w.note(api.PhaseWarm, fmt.Sprintf("%d instances answered %d paths", len(entries), len(w.site.Warmup.Paths)))
+	return nil
+}
+
+// switchSlots moves the target's routes to the source lane, make before break, then exchanges
+// the bindings and swappable settings in one KV transaction.
+func (w *swap) switchSlots(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
+	defer cancel()
+	made, err := w.a.ensureLane(ctx, w.site, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt))
+	if err != nil {
+		return w.restoreSource(fmt.Errorf("give lane %s the routes of %s: %w", w.srcLane, w.target.Name, err))
+	}
+	broken, err := w.a.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt))
+	if err != nil {
+		err = fmt.Errorf("take the routes of %s off lane %s: %w", w.target.Name, w.tgtLane, err)
+		if _, rerr := w.restore(w.tgtLane, w.tgtApp, steady(w.target, w.tgt)); rerr != nil {
+			return fmt.Errorf("%w; restoring the target lane failed too: %v", err, rerr)
+		}
+		return w.restoreSource(err)
+	}
+	return w.exchange(made.Version, broken.Version)
+}
+
+// exchange binds the target to the source lane and the source to the target lane, and swaps
+// their swappable settings, in one transaction together with the journal entry that says so.
+// Settings edited during the swap are exchanged as they are now, not as they were.
+func (w *swap) exchange(srcLaneVersion, tgtLaneVersion uint64) error {
+	for attempt := 0; ; attempt++ {
+		st, err := w.a.store.loadSlots(w.site.Name, nil)
+		if err != nil {
+			return err
+		}
+		s, t := st.slot(w.source.Name), st.slot(w.target.Name)
+		store := w.a.store
+		var ops consulapi.KVTxnOps
+		ops = append(ops, store.bindOps(w.site.Name, w.target.Name, t, w.srcLane, srcLaneVersion)...)
+		ops = append(ops, store.bindOps(w.site.Name, w.source.Name, s, w.tgtLane, tgtLaneVersion)...)
+		ops = append(ops, store.settingsOps(w.site.Name, w.source.Name, "settings", s.Settings, values(t.Settings))...)
+		ops = append(ops, store.settingsOps(w.site.Name, w.target.Name, "settings", t.Settings, values(s.Settings))...)
+		w.op.Switched = true
+		w.note(api.PhaseSwitch, fmt.Sprintf("%s → lane %s, %s → lane %s", w.target.Name, w.srcLane, w.source.Name, w.tgtLane))
+		journal, err := store.journalOp(w.op)
+		if err != nil {
+			return err
+		}
+		resp, err := store.txn(append(ops, journal))
+		if errors.Is(err, errConflict) && attempt < 5 {
+			w.op.Switched = false
+			if cur, rerr := store.runningOperation(w.site.Name); rerr == nil && cur != nil {
+				w.op.Index = cur.Index
+			}
+			continue
+		}
+		if err != nil {
+			w.op.Switched = false
+			return fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
+		}
+		w.op.Index = resultIndex(resp, store.operationKey(w.site.Name), w.op.Index)
+		w.a.ops.publish(w.op)
+		w.src, w.tgt = slotSettings{Settings: values(s.Settings), Sticky: values(s.Sticky)},
+			slotSettings{Settings: values(t.Settings), Sticky: values(t.Sticky)}
+		w.a.remember(w.site.Name, w.target.Name, steady(w.target, slotSettings{Settings: w.src.Settings, Sticky: w.tgt.Sticky}))
+		return nil
+	}
+}
+
+// settle gives the former target lane the source's sticky settings and routes, in one rollout.
+func (w *swap) settle(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
+	defer cancel()
+	st, err := w.a.store.loadSlots(w.site.Name, nil)
+	if err != nil {
+		return err
+	}
+	s := st.slot(w.source.Name)
+	want := steady(w.source, s.settings())
+	ro, err := w.a.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, want)
+	if err != nil {
+		return fmt.Errorf("settle lane %s into %s: %w", w.tgtLane, w.source.Name, err)
+	}
+	if _, err := w.a.store.txn(w.a.store.bindOps(w.site.Name, w.source.Name, s, w.tgtLane, ro.Version)); err != nil {
+		return fmt.Errorf("bind %s to lane %s version %d: %w", w.source.Name, w.tgtLane, ro.Version, err)
+	}
+	w.a.remember(w.site.Name, w.source.Name, want)
+	w.note(api.PhaseSettle, fmt.Sprintf("lane %s version %d serves %s", w.tgtLane, ro.Version, w.source.Name))
+	return nil
+}
+
+// monitor watches the target's health for the site's window and rolls back when it degrades.
+func (w *swap) monitor(ctx context.Context) error {
+	m := w.site.Monitor
+	if m == nil || m.Window <= 0 {
+		w.skip(api.PhaseMonitor, "no monitor window")
+		return nil
+	}
+	var degraded error
+	err := w.phase(api.PhaseMonitor, api.StateMonitoring, func() error {
+		degraded = w.watchHealth(ctx, m)
+		if degraded != nil && m.AutoRollback {
+			return fmt.Errorf("%w: rolling back", degraded)
+		}
+		return degraded
+	})
+	if degraded != nil && m.AutoRollback {
+		w.after = func() { w.a.autoRollback(w.site.Name, w.op.ID) }
+	}
+	if errors.Is(err, errEndMonitor) {
+		return nil
+	}
+	return err
+}
+
+var errEndMonitor = errors.New("monitoring ended early: another operation started")
+
+// watchHealth blocks until the window ends (nil) or the target lane's passing fraction stays
+// below the threshold for the grace period (an error that says what was seen).
+func (w *swap) watchHealth(ctx context.Context, m *config.Monitor) error {
+	want := w.instanceCount(ctx)
+	ctx, cancel := context.WithTimeout(ctx, m.Window)
+	defer cancel()
+	ended := make(chan struct{})
+	go func() {
+		select {
+		case c := <-w.control:
+			if c == ctlEndMonitor {
+				close(ended)
+			}
+		case <-w.a.stopCh:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	var index uint64
+	var badSince time.Time
+	for {
+		wait := blockingWait
+		if !badSince.IsZero() {
+			wait = time.Second // look again when the grace period may have run out
+		}
+		entries, idx, err := w.a.laneEntriesWait(ctx, w.site, w.srcLane, index, wait)
+		if ctx.Err() != nil {
+			select {
+			case <-ended:
+				return errEndMonitor
+			default:
+				return nil
+			}
+		}
+		if err != nil {
+			_ = sleepCtx(ctx, backoff(1))
+			continue
+		}
+		index = nextIndex(index, idx)
+		passing := 0
+		for _, e := range entries {
+			if e.Checks.AggregatedStatus() == consulapi.HealthPassing {
+				passing++
+			}
+		}
+		total := max(want, len(entries))
+		healthy := total > 0 && float64(passing)/float64(total) >= m.Threshold
+		switch {
+		case healthy:
+			badSince = time.Time{}
+		case badSince.IsZero():
+			badSince = time.Now()
+			w.note(api.PhaseMonitor, fmt.Sprintf("%d/%d instances of %s passing", passing, total, w.target.Name))
+		case time.Since(badSince) >= m.Grace:
+			return fmt.Errorf("%s degraded: %d/%d instances passing for %s (threshold %.0f%%)",
+				w.target.Name, passing, total, time.Since(badSince).Round(time.Second), m.Threshold*100)
+		}
+	}
+}
+
+// instanceCount is how many instances the target lane has as the monitor starts; fewer
+// instances than that later counts as unhealthy.
+func (w *swap) instanceCount(ctx context.Context) int {
+	entries, _, err := w.a.laneEntries(ctx, w.site, w.srcLane, 0)
+	if err != nil {
+		return 0
+	}
+	return len(entries)
+}
+
+// restoreSource puts the source lane back as it was before the swap, and leaves the target alone.
+func (w *swap) restoreSource(cause error) error {
+	if _, err := w.restore(w.srcLane, w.srcApp, steady(w.source, w.src)); err != nil {
+		return fmt.Errorf("%w; restoring lane %s for %s failed too: %v", cause, w.srcLane, w.source.Name, err)
+	}
+	return fmt.Errorf("%w (lane %s restored to %s)", cause, w.srcLane, w.source.Name)
+}
+
+func (w *swap) restore(lane string, app source, want laneState) (rollout, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
+	defer cancel()
+	ro, err := w.a.ensureLane(ctx, w.site, lane, app, want)
+	if err == nil {
+		st, lerr := w.a.store.loadSlots(w.site.Name, nil)
+		if lerr == nil {
+			if slot := st.slotOfLane(lane); slot == want.Slot {
+				_, _ = w.a.store.txn(w.a.store.bindOps(w.site.Name, slot, st.slot(slot), lane, ro.Version))
+			}
+		}
+	}
+	return ro, err
+}
+
+// warmInstances requests every warm-up path of every instance, in parallel across instances.
+// An instance is warm when each path answered with an accepted status within its attempts.
+func warmInstances(ctx context.Context, client *http.Client, wu *config.Warmup, entries []*consulapi.ServiceEntry) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(entries))
+	for i, e := range entries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = warmInstance(ctx, client, wu, e)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func warmInstance(ctx context.Context, client *http.Client, wu *config.Warmup, e *consulapi.ServiceEntry) error {
+	addr := e.Service.Address
+	if addr == "" {
+		addr = e.Node.Address
+	}
+	base := fmt.Sprintf("http://%s:%d", addr, e.Service.Port)
+	for _, path := range wu.Paths {
+		var last string
+		ok := false
+		for attempt := 1; attempt <= wu.Attempts && !ok; attempt++ {
+			if attempt > 1 {
+				if err := sleepCtx(ctx, wu.Interval); err != nil {
+					return err
+				}
+			}
+			status, err := warmRequest(ctx, client, base+path, wu)
+			switch {
+			case err != nil:
+				last = err.Error()
+			case acceptedStatus(wu.Statuses, status):
+				ok = true
+			default:
+				last = fmt.Sprintf("status %d", status)
+			}
+		}
+		if !ok {
+			return fmt.Errorf("instance %s (%s) did not warm up on %s after %d attempts: %s", e.Service.ID, base, path, wu.Attempts, last)
+		}
+	}
+	return nil
+}
+
+func warmRequest(ctx context.Context, client *http.Client, url string, wu *config.Warmup) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, wu.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	if wu.Host != "" {
+		req.Host = wu.Host
+	}
+	req.Header.Set("User-Agent", "slotd-warmup")
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+func acceptedStatus(statuses []int, code int) bool {
+	if len(statuses) == 0 {
+		return code >= 200 && code < 400
+	}
+	for _, s := range statuses {
+		if s == code {
+			return true
+		}
+	}
+	return false
+}
+
+// journalOp is the KV operation that journals op, for transactions that do more.
+func (s *store) journalOp(op *api.Operation) (*consulapi.KVTxnOp, error) {
+	b, err := json.Marshal(op)
+	if err != nil {
+		return nil, err
+	}
+	return casOp(s.operationKey(op.Site), string(b), op.Index), nil
+}

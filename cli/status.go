@@ -1,0 +1,264 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/slotd/slotd/api"
+)
+
+func statusCommand() *command {
+	return &command{
+		name:     "status",
+		synopsis: "show sites, slots, lanes, versions and health",
+		usage:    "[site] [flags]",
+		help: `
+Prints a table of every site's slots: the lane (Nomad job) serving each slot, its job
+version, its healthy and total instances, and the site's running or last operation. With a
+site, also every instance of each slot.
+
+Examples:
+  slotd status
+  slotd status web -json`,
+		run: runStatus,
+	}
+}
+
+func runStatus(e *env, cmd *command, args []string) int {
+	fs := newFlagSet(cmd)
+	var cf clientFlags
+	cf.register(fs)
+	pos, code, ok := e.parse(cmd, fs, args)
+	if !ok {
+		return code
+	}
+	if len(pos) > 1 {
+		return e.usageError(cmd, "want at most a site, got %d arguments", len(pos))
+	}
+	c, err := e.client(&cf)
+	if err != nil {
+		return e.fail(err)
+	}
+	ctx, stop := e.interrupt()
+	defer stop()
+
+	if len(pos) == 0 {
+		sites, err := c.Sites(ctx)
+		if err != nil {
+			return e.fail(err)
+		}
+		if cf.json {
+			return e.printJSON(sites)
+		}
+		if len(sites) == 0 {
+			fmt.Fprintln(e.stdout, "no sites declared")
+			return exitOK
+		}
+		e.printSlots(e.stdout, sites)
+		return exitOK
+	}
+
+	site, err := c.Site(ctx, pos[0])
+	if err != nil {
+		return e.fail(err)
+	}
+	if cf.json {
+		return e.printJSON(site)
+	}
+	e.printSlots(e.stdout, []api.Site{*site})
+	e.printInstances(e.stdout, site)
+	if op := site.Operation; op != nil {
+		fmt.Fprintf(e.stdout, "\nrunning: %s, %s; follow it with: slotd follow %s\n", describe(op), op.State, op.ID)
+	}
+	return exitOK
+}
+
+// printSlots prints one row per slot; the site's operation goes on its first row.
+func (e *env) printSlots(w io.Writer, sites []api.Site) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SITE\tSLOT\tLANE\tVERSION\tHEALTHY\tLAST OPERATION")
+	for _, s := range sites {
+		last := e.lastOperation(&s)
+		if len(s.Slots) == 0 {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t%s\n", s.Name, last)
+			continue
+		}
+		for i, sl := range s.Slots {
+			if i > 0 {
+				last = ""
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d\t%s\n", s.Name, sl.Name, orDash(sl.Lane), sl.Version, sl.Healthy, sl.Total, last)
+		}
+	}
+	_ = tw.Flush()
+}
+
+func (e *env) printInstances(w io.Writer, site *api.Site) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w)
+	fmt.Fprintln(tw, "SLOT\tALLOC\tADDRESS\tSTATUS")
+	n := 0
+	for _, sl := range site.Slots {
+		for _, in := range sl.Instances {
+			n++
+			status := in.Status
+			if status == "" {
+				status = "critical"
+				if in.Healthy {
+					status = "passing"
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\n", sl.Name, shortID(in.Alloc), in.Address, in.Port, status)
+		}
+	}
+	if n == 0 {
+		fmt.Fprintln(w, "no instances")
+		return
+	}
+	_ = tw.Flush()
+}
+
+// lastOperation is the site's running operation, or else its newest finished one, as
+// "kind state age".
+func (e *env) lastOperation(s *api.Site) string {
+	if op := s.Operation; op != nil {
+		if op.CreatedAt.IsZero() {
+			return op.Kind + " " + op.State
+		}
+		return fmt.Sprintf("%s %s for %s", op.Kind, op.State, age(e.now().Sub(op.CreatedAt)))
+	}
+	op := s.LastOperation
+	if op == nil {
+		return "-"
+	}
+	at := op.UpdatedAt
+	if op.FinishedAt != nil {
+		at = *op.FinishedAt
+	}
+	if at.IsZero() {
+		return op.Kind + " " + op.State
+	}
+	return fmt.Sprintf("%s %s %s ago", op.Kind, op.State, age(e.now().Sub(at)))
+}
+
+func historyCommand() *command {
+	return &command{
+		name:     "history",
+		synopsis: "list a site's finished operations",
+		usage:    "<site> [flags]",
+		help: `
+Lists the site's finished deploys, swaps and rollbacks, newest first, with how they ended.
+
+Example:
+  slotd history web`,
+		run: runHistory,
+	}
+}
+
+func runHistory(e *env, cmd *command, args []string) int {
+	fs := newFlagSet(cmd)
+	var cf clientFlags
+	cf.register(fs)
+	pos, code, ok := e.parse(cmd, fs, args)
+	if !ok {
+		return code
+	}
+	if len(pos) != 1 {
+		return e.usageError(cmd, "want a site, got %d arguments", len(pos))
+	}
+	c, err := e.client(&cf)
+	if err != nil {
+		return e.fail(err)
+	}
+	ctx, stop := e.interrupt()
+	defer stop()
+	ops, err := c.History(ctx, pos[0])
+	if err != nil {
+		return e.fail(err)
+	}
+	if cf.json {
+		if ops == nil {
+			ops = []api.Operation{}
+		}
+		return e.printJSON(ops)
+	}
+	if len(ops) == 0 {
+		fmt.Fprintf(e.stdout, "no finished operations on site %s\n", pos[0])
+		return exitOK
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tKIND\tSLOTS\tSTATE\tSTARTED\tTOOK\tDETAIL")
+	for _, op := range ops {
+		started := "-"
+		if !op.CreatedAt.IsZero() {
+			started = age(e.now().Sub(op.CreatedAt)) + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", op.ID, op.Kind, slots(&op), op.State, started,
+			orDash(operationDuration(&op)), orDash(detail(&op)))
+	}
+	_ = tw.Flush()
+	return exitOK
+}
+
+// slots names the slots an operation touched.
+func slots(op *api.Operation) string {
+	if op.Kind == api.KindDeploy {
+		return orDash(op.Slot)
+	}
+	if op.Source == "" && op.Target == "" {
+		return "-"
+	}
+	return op.Source + " -> " + op.Target
+}
+
+// detail is what else there is to know about a finished operation.
+func detail(op *api.Operation) string {
+	var parts []string
+	if op.Error != "" {
+		parts = append(parts, op.Error)
+	}
+	if op.Preview {
+		parts = append(parts, "preview")
+	}
+	if op.RollbackOf != "" {
+		parts = append(parts, "reverses "+op.RollbackOf)
+	}
+	if op.Trigger != "" && op.Trigger != "api" {
+		parts = append(parts, "started by "+op.Trigger)
+	}
+	return strings.Join(parts, "; ")
+}
+
+// age is a coarse duration for tables: 42s, 5m, 3h, 4d.
+func age(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0s"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d/time.Hour))
+	default:
+		return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
+	}
+}
+
+// shortID is the first 8 characters of a Nomad allocation ID, as Nomad's CLI shows them.
+func shortID(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,325 @@
+package config
+
+import (
+	"errors"
+	"io/fs"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+var (
+	// dnsLabel is an RFC 1123 label: site and slot names become parts of Nomad job IDs, Consul
+	// tags and DNS names.
+	dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	// envName is what a shell and Nomad accept as an environment variable name.
+	envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+// reservedPrefix starts the names of the variables slotd sets itself (SLOTD_SITE, SLOTD_SLOT,
+// SLOTD_LANE); a setting must not shadow them.
+const reservedPrefix = "SLOTD_"
+
+var logLevels = []string{"trace", "debug", "info", "warn", "error"}
+
+const labelRule = "use 1–63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+
+// validate checks the completed config and records every problem.
+func (b *builder) validate() {
+	b.validateDaemon()
+	seen := map[string]*Site{}
+	for _, s := range b.cfg.Sites {
+		b.validateSite(s)
+		if first, ok := seen[s.Name]; ok {
+			b.errorf(b.src.labelRange(s.Range), "Duplicate site",
+				"Site %q is already declared at %s; rename or remove one of them.", s.Name, position(first.Range))
+			continue
+		}
+		seen[s.Name] = s
+	}
+}
+
+func (b *builder) validateDaemon() {
+	c := b.cfg
+	if !slices.Contains(logLevels, c.LogLevel) {
+		b.errorf(b.declared["log_level"], "Invalid log_level",
+			"log_level %q is not one of %s.", c.LogLevel, strings.Join(logLevels, ", "))
+	}
+	switch p := c.KVPrefix; {
+	case p == "":
+		b.errorf(b.declared["kv_prefix"], "Empty kv_prefix",
+			"kv_prefix is empty; name the Consul KV folder for slotd's state, such as %q.", DefaultKVPrefix)
+	case strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/"):
+		b.errorf(b.declared["kv_prefix"], "Invalid kv_prefix",
+			"kv_prefix %q must not start or end with '/'; write %q.", p, strings.Trim(p, "/"))
+	}
+
+	h := c.HTTP
+	if _, port, err := net.SplitHostPort(h.Address); err != nil || !validPort(port) {
+		b.errorf(b.src.attrRange(h.Range, "address"), "Invalid address",
+			"http address %q is not host:port; write it like %q.", h.Address, DefaultHTTPAddress)
+	}
+	b.tlsPair(h, "tls_cert_file", "tls_key_file", h.TLSCertFile)
+	b.tlsPair(h, "tls_key_file", "tls_cert_file", h.TLSKeyFile)
+	if h.ReadRequiresToken && !b.src.set(h.Range, "token_file") {
+		b.errorf(b.src.attrRange(h.Range, "read_requires_token"), "No token to require",
+			"read_requires_token is true but http sets no token_file; set token_file, or remove read_requires_token.")
+	}
+
+	if strings.TrimSpace(c.Consul.Address) == "" {
+		b.errorf(b.src.attrRange(c.Consul.Range, "address"), "Empty address",
+			"consul address is empty; write the Consul agent's HTTP address, such as %q.", DefaultConsulAddress)
+	}
+	if u, err := url.Parse(c.Nomad.Address); err != nil || !validNomadURL(u) {
+		b.errorf(b.src.attrRange(c.Nomad.Range, "address"), "Invalid address",
+			"nomad address %q is not a URL of the Nomad API; write it like %q.", c.Nomad.Address, DefaultNomadAddress)
+	}
+}
+
+func validPort(port string) bool {
+	_, err := strconv.ParseUint(port, 10, 16)
+	return err == nil
+}
+
+func validNomadURL(u *url.URL) bool {
+	switch u.Scheme {
+	case "http", "https":
+		return u.Host != ""
+	case "unix":
+		return u.Path != ""
+	default:
+		return false
+	}
+}
+
+// tlsPair checks one of the two TLS files of the API: the other must be set with it, and the
+// file must exist.
+func (b *builder) tlsPair(h HTTP, name, other, path string) {
+	if !b.src.set(h.Range, name) {
+		return
+	}
+	at := b.src.attrRange(h.Range, name)
+	if !b.src.set(h.Range, other) {
+		b.errorf(at, "Incomplete TLS settings", "%s is set without %s; set both to serve HTTPS, or neither.", name, other)
+	}
+	b.regularFile(at, name, path)
+}
+
+// regularFile checks that path, written at at for the setting name, is a file that exists.
+func (b *builder) regularFile(at hcl.Range, name, path string) {
+	if path == "" {
+		b.errorf(at, "Empty path", "%s is empty; name a file (a relative path starts at the folder of this file).", name)
+		return
+	}
+	info, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		b.errorf(at, "File not found",
+			"%s %q does not exist; fix the path (a relative path starts at the folder of this file).", name, path)
+	case err != nil:
+		b.errorf(at, "Cannot read file", "%s: %v.", name, err)
+	case !info.Mode().IsRegular():
+		b.errorf(at, "Not a file", "%s %q is %s; name a file.", name, path, errNotRegular)
+	}
+}
+
+func (b *builder) validateSite(s *Site) {
+	if !dnsLabel.MatchString(s.Name) {
+		b.errorf(b.src.labelRange(s.Range), "Invalid site name",
+			"Site name %q is not a DNS label: %s. It becomes part of Nomad job IDs (<site>-<lane>) and Consul names.",
+			s.Name, labelRule)
+	}
+	if b.src.set(s.Range, "job") {
+		b.regularFile(b.src.attrRange(s.Range, "job"), "job file", s.Job)
+	}
+	if b.src.set(s.Range, "service") && strings.TrimSpace(s.Service) == "" {
+		b.errorf(b.src.attrRange(s.Range, "service"), "Empty service",
+			"service is empty; name the Consul service the job registers.")
+	}
+	b.duplicateKeys(s.Range, "vars")
+	if len(s.Slots) < 2 {
+		b.errorf(b.src.labelRange(s.Range), "Too few slots",
+			"Site %q declares %d slot(s); declare at least two, such as production and staging: a swap needs a source and a target.",
+			s.Name, len(s.Slots))
+	}
+	b.validateWarmup(s.Warmup)
+	b.validateMonitor(s.Monitor)
+
+	seen := map[string]*Slot{}
+	for _, sl := range s.Slots {
+		b.validateSlot(sl)
+		if first, ok := seen[sl.Name]; ok {
+			b.errorf(b.src.labelRange(sl.Range), "Duplicate slot",
+				"Slot %q is already declared in site %q at %s; rename or remove one of them.",
+				sl.Name, s.Name, position(first.Range))
+			continue
+		}
+		seen[sl.Name] = sl
+	}
+	b.validateAutoSwap(s)
+}
+
+func (b *builder) validateWarmup(w *Warmup) {
+	if len(w.Paths) == 0 {
+		b.errorf(b.src.attrRange(w.Range, "paths"), "No warm-up paths",
+			"paths is empty; list at least one path, such as \"/\", or leave paths out.")
+	}
+	for i, p := range w.Paths {
+		if !strings.HasPrefix(p, "/") {
+			b.errorf(b.src.itemRange(w.Range, "paths", i), "Invalid warm-up path",
+				"Warm-up path %q must start with '/'.", p)
+		}
+	}
+	if len(w.Statuses) == 0 {
+		b.errorf(b.src.attrRange(w.Range, "statuses"), "No warm-up statuses",
+			"statuses is empty; list the accepted statuses, or leave statuses out to accept 200–399.")
+	}
+	for i, code := range w.Statuses {
+		if code < 100 || code > 599 {
+			b.errorf(b.src.itemRange(w.Range, "statuses", i), "Invalid status",
+				"Status %d is not an HTTP status; use codes from 100 to 599.", code)
+		}
+	}
+	if w.Attempts < 1 {
+		b.errorf(b.src.attrRange(w.Range, "attempts"), "Invalid attempts",
+			"attempts is %d; each warm-up request must be tried at least once (attempts = 1 or more).", w.Attempts)
+	}
+}
+
+func (b *builder) validateMonitor(m *Monitor) {
+	// Written so that NaN fails too.
+	if !(m.Threshold > 0 && m.Threshold <= 1) {
+		b.errorf(b.src.attrRange(m.Range, "threshold"), "Invalid threshold",
+			"threshold %g is outside (0, 1]: it is the fraction of the target's instances that must stay passing, such as 0.5 or 1.",
+			m.Threshold)
+	}
+}
+
+func (b *builder) validateSlot(sl *Slot) {
+	if !dnsLabel.MatchString(sl.Name) {
+		b.errorf(b.src.labelRange(sl.Range), "Invalid slot name",
+			"Slot name %q is not a DNS label: %s. It becomes a Consul tag and DNS name.", sl.Name, labelRule)
+	}
+	for _, attr := range []struct {
+		name string
+		tags []string
+	}{{"tags", sl.Tags}, {"preview_tags", sl.PreviewTags}} {
+		for i, tag := range attr.tags {
+			if strings.TrimSpace(tag) == "" {
+				b.errorf(b.src.itemRange(sl.Range, attr.name, i), "Empty tag",
+					"%s holds an empty tag; remove it.", attr.name)
+			}
+		}
+	}
+	b.settingNames(sl, "settings", sl.Settings)
+	b.settingNames(sl, "sticky", sl.Sticky)
+	for _, key := range sortedKeys(sl.Sticky) {
+		if _, ok := sl.Settings[key]; ok {
+			b.errorf(b.src.keyRange(sl.Range, "sticky", key), "Setting both swappable and sticky",
+				"Setting %q of slot %q is in both settings and sticky; keep it in one: sticky stays with the slot, settings move with the app on a swap.",
+				key, sl.Name)
+		}
+	}
+}
+
+// settingNames checks the names of one settings map (attr is settings or sticky). Values are
+// never part of a message: sticky ones are secrets.
+func (b *builder) settingNames(sl *Slot, attr string, settings map[string]string) {
+	b.duplicateKeys(sl.Range, attr)
+	for _, key := range sortedKeys(settings) {
+		at := b.src.keyRange(sl.Range, attr, key)
+		switch {
+		case !envName.MatchString(key):
+			b.errorf(at, "Invalid setting name",
+				"Setting name %q in %s is not an environment variable name; use letters, digits and '_', not starting with a digit.",
+				key, attr)
+		case strings.HasPrefix(key, reservedPrefix):
+			b.errorf(at, "Reserved setting name",
+				"Setting name %q in %s starts with %s, which slotd reserves for SLOTD_SITE, SLOTD_SLOT and SLOTD_LANE; rename it.",
+				key, attr, reservedPrefix)
+		}
+	}
+}
+
+// duplicateKeys reports a key written twice in one object attribute: HCL keeps the last one
+// silently, which would hide a mistake in a setting.
+func (b *builder) duplicateKeys(block hcl.Range, attr string) {
+	seen := map[string]hcl.Range{}
+	for _, k := range b.src.keys(block, attr) {
+		if first, ok := seen[k.name]; ok {
+			b.errorf(k.rng, "Duplicate key", "%s sets %q twice (first at %s); keep one.", attr, k.name, position(first))
+			continue
+		}
+		seen[k.name] = k.rng
+	}
+}
+
+// validateAutoSwap checks that every auto_swap names another slot of the site, and that
+// following auto_swap from slot to slot never comes back: a cycle would swap forever.
+func (b *builder) validateAutoSwap(s *Site) {
+	for _, sl := range s.Slots {
+		if !b.src.set(sl.Range, "auto_swap") {
+			continue
+		}
+		at := b.src.attrRange(sl.Range, "auto_swap")
+		switch {
+		case sl.AutoSwap == sl.Name:
+			b.errorf(at, "Invalid auto_swap",
+				"Slot %q cannot auto-swap into itself; name another slot, or remove auto_swap.", sl.Name)
+		case s.Slot(sl.AutoSwap) == nil:
+			others := slices.DeleteFunc(s.SlotNames(), func(n string) bool { return n == sl.Name })
+			b.errorf(at, "Unknown auto_swap slot",
+				"auto_swap names slot %q, which site %q does not declare; name one of: %s.",
+				sl.AutoSwap, s.Name, strings.Join(others, ", "))
+		}
+	}
+
+	const (
+		unseen = iota
+		onPath
+		done
+	)
+	state := map[string]int{}
+	for _, start := range s.Slots {
+		var path []*Slot
+		cur := start
+		for cur != nil && state[cur.Name] == unseen {
+			state[cur.Name] = onPath
+			path = append(path, cur)
+			if cur.AutoSwap == "" || cur.AutoSwap == cur.Name {
+				cur = nil
+				break
+			}
+			cur = s.Slot(cur.AutoSwap)
+		}
+		if cur != nil && state[cur.Name] == onPath {
+			i := slices.Index(path, cur)
+			names := make([]string, 0, len(path)-i+1)
+			for _, sl := range path[i:] {
+				names = append(names, sl.Name)
+			}
+			names = append(names, cur.Name)
+			b.errorf(b.src.attrRange(cur.Range, "auto_swap"), "Auto-swap cycle",
+				"auto_swap goes round in a cycle (%s): each healthy deploy would swap again without end; remove auto_swap from one of these slots.",
+				strings.Join(names, " → "))
+		}
+		for _, sl := range path {
+			state[sl.Name] = done
+		}
+	}
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,185 @@
+package jobspec
+
+import (
+	"testing"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestRender(t *testing.T) {
+	base := testJob(t)
+	job := Render(base, stagingLane())
+
+	assert.Equal(t, "web-a", *job.ID)
+	assert.Equal(t, "web-a", *job.Name)
+	assert.Equal(t, []string{"v1", "staging", "urlprefix-staging.example.com/"}, service(job).Tags)
+	assert.Equal(t, base.TaskGroups[0].Services[0].Checks, service(job).Checks, "checks are not the lane's business")
+	assert.Equal(t, map[string]string{
+		"MODE":         "jobspec",
+		"FEATURE_X":    "on",
+		"DATABASE_URL": "postgres://staging-db/app",
+		"SLOTD_SITE":   "web",
+		"SLOTD_SLOT":   "staging", // overrides the jobspec's value
+		"SLOTD_LANE":   "a",
+	}, task(job).Env)
+	assert.Equal(t, map[string]string{"owner": "team-a", "slotd_site": "web", "slotd_lane": "a"}, job.Meta)
+	assert.Equal(t, []string{"v1", "staging", "urlprefix-staging.example.com/"}, ServiceTags(job, "web"))
+}
+
+func TestRenderTags(t *testing.T) {
+	cases := []struct {
+		name     string
+		jobTags  []string
+		slotTags []string
+		want     []string
+	}{
+		{"no slot tags keeps the jobspec tags", []string{"v1"}, nil, []string{"v1"}},
+		{"slot tags follow the jobspec tags", []string{"v1"}, []string{"production", "urlprefix-x/"}, []string{"v1", "production", "urlprefix-x/"}},
+		{"repeated slot tags once, order kept", nil, []string{"b", "a", "b", "a"}, []string{"b", "a"}},
+		{"a slot tag the jobspec has is not repeated", []string{"v1", "production"}, []string{"production", "x"}, []string{"v1", "production", "x"}},
+		{"empty tags dropped", []string{"v1"}, []string{"", "x"}, []string{"v1", "x"}},
+		{"nothing at all", nil, nil, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			base := testJob(t, func(j *nomadapi.Job) { service(j).Tags = tc.jobTags })
+			l := stagingLane()
+			l.SlotTags = tc.slotTags
+			assert.Equal(t, tc.want, service(Render(base, l)).Tags)
+		})
+	}
+}
+
+func TestRenderOnlyTheLaneService(t *testing.T) {
+	base := testJob(t, func(j *nomadapi.Job) {
+		g := group(j)
+		g.Services = append(g.Services, &nomadapi.Service{Name: "web-metrics", Tags: []string{"metrics"}})
+		task(j).Services = []*nomadapi.Service{{Name: "web", Tags: []string{"task-level"}}}
+		j.TaskGroups = append(j.TaskGroups, &nomadapi.TaskGroup{
+			Name:     new("sidecar"),
+			Services: []*nomadapi.Service{{Name: "web", Tags: []string{"second-group"}}},
+			Tasks:    []*nomadapi.Task{{Name: "proxy", Driver: "raw_exec"}},
+		})
+	})
+	job := Render(base, stagingLane())
+
+	assert.Equal(t, []string{"v1", "staging", "urlprefix-staging.example.com/"}, group(job).Services[0].Tags)
+	assert.Equal(t, []string{"metrics"}, group(job).Services[1].Tags, "another service keeps its tags")
+	assert.Equal(t, []string{"task-level", "staging", "urlprefix-staging.example.com/"}, task(job).Services[0].Tags)
+	assert.Equal(t, []string{"second-group", "staging", "urlprefix-staging.example.com/"}, job.TaskGroups[1].Services[0].Tags)
+	assert.Equal(t, "staging", job.TaskGroups[1].Tasks[0].Env["SLOTD_SLOT"], "a task without env gets one")
+}
+
+func TestRenderDoesNotModifyBase(t *testing.T) {
+	base := testJob(t)
+	pristine := testJob(t)
+	l := stagingLane()
+	job := Render(base, l)
+	require.Equal(t, pristine, base)
+
+	// The result shares no memory with base or the lane.
+	service(job).Tags[0] = "changed"
+	task(job).Env["MODE"] = "changed"
+	job.Meta["owner"] = "changed"
+	task(job).Config["args"].([]any)[0] = "changed"
+	assert.Equal(t, pristine, base)
+	assert.Equal(t, stagingLane(), l)
+}
+
+func TestRenderIsDeterministic(t *testing.T) {
+	base := testJob(t)
+	first := Render(base, stagingLane())
+	for range 20 {
+		assert.Equal(t, first, Render(base, stagingLane()))
+	}
+	assert.Equal(t, NoChange, Diff(first, Render(testJob(t), stagingLane())))
+}
+
+func TestCheckLane(t *testing.T) {
+	cases := []struct {
+		name string
+		edit func(*nomadapi.Job)
+		want []string // substrings of the error; none means valid
+	}{
+		{name: "valid", edit: func(*nomadapi.Job) {}},
+		{name: "empty provider means consul", edit: func(j *nomadapi.Job) { service(j).Provider = "" }},
+		{name: "nil type means service", edit: func(j *nomadapi.Job) { j.Type = nil }},
+		{name: "task-level service", edit: func(j *nomadapi.Job) {
+			task(j).Services = group(j).Services
+			group(j).Services = nil
+		}},
+		{name: "another service is not the lane's", edit: func(j *nomadapi.Job) {
+			group(j).Services = append(group(j).Services, &nomadapi.Service{Name: "other", Provider: "nomad"})
+		}},
+		{
+			name: "no service",
+			edit: func(j *nomadapi.Job) { service(j).Name = "api" },
+			want: []string{`jobs/web.nomad.hcl: no group registers service "web" with provider consul`},
+		},
+		{
+			name: "nomad provider",
+			edit: func(j *nomadapi.Job) { service(j).Provider = "nomad" },
+			want: []string{
+				`jobs/web.nomad.hcl: group "app" registers service "web" with provider nomad`,
+				`jobs/web.nomad.hcl: no group registers service "web" with provider consul`,
+			},
+		},
+		{
+			name: "two groups",
+			edit: func(j *nomadapi.Job) {
+				j.TaskGroups = append(j.TaskGroups, testJob(t, func(j *nomadapi.Job) { group(j).Name = new("api") }).TaskGroups[0])
+			},
+			want: []string{`jobs/web.nomad.hcl: groups "app", "api" all register service "web"`},
+		},
+		{
+			name: "no check",
+			edit: func(j *nomadapi.Job) { service(j).Checks = nil },
+			want: []string{`jobs/web.nomad.hcl: service "web" in group "app" has no check`},
+		},
+		{
+			name: "batch job",
+			edit: func(j *nomadapi.Job) { j.Type = new(nomadapi.JobTypeBatch) },
+			want: []string{`jobs/web.nomad.hcl: job type is "batch"; a lane must be a "service" job`},
+		},
+		{
+			name: "no task",
+			edit: func(j *nomadapi.Job) { group(j).Tasks = nil },
+			want: []string{`jobs/web.nomad.hcl: group "app" has no task`},
+		},
+		{
+			name: "every problem at once",
+			edit: func(j *nomadapi.Job) {
+				j.Type = new(nomadapi.JobTypeSystem)
+				service(j).Checks = nil
+			},
+			want: []string{`job type is "system"`, `has no check`},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := CheckLane(testJob(t, tc.edit), "jobs/web.nomad.hcl", "web")
+			if len(tc.want) == 0 {
+				assert.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			for _, w := range tc.want {
+				assert.Contains(t, err.Error(), w)
+			}
+		})
+	}
+	assert.EqualError(t, CheckLane(nil, "jobs/web.nomad.hcl", "web"), "jobs/web.nomad.hcl: no job")
+}
+
+func TestServiceTags(t *testing.T) {
+	job := testJob(t)
+	assert.Equal(t, []string{"v1"}, ServiceTags(job, "web"))
+	assert.Nil(t, ServiceTags(job, "nope"))
+	assert.Nil(t, ServiceTags(nil, "web"))
+
+	tags := ServiceTags(job, "web")
+	tags[0] = "changed"
+	assert.Equal(t, []string{"v1"}, service(job).Tags, "the result is a copy")
+}
