@@ -258,7 +258,10 @@ func (a *Agent) siteView(ctx context.Context, s *siteRunner, detail bool) (*api.
 	if err != nil {
 		return nil, err
 	}
-	view := &api.Site{Name: cfg.Name, Service: cfg.Service, Slots: []api.Slot{}}
+	s.mu.Lock()
+	ready := s.ready
+	s.mu.Unlock()
+	view := &api.Site{Name: cfg.Name, Service: cfg.Service, Ready: ready && a.isLeader(), Slots: []api.Slot{}}
 	for _, slot := range cfg.Slots {
 		ss := st.slot(slot.Name)
 		v := api.Slot{Name: slot.Name, Lane: ss.Lane.Value, Version: ss.version(), Tags: slotTags(slot), AutoSwap: slot.AutoSwap}

@@ -33,15 +33,22 @@ const (
 	// requestTimeout bounds a request that does not block on the server, so a hung agent
 	// cannot hang a pipeline.
 	requestTimeout = time.Minute
-	// blockingTimeout bounds a blocking read: the server holds it up to about 5 minutes, and the
-	// client must not give up first.
-	blockingTimeout = 6 * time.Minute
+	// blockWait is how long a blocking read asks the server to hold it when nothing changes
+	// (?wait=, the server's default too); blockingTimeout bounds the read on the client, which
+	// must not give up first.
+	blockWait       = 5 * time.Minute
+	blockingTimeout = blockWait + time.Minute
 
 	// waitRetries is how many failed reads in a row Wait tolerates (agent restarting, leader
 	// moving) before it gives up; waitBackoff and waitMaxBackoff shape the pauses between them.
 	waitRetries    = 6
 	waitBackoff    = 500 * time.Millisecond
 	waitMaxBackoff = 8 * time.Second
+
+	// minWaitRead is the least time between two reads of an operation while following: a server
+	// that answers a blocking read at once without a change (or an operation without an index)
+	// must not turn Wait into a tight loop.
+	minWaitRead = time.Second
 
 	// maxErrorBody is how much of an error answer is read for its message.
 	maxErrorBody = 64 << 10
@@ -227,11 +234,11 @@ func (c *Client) Rollback(ctx context.Context, site string) (*Operation, error) 
 }
 
 // Operation reads an operation. With index > 0 the server holds the request until the
-// operation's Index differs from index, or its wait (about 5 minutes) runs out.
+// operation's Index differs from index, or 5 minutes pass; then it answers the operation as it is.
 func (c *Client) Operation(ctx context.Context, id string, index uint64) (*Operation, error) {
 	var q url.Values
 	if index > 0 {
-		q = url.Values{"index": {strconv.FormatUint(index, 10)}}
+		q = url.Values{"index": {strconv.FormatUint(index, 10)}, "wait": {blockWait.String()}}
 	}
 	var out Operation
 	if err := c.do(ctx, http.MethodGet, q, nil, &out, "operations", id); err != nil {
@@ -304,6 +311,7 @@ func (c *Client) Follow(ctx context.Context, op *Operation, done func(*Operation
 	onChange(op)
 	failures := 0
 	for !done(op) {
+		began := time.Now()
 		next, err := c.Operation(ctx, op.ID, op.Index)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -326,6 +334,9 @@ func (c *Client) Follow(ctx context.Context, op *Operation, done func(*Operation
 		// The same index means the server's wait ran out with no change. Any other index,
 		// lower ones included (the operation was re-journaled), is a new version.
 		if next.Index == op.Index && next.State == op.State {
+			if err := sleep(ctx, minWaitRead-time.Since(began)); err != nil {
+				return op, err
+			}
 			continue
 		}
 		op = next
@@ -345,6 +356,9 @@ func backoff(n int) time.Duration {
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

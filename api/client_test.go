@@ -145,7 +145,7 @@ func TestClientRequests(t *testing.T) {
 			name:   "operation blocking on an index",
 			call:   func(ctx context.Context, c *Client) (any, error) { return c.Operation(ctx, "op-1", 42) },
 			status: 200, answer: opJSON, want: wantOp,
-			method: "GET", uri: "/v1/operations/op-1?index=42",
+			method: "GET", uri: "/v1/operations/op-1?index=42&wait=5m0s",
 		},
 		{
 			name:   "complete",

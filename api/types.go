@@ -125,7 +125,10 @@ func (o *Operation) Phase(name string) *Phase {
 type Site struct {
 	Name    string `json:"name"`
 	Service string `json:"service"`
-	Slots   []Slot `json:"slots"`
+	// Ready is false while the leader brings the site to its declared shape, and on a daemon
+	// that does not lead: operations start only on a ready site.
+	Ready bool   `json:"ready"`
+	Slots []Slot `json:"slots"`
 	// Operation is the running operation, absent when idle.
 	Operation *Operation `json:"operation,omitempty"`
 	// LastOperation is the newest finished operation, absent when there is none.

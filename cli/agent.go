@@ -123,7 +123,6 @@ func reload(e *env, d daemon, path string, logger hclog.Logger) {
 		return
 	}
 	logger.SetLevel(logLevel(cfg.LogLevel))
-	logger.Info("reloaded", "sites", len(cfg.Sites))
 }
 
 func logLevel(s string) hclog.Level {

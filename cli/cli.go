@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -54,7 +55,7 @@ type env struct {
 	now            func() time.Time
 	isTerminal     func(io.Writer) bool
 
-	// loadConfig, newDaemon, notify and stopNotify serve the agent command.
+	// loadConfig serves validate and agent; newDaemon, notify and stopNotify the agent.
 	loadConfig func(path string) (*config.Config, error)
 	newDaemon  func(*config.Config, hclog.Logger) (daemon, error)
 	notify     func(chan<- os.Signal, ...os.Signal)
@@ -154,6 +155,10 @@ func (e *env) fail(err error) int {
 func describeError(err error) string {
 	var se *api.StatusError
 	if !errors.As(err, &se) {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "dial" {
+			return err.Error() + "; is the agent running there? (set -address or " + api.EnvAddress + ")"
+		}
 		return err.Error()
 	}
 	msg := fmt.Sprintf("%s (HTTP %d)", se.Message, se.Code)

@@ -67,12 +67,18 @@ type clientFlags struct {
 	detach  bool
 }
 
-func (cf *clientFlags) register(fs *flag.FlagSet) {
+// register adds the client flags to fs. Commands that start no operation accept -detach too, so
+// one set of flags fits every client command, but say that it does nothing there.
+func (cf *clientFlags) register(fs *flag.FlagSet, follows bool) {
 	fs.StringVar(&cf.address, "address", "", "`URL` of the slotd agent (default $"+api.EnvAddress+" or "+api.DefaultAddress+")")
 	fs.StringVar(&cf.token, "token", "", "bearer `token` for the agent's API (default $"+api.EnvToken+")")
 	fs.StringVar(&cf.caCert, "ca-cert", "", "PEM `file` of the CA that signed the agent's TLS certificate (default $"+api.EnvCACert+")")
 	fs.BoolVar(&cf.json, "json", false, "print the result as JSON on stdout (for a followed operation: its final state; progress goes to stderr)")
-	fs.BoolVar(&cf.detach, "detach", false, "return as soon as an operation starts instead of following it")
+	detach := "return as soon as the operation starts instead of following it"
+	if !follows {
+		detach = "no effect: this command starts no operation"
+	}
+	fs.BoolVar(&cf.detach, "detach", false, detach)
 }
 
 // client builds an API client from the flags, falling back to the environment.

@@ -33,8 +33,9 @@ type follower struct {
 
 // seenPhase is what has been printed about a phase.
 type seenPhase struct {
-	started, ended bool
-	message        string
+	started bool
+	ended   string // the end state printed, "" while the phase has not ended
+	message string // the last message printed
 }
 
 func newFollower(w io.Writer, now func() time.Time, tty bool) *follower {
@@ -61,32 +62,37 @@ func (f *follower) updatePhase(p *api.Phase) {
 		seen = &seenPhase{}
 		f.phases[p.Name] = seen
 	}
-	if seen.ended {
-		return
-	}
 	switch p.State {
 	case api.PhasePending, "":
 		return
-	case api.PhaseSkipped:
-		seen.ended = true
-		f.printf("==> %s: skipped%s\n", p.Name, suffix(": ", p.Message))
-		return
-	}
-	if !seen.started {
-		seen.started = true
-		f.printf("==> %s: started\n", p.Name)
-	}
-	if p.State == api.PhaseRunning {
+	case api.PhaseRunning:
+		if seen.ended != "" {
+			return
+		}
+		if !seen.started {
+			seen.started = true
+			f.printf("==> %s: started\n", p.Name)
+		}
 		if p.Message != "" && p.Message != seen.message {
 			f.printf("    %s: %s\n", p.Name, p.Message)
+			seen.message = p.Message
 		}
-		seen.message = p.Message
 		return
 	}
 
-	seen.ended = true
+	// The phase has ended. It may end twice: a cancelled preview swap turns its succeeded
+	// apply phase into cancelled as it puts the source back.
+	if p.State == seen.ended {
+		return
+	}
+	if !seen.started && p.State != api.PhaseSkipped && seen.ended == "" {
+		seen.started = true
+		f.printf("==> %s: started\n", p.Name)
+	}
+	first := seen.ended == ""
+	seen.ended = p.State
 	took := ""
-	if p.StartedAt != nil && p.EndedAt != nil {
+	if first && p.StartedAt != nil && p.EndedAt != nil {
 		took = formatDuration(p.EndedAt.Sub(*p.StartedAt))
 	}
 	switch p.State {
@@ -98,14 +104,15 @@ func (f *follower) updatePhase(p *api.Phase) {
 		f.printf("==> %s: succeeded%s%s\n", p.Name, suffix(" in ", took), msg)
 	case api.PhaseFailed:
 		f.printf("==> %s: failed%s%s\n", p.Name, suffix(" after ", took), suffix(": ", p.Message))
-	default: // cancelled, or a state this CLI does not know yet
+	default: // skipped, cancelled, or a state this CLI does not know yet
 		f.printf("==> %s: %s%s\n", p.Name, p.State, suffix(": ", p.Message))
 	}
+	seen.message = p.Message
 }
 
 // finish prints the final line for the operation's last version and returns the exit code:
-// 0 when it ended as wanted (succeeded, or cancelled when a cancel was asked for, or stopped
-// in preview), 1 otherwise.
+// 0 when it succeeded, stopped in preview, or was cancelled when a cancel was asked for (a
+// cancel in the monitor phase ends the monitor, and the swap succeeds); 1 otherwise.
 func (f *follower) finish(op *api.Operation, wantCancelled bool) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -114,9 +121,6 @@ func (f *follower) finish(op *api.Operation, wantCancelled bool) int {
 	switch op.State {
 	case api.StateSucceeded:
 		f.printf("%s %s succeeded%s\n", op.Kind, op.ID, suffix(" in ", took))
-		if wantCancelled {
-			return exitError
-		}
 		return exitOK
 	case api.StateFailed:
 		f.printf("%s %s failed%s%s\n", op.Kind, op.ID, suffix(" after ", took), suffix(": ", op.Error))

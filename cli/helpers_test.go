@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
 )
 
 // t0 is when every operation of the tests was created; now is when the tests look at them.
@@ -145,6 +147,10 @@ func testEnv(addr string, vars map[string]string) (*env, *bytes.Buffer, *bytes.B
 		now:        func() time.Time { return now },
 		isTerminal: func(io.Writer) bool { return false },
 		interrupt:  func() (context.Context, context.CancelFunc) { return context.WithCancel(context.Background()) },
+		loadConfig: config.Load,
+		newDaemon:  newAgent,
+		notify:     func(chan<- os.Signal, ...os.Signal) {},
+		stopNotify: func(chan<- os.Signal) {},
 	}
 	return e, &stdout, &stderr
 }

@@ -34,7 +34,7 @@ Example:
 func runDeploy(e *env, cmd *command, args []string) int {
 	fs := newFlagSet(cmd)
 	var cf clientFlags
-	cf.register(fs)
+	cf.register(fs, true)
 	vars := varsFlag{}
 	fs.Var(vars, "var", "job variable as `key=value`; repeat for more")
 	pos, code, ok := e.parse(cmd, fs, args)
@@ -61,7 +61,8 @@ the source slot.
 
 With -preview the swap stops after the target's sticky settings are applied, so you can
 check the candidate on the target's preview routes; the command then exits 0. Finish the
-swap with -complete or undo it with -cancel.
+swap with -complete or undo it with -cancel. -cancel also stops a deploy, or a swap before its
+switch phase, and ends the monitor phase of a swap early.
 ` + followHelp + `
 
 Examples:
@@ -75,10 +76,10 @@ Examples:
 func runSwap(e *env, cmd *command, args []string) int {
 	fs := newFlagSet(cmd)
 	var cf clientFlags
-	cf.register(fs)
+	cf.register(fs, true)
 	preview := fs.Bool("preview", false, "stop after the target's sticky settings are applied, for a check before -complete")
 	complete := fs.Bool("complete", false, "finish the site's previewing swap")
-	cancel := fs.Bool("cancel", false, "cancel the site's previewing or running operation")
+	cancel := fs.Bool("cancel", false, "cancel the site's previewing or running operation (in the monitor phase: end the monitor)")
 	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {
 		return code
@@ -156,7 +157,7 @@ Example:
 func runRollback(e *env, cmd *command, args []string) int {
 	fs := newFlagSet(cmd)
 	var cf clientFlags
-	cf.register(fs)
+	cf.register(fs, true)
 	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {
 		return code
@@ -189,7 +190,7 @@ Example:
 func runFollow(e *env, cmd *command, args []string) int {
 	fs := newFlagSet(cmd)
 	var cf clientFlags
-	cf.register(fs)
+	cf.register(fs, true)
 	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {
 		return code
@@ -244,10 +245,8 @@ func (e *env) follow(ctx context.Context, cf *clientFlags, c *api.Client, op *ap
 		return e.fail(err)
 	}
 	code := f.finish(final, wantCancelled)
-	if cf.json {
-		if c := e.printJSON(final); c != exitOK {
-			return c
-		}
+	if cf.json && e.printJSON(final) != exitOK {
+		return exitError
 	}
 	return code
 }

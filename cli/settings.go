@@ -28,7 +28,7 @@ Examples:
 func runSettings(e *env, cmd *command, args []string) int {
 	fs := newFlagSet(cmd)
 	var cf clientFlags
-	cf.register(fs)
+	cf.register(fs, false)
 	sticky := fs.Bool("sticky", false, "with set: the setting stays with the slot on a swap")
 	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {

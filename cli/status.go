@@ -30,7 +30,7 @@ Examples:
 func runStatus(e *env, cmd *command, args []string) int {
 	fs := newFlagSet(cmd)
 	var cf clientFlags
-	cf.register(fs)
+	cf.register(fs, false)
 	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {
 		return code
@@ -161,7 +161,7 @@ Example:
 func runHistory(e *env, cmd *command, args []string) int {
 	fs := newFlagSet(cmd)
 	var cf clientFlags
-	cf.register(fs)
+	cf.register(fs, false)
 	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {
 		return code

@@ -75,7 +75,7 @@ type HTTP struct {
 	TLSKeyFile        string `hcl:"tls_key_file,optional"`
 
 	// Token is read from TokenFile after decoding; empty means the API is open.
-	Token string
+	Token string `json:"-"`
 
 	// Range is where the block is declared, for messages; zero when it was left out.
 	Range hcl.Range `hcl:",def_range"`
@@ -85,7 +85,7 @@ type HTTP struct {
 // CONSUL_HTTP_TOKEN, in that order; never from more than one of the first two.
 type Consul struct {
 	Address   string `hcl:"address,optional"`
-	Token     string `hcl:"token,optional"`
+	Token     string `hcl:"token,optional" json:"-"`
 	TokenFile string `hcl:"token_file,optional"`
 
 	// Range is where the block is declared, for messages; zero when it was left out.
@@ -95,7 +95,7 @@ type Consul struct {
 // Nomad configures the Nomad client. The token comes from token_file, token, or NOMAD_TOKEN.
 type Nomad struct {
 	Address   string `hcl:"address,optional"`
-	Token     string `hcl:"token,optional"`
+	Token     string `hcl:"token,optional" json:"-"`
 	TokenFile string `hcl:"token_file,optional"`
 	Region    string `hcl:"region,optional"`
 	Namespace string `hcl:"namespace,optional"`
@@ -123,7 +123,10 @@ type Site struct {
 	Range hcl.Range `hcl:",def_range"`
 }
 
-// Warmup is what a slot's instances must answer before traffic moves to them.
+// Warmup is what a slot's instances must answer before traffic moves to them. Each *Raw field
+// holds a duration as written; the field after it holds it parsed, or its default. Attempts
+// left out gets its default, while attempts = 0 written is an error: the decoder tells them
+// apart by the attribute, which keeps the field a plain int for its users.
 type Warmup struct {
 	Paths    []string `hcl:"paths,optional"`
 	Statuses []int    `hcl:"statuses,optional"`
@@ -139,7 +142,8 @@ type Warmup struct {
 	Range hcl.Range `hcl:",def_range"`
 }
 
-// Monitor is the watch on a new production after a swap.
+// Monitor is the watch on a new production after a swap. Durations and Threshold are filled
+// like Warmup's: left out gets the default, a written 0 is checked as written.
 type Monitor struct {
 	WindowRaw    string `hcl:"window,optional"`
 	Window       time.Duration

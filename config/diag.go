@@ -74,12 +74,22 @@ func fileStart(filename string) hcl.Range {
 // key or list item it is about rather than at the whole block.
 type sources struct {
 	blocks map[hcl.Range]*hclsyntax.Block // every block, by its definition range
+	ctx    map[string]*hcl.EvalContext    // every file's evaluation context, by file name
 }
 
-func (s *sources) add(body *hclsyntax.Body) {
+func newSources() *sources {
+	return &sources{blocks: map[hcl.Range]*hclsyntax.Block{}, ctx: map[string]*hcl.EvalContext{}}
+}
+
+func (s *sources) add(f *file) {
+	s.ctx[f.name] = f.ctx
+	s.addBlocks(f.body)
+}
+
+func (s *sources) addBlocks(body *hclsyntax.Body) {
 	for _, b := range body.Blocks {
 		s.blocks[b.DefRange()] = b
-		s.add(b.Body)
+		s.addBlocks(b.Body)
 	}
 }
 
@@ -92,9 +102,15 @@ func (s *sources) attr(block hcl.Range, name string) *hclsyntax.Attribute {
 	return b.Body.Attributes[name]
 }
 
-// set reports whether the block declared at block writes the attribute name.
+// set reports whether the block declared at block sets the attribute name. As in Terraform, an
+// attribute that is null is left out, so its default applies.
 func (s *sources) set(block hcl.Range, name string) bool {
-	return s.attr(block, name) != nil
+	a := s.attr(block, name)
+	if a == nil {
+		return false
+	}
+	v, diags := a.Expr.Value(s.ctx[block.Filename])
+	return diags.HasErrors() || !v.IsNull()
 }
 
 // attrRange is where the attribute is written, or the block when it is not.

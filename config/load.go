@@ -29,6 +29,7 @@ type file struct {
 	name string // as given to Load or Parse
 	dir  string // absolute folder of the file: config_dir, where relative paths start
 	body *hclsyntax.Body
+	ctx  *hcl.EvalContext
 }
 
 // Load reads the declarations at path: one file, or every *.hcl file of a directory in name
@@ -118,9 +119,23 @@ func parseFile(name string, src []byte) (*file, hcl.Diagnostics) {
 			Subject:  fileStart(name).Ptr(),
 		})
 	}
-	f := &file{name: name, dir: dir, body: syntax.Body.(*hclsyntax.Body)}
-	diags = append(diags, gohcl.DecodeBody(syntax.Body, evalContext(dir), f)...)
+	f := &file{name: name, dir: dir, body: syntax.Body.(*hclsyntax.Body), ctx: evalContext(dir)}
+	diags = append(diags, withoutFollowUps(gohcl.DecodeBody(syntax.Body, f.ctx, f))...)
 	return f, diags
+}
+
+// withoutFollowUps drops gohcl's "value must be known" errors. Nothing in a file's evaluation
+// context is unknown, so such a value comes from an expression that failed (an unknown
+// variable or function) and was already reported at its exact position.
+func withoutFollowUps(diags hcl.Diagnostics) hcl.Diagnostics {
+	out := diags[:0]
+	for _, d := range diags {
+		if d.Summary == "Unsuitable value type" && strings.HasSuffix(d.Detail, "value must be known") {
+			continue
+		}
+		out = append(out, d)
+	}
+	return out
 }
 
 // evalContext is what expressions in a file may use: config_dir, the absolute folder of the
@@ -155,14 +170,14 @@ type builder struct {
 func build(names []string, files []*file, decoded hcl.Diagnostics) (*Config, error) {
 	b := &builder{
 		cfg:      Default(),
-		src:      &sources{blocks: map[hcl.Range]*hclsyntax.Block{}},
+		src:      newSources(),
 		dirs:     map[string]string{},
 		declared: map[string]hcl.Range{},
 		decoded:  decoded,
 	}
 	b.cfg.Files = names
 	for _, f := range files {
-		b.src.add(f.body)
+		b.src.add(f)
 		b.dirs[f.name] = f.dir
 	}
 	for _, f := range files {
@@ -202,11 +217,7 @@ func (b *builder) merge(f *file) {
 	if f.Nomad != nil && b.declare("nomad", f.Nomad.Range) {
 		b.cfg.Nomad = *f.Nomad
 	}
-	for _, s := range f.Sites {
-		if s != nil {
-			b.cfg.Sites = append(b.cfg.Sites, s)
-		}
-	}
+	b.cfg.Sites = append(b.cfg.Sites, f.Sites...)
 }
 
 // declare records where a daemon setting is declared; it reports false, and a problem, when

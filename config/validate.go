@@ -135,10 +135,11 @@ func (b *builder) validateSite(s *Site) {
 			"Site name %q is not a DNS label: %s. It becomes part of Nomad job IDs (<site>-<lane>) and Consul names.",
 			s.Name, labelRule)
 	}
-	if b.src.set(s.Range, "job") {
+	// job and service are required: HCL reports them left out, these report them empty or null.
+	if b.src.attr(s.Range, "job") != nil {
 		b.regularFile(b.src.attrRange(s.Range, "job"), "job file", s.Job)
 	}
-	if b.src.set(s.Range, "service") && strings.TrimSpace(s.Service) == "" {
+	if b.src.attr(s.Range, "service") != nil && strings.TrimSpace(s.Service) == "" {
 		b.errorf(b.src.attrRange(s.Range, "service"), "Empty service",
 			"service is empty; name the Consul service the job registers.")
 	}
@@ -273,7 +274,12 @@ func (b *builder) validateAutoSwap(s *Site) {
 			b.errorf(at, "Invalid auto_swap",
 				"Slot %q cannot auto-swap into itself; name another slot, or remove auto_swap.", sl.Name)
 		case s.Slot(sl.AutoSwap) == nil:
-			others := slices.DeleteFunc(s.SlotNames(), func(n string) bool { return n == sl.Name })
+			var others []string
+			for _, n := range s.SlotNames() {
+				if n != sl.Name && !slices.Contains(others, n) {
+					others = append(others, n)
+				}
+			}
 			b.errorf(at, "Unknown auto_swap slot",
 				"auto_swap names slot %q, which site %q does not declare; name one of: %s.",
 				sl.AutoSwap, s.Name, strings.Join(others, ", "))

@@ -107,7 +107,7 @@ func agentEnv(environ []string) []string {
 	for _, kv := range environ {
 		k, _, _ := strings.Cut(kv, "=")
 		if strings.HasPrefix(k, "CONSUL_") || strings.HasPrefix(k, "NOMAD_") ||
-			strings.HasPrefix(k, "VAULT_") || k == "CHECKPOINT_DISABLE" {
+			strings.HasPrefix(k, "VAULT_") || strings.HasPrefix(k, "SLOTD_") || k == "CHECKPOINT_DISABLE" {
 			continue
 		}
 		env = append(env, kv)

@@ -497,6 +497,8 @@ func (s *Stack) Stop() error {
 }
 
 func (s *Stack) stop() error {
+	began := time.Now()
+	defer func() { s.logf("stack stopped in %s", time.Since(began).Round(time.Millisecond)) }()
 	var errs []error
 	if nomad := s.proc("nomad"); nomad != nil {
 		if ok, _ := nomad.exited(); !ok {

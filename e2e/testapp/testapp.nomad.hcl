@@ -108,13 +108,13 @@ job "web" {
     reschedule {
       attempts       = 1
       interval       = "1h"
-      delay          = "1s"
+      delay          = "5s" # Nomad's minimum
       delay_function = "constant"
       unlimited      = false
     }
 
     ephemeral_disk {
-      size = 10
+      size = 20 # MB, more than the logs may take
     }
 
     task "app" {
@@ -135,6 +135,11 @@ job "web" {
         FAIL_HEALTHZ_FILE = var.fail_healthz_file
         FAIL_PATH         = var.fail_path
         SHOW_ENV          = var.show_env
+      }
+
+      logs {
+        max_files     = 2
+        max_file_size = 5
       }
 
       resources {

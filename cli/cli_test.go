@@ -1,0 +1,429 @@
+package cli
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/api"
+)
+
+func TestUsage(t *testing.T) {
+	cases := []struct {
+		name       string
+		args       []string
+		code       int
+		stdout     string // a part of stdout
+		stderr     string // a part of stderr
+		noRequests bool
+	}{
+		{name: "no command", args: nil, code: 2, stderr: "Commands:\n  agent"},
+		{name: "help", args: []string{"help"}, code: 0, stdout: "Commands:\n  agent"},
+		{name: "-h", args: []string{"-h"}, code: 0, stdout: "  follow"},
+		{name: "help on a command", args: []string{"help", "swap"}, code: 0, stdout: "Usage: slotd swap <site> <source> [target]"},
+		{name: "help on an unknown command", args: []string{"help", "frob"}, code: 2, stderr: `unknown command "frob"`},
+		{name: "unknown command", args: []string{"frob"}, code: 2, stderr: `error: unknown command "frob"`},
+		{name: "unknown flag", args: []string{"status", "-bogus"}, code: 2, stderr: "flag provided but not defined: -bogus"},
+		{name: "status with two sites", args: []string{"status", "a", "b"}, code: 2, stderr: "want at most a site"},
+		{name: "deploy without a slot", args: []string{"deploy", "web"}, code: 2, stderr: "want a site and a slot, got 1"},
+		{name: "deploy with a bad var", args: []string{"deploy", "web", "staging", "-var", "image"}, code: 2, stderr: `"image" is not key=value`},
+		{name: "swap without a source", args: []string{"swap", "web"}, code: 2, stderr: "usage: slotd swap"},
+		{name: "swap with four slots", args: []string{"swap", "web", "a", "b", "c"}, code: 2, stderr: "got 4 arguments"},
+		{name: "complete and cancel", args: []string{"swap", "-complete", "-cancel", "web"}, code: 2, stderr: "exclude each other"},
+		{name: "complete with preview", args: []string{"swap", "-complete", "web", "-preview"}, code: 2, stderr: "-preview starts a swap"},
+		{name: "complete without a site", args: []string{"swap", "-complete"}, code: 2, stderr: "want a site, got 0"},
+		{name: "rollback without a site", args: []string{"rollback"}, code: 2, stderr: "want a site"},
+		{name: "history without a site", args: []string{"history"}, code: 2, stderr: "want a site"},
+		{name: "follow without an id", args: []string{"follow"}, code: 2, stderr: "want an operation ID"},
+		{name: "settings set without a value", args: []string{"settings", "web", "staging", "set", "K"}, code: 2, stderr: `set wants KEY=VALUE, got "K"`},
+		{name: "settings sticky unset", args: []string{"settings", "web", "staging", "unset", "K", "-sticky"}, code: 2, stderr: "-sticky goes with set"},
+		{name: "settings sticky show", args: []string{"settings", "web", "staging", "-sticky"}, code: 2, stderr: "-sticky goes with set"},
+		{name: "settings unknown sub-command", args: []string{"settings", "web", "staging", "frob", "K"}, code: 2, stderr: `unknown sub-command "frob"`},
+		{name: "settings one argument", args: []string{"settings", "web"}, code: 2, stderr: "got 1 arguments"},
+		{name: "validate without a file", args: []string{"validate"}, code: 2, stderr: "want one file or directory"},
+		{name: "agent without -config", args: []string{"agent"}, code: 2, stderr: "-config is required"},
+		{name: "agent with an argument", args: []string{"agent", "-config", "x.hcl", "y"}, code: 2, stderr: `unexpected argument "y"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			api := newFakeAPI(t)
+			r := run(t, api.srv.URL, tc.args...)
+			assert.Equal(t, tc.code, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+			assert.Contains(t, r.stdout, tc.stdout)
+			assert.Contains(t, r.stderr, tc.stderr)
+			if tc.code == 2 {
+				assert.Empty(t, r.stdout)
+			}
+			assert.Empty(t, api.requests(), "a usage error must not reach the agent")
+		})
+	}
+}
+
+func TestHelpOnEveryCommand(t *testing.T) {
+	for _, cmd := range commands() {
+		for _, flag := range []string{"-h", "-help", "--help"} {
+			t.Run(cmd.name+flag, func(t *testing.T) {
+				r := run(t, "http://127.0.0.1:1", cmd.name, flag)
+				assert.Equal(t, 0, r.code)
+				assert.Empty(t, r.stderr)
+				assert.Contains(t, r.stdout, "Usage: slotd "+cmd.name)
+				assert.Contains(t, r.stdout, "Example")
+				assert.Contains(t, r.stdout, "\n  slotd "+cmd.name)
+				if cmd.name != "validate" {
+					assert.Contains(t, r.stdout, "Flags:")
+				}
+			})
+		}
+	}
+}
+
+func TestCommandsCallTheAPI(t *testing.T) {
+	started := swapOp(1, api.StatePending)
+	cases := []struct {
+		name   string
+		args   []string
+		env    map[string]string
+		want   []seen // method, path, query, body (JSON) of every request
+		auth   string
+		stdout string
+	}{
+		{
+			name: "deploy with vars after the positional arguments",
+			args: []string{"deploy", "web", "staging", "-var", "image=web:2", "-var", "msg=a=b", "-detach"},
+			want: []seen{{Method: "POST", Path: "/v1/sites/web/slots/staging/deploy", Body: `{"vars":{"image":"web:2","msg":"a=b"}}`}},
+		},
+		{
+			name: "deploy with flags first",
+			args: []string{"deploy", "-detach", "-var", "image=web:3", "web", "qa"},
+			want: []seen{{Method: "POST", Path: "/v1/sites/web/slots/qa/deploy", Body: `{"vars":{"image":"web:3"}}`}},
+		},
+		{
+			name: "swap into production by default",
+			args: []string{"swap", "web", "staging", "-detach"},
+			want: []seen{{Method: "POST", Path: "/v1/sites/web/swap", Body: `{"source":"staging","target":"production","preview":false}`}},
+		},
+		{
+			name: "swap with a target and preview after the arguments",
+			args: []string{"swap", "web", "staging", "qa", "-preview", "-detach"},
+			want: []seen{{Method: "POST", Path: "/v1/sites/web/swap", Body: `{"source":"staging","target":"qa","preview":true}`}},
+		},
+		{
+			name: "flags end at --",
+			args: []string{"swap", "-detach", "--", "web", "-staging"},
+			want: []seen{{Method: "POST", Path: "/v1/sites/web/swap", Body: `{"source":"-staging","target":"production","preview":false}`}},
+		},
+		{
+			name: "rollback",
+			args: []string{"rollback", "web", "-detach"},
+			want: []seen{{Method: "POST", Path: "/v1/sites/web/rollback"}},
+		},
+		{
+			name: "complete finds the site's operation",
+			args: []string{"swap", "-complete", "web", "-detach"},
+			want: []seen{{Method: "GET", Path: "/v1/sites/web"}, {Method: "POST", Path: "/v1/operations/op-1/complete"}},
+		},
+		{
+			name: "cancel finds the site's operation",
+			args: []string{"swap", "web", "-cancel", "-detach"},
+			want: []seen{{Method: "GET", Path: "/v1/sites/web"}, {Method: "POST", Path: "/v1/operations/op-1/cancel"}},
+		},
+		{
+			name:   "settings set",
+			args:   []string{"settings", "web", "staging", "set", "FEATURE_X=on"},
+			want:   []seen{{Method: "PUT", Path: "/v1/sites/web/slots/staging/settings/FEATURE_X", Body: `{"value":"on","sticky":false}`}},
+			stdout: "set FEATURE_X (swappable) on web/staging",
+		},
+		{
+			name:   "settings set sticky with = in the value",
+			args:   []string{"settings", "-sticky", "web", "production", "set", "DATABASE_URL=postgres://db/app?sslmode=require"},
+			want:   []seen{{Method: "PUT", Path: "/v1/sites/web/slots/production/settings/DATABASE_URL", Body: `{"value":"postgres://db/app?sslmode=require","sticky":true}`}},
+			stdout: "set DATABASE_URL (sticky) on web/production",
+		},
+		{
+			name:   "settings set an empty value",
+			args:   []string{"settings", "web", "staging", "set", "EMPTY=", "-sticky"},
+			want:   []seen{{Method: "PUT", Path: "/v1/sites/web/slots/staging/settings/EMPTY", Body: `{"value":"","sticky":true}`}},
+			stdout: "set EMPTY (sticky)",
+		},
+		{
+			name:   "settings unset",
+			args:   []string{"settings", "web", "staging", "unset", "FEATURE_X"},
+			want:   []seen{{Method: "DELETE", Path: "/v1/sites/web/slots/staging/settings/FEATURE_X"}},
+			stdout: "removed FEATURE_X from web/staging",
+		},
+		{
+			name: "names are escaped",
+			args: []string{"settings", "my site", "a/b"},
+			want: []seen{{Method: "GET", Path: "/v1/sites/my%20site/slots/a%2Fb/settings"}},
+		},
+		{
+			name: "token from the environment",
+			args: []string{"status"},
+			env:  map[string]string{api.EnvToken: "from-env"},
+			want: []seen{{Method: "GET", Path: "/v1/sites"}},
+			auth: "Bearer from-env",
+		},
+		{
+			name: "token flag wins over the environment",
+			args: []string{"history", "web", "-token", "from-flag"},
+			env:  map[string]string{api.EnvToken: "from-env"},
+			want: []seen{{Method: "GET", Path: "/v1/sites/web/history"}},
+			auth: "Bearer from-flag",
+		},
+		{
+			name: "follow -detach reads the operation once",
+			args: []string{"follow", "op-1", "-detach"},
+			want: []seen{{Method: "GET", Path: "/v1/operations/op-1"}},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeAPI(t)
+			f.reply("POST /v1/sites/{site}/slots/{slot}/deploy", 202, started)
+			f.reply("POST /v1/sites/{site}/swap", 202, started)
+			f.reply("POST /v1/sites/{site}/rollback", 202, started)
+			f.reply("GET /v1/sites/{site}", 200, api.Site{Name: "web", Operation: &started})
+			f.reply("POST /v1/operations/{id}/complete", 200, started)
+			f.reply("POST /v1/operations/{id}/cancel", 200, started)
+			f.reply("PUT /v1/sites/{site}/slots/{slot}/settings/{key}", 204, nil)
+			f.reply("DELETE /v1/sites/{site}/slots/{slot}/settings/{key}", 204, nil)
+			f.reply("GET /v1/sites/{site}/slots/{slot}/settings", 200, api.Settings{})
+			f.reply("GET /v1/sites", 200, []api.Site{})
+			f.reply("GET /v1/sites/{site}/history", 200, []api.Operation{})
+			f.operation(started)
+
+			e, stdout, stderr := testEnv(f.srv.URL, tc.env)
+			code := e.run(tc.args)
+			require.Equal(t, 0, code, "stderr: %s", stderr)
+			assert.Contains(t, stdout.String(), tc.stdout)
+
+			got := f.requests()
+			require.Len(t, got, len(tc.want))
+			for i, w := range tc.want {
+				assert.Equal(t, w.Method, got[i].Method)
+				assert.Equal(t, w.Path, got[i].Path)
+				if w.Body == "" {
+					assert.Empty(t, got[i].Body)
+				} else {
+					assert.JSONEq(t, w.Body, got[i].Body)
+				}
+				assert.Equal(t, tc.auth, got[i].Auth)
+			}
+		})
+	}
+}
+
+func TestDetachPrintsHowToFollow(t *testing.T) {
+	f := newFakeAPI(t)
+	f.reply("POST /v1/sites/{site}/swap", 202, swapOp(1, api.StatePending))
+	r := run(t, f.srv.URL, "swap", "web", "staging", "-detach")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, "swap op-1: web staging -> production\nswap op-1 is pending; follow it with: slotd follow op-1\n", r.stdout)
+
+	r = run(t, f.srv.URL, "swap", "web", "staging", "-detach", "-json")
+	require.Equal(t, 0, r.code, r.stderr)
+	var op api.Operation
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &op))
+	assert.Equal(t, swapOp(1, api.StatePending), op)
+}
+
+func TestErrors(t *testing.T) {
+	cases := []struct {
+		name   string
+		status int
+		answer api.ErrorResponse
+		stderr string
+	}{
+		{"busy site", 409, api.ErrorResponse{Error: "operation op-9 runs on site web"},
+			"error: operation op-9 runs on site web (HTTP 409)\n"},
+		{"no such slot", 404, api.ErrorResponse{Error: `site web has no slot "stagin"`},
+			"error: site web has no slot \"stagin\" (HTTP 404)\n"},
+		{"no token", 401, api.ErrorResponse{Error: "missing or wrong token"},
+			"error: missing or wrong token (HTTP 401); pass the agent's token with -token or SLOTD_TOKEN\n"},
+		{"not the leader", 503, api.ErrorResponse{Error: "not the leader", LeaderAddress: "http://10.0.0.2:4680"},
+			"error: not the leader (HTTP 503); the leader is at http://10.0.0.2:4680\n"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeAPI(t)
+			f.reply("POST /v1/sites/{site}/slots/{slot}/deploy", tc.status, tc.answer)
+			r := run(t, f.srv.URL, "deploy", "web", "staging")
+			assert.Equal(t, 1, r.code)
+			assert.Equal(t, tc.stderr, r.stderr)
+			assert.Empty(t, r.stdout)
+		})
+	}
+
+	t.Run("no agent", func(t *testing.T) {
+		r := run(t, "http://127.0.0.1:1", "status")
+		assert.Equal(t, 1, r.code)
+		assert.Contains(t, r.stderr, "error: Get \"http://127.0.0.1:1/v1/sites\"")
+		assert.Contains(t, r.stderr, "is the agent running there? (set -address or SLOTD_ADDR)")
+	})
+	t.Run("bad address", func(t *testing.T) {
+		r := run(t, "http://127.0.0.1:1", "status", "-address", "ftp://x")
+		assert.Equal(t, 1, r.code)
+		assert.Contains(t, r.stderr, "scheme must be http or https")
+	})
+	t.Run("complete without a running operation", func(t *testing.T) {
+		f := newFakeAPI(t)
+		f.reply("GET /v1/sites/{site}", 200, api.Site{Name: "web"})
+		r := run(t, f.srv.URL, "swap", "-complete", "web")
+		assert.Equal(t, 1, r.code)
+		assert.Equal(t, "error: site web has no running operation\n", r.stderr)
+	})
+}
+
+func TestJSONOutput(t *testing.T) {
+	sites := []api.Site{{Name: "web", Service: "web", Slots: []api.Slot{{Name: "production", Lane: "web-a", Version: 3, Healthy: 2, Total: 2}}}}
+	settings := api.Settings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"B": "2"}}
+	history := []api.Operation{swapOp(9, api.StateSucceeded)}
+	final := swapOp(5, api.StateSucceeded, phase("apply", "succeeded", 0, 3.2, ""))
+
+	cases := []struct {
+		name string
+		args []string
+		into any
+		want any
+	}{
+		{"status", []string{"status", "-json"}, &[]api.Site{}, &sites},
+		{"status of a site", []string{"status", "web", "-json"}, &api.Site{}, &sites[0]},
+		{"settings", []string{"settings", "-json", "web", "production"}, &api.Settings{}, &settings},
+		{"settings after set", []string{"settings", "web", "production", "set", "A=1", "-json"}, &api.Settings{}, &settings},
+		{"history", []string{"history", "web", "-json"}, &[]api.Operation{}, &history},
+		{"a followed swap prints its final state", []string{"swap", "web", "staging", "-json"}, &api.Operation{}, &final},
+		{"follow", []string{"follow", "op-1", "-json"}, &api.Operation{}, &final},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeAPI(t)
+			f.reply("GET /v1/sites", 200, sites)
+			f.reply("GET /v1/sites/{site}", 200, sites[0])
+			f.reply("GET /v1/sites/{site}/slots/{slot}/settings", 200, settings)
+			f.reply("PUT /v1/sites/{site}/slots/{slot}/settings/{key}", 204, nil)
+			f.reply("GET /v1/sites/{site}/history", 200, history)
+			f.reply("POST /v1/sites/{site}/swap", 202, swapOp(1, api.StatePending))
+			f.operation(swapOp(1, api.StatePending), final)
+
+			r := run(t, f.srv.URL, tc.args...)
+			require.Equal(t, 0, r.code, r.stderr)
+			require.NoError(t, json.Unmarshal([]byte(r.stdout), tc.into), "stdout:\n%s", r.stdout)
+			assert.Equal(t, tc.want, tc.into)
+		})
+	}
+}
+
+func TestStatusTable(t *testing.T) {
+	running := swapOp(4, api.StateWarming)
+	running.CreatedAt = now.Add(-12 * time.Second)
+	last := swapOp(3, api.StateSucceeded)
+	sites := []api.Site{
+		{Name: "web", Slots: []api.Slot{
+			{Name: "production", Lane: "web-a", Version: 12, Healthy: 3, Total: 3},
+			{Name: "staging", Lane: "web-b", Version: 7, Healthy: 1, Total: 2},
+		}, LastOperation: &last},
+		{Name: "api-gateway", Slots: []api.Slot{
+			{Name: "production", Lane: "api-gateway-a", Version: 1, Healthy: 0, Total: 0},
+		}, Operation: &running},
+		{Name: "empty"},
+	}
+	f := newFakeAPI(t)
+	f.reply("GET /v1/sites", 200, sites)
+	r := run(t, f.srv.URL, "status")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, strings.Join([]string{
+		"SITE         SLOT        LANE           VERSION  HEALTHY  LAST OPERATION",
+		"web          production  web-a          12       3/3      swap succeeded 1m ago",
+		"web          staging     web-b          7        1/2      ",
+		"api-gateway  production  api-gateway-a  1        0/0      swap warming for 12s",
+		"empty        -           -              -        -        -",
+		"",
+	}, "\n"), r.stdout)
+}
+
+func TestStatusOfASite(t *testing.T) {
+	running := swapOp(4, api.StateWarming)
+	site := api.Site{Name: "web", Operation: &running, Slots: []api.Slot{
+		{Name: "production", Lane: "web-a", Version: 12, Healthy: 1, Total: 2, Instances: []api.Instance{
+			{Alloc: "0b1c2d3e-aaaa-bbbb-cccc-000000000001", Address: "10.0.0.1", Port: 24567, Healthy: true, Status: "passing"},
+			{Alloc: "5f6a7b8c-aaaa-bbbb-cccc-000000000002", Address: "10.0.0.2", Port: 31001, Healthy: false},
+		}},
+		{Name: "staging", Lane: "web-b", Version: 7, Healthy: 1, Total: 1, Instances: []api.Instance{
+			{Alloc: "9d8e7f6a-aaaa-bbbb-cccc-000000000003", Address: "10.0.0.3", Port: 20001, Healthy: true},
+		}},
+	}}
+	f := newFakeAPI(t)
+	f.reply("GET /v1/sites/{site}", 200, site)
+	r := run(t, f.srv.URL, "status", "web")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, strings.Join([]string{
+		"SITE  SLOT        LANE   VERSION  HEALTHY  LAST OPERATION",
+		"web   production  web-a  12       1/2      swap warming for 1m",
+		"web   staging     web-b  7        1/1      ",
+		"",
+		"SLOT        ALLOC     ADDRESS         STATUS",
+		"production  0b1c2d3e  10.0.0.1:24567  passing",
+		"production  5f6a7b8c  10.0.0.2:31001  critical",
+		"staging     9d8e7f6a  10.0.0.3:20001  passing",
+		"",
+		"running: swap op-1: web staging -> production, warming; follow it with: slotd follow op-1",
+		"",
+	}, "\n"), r.stdout)
+	assert.Equal(t, []seen{{Method: "GET", Path: "/v1/sites/web"}}, f.requests())
+}
+
+func TestSettingsTable(t *testing.T) {
+	f := newFakeAPI(t)
+	f.reply("GET /v1/sites/{site}/slots/{slot}/settings", 200, api.Settings{
+		Settings: map[string]string{"FEATURE_X": "on", "LOG_LEVEL": "debug", "DATABASE_URL": "sqlite://"},
+		Sticky:   map[string]string{"DATABASE_URL": "postgres://prod-db/app"},
+	})
+	r := run(t, f.srv.URL, "settings", "web", "production")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, strings.Join([]string{
+		"KEY           VALUE                   KIND",
+		"DATABASE_URL  sqlite://               swappable (sticky wins)",
+		"FEATURE_X     on                      swappable",
+		"LOG_LEVEL     debug                   swappable",
+		"DATABASE_URL  postgres://prod-db/app  sticky",
+		"",
+	}, "\n"), r.stdout)
+
+	f = newFakeAPI(t)
+	f.reply("GET /v1/sites/{site}/slots/{slot}/settings", 200, api.Settings{})
+	r = run(t, f.srv.URL, "settings", "web", "qa")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, "no settings on web/qa\n", r.stdout)
+}
+
+func TestHistoryTable(t *testing.T) {
+	failed := swapOp(8, api.StateFailed)
+	failed.ID, failed.Error = "op-2", "warm: 10.0.0.3:20001 answered 503 to /healthz"
+	deploy := api.Operation{ID: "op-1", Site: "web", Kind: api.KindDeploy, Slot: "staging", State: api.StateSucceeded,
+		Trigger: "api", CreatedAt: t0.Add(-time.Hour), FinishedAt: at(-3600 + 45)}
+	rollback := swapOp(9, api.StateSucceeded)
+	rollback.ID, rollback.Kind, rollback.RollbackOf, rollback.Trigger = "op-3", api.KindRollback, "op-0", "monitor"
+	rollback.Source, rollback.Target = "production", "staging"
+
+	f := newFakeAPI(t)
+	f.reply("GET /v1/sites/{site}/history", 200, []api.Operation{rollback, failed, deploy})
+	r := run(t, f.srv.URL, "history", "web")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, strings.Join([]string{
+		"ID    KIND      SLOTS                  STATE      STARTED  TOOK   DETAIL",
+		"op-3  rollback  production -> staging  succeeded  1m ago   12.1s  reverses op-0; started by monitor",
+		"op-2  swap      staging -> production  failed     1m ago   12.1s  warm: 10.0.0.3:20001 answered 503 to /healthz",
+		"op-1  deploy    staging                succeeded  1h ago   45s    -",
+		"",
+	}, "\n"), r.stdout)
+
+	f = newFakeAPI(t)
+	f.reply("GET /v1/sites/{site}/history", 200, []api.Operation{})
+	r = run(t, f.srv.URL, "history", "web")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, "no finished operations on site web\n", r.stdout)
+}

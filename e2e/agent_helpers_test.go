@@ -1,0 +1,266 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/agent"
+	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
+)
+
+// siteSpec describes one site of a test's slots.hcl; the zero value plus a name is valid.
+type siteSpec struct {
+	name     string
+	vars     map[string]string // job variables besides binary and service
+	warmup   string            // the body of the warmup block
+	monitor  string            // the body of the monitor block; empty: a 1s window
+	autoSwap bool              // staging auto-swaps into production
+	token    string
+}
+
+// hosts of a site's slots, as Fabio routes them.
+func (s siteSpec) host(slot string) string    { return s.name + "-" + slot + ".test" }
+func (s siteSpec) preview(slot string) string { return s.name + "-" + slot + "-preview.test" }
+
+func newSite(opts ...func(*siteSpec)) siteSpec {
+	s := siteSpec{name: "s" + Suffix()}
+	for _, o := range opts {
+		o(&s)
+	}
+	return s
+}
+
+// hcl renders the declarations of a test: the stack's addresses and the site.
+func (s siteSpec) hcl(t testing.TB, stack *Stack, httpAddr string) string {
+	vars := map[string]string{"binary": TestAppBinary(t), "service": s.name, "count": "2", "show_env": "FEATURE,DB"}
+	for k, v := range s.vars {
+		vars[k] = v
+	}
+	var vb strings.Builder
+	for k, v := range vars {
+		fmt.Fprintf(&vb, "    %s = %q\n", k, v)
+	}
+	warmup := s.warmup
+	if warmup == "" {
+		warmup = `paths = ["/", "/healthz"]
+    statuses = [200]
+    timeout = "5s"
+    attempts = 3
+    interval = "200ms"`
+	}
+	monitor := s.monitor
+	if monitor == "" {
+		monitor = `window = "1s"`
+	}
+	monitor = "monitor {\n    " + monitor + "\n  }"
+	autoSwap := ""
+	if s.autoSwap {
+		autoSwap = `auto_swap = "production"`
+	}
+	tokenFile := ""
+	if s.token != "" {
+		p := filepath.Join(t.TempDir(), "token")
+		require.NoError(t, os.WriteFile(p, []byte(s.token+"\n"), 0o600))
+		tokenFile = fmt.Sprintf("token_file = %q", p)
+	}
+	return fmt.Sprintf(`
+log_level = "debug"
+kv_prefix = "slotd-%[1]s"
+http {
+  address = %[2]q
+  %[10]s
+}
+consul { address = %[3]q }
+nomad  { address = %[4]q }
+
+site %[1]q {
+  job     = %[5]q
+  service = %[1]q
+  deploy_timeout = "3m"
+  vars = {
+%[6]s  }
+  warmup {
+    %[7]s
+  }
+  %[8]s
+  slot "production" {
+    tags         = ["urlprefix-%[1]s-production.test/"]
+    preview_tags = ["urlprefix-%[1]s-production-preview.test/"]
+    settings     = { FEATURE = "prod-feature" }
+    sticky       = { DB = "prod-db" }
+  }
+  slot "staging" {
+    tags     = ["urlprefix-%[1]s-staging.test/"]
+    settings = { FEATURE = "staging-feature" }
+    sticky   = { DB = "staging-db" }
+    %[9]s
+  }
+}
+`, s.name, httpAddr, stack.ConsulAddr, stack.NomadAddr, TestAppJobspec(), vb.String(), warmup, monitor, autoSwap, tokenFile)
+}
+
+// daemon is an in-process slotd agent of a test.
+type daemon struct {
+	t      testing.TB
+	cfg    *config.Config
+	client *api.Client
+	addr   string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// freeAddr asks the kernel for a free loopback port.
+func freeAddr(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	return addr
+}
+
+// startDaemon writes the site's slots.hcl, starts an agent on it and waits until the site is ready.
+func startDaemon(t testing.TB, stack *Stack, site siteSpec) *daemon {
+	t.Helper()
+	addr := freeAddr(t)
+	path := filepath.Join(t.TempDir(), "slots.hcl")
+	require.NoError(t, os.WriteFile(path, []byte(site.hcl(t, stack, addr)), 0o644))
+	cfg, err := config.Load(path)
+	require.NoError(t, err, "load the test's slots.hcl")
+	d := &daemon{t: t, cfg: cfg, addr: addr}
+	d.start()
+	t.Cleanup(d.stop)
+	client, err := api.NewClient(api.Config{Address: "http://" + addr, Token: site.token})
+	require.NoError(t, err)
+	d.client = client
+	d.waitReady(site.name)
+	return d
+}
+
+func (d *daemon) start() {
+	d.t.Helper()
+	logger := hclog.New(&hclog.LoggerOptions{Name: "slotd", Level: hclog.Debug, Output: testLogWriter{d.t}})
+	a, err := agent.New(d.cfg, logger)
+	require.NoError(d.t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	d.cancel, d.done = cancel, make(chan error, 1)
+	go func() { d.done <- a.Run(ctx) }()
+}
+
+// stop stops the agent the way SIGTERM does and waits for it.
+func (d *daemon) stop() {
+	if d.cancel == nil {
+		return
+	}
+	d.cancel()
+	select {
+	case <-d.done:
+	case <-time.After(3 * time.Minute):
+		d.t.Errorf("agent did not stop within 3m")
+	}
+	d.cancel = nil
+}
+
+func (d *daemon) restart(site string) {
+	d.t.Helper()
+	d.stop()
+	d.start()
+	d.waitReady(site)
+}
+
+// waitReady waits until the daemon leads and every slot of the site is bound and healthy.
+func (d *daemon) waitReady(site string) {
+	d.t.Helper()
+	WaitFor(d.t, 4*time.Minute, "site "+site+" ready", func() (bool, string) {
+		s, err := d.client.Site(context.Background(), site)
+		if err != nil {
+			return false, err.Error()
+		}
+		if !s.Ready {
+			return false, "site not ready"
+		}
+		for _, sl := range s.Slots {
+			if sl.Lane == "" || sl.Version == 0 && sl.Total == 0 || sl.Healthy < 1 || sl.Healthy != sl.Total {
+				b, _ := json.Marshal(s.Slots)
+				return false, string(b)
+			}
+		}
+		h, err := d.client.Health(context.Background())
+		if err != nil || !h.Leader {
+			return false, fmt.Sprintf("health %+v %v", h, err)
+		}
+		return s.Operation == nil, "operation running"
+	})
+}
+
+// run starts an operation through fn and waits until it ends.
+func (d *daemon) run(fn func(context.Context) (*api.Operation, error)) *api.Operation {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	op, err := fn(ctx)
+	require.NoError(d.t, err)
+	final, err := d.client.Wait(ctx, op.ID, nil)
+	require.NoError(d.t, err, "wait for %s", op.ID)
+	return final
+}
+
+func (d *daemon) swap(site, source, target string) *api.Operation {
+	d.t.Helper()
+	return d.run(func(ctx context.Context) (*api.Operation, error) {
+		return d.client.Swap(ctx, site, api.SwapRequest{Source: source, Target: target})
+	})
+}
+
+// testLogWriter sends the agent's log lines to the test log.
+type testLogWriter struct{ t testing.TB }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	if os.Getenv("SLOTD_E2E_AGENT_LOGS") == "1" {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+// appAnswer is what GET / of the test app says.
+type appAnswer struct {
+	Lane    string            `json:"lane"`
+	Alloc   string            `json:"alloc"`
+	Version string            `json:"version"`
+	Slot    string            `json:"slot"`
+	Env     map[string]string `json:"env"`
+}
+
+// get asks the app behind host through Fabio.
+func get(ctx context.Context, stack *Stack, host string) (int, appAnswer, error) {
+	status, body, err := stack.FabioGet(ctx, host, "/")
+	var ans appAnswer
+	if err == nil && status == 200 {
+		err = json.Unmarshal(body, &ans)
+	}
+	return status, ans, err
+}
+
+// waitServes waits until every answer on host comes from lane.
+func waitServes(t testing.TB, stack *Stack, host, lane string) {
+	t.Helper()
+	WaitFor(t, 30*time.Second, host+" served by "+lane, func() (bool, string) {
+		for range 6 {
+			status, ans, err := get(context.Background(), stack, host)
+			if err != nil || status != 200 || ans.Lane != lane {
+				return false, fmt.Sprintf("status %d lane %q err %v", status, ans.Lane, err)
+			}
+		}
+		return true, ""
+	})
+}
