@@ -371,4 +371,3 @@ func (a *Agent) leaderAddress() string {
 	}
 	return strings.SplitN(string(p.Value), " ", 2)[0]
 }
-

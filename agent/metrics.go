@@ -2,6 +2,7 @@ package agent
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/slotd/slotd/api"
 )
@@ -51,7 +52,7 @@ func newMetrics() *metrics {
 	}
 	m.registry.MustRegister(m.opsStarted, m.opsFinished, m.phaseSeconds, m.warmupFailures,
 		m.rollbacks, m.instances, m.queryErrors, m.leader,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

@@ -58,20 +58,7 @@ func drained(target *config.Slot, tgt slotSettings) laneState {
 	return laneState{Slot: target.Name, Tags: nil, Env: effectiveEnv(tgt.Settings, tgt.Sticky)}
 }
 
-// settled: the former target lane serving the source slot, with the swappable settings that came
-// with its app and the source's sticky settings (phase 4). Tags and env change in one rollout:
-// each new instance starts with both, so no instance carries the target's sticky settings under
-// the source's routes.
-func settled(source *config.Slot, src, tgt slotSettings) laneState {
-	return steady(source, slotSettings{Settings: tgt.Settings, Sticky: src.Sticky})
-}
-
-// swappedSettings is what each slot's swappable settings become: they travel with the app.
-func swappedSettings(src, tgt slotSettings) (newSrc, newTgt slotSettings) {
-	return slotSettings{Settings: tgt.Settings, Sticky: src.Sticky}, slotSettings{Settings: src.Settings, Sticky: tgt.Sticky}
-}
-
-// laneNames are the lanes a site may use: a, b, c, …
+// laneName is the name of lane i of a site: a, b, c, …, z, aa, ab, …
 func laneName(i int) string {
 	if i < 26 {
 		return string(rune('a' + i))

@@ -119,9 +119,13 @@ func Start(ctx context.Context, opts ...Option) (_ *Stack, err error) {
 	}
 	defer func() {
 		if err != nil {
-			s.opts.keepDir = true
+			// Keep the logs of agents that ran; a folder nothing ran in is of no use.
+			started := len(s.procs) > 0
+			s.opts.keepDir = s.opts.keepDir || started
 			_ = s.Stop()
-			err = fmt.Errorf("%w\n(logs kept in %s)", err, s.Dir)
+			if started {
+				err = fmt.Errorf("%w\n(logs kept in %s)", err, s.Dir)
+			}
 		}
 	}()
 

@@ -4,8 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,15 +19,6 @@ import (
 )
 
 func TestMain(m *testing.M) { os.Exit(Main(m)) }
-
-// appInfo is what the test app's GET / answers.
-type appInfo struct {
-	Lane    string            `json:"lane"`
-	Alloc   string            `json:"alloc"`
-	Version string            `json:"version"`
-	Slot    string            `json:"slot"`
-	Env     map[string]string `json:"env"`
-}
 
 // TestTestAppThroughFabio runs the test app as a raw_exec job with a Consul service and HTTP
 // check, sees it passing in Consul and reaches it through Fabio by its urlprefix- tag.
@@ -82,7 +77,7 @@ func TestTestAppThroughFabio(t *testing.T) {
 		if status != 200 {
 			return false, fmt.Sprintf("%d %s", status, body)
 		}
-		var got appInfo
+		var got AppInfo
 		if err := json.Unmarshal(body, &got); err != nil {
 			return false, fmt.Sprintf("not JSON (%v): %s", err, body)
 		}
@@ -143,4 +138,70 @@ func TestSuffix(t *testing.T) {
 func TestHCLVars(t *testing.T) {
 	got := HCLVars(map[string]string{"b": `say "hi" ${x} %{y}`, "a": "/bin/app"})
 	assert.Equal(t, "a = \"/bin/app\"\nb = \"say \\\"hi\\\" $${x} %%{y}\"\n", got)
+}
+
+// fakeStack puts scripts named consul, nomad and fabio where Binary looks, each running body.
+func fakeStack(t *testing.T, body string) {
+	t.Helper()
+	dir := t.TempDir()
+	t.Setenv("STACK_DIR", dir)
+	for name, version := range versions {
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, name+"-"+version), 0o755))
+		script := "#!/bin/sh\n" + body + "\n"
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name+"-"+version, name), []byte(script), 0o755))
+	}
+}
+
+func TestStartFailsNamingATakenPort(t *testing.T) {
+	fakeStack(t, "exit 1")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+
+	_, err = Start(context.Background(), WithPorts(Ports{FabioUI: port}))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), fmt.Sprintf("port %d for the Fabio UI on 127.0.0.1 is taken", port))
+}
+
+func TestStartFailureQuotesTheLog(t *testing.T) {
+	fakeStack(t, `for i in $(seq 1 30); do echo "line $i of a broken agent"; done; exit 3`)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := Start(ctx)
+	require.Error(t, err)
+	msg := err.Error()
+	assert.Contains(t, msg, "consul exited early")
+	assert.Contains(t, msg, "exit status 3")
+	assert.Contains(t, msg, "line 30 of a broken agent")
+	assert.Contains(t, msg, "line 11 of a broken agent")
+	assert.NotContains(t, msg, "line 10 of a broken agent", "only the last lines")
+
+	// The folder is kept for the logs, and the error says where.
+	i := strings.Index(msg, "(logs kept in ")
+	require.GreaterOrEqual(t, i, 0, msg)
+	dir := strings.TrimSuffix(msg[i+len("(logs kept in "):], ")")
+	assert.FileExists(t, filepath.Join(dir, "consul.log"))
+	require.NoError(t, os.RemoveAll(dir))
+}
+
+func TestDescendantsAndKill(t *testing.T) {
+	// sh starts a sleep in the background and waits: the sleep is a descendant of sh.
+	cmd := exec.Command("/bin/sh", "-c", "sleep 300 & wait")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	require.NoError(t, cmd.Start())
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); <-done })
+
+	var found []procID
+	WaitFor(t, 5*time.Second, "the sleep below sh", func() (bool, string) {
+		found = descendants(cmd.Process.Pid)
+		return len(found) == 1, fmt.Sprint(found)
+	})
+	require.True(t, found[0].alive())
+	killAll(found)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	assert.Empty(t, waitGone(ctx, found), "the sleep is killed")
 }

@@ -19,6 +19,15 @@ import (
 	"github.com/zclconf/go-cty/cty"
 )
 
+// AppInfo is the JSON the test app answers on GET /.
+type AppInfo struct {
+	Lane    string            `json:"lane"`    // NOMAD_JOB_ID
+	Alloc   string            `json:"alloc"`   // NOMAD_ALLOC_ID
+	Version string            `json:"version"` // APP_VERSION
+	Slot    string            `json:"slot"`    // SLOTD_SLOT
+	Env     map[string]string `json:"env"`     // the SHOW_ENV variables and every SLOTD_* one
+}
+
 // buildTimeout bounds one build of the test app.
 const buildTimeout = 3 * time.Minute
 

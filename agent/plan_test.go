@@ -1,0 +1,89 @@
+package agent
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/slotd/slotd/config"
+)
+
+func TestLaneName(t *testing.T) {
+	for i, want := range map[int]string{0: "a", 1: "b", 25: "z", 26: "aa", 27: "ab", 51: "az", 52: "ba"} {
+		assert.Equal(t, want, laneName(i), "lane %d", i)
+	}
+}
+
+func TestAssignLanes(t *testing.T) {
+	tests := []struct {
+		name  string
+		slots []string
+		bound map[string]string
+		want  map[string]string
+	}{
+		{"fresh site", []string{"production", "staging"}, nil, map[string]string{"production": "a", "staging": "b"}},
+		{"after a swap the binding stays", []string{"production", "staging"},
+			map[string]string{"production": "b", "staging": "a"}, map[string]string{"production": "b", "staging": "a"}},
+		{"a new slot takes the first free lane", []string{"production", "staging", "qa"},
+			map[string]string{"production": "b", "staging": "c"}, map[string]string{"production": "b", "staging": "c", "qa": "a"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, assignLanes(tc.slots, tc.bound))
+		})
+	}
+}
+
+// TestSwapStates checks the sticky-settings rule of DESIGN.md §3 on the states of every phase:
+// a lane that carries the target's sticky settings never carries the source's routes, and the
+// source lane gets the target's routes only with the target's sticky settings.
+func TestSwapStates(t *testing.T) {
+	prod := &config.Slot{Name: "production", Tags: []string{"urlprefix-www/"}, PreviewTags: []string{"urlprefix-preview/"}}
+	staging := &config.Slot{Name: "staging", Tags: []string{"urlprefix-staging/"}}
+	src := slotSettings{Settings: map[string]string{"FEATURE": "on"}, Sticky: map[string]string{"DB": "staging-db"}}
+	tgt := slotSettings{Settings: map[string]string{"FEATURE": "off"}, Sticky: map[string]string{"DB": "prod-db"}}
+
+	a := applied(prod, src, tgt)
+	assert.Equal(t, []string{"urlprefix-preview/"}, a.Tags, "apply: only the target's preview route")
+	assert.Equal(t, map[string]string{"FEATURE": "on", "DB": "prod-db"}, a.Env, "apply: own swappable, target's sticky")
+	assert.Equal(t, "production", a.Slot)
+
+	s := switched(prod, src, tgt)
+	assert.Equal(t, []string{"production", "urlprefix-www/"}, s.Tags)
+	assert.Equal(t, a.Env, s.Env, "switch is tags-only for the source lane")
+
+	d := drained(prod, tgt)
+	assert.Empty(t, d.Tags, "the target lane leaves every route")
+	assert.Equal(t, map[string]string{"FEATURE": "off", "DB": "prod-db"}, d.Env, "switch is tags-only for the target lane")
+
+	// After the exchange the source slot holds the target's swappable settings.
+	settled := steady(staging, slotSettings{Settings: tgt.Settings, Sticky: src.Sticky})
+	assert.Equal(t, []string{"staging", "urlprefix-staging/"}, settled.Tags)
+	assert.Equal(t, map[string]string{"FEATURE": "off", "DB": "staging-db"}, settled.Env)
+
+	for _, st := range []laneState{a, s, d, settled} {
+		if st.Env["DB"] == "prod-db" {
+			assert.NotContains(t, st.Tags, "urlprefix-staging/", "production secrets under a staging route in %+v", st)
+		}
+	}
+}
+
+func TestEffectiveEnvStickyWins(t *testing.T) {
+	env := effectiveEnv(map[string]string{"A": "swap", "B": "b"}, map[string]string{"A": "sticky"})
+	assert.Equal(t, map[string]string{"A": "sticky", "B": "b"}, env)
+}
+
+func TestFingerprintIsOrderFree(t *testing.T) {
+	a := laneState{Slot: "s", Tags: []string{"x"}, Env: map[string]string{"A": "1", "B": "2"}}
+	b := laneState{Slot: "s", Tags: []string{"x"}, Env: map[string]string{"B": "2", "A": "1"}}
+	assert.Equal(t, fingerprint(a), fingerprint(b))
+	b.Env["A"] = "3"
+	assert.NotEqual(t, fingerprint(a), fingerprint(b))
+}
+
+func TestAcceptedStatus(t *testing.T) {
+	assert.True(t, acceptedStatus(nil, 302))
+	assert.False(t, acceptedStatus(nil, 404))
+	assert.True(t, acceptedStatus([]int{200}, 200))
+	assert.False(t, acceptedStatus([]int{200}, 204))
+}
