@@ -23,8 +23,9 @@ stack: ## build Consul 1.14.8, Nomad 1.6.1 and Fabio 1.6.3 into $(STACK_DIR) (re
 	./scripts/install-stack.sh
 
 .PHONY: test
-test: stack ## run every test: unit tests, then e2e against the real stack (builds the stack if absent)
+test: stack ## run every test: unit, e2e against the real stack (built if absent), fuzz targets 60s each
 	$(GO) test -count=1 -timeout $(E2E_TIMEOUT) -p 1 ./...
+	./scripts/fuzz.sh $(FUZZTIME)
 
 .PHONY: test-unit
 test-unit: ## run the unit tests only (no agents)

@@ -195,31 +195,42 @@ func lastLines(path string, n int) ([]string, error) {
 }
 
 // stop asks the agent to shut down (SIGTERM), kills it after grace, then kills what is left
-// of its process group and of the descendants collected before it was signalled.
+// of its process group and of its descendants, looked for until it exited.
 func (p *process) stop(grace time.Duration) error {
-	pid := p.pid()
-	if pid == 0 {
+	if p.pid() == 0 {
 		return nil
 	}
-	leftovers := descendants(pid)
+	if ok, _ := p.exited(); ok {
+		return nil // reaped: its PID may belong to someone else by now
+	}
+	var leftovers []procID
+	collect := func() {
+		for _, d := range descendants(p.pid()) {
+			if !slices.Contains(leftovers, d) {
+				leftovers = append(leftovers, d)
+			}
+		}
+	}
+	collect()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	var err error
-	if ok, _ := p.exited(); !ok {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	deadline := time.After(grace)
+	for exited := false; !exited; {
 		select {
 		case <-p.done:
-		case <-time.After(grace):
+			exited = true
+		case <-time.After(100 * time.Millisecond):
+			collect() // and what it starts while shutting down
+		case <-deadline:
 			err = fmt.Errorf("%s did not stop within %s after SIGTERM; killed it", p.name, grace)
+			collect()
 			_ = p.cmd.Process.Kill()
 			<-p.done
+			exited = true
 		}
 	}
-	// Whatever was started after the first look, while the agent shut down.
-	for _, d := range descendants(pid) {
-		if !slices.Contains(leftovers, d) {
-			leftovers = append(leftovers, d)
-		}
-	}
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	// A group keeps its ID from reuse while members remain; with none left this finds nothing.
+	_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
 	killAll(leftovers)
 	return err
 }

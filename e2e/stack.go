@@ -156,7 +156,7 @@ type stackPorts struct {
 	consulHTTP, consulServer, consulSerfLAN, consulSerfWAN, consulGRPC int
 	nomadHTTP, nomadRPC, nomadSerf                                     int
 	fabioProxy, fabioUI                                                int
-	// nomadDynamicMin is the start of the window Nomad picks task ports from (see nomadConfig).
+	// nomadDynamicMin is the start of the window Nomad picks task ports from (see startNomad).
 	nomadDynamicMin int
 }
 
@@ -349,6 +349,8 @@ client {
   options = {
     # The cloud fingerprinters probe 169.254.169.254 and cloud metadata host names.
     "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean"
+    # Tests run raw_exec only; these would probe the docker socket or run java and qemu.
+    "driver.denylist" = "docker,qemu,java"
   }
 }
 
@@ -481,10 +483,10 @@ func (s *Stack) FabioGet(ctx context.Context, host, path string) (status int, bo
 	return resp.StatusCode, body, err
 }
 
-// fabioClient opens a new connection per request, so that Fabio picks an instance each time.
+// fabioClient keeps no idle connection, so none outlives the stack it talked to.
 var fabioClient = &http.Client{
 	Timeout:   10 * time.Second,
-	Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil},
+	Transport: &http.Transport{DisableKeepAlives: true},
 }
 
 // LogFile is the path of an agent's log ("consul", "nomad" or "fabio").
@@ -515,7 +517,9 @@ func (s *Stack) stop() error {
 	// are re-parented and no longer found below it.
 	var leftovers []procID
 	for _, p := range s.procs {
-		leftovers = append(leftovers, descendants(p.pid())...)
+		if ok, _ := p.exited(); !ok {
+			leftovers = append(leftovers, descendants(p.pid())...)
+		}
 	}
 	for i := len(s.procs) - 1; i >= 0; i-- {
 		p := s.procs[i]

@@ -35,14 +35,17 @@ func TestTestAppThroughFabio(t *testing.T) {
 	job.TaskGroups[0].Services[0].Tags = append(job.TaskGroups[0].Services[0].Tags, "urlprefix-"+host+"/")
 	_, _, err := s.Nomad.Jobs().Register(job, nil)
 	require.NoError(t, err)
+	purged := false
 	t.Cleanup(func() {
-		_, _, err := s.Nomad.Jobs().Deregister(id, true, nil)
-		assert.NoError(t, err, "purge job %s", id)
+		if !purged {
+			_, _, err := s.Nomad.Jobs().Deregister(id, true, nil)
+			assert.NoError(t, err, "purge job %s", id)
+		}
 	})
 
-	// Both instances pass their checks in Consul, registered by the job's allocations.
-	allocIDs := map[string]bool{}
-	WaitFor(t, 90*time.Second, "2 passing instances of svc-"+suffix+" in Consul", func() (bool, string) {
+	// Both instances pass their checks in Consul, and Nomad shows both allocations running.
+	var allocIDs map[string]bool
+	WaitFor(t, 90*time.Second, "2 passing instances of svc-"+suffix+" in Consul and 2 running allocations", func() (bool, string) {
 		entries, _, err := s.Consul.Health().Service("svc-"+suffix, "", true, nil)
 		if err != nil {
 			return false, err.Error()
@@ -51,20 +54,16 @@ func TestTestAppThroughFabio(t *testing.T) {
 		if err != nil {
 			return false, err.Error()
 		}
+		allocIDs = map[string]bool{}
 		var seen []string
 		for _, a := range allocs {
 			seen = append(seen, fmt.Sprintf("alloc %s %s", a.ID[:8], a.ClientStatus))
+			if a.ClientStatus == nomadapi.AllocClientStatusRunning {
+				allocIDs[a.ID] = true
+			}
 		}
-		return len(entries) == 2, fmt.Sprintf("%d passing; %s", len(entries), strings.Join(seen, ", "))
+		return len(entries) == 2 && len(allocIDs) == 2, fmt.Sprintf("%d passing; %s", len(entries), strings.Join(seen, ", "))
 	})
-	allocs, _, err := s.Nomad.Jobs().Allocations(id, false, nil)
-	require.NoError(t, err)
-	for _, a := range allocs {
-		if a.ClientStatus == nomadapi.AllocClientStatusRunning {
-			allocIDs[a.ID] = true
-		}
-	}
-	require.Len(t, allocIDs, 2, "running allocations of %s", id)
 
 	// Fabio routes the host to the job: every answer names the lane and one of its allocs,
 	// and round robin reaches both.
@@ -93,6 +92,21 @@ func TestTestAppThroughFabio(t *testing.T) {
 	status, _, err := s.FabioGet(context.Background(), "other-"+host, "/")
 	require.NoError(t, err)
 	assert.Equal(t, 404, status, "a host without a route")
+
+	// Purged, the job leaves Consul and Fabio's routes.
+	_, _, err = s.Nomad.Jobs().Deregister(id, true, nil)
+	require.NoError(t, err)
+	purged = true
+	WaitFor(t, 30*time.Second, "fabio to drop the route of "+host, func() (bool, string) {
+		status, body, err := s.FabioGet(context.Background(), host, "/")
+		if err != nil {
+			return false, err.Error()
+		}
+		return status == 404, fmt.Sprintf("%d %s", status, body)
+	})
+	entries, _, err := s.Consul.Health().Service("svc-"+suffix, "", false, nil)
+	require.NoError(t, err)
+	assert.Empty(t, entries, "instances of svc-%s left in Consul", suffix)
 }
 
 func TestBinaryMissingNamesMakeStack(t *testing.T) {

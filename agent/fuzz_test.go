@@ -1,0 +1,116 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
+)
+
+// offlineAgent is an agent that leads nothing and reaches no Consul: every request that gets
+// past input checks answers 503, so what the fuzzer finds is the decoding and checking alone.
+func offlineAgent(t testing.TB, token string) *Agent {
+	t.Helper()
+	cfg := config.Default()
+	cfg.HTTP.Address = "127.0.0.1:0"
+	cfg.HTTP.Token = token
+	cfg.Consul.Address = "127.0.0.1:1"
+	cfg.Nomad.Address = "http://127.0.0.1:1"
+	cfg.Sites = []*config.Site{{
+		Name: "web", Service: "web", Job: "/nonexistent.nomad.hcl",
+		Slots: []*config.Slot{{Name: "production"}, {Name: "staging"}},
+	}}
+	a, err := New(cfg, hclog.NewNullLogger())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = a.listener.Close() })
+	return a
+}
+
+var fuzzRoutes = []struct{ method, path string }{
+	{"POST", "/v1/sites/web/swap"},
+	{"POST", "/v1/sites/web/slots/staging/deploy"},
+	{"PUT", "/v1/sites/web/slots/staging/settings/FEATURE"},
+	{"PUT", "/v1/sites/web/slots/staging/settings/bad-key"},
+	{"POST", "/v1/operations/op-1/complete"},
+	{"POST", "/v1/sites/nope/swap"},
+}
+
+// FuzzRequestBodies sends arbitrary bodies to every write route: the agent never panics and
+// answers each with a JSON error of a status the contract names, or 503 (not the leader).
+func FuzzRequestBodies(f *testing.F) {
+	for _, seed := range []string{
+		`{"source":"staging","target":"production","preview":false}`,
+		`{"vars":{"image":"web:2"}}`,
+		`{"value":"x","sticky":true}`,
+		`{"source":1}`, `{"unknown":true}`, `{}`, ``, `null`, `[]`, `{"a":`, `{} {}`,
+		`{"vars":{"bad name":"x"}}`, `{"value":"` + string(bytes.Repeat([]byte("a"), 64)) + `"}`,
+	} {
+		for i := range fuzzRoutes {
+			f.Add(uint8(i), []byte(seed))
+		}
+	}
+	a := offlineAgent(f, "")
+	h := a.server.Handler
+	f.Fuzz(func(t *testing.T, route uint8, body []byte) {
+		r := fuzzRoutes[int(route)%len(fuzzRoutes)]
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(r.method, r.path, bytes.NewReader(body)))
+		switch rec.Code {
+		case http.StatusBadRequest, http.StatusNotFound, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusServiceUnavailable:
+		default:
+			t.Fatalf("%s %s with %q: status %d", r.method, r.path, body, rec.Code)
+		}
+		var e api.ErrorResponse
+		if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error == "" {
+			t.Fatalf("%s %s: answer is not a JSON error: %q", r.method, r.path, rec.Body.String())
+		}
+	})
+}
+
+func TestRequestChecks(t *testing.T) {
+	a := offlineAgent(t, "s3cret")
+	h := a.server.Handler
+	big := append([]byte(`{"value":"`), bytes.Repeat([]byte("a"), maxBody)...)
+	big = append(big, []byte(`"}`)...)
+	tests := []struct {
+		name, method, path, auth, body string
+		want                           int
+	}{
+		{"write without token", "POST", "/v1/sites/web/swap", "", `{"source":"staging"}`, 401},
+		{"write with a wrong token", "POST", "/v1/sites/web/swap", "Bearer nope", `{"source":"staging"}`, 401},
+		{"read is open", "GET", "/v1/health", "", "", 200},
+		{"unknown field", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":"staging","force":true}`, 400},
+		{"malformed json", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":`, 400},
+		{"trailing data", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":"staging"} x`, 400},
+		{"missing source", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{}`, 400},
+		{"same slot twice", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":"production"}`, 400},
+		{"unknown site", "POST", "/v1/sites/nope/swap", "Bearer s3cret", `{"source":"staging"}`, 404},
+		{"unknown slot", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":"qa"}`, 404},
+		{"bad setting key", "PUT", "/v1/sites/web/slots/staging/settings/1BAD", "Bearer s3cret", `{"value":"x"}`, 400},
+		{"reserved setting key", "PUT", "/v1/sites/web/slots/staging/settings/SLOTD_SLOT", "Bearer s3cret", `{"value":"x"}`, 400},
+		{"body over 1 MiB", "PUT", "/v1/sites/web/slots/staging/settings/K", "Bearer s3cret", string(big), 413},
+		{"wrong method", "DELETE", "/v1/sites/web/swap", "Bearer s3cret", "", 405},
+		{"valid write, not the leader", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":"staging"}`, 503},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest(tc.method, tc.path, bytes.NewReader([]byte(tc.body)))
+			if tc.auth != "" {
+				req.Header.Set("Authorization", tc.auth)
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			require.Equal(t, tc.want, rec.Code, rec.Body.String())
+			if tc.want == 405 {
+				require.NotEmpty(t, rec.Header().Get("Allow"))
+			}
+		})
+	}
+}
