@@ -55,6 +55,11 @@ var serverFields = []string{
 // meta, resources and the like, and for changes it would apply without a restart (a count,
 // the update block, checks) registering still starts a deployment to wait for, which a
 // tags-only change never needs. A nil a (no job yet) is Restart.
+//
+// Compare two renders, never a render with the job read back from Nomad: the server fills in
+// defaults on register (node pool, a Consul version constraint, check names, update block
+// fields, …), so a job read back differs from its render in ways that look like a Restart.
+// Keep the rendered job (or its inputs) of a lane's current version to diff against.
 func Diff(a, b *nomadapi.Job) Change {
 	if a == nil || b == nil {
 		if a == b {
