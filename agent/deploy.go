@@ -300,9 +300,10 @@ func (a *Agent) bootstrapSlot(ctx context.Context, site *config.Site, slot *conf
 	return nil
 }
 
-// recover takes over an operation that a stopped daemon left journaled. A previewing swap
-// waits again for complete or cancel; a swap past its switch is settled; anything earlier is
-// undone, because its lanes may be half-way and nobody is waiting for it any more.
+// recover takes over an operation that a stopped daemon left journaled. A swap that stopped
+// between two phases goes on from the next one (a previewing swap waits again for complete or
+// cancel); a swap past its switch is settled; a swap or deploy that stopped inside a phase
+// before the switch is undone, because its lanes may be half-way.
 func (a *Agent) recover(s *siteRunner, op *api.Operation) error {
 	cfg := s.config()
 	a.logger.Info("recovering operation", "site", cfg.Name, "op", op.ID, "kind", op.Kind, "state", op.State)
@@ -312,7 +313,7 @@ func (a *Agent) recover(s *siteRunner, op *api.Operation) error {
 	var fn opFunc
 	switch {
 	case (op.Kind == api.KindSwap || op.Kind == api.KindRollback) && cfg.Slot(op.Source) != nil && cfg.Slot(op.Target) != nil:
-		if op.State == api.StatePreviewing || op.Switched {
+		if op.State == api.StatePreviewing || op.Switched || !midPhase(op) {
 			fn = a.swapOp(cfg, op.Source, op.Target)
 		} else {
 			fn = func(ctx context.Context, r *run) error {
@@ -320,7 +321,13 @@ func (a *Agent) recover(s *siteRunner, op *api.Operation) error {
 				if err := w.load(ctx); err != nil {
 					return err
 				}
-				return w.restoreSource(fmt.Errorf("interrupted in state %s by a daemon restart", op.State))
+				cause := fmt.Errorf("interrupted in state %s by a daemon restart", op.State)
+				// A switch may have taken the target's routes off its lane: give them back
+				// before the source lane loses them.
+				if _, err := w.restore(w.tgtLane, w.tgtApp, steady(w.target, w.tgt)); err != nil {
+					return fmt.Errorf("%w; restoring the target lane failed: %v", cause, err)
+				}
+				return w.restoreSource(cause)
 			}
 		}
 	default:
@@ -341,6 +348,17 @@ func (a *Agent) recover(s *siteRunner, op *api.Operation) error {
 	}
 	go r.execute(fn)
 	return nil
+}
+
+// midPhase reports whether an operation stopped inside a phase (a crash) rather than between
+// two (a graceful stop, which finishes the running phase and journals it first).
+func midPhase(op *api.Operation) bool {
+	for _, p := range op.Phases {
+		if p.State == api.PhaseRunning {
+			return true
+		}
+	}
+	return false
 }
 
 // autoSwap starts the swap that a deploy into a slot with auto_swap asks for.

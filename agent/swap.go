@@ -16,9 +16,15 @@ import (
 	"github.com/slotd/slotd/config"
 )
 
-// restoreTimeout bounds putting a lane back after a failed phase; it runs on its own context,
-// because the failure may be the operation's own deadline.
-const restoreTimeout = 10 * time.Minute
+const (
+	// restoreTimeout bounds putting a lane back after a failed phase; it runs on its own
+	// context, because the failure may be the operation's own deadline.
+	restoreTimeout = 10 * time.Minute
+	// routerDrain is how long settle waits before it restarts the former target lane: Consul
+	// already shows it without routes, and routers that watch Consul (Fabio, Traefik) need a
+	// moment to drop it, so no request in flight meets an instance that stops.
+	routerDrain = 2 * time.Second
+)
 
 // swapPhases are the phases of DESIGN.md §3, in order.
 var swapPhases = []string{api.PhaseApply, api.PhaseWarm, api.PhaseSwitch, api.PhaseSettle, api.PhaseMonitor}
@@ -82,12 +88,12 @@ func swappedBack(srcLaneSlot, tgtLaneSlot slotSettings) (src, tgt slotSettings) 
 
 func (w *swap) runPhases(ctx context.Context) error {
 	if !w.op.Switched {
-		if w.op.State != api.StatePreviewing {
+		if !w.done(api.PhaseApply) {
 			if err := w.phase(api.PhaseApply, api.StateApplying, func() error { return w.apply(ctx) }); err != nil {
 				return w.restoreSource(err)
 			}
 		}
-		if w.op.Preview {
+		if w.op.Preview && !w.done(api.PhaseWarm) {
 			if err := w.preview(ctx); err != nil {
 				return w.restoreSource(err)
 			}
@@ -99,10 +105,19 @@ func (w *swap) runPhases(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := w.phase(api.PhaseSettle, api.StateSettling, func() error { return w.settle(ctx) }); err != nil {
-		return err
+	if !w.done(api.PhaseSettle) {
+		if err := w.phase(api.PhaseSettle, api.StateSettling, func() error { return w.settle(ctx) }); err != nil {
+			return err
+		}
 	}
 	return w.monitor(ctx)
+}
+
+// done reports whether a phase already succeeded: a swap resumed by a new leader goes on
+// from the first phase that did not.
+func (w *swap) done(name string) bool {
+	p := w.op.Phase(name)
+	return p != nil && p.State == api.PhaseSucceeded
 }
 
 // apply takes the source lane off the source's routes and gives it the target's sticky
@@ -228,6 +243,9 @@ func (w *swap) exchange(srcLaneVersion, tgtLaneVersion uint64) error {
 func (w *swap) settle(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
+	if err := sleepCtx(ctx, routerDrain); err != nil {
+		return err
+	}
 	st, err := w.a.store.loadSlots(w.site.Name, nil)
 	if err != nil {
 		return err

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"fmt"
+	"time"
 	"errors"
 	"os"
 	"testing"
@@ -43,6 +45,8 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, src []byte) {
+		zzTimer := time.AfterFunc(2*time.Second, func() { panic(fmt.Sprintf("ZZSLOW %q", src)) })
+		defer zzTimer.Stop()
 		cfg, err := Parse(examplePath, src)
 		if err == nil {
 			require.NotNil(t, cfg)

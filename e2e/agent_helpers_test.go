@@ -7,7 +7,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -263,4 +266,165 @@ func waitServes(t testing.TB, stack *Stack, host, lane string) {
 		}
 		return true, ""
 	})
+}
+
+// startDaemonSites starts one agent for several sites: the first site's slots.hcl with the
+// site blocks of the others appended (each keeps its own lanes; the kv_prefix is the first's).
+func startDaemonSites(t testing.TB, stack *Stack, first siteSpec, others ...siteSpec) *daemon {
+	t.Helper()
+	addr := freeAddr(t)
+	src := first.hcl(t, stack, addr)
+	for _, o := range others {
+		block := o.hcl(t, stack, addr)
+		i := strings.Index(block, "\nsite ")
+		require.GreaterOrEqual(t, i, 0, "no site block in the rendered slots.hcl")
+		src += block[i:]
+	}
+	path := filepath.Join(t.TempDir(), "slots.hcl")
+	require.NoError(t, os.WriteFile(path, []byte(src), 0o644))
+	cfg, err := config.Load(path)
+	require.NoError(t, err, "load the test's slots.hcl")
+	d := &daemon{t: t, cfg: cfg, addr: addr}
+	d.start()
+	t.Cleanup(d.stop)
+	d.client, err = api.NewClient(api.Config{Address: "http://" + addr, Token: first.token})
+	require.NoError(t, err)
+	for _, s := range append([]siteSpec{first}, others...) {
+		d.waitReady(s.name)
+	}
+	return d
+}
+
+// laneJobs maps each slot of the site to the job ID of the lane that serves it now.
+func (d *daemon) laneJobs(site string) map[string]string {
+	d.t.Helper()
+	s, err := d.client.Site(context.Background(), site)
+	require.NoError(d.t, err, "read site %s", site)
+	out := map[string]string{}
+	for _, sl := range s.Slots {
+		out[sl.Name] = site + "-" + sl.Lane
+	}
+	return out
+}
+
+// waitAnswers waits until 6 answers in a row on host are 200 and satisfy ok (nil: any 200).
+func waitAnswers(t testing.TB, stack *Stack, host string, timeout time.Duration, what string, ok func(appAnswer) bool) {
+	t.Helper()
+	WaitFor(t, timeout, host+" answering "+what, func() (bool, string) {
+		for range 6 {
+			status, ans, err := get(context.Background(), stack, host)
+			if err != nil || status != 200 || ok != nil && !ok(ans) {
+				return false, fmt.Sprintf("status %d answer %+v err %v", status, ans, err)
+			}
+		}
+		return true, ""
+	})
+}
+
+// Bounds of a sampler: the pause between two requests of one client, and the most requests
+// all its clients send together.
+const (
+	samplerPause       = 50 * time.Millisecond
+	samplerMaxRequests = 100_000
+)
+
+// sample is one request of a sampler.
+type sample struct {
+	at     time.Time // when the request was sent
+	took   time.Duration
+	status int
+	ans    appAnswer
+	body   string // of a non-200 answer
+	err    error
+}
+
+func (s sample) String() string {
+	what := fmt.Sprintf("status %d lane %q version %q env %v", s.status, s.ans.Lane, s.ans.Version, s.ans.Env)
+	if s.err != nil {
+		what = "error " + s.err.Error()
+	} else if s.status != 200 {
+		what = fmt.Sprintf("status %d %q", s.status, strings.TrimSpace(s.body))
+	}
+	return fmt.Sprintf("%s (+%s) %s", s.at.Format("15:04:05.000"), s.took.Round(time.Millisecond), what)
+}
+
+// sampler sends requests for a host through Fabio from concurrent clients and records every
+// answer, until stopped, its time is up or it has sent samplerMaxRequests.
+type sampler struct {
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	samples []sample
+	capped  atomic.Bool // stopped by its own bounds rather than by stop
+}
+
+func startSampler(t testing.TB, stack *Stack, host string, clients int, maxFor time.Duration) *sampler {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &sampler{cancel: cancel}
+	deadline := time.Now().Add(maxFor)
+	var sent atomic.Int64
+	for range clients {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			for ctx.Err() == nil {
+				if time.Now().After(deadline) || sent.Add(1) > samplerMaxRequests {
+					s.capped.Store(true)
+					return
+				}
+				smp := sample{at: time.Now()}
+				var body []byte
+				smp.status, body, smp.err = stack.FabioGet(ctx, host, "/")
+				smp.took = time.Since(smp.at)
+				if ctx.Err() != nil {
+					return // stopped while the request was in flight: no answer to judge
+				}
+				if smp.err == nil && smp.status == 200 {
+					smp.err = json.Unmarshal(body, &smp.ans)
+				} else if smp.err == nil {
+					smp.body = string(body)
+				}
+				s.mu.Lock()
+				s.samples = append(s.samples, smp)
+				s.mu.Unlock()
+				select {
+				case <-ctx.Done():
+				case <-time.After(samplerPause):
+				}
+			}
+		}()
+	}
+	t.Cleanup(func() { s.stop() })
+	return s
+}
+
+// stop stops the clients, waits for them and returns every sample, oldest first.
+func (s *sampler) stop() []sample {
+	s.cancel()
+	s.wg.Wait()
+	return s.snapshot()
+}
+
+// snapshot returns the samples so far, oldest first.
+func (s *sampler) snapshot() []sample {
+	s.mu.Lock()
+	out := slices.Clone(s.samples)
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b sample) int { return a.at.Compare(b.at) })
+	return out
+}
+
+// firstSamples formats at most n samples for a failure message, with how many there were.
+func firstSamples(ss []sample, n int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d in all", len(ss))
+	for i, s := range ss {
+		if i == n {
+			b.WriteString("\n  …")
+			break
+		}
+		b.WriteString("\n  " + s.String())
+	}
+	return b.String()
 }

@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -41,4 +43,42 @@ func TestSwapBasic(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "staging-db", ans.Env["DB"])
 	assert.Equal(t, "prod-feature", ans.Env["FEATURE"])
+}
+
+// TestStopMidSwapResumes: a daemon stopped in the middle of a swap finishes the running phase,
+// leaves the operation journaled in KV, and the next daemon goes on from the next phase.
+func TestStopMidSwapResumes(t *testing.T) {
+	stack := Shared(t)
+	site := newSite()
+	d := startDaemon(t, stack, site)
+	ctx := context.Background()
+	s, err := d.client.Site(ctx, site.name)
+	require.NoError(t, err)
+	stagingLane := site.name + "-" + s.Slots[1].Lane
+
+	op, err := d.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
+	require.NoError(t, err)
+	WaitFor(t, time.Minute, "the swap applying", func() (bool, string) {
+		cur, err := d.client.Operation(ctx, op.ID, 0)
+		if err != nil {
+			return false, err.Error()
+		}
+		return cur.State == api.StateApplying, cur.State
+	})
+	d.stop()
+
+	key := "slotd-" + site.name + "/sites/" + site.name + "/operation"
+	pair, _, err := stack.Consul.KV().Get(key, nil)
+	require.NoError(t, err)
+	require.NotNil(t, pair, "the stopped daemon left the swap journaled")
+	var journaled api.Operation
+	require.NoError(t, json.Unmarshal(pair.Value, &journaled))
+	assert.Equal(t, api.PhaseSucceeded, journaled.Phase(api.PhaseApply).State, "the running phase finished before the stop")
+
+	d.start()
+	final, err := d.client.Wait(ctx, op.ID, nil)
+	require.NoError(t, err)
+	require.Equal(t, api.StateSucceeded, final.State, final.Error)
+	assert.Equal(t, api.PhaseSucceeded, final.Phase(api.PhaseSwitch).State)
+	waitServes(t, stack, site.host("production"), stagingLane)
 }

@@ -1,0 +1,144 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/api"
+)
+
+// TestRollback: a rollback after a swap puts production back on its original lane.
+func TestRollback(t *testing.T) {
+	stack := Shared(t)
+	site := newSite()
+	d := startDaemon(t, stack, site)
+	ctx := context.Background()
+	prod, staging := site.host("production"), site.host("staging")
+	lanes := d.laneJobs(site.name)
+	waitServes(t, stack, prod, lanes["production"])
+
+	swap := d.swap(site.name, "staging", "production")
+	require.Equal(t, api.StateSucceeded, swap.State, "swap: %s", swap.Error)
+	waitServes(t, stack, prod, lanes["staging"])
+
+	rb := d.run(func(ctx context.Context) (*api.Operation, error) { return d.client.Rollback(ctx, site.name) })
+	require.Equal(t, api.StateSucceeded, rb.State, "rollback: %s", rb.Error)
+	assert.Equal(t, api.KindRollback, rb.Kind)
+	assert.Equal(t, "api", rb.Trigger)
+	assert.Equal(t, swap.ID, rb.RollbackOf, "the rollback names the swap it reverses")
+	t.Logf("rollback: %s", phaseTimes(rb))
+
+	assert.Equal(t, lanes, d.laneJobs(site.name), "every slot is back on its original lane")
+	waitAnswers(t, stack, prod, 30*time.Second, lanes["production"]+" with production's settings", func(a appAnswer) bool {
+		return a.Lane == lanes["production"] && a.Env["DB"] == "prod-db" && a.Env["FEATURE"] == "prod-feature"
+	})
+	waitAnswers(t, stack, staging, 30*time.Second, lanes["staging"]+" with staging's settings", func(a appAnswer) bool {
+		return a.Lane == lanes["staging"] && a.Env["DB"] == "staging-db" && a.Env["FEATURE"] == "staging-feature"
+	})
+	hist, err := d.client.History(ctx, site.name)
+	require.NoError(t, err)
+	require.NotEmpty(t, hist)
+	assert.Equal(t, rb.ID, hist[0].ID, "the rollback is the newest operation in the history")
+}
+
+// TestMonitorRollback: after a swap the monitor watches production; when the new production's
+// checks fail for longer than the grace period, the swap fails and a rollback by the monitor
+// puts production back on its original lane.
+func TestMonitorRollback(t *testing.T) {
+	stack := Shared(t)
+	site := newSite(func(s *siteSpec) {
+		s.monitor = `window = "90s"
+    auto_rollback = true
+    grace = "3s"`
+	})
+	d := startDaemon(t, stack, site)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	prod := site.host("production")
+	lanes := d.laneJobs(site.name)
+	sick := filepath.Join(t.TempDir(), "sick")
+
+	deploy := d.run(func(ctx context.Context) (*api.Operation, error) {
+		return d.client.Deploy(ctx, site.name, "staging", map[string]string{"fail_healthz_file": sick, "app_version": "v2"})
+	})
+	require.Equal(t, api.StateSucceeded, deploy.State, "deploy into staging: %s", deploy.Error)
+	waitServes(t, stack, prod, lanes["production"])
+
+	swap, err := d.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
+	require.NoError(t, err)
+	swap, err = d.client.Follow(ctx, swap, func(o *api.Operation) bool {
+		return o.State == api.StateMonitoring || api.Terminal(o.State)
+	}, nil)
+	require.NoError(t, err, "follow the swap until it monitors")
+	require.Equal(t, api.StateMonitoring, swap.State, "swap: %s", swap.Error)
+	waitAnswers(t, stack, prod, 30*time.Second, "v2 from "+lanes["staging"], func(a appAnswer) bool {
+		return a.Lane == lanes["staging"] && a.Version == "v2"
+	})
+
+	// The new production turns sick without a restart.
+	sickAt := time.Now()
+	require.NoError(t, os.WriteFile(sick, []byte("sick\n"), 0o644))
+	swap, err = d.client.Follow(ctx, swap, func(o *api.Operation) bool { return api.Terminal(o.State) }, nil)
+	require.NoError(t, err, "follow the swap until it ends")
+	t.Logf("swap ended %s after production turned sick: %s %q; %s",
+		time.Since(sickAt).Round(time.Millisecond), swap.State, swap.Error, phaseTimes(swap))
+	require.Equal(t, api.StateFailed, swap.State, "the swap whose production degraded")
+	assert.Contains(t, strings.ToLower(swap.Error), "degraded", "the swap's error says production degraded")
+	if m := swap.Phase(api.PhaseMonitor); assert.NotNil(t, m) {
+		assert.Equal(t, api.PhaseFailed, m.State, "monitor phase")
+	}
+
+	var rb *api.Operation
+	WaitFor(t, time.Minute, "a rollback with trigger monitor", func() (bool, string) {
+		seen := ""
+		if s, err := d.client.Site(ctx, site.name); err == nil && s.Operation != nil {
+			if s.Operation.Kind == api.KindRollback && s.Operation.Trigger == "monitor" {
+				rb = s.Operation
+				return true, ""
+			}
+			seen = fmt.Sprintf("running: %s %s/%s/%s; ", s.Operation.ID, s.Operation.Kind, s.Operation.Trigger, s.Operation.State)
+		}
+		hist, err := d.client.History(ctx, site.name)
+		if err != nil {
+			return false, err.Error()
+		}
+		for i := range hist {
+			if hist[i].Kind == api.KindRollback && hist[i].Trigger == "monitor" {
+				rb = &hist[i]
+				return true, ""
+			}
+		}
+		if len(hist) > 0 {
+			seen += fmt.Sprintf("newest in history: %s %s/%s/%s", hist[0].ID, hist[0].Kind, hist[0].Trigger, hist[0].State)
+		}
+		return false, seen
+	})
+	assert.Equal(t, swap.ID, rb.RollbackOf, "the rollback names the failed swap")
+	rb, err = d.client.Follow(ctx, rb, func(o *api.Operation) bool { return api.Terminal(o.State) }, nil)
+	require.NoError(t, err, "follow the rollback")
+	t.Logf("rollback ended %s after production turned sick: %s %q; %s",
+		time.Since(sickAt).Round(time.Millisecond), rb.State, rb.Error, phaseTimes(rb))
+	assert.Equal(t, api.StateSucceeded, rb.State, "rollback by the monitor: %s", rb.Error)
+
+	waitAnswers(t, stack, prod, 30*time.Second, "v1 from "+lanes["production"]+" with production's settings", func(a appAnswer) bool {
+		return a.Lane == lanes["production"] && a.Version == "v1" && a.Env["DB"] == "prod-db"
+	})
+	assert.Equal(t, lanes["production"], d.laneJobs(site.name)["production"], "production is bound to its original lane")
+
+	hist, err := d.client.History(ctx, site.name)
+	require.NoError(t, err)
+	for _, op := range hist {
+		if op.ID == swap.ID {
+			assert.Equal(t, api.StateFailed, op.State, "the swap in the history")
+			assert.Contains(t, strings.ToLower(op.Error), "degraded", "the swap's error in the history")
+		}
+	}
+}

@@ -1,0 +1,99 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/api"
+)
+
+// TestSettingsTravel: a swap moves the swappable settings with the app and leaves the sticky ones
+// with the slot, and at no moment of a swap does the staging host answer with production's
+// sticky value. A setting changed through the API rolls out to its slot without a swap.
+func TestSettingsTravel(t *testing.T) {
+	stack := Shared(t)
+	site := newSite()
+	d := startDaemon(t, stack, site)
+	ctx := context.Background()
+	prod, staging := site.host("production"), site.host("staging")
+	lanes := d.laneJobs(site.name)
+	waitServes(t, stack, prod, lanes["production"])
+	waitServes(t, stack, staging, lanes["staging"])
+
+	// settled checks that host answers from lane with the given settings.
+	settled := func(host, lane, db, feature string) {
+		t.Helper()
+		waitAnswers(t, stack, host, 30*time.Second, lane+" with DB="+db+" FEATURE="+feature, func(a appAnswer) bool {
+			return a.Lane == lane && a.Env["DB"] == db && a.Env["FEATURE"] == feature
+		})
+	}
+	settled(prod, lanes["production"], "prod-db", "prod-feature")
+	settled(staging, lanes["staging"], "staging-db", "staging-feature")
+
+	// Two swaps, there and back, each with the staging host sampled all along.
+	for i, want := range []struct{ prodFeature, stagingFeature string }{
+		{"staging-feature", "prod-feature"},
+		{"prod-feature", "staging-feature"},
+	} {
+		smp := startSampler(t, stack, staging, 2, 10*time.Minute)
+		op := d.swap(site.name, "staging", "production")
+		samples := smp.stop()
+		require.Equal(t, api.StateSucceeded, op.State, "swap %d: %s", i+1, op.Error)
+		require.False(t, smp.capped.Load(), "swap %d: the staging sampler ran out of its bounds", i+1)
+
+		var leaked []sample
+		served := 0
+		for _, s := range samples {
+			if s.err == nil && s.status == 200 {
+				served++
+				if s.ans.Env["DB"] == "prod-db" {
+					leaked = append(leaked, s)
+				}
+			}
+		}
+		assert.Empty(t, leaked, "swap %d: the staging host answered with production's sticky DB: %s", i+1, firstSamples(leaked, 10))
+		t.Logf("swap %d: %d requests on the staging host, %d answered 200, %s", i+1, len(samples), served, phaseTimes(op))
+
+		next := d.laneJobs(site.name)
+		require.Equal(t, lanes["staging"], next["production"], "swap %d: production is now the former staging lane", i+1)
+		lanes = next
+		settled(prod, lanes["production"], "prod-db", want.prodFeature)
+		settled(staging, lanes["staging"], "staging-db", want.stagingFeature)
+	}
+
+	// Settings changed through the API roll out to their slot's lane, without a swap.
+	before, err := d.client.History(ctx, site.name)
+	require.NoError(t, err)
+	require.NoError(t, d.client.SetSetting(ctx, site.name, "staging", "FEATURE", "staging-feature-2", false))
+	settled(staging, lanes["staging"], "staging-db", "staging-feature-2")
+	waitIdle(t, d, site.name)
+	require.NoError(t, d.client.SetSetting(ctx, site.name, "production", "DB", "prod-db-2", true))
+	settled(prod, lanes["production"], "prod-db-2", "prod-feature")
+	waitIdle(t, d, site.name)
+	assert.Equal(t, lanes, d.laneJobs(site.name), "a settings change moves no slot")
+
+	set, err := d.client.Settings(ctx, site.name, "production")
+	require.NoError(t, err)
+	assert.Equal(t, "prod-db-2", set.Sticky["DB"], "production's sticky DB in KV")
+	assert.NotContains(t, set.Settings, "DB", "a sticky setting is not also swappable")
+	set, err = d.client.Settings(ctx, site.name, "staging")
+	require.NoError(t, err)
+	assert.Equal(t, "staging-feature-2", set.Settings["FEATURE"], "staging's swappable FEATURE in KV")
+	assert.Equal(t, "staging-db", set.Sticky["DB"], "staging's sticky DB stays")
+
+	hist, err := d.client.History(ctx, site.name)
+	require.NoError(t, err)
+	var rollouts []api.Operation
+	for _, op := range hist[:len(hist)-len(before)] {
+		assert.NotEqual(t, api.KindSwap, op.Kind, "no swap after the settings changes")
+		if op.Kind == api.KindSettings {
+			rollouts = append(rollouts, op)
+			assert.Equal(t, api.StateSucceeded, op.State, "settings operation %s: %s", op.ID, op.Error)
+		}
+	}
+	assert.NotEmpty(t, rollouts, "a settings operation in the history after the settings changes (history: %d new)", len(hist)-len(before))
+}
