@@ -86,6 +86,7 @@ func TestRequestChecks(t *testing.T) {
 		{"write without token", "POST", "/v1/sites/web/swap", "", `{"source":"staging"}`, 401},
 		{"write with a wrong token", "POST", "/v1/sites/web/swap", "Bearer nope", `{"source":"staging"}`, 401},
 		{"read is open", "GET", "/v1/health", "", "", 200},
+		{"metrics", "GET", "/v1/metrics", "", "", 200},
 		{"unknown field", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":"staging","force":true}`, 400},
 		{"malformed json", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":`, 400},
 		{"trailing data", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":"staging"} x`, 400},
@@ -110,6 +111,9 @@ func TestRequestChecks(t *testing.T) {
 			require.Equal(t, tc.want, rec.Code, rec.Body.String())
 			if tc.want == 405 {
 				require.NotEmpty(t, rec.Header().Get("Allow"))
+			}
+			if tc.path == "/v1/metrics" {
+				require.Contains(t, rec.Body.String(), "slotd_leader 0")
 			}
 		})
 	}
