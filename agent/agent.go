@@ -257,8 +257,9 @@ func (a *Agent) runSite(ctx context.Context, s *siteRunner) {
 	s.mu.Unlock()
 	log.Info("site ready")
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); a.watchSettings(ctx, s) }()
+	go func() { defer wg.Done(); a.watchLanes(ctx, s) }()
 	go func() { defer wg.Done(); a.afterOperations(ctx, s) }()
 	go func() { defer wg.Done(); a.watchInstances(ctx, s) }()
 	s.poke()

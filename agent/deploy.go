@@ -10,9 +10,11 @@ import (
 	"sync"
 
 	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
+	"github.com/slotd/slotd/jobspec"
 )
 
 // deployOp registers new code or job variables into a slot's lane and binds the slot to the new
@@ -410,4 +412,80 @@ func copyVars(m map[string]string) map[string]string {
 		return nil
 	}
 	return maps.Clone(m)
+}
+
+// watchLanes follows the site's lane jobs in Nomad with a blocking query. When a lane changes
+// while no operation runs (someone ran `nomad job run` on it, or it was stopped), the lanes
+// whose job no longer matches their slot are rolled back to it, as a settings rollout.
+func (a *Agent) watchLanes(ctx context.Context, s *siteRunner) {
+	var index uint64
+	failures := 0
+	for ctx.Err() == nil {
+		q := (&nomadapi.QueryOptions{Prefix: s.name + "-", WaitIndex: index, WaitTime: idleWait}).WithContext(ctx)
+		_, meta, err := a.nomad.Jobs().List(q)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			a.metrics.queryErrors.WithLabelValues("nomad").Inc()
+			_ = sleepCtx(ctx, backoff(failures))
+			continue
+		}
+		failures = 0
+		first := index == 0
+		if meta.LastIndex == index {
+			continue
+		}
+		index = nextIndex(index, meta.LastIndex)
+		if first {
+			continue
+		}
+		s.mu.Lock()
+		busy := !s.ready || s.running != nil
+		s.mu.Unlock()
+		if busy {
+			continue // our own operation changes the lanes; it leaves them right
+		}
+		drifted := a.driftedSlots(ctx, s.config())
+		if len(drifted) == 0 {
+			continue
+		}
+		a.logger.Warn("lanes changed outside slotd; restoring them", "site", s.name, "slots", strings.Join(drifted, ","))
+		for _, slot := range drifted {
+			s.mu.Lock()
+			delete(s.applied, slot)
+			s.mu.Unlock()
+		}
+		s.poke()
+	}
+}
+
+// driftedSlots are the slots whose lane job differs from what the slot's binding and settings
+// make of it, by Nomad's own plan.
+func (a *Agent) driftedSlots(ctx context.Context, site *config.Site) []string {
+	st, err := a.store.loadSlots(site.Name, nil)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, slot := range site.Slots {
+		ss := st.slot(slot.Name)
+		if ss.Lane.Value == "" {
+			continue
+		}
+		app, err := a.submission(site, ss.Lane.Value, ss.version(), true)
+		if err != nil {
+			continue
+		}
+		job, err := a.render(site, ss.Lane.Value, app, steady(slot, ss.settings()))
+		if err != nil {
+			continue
+		}
+		plan, _, err := a.nomad.Jobs().Plan(job, true, (&nomadapi.WriteOptions{}).WithContext(ctx))
+		if err == nil && classify(plan) != jobspec.NoChange {
+			out = append(out, slot.Name)
+		}
+	}
+	return out
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -81,4 +82,35 @@ func TestStopMidSwapResumes(t *testing.T) {
 	require.Equal(t, api.StateSucceeded, final.State, final.Error)
 	assert.Equal(t, api.PhaseSucceeded, final.Phase(api.PhaseSwitch).State)
 	waitServes(t, stack, site.host("production"), stagingLane)
+}
+
+// TestDriftRestored: a lane changed outside slotd (here: its job stopped in Nomad) is noticed
+// through a blocking query and brought back to its slot.
+func TestDriftRestored(t *testing.T) {
+	stack := Shared(t)
+	site := newSite()
+	d := startDaemon(t, stack, site)
+	ctx := context.Background()
+	s, err := d.client.Site(ctx, site.name)
+	require.NoError(t, err)
+	stagingLane := site.name + "-" + s.Slots[1].Lane
+
+	_, _, err = stack.Nomad.Jobs().Deregister(stagingLane, false, nil)
+	require.NoError(t, err)
+	WaitFor(t, 3*time.Minute, "the stopped staging lane restored", func() (bool, string) {
+		job, _, err := stack.Nomad.Jobs().Info(stagingLane, nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		if job.Stop != nil && *job.Stop {
+			return false, "still stopped"
+		}
+		cur, err := d.client.Site(ctx, site.name)
+		if err != nil {
+			return false, err.Error()
+		}
+		st := cur.Slots[1]
+		return cur.Operation == nil && st.Healthy == 2, fmt.Sprintf("staging %d/%d healthy, op %v", st.Healthy, st.Total, cur.Operation != nil)
+	})
+	waitServes(t, stack, site.host("staging"), stagingLane)
 }
