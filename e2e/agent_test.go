@@ -114,3 +114,30 @@ func TestDriftRestored(t *testing.T) {
 	})
 	waitServes(t, stack, site.host("staging"), stagingLane)
 }
+
+// TestDeployFailureKeepsSlot: a deploy whose instances never pass their checks fails with
+// Nomad's reason, and the slot goes on serving its previous version.
+func TestDeployFailureKeepsSlot(t *testing.T) {
+	stack := Shared(t)
+	site := newSite()
+	d := startDaemon(t, stack, site)
+	ctx := context.Background()
+	s, err := d.client.Site(ctx, site.name)
+	require.NoError(t, err)
+	stagingLane := site.name + "-" + s.Slots[1].Lane
+
+	op := d.run(func(ctx context.Context) (*api.Operation, error) {
+		return d.client.Deploy(ctx, site.name, "staging", map[string]string{"app_version": "v9", "fail_healthz": "true"})
+	})
+	require.Equal(t, api.StateFailed, op.State)
+	assert.Contains(t, op.Error, "deployment")
+	assert.Contains(t, op.Error, "restored")
+
+	waitServes(t, stack, site.host("staging"), stagingLane)
+	_, ans, err := get(ctx, stack, site.host("staging"))
+	require.NoError(t, err)
+	assert.Equal(t, "v1", ans.Version, "staging still runs the version it had")
+	after, err := d.client.Site(ctx, site.name)
+	require.NoError(t, err)
+	assert.Equal(t, 2, after.Slots[1].Healthy)
+}
