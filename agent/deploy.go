@@ -39,7 +39,7 @@ func (a *Agent) deployOp(site *config.Site, slotName string, vars map[string]str
 			want := steady(slot, s.settings())
 			dctx, cancel := context.WithTimeout(ctx, site.DeployTimeout)
 			defer cancel()
-			ro, err := a.ensureLane(dctx, site, s.Lane.Value, app, want)
+			ro, err := a.ensureLane(dctx, site, s.Lane.Value, app, want, gateHealthy)
 			if err != nil {
 				return a.restoreLane(site, slotName, err)
 			}
@@ -61,7 +61,7 @@ func (a *Agent) deployOp(site *config.Site, slotName string, vars map[string]str
 // restoreLane puts a slot's lane back on the slot's bound version (its app as bound, with the
 // slot's settings now) after a failed rollout.
 func (a *Agent) restoreLane(site *config.Site, slotName string, cause error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
+	ctx, cancel := a.restoreContext()
 	defer cancel()
 	st, err := a.store.loadSlots(site.Name, nil)
 	if err != nil {
@@ -72,7 +72,7 @@ func (a *Agent) restoreLane(site *config.Site, slotName string, cause error) err
 	if err != nil {
 		return fmt.Errorf("%w; restoring %s failed: %v", cause, slotName, err)
 	}
-	ro, err := a.ensureLane(ctx, site, s.Lane.Value, app, steady(site.Slot(slotName), s.settings()))
+	ro, err := a.ensureLane(ctx, site, s.Lane.Value, app, steady(site.Slot(slotName), s.settings()), gateHealthy)
 	if err != nil {
 		return fmt.Errorf("%w; restoring %s failed: %v", cause, slotName, err)
 	}
@@ -97,7 +97,7 @@ func (a *Agent) settingsOp(site *config.Site, slots []string) opFunc {
 					return err
 				}
 				dctx, cancel := context.WithTimeout(ctx, site.DeployTimeout)
-				ro, err := a.ensureLane(dctx, site, s.Lane.Value, app, want)
+				ro, err := a.ensureLane(dctx, site, s.Lane.Value, app, want, gateHealthy)
 				cancel()
 				// Remember the state even on failure: the same settings are not tried again until
 				// someone changes them.
@@ -288,7 +288,7 @@ func (a *Agent) bootstrapSlot(ctx context.Context, site *config.Site, slot *conf
 	want := steady(slot, ss.settings())
 	dctx, cancel := context.WithTimeout(ctx, site.DeployTimeout)
 	defer cancel()
-	ro, err := a.ensureLane(dctx, site, lane, app, want)
+	ro, err := a.ensureLane(dctx, site, lane, app, want, gateHealthy)
 	if err != nil {
 		return fmt.Errorf("start %s lane %s: %w", slot.Name, lane, err)
 	}
@@ -326,7 +326,7 @@ func (a *Agent) recover(s *siteRunner, op *api.Operation) error {
 				cause := fmt.Errorf("interrupted in state %s by a daemon restart", op.State)
 				// A switch may have taken the target's routes off its lane: give them back
 				// before the source lane loses them.
-				if _, err := w.restore(w.tgtLane, w.tgtApp, steady(w.target, w.tgt)); err != nil {
+				if _, err := w.restore(w.tgtLane, w.tgtApp, steady(w.target, w.tgt), gateTags); err != nil {
 					return fmt.Errorf("%w; restoring the target lane failed: %v", cause, err)
 				}
 				return w.restoreSource(cause)

@@ -132,10 +132,21 @@ type rollout struct {
 	Change  jobspec.Change
 }
 
+// gate is what ensureLane waits for after it registered a lane.
+type gate int
+
+const (
+	// gateHealthy: Nomad's deployment succeeded (for a restart) and Consul shows every instance
+	// with the wanted tags and passing checks. For a lane that takes on routes or traffic.
+	gateHealthy gate = iota
+	// gateTags: Consul shows every instance with the wanted tags, whatever their health. For a
+	// lane that leaves its routes, or gets them back, which may be the sick lane a rollback moves.
+	gateTags
+)
+
 // ensureLane makes lane run src in state want. It registers a new job version only when Nomad's
-// plan shows a difference, then waits: for a restart, until Nomad's deployment succeeds; for any
-// change, until Consul shows every instance of the lane with the wanted tags and passing checks.
-func (a *Agent) ensureLane(ctx context.Context, site *config.Site, lane string, src source, want laneState) (rollout, error) {
+// plan shows a difference, then waits as g says.
+func (a *Agent) ensureLane(ctx context.Context, site *config.Site, lane string, src source, want laneState, g gate) (rollout, error) {
 	id := jobID(site.Name, lane)
 	job, err := a.render(site, lane, src, want)
 	if err != nil {
@@ -156,7 +167,7 @@ func (a *Agent) ensureLane(ctx context.Context, site *config.Site, lane string, 
 		}
 		change = classify(plan)
 		if change == jobspec.NoChange {
-			return rollout{Version: *cur.Version, Change: change}, a.waitInstances(ctx, site, lane, job)
+			return rollout{Version: *cur.Version, Change: change}, a.waitInstances(ctx, site, lane, job, g)
 		}
 	}
 	opts := &nomadapi.RegisterOptions{
@@ -174,12 +185,12 @@ func (a *Agent) ensureLane(ctx context.Context, site *config.Site, lane string, 
 		return rollout{}, fmt.Errorf("read job %s after register: %w", id, err)
 	}
 	version := *after.Version
-	if change == jobspec.Restart {
+	if change == jobspec.Restart && g == gateHealthy {
 		if err := a.waitDeployment(ctx, id, version); err != nil {
 			return rollout{Version: version, Change: change}, err
 		}
 	}
-	return rollout{Version: version, Change: change}, a.waitInstances(ctx, site, lane, job)
+	return rollout{Version: version, Change: change}, a.waitInstances(ctx, site, lane, job, g)
 }
 
 // classify reads Nomad's plan: nothing to do, an in-place update, or allocations replaced.
@@ -275,8 +286,8 @@ func (a *Agent) allocFailures(id string, version uint64) string {
 }
 
 // waitInstances waits until Consul shows exactly the lane's instances of job, each with the
-// job's tags for the service and every check passing.
-func (a *Agent) waitInstances(ctx context.Context, site *config.Site, lane string, job *nomadapi.Job) error {
+// job's tags for the service, and with gateHealthy every check passing.
+func (a *Agent) waitInstances(ctx context.Context, site *config.Site, lane string, job *nomadapi.Job, g gate) error {
 	want := jobspec.ServiceTags(job, site.Service)
 	count := instanceCount(job, site.Service)
 	var index uint64
@@ -294,7 +305,7 @@ func (a *Agent) waitInstances(ctx context.Context, site *config.Site, lane strin
 			continue
 		}
 		index = nextIndex(index, idx)
-		ok, desc := instancesReady(entries, want, count)
+		ok, desc := instancesReady(entries, want, count, g == gateHealthy)
 		seen = desc
 		if ok {
 			return nil
@@ -307,7 +318,7 @@ func (a *Agent) waitInstances(ctx context.Context, site *config.Site, lane strin
 }
 
 // instancesReady is the pure check behind waitInstances.
-func instancesReady(entries []*consulapi.ServiceEntry, wantTags []string, count int) (bool, string) {
+func instancesReady(entries []*consulapi.ServiceEntry, wantTags []string, count int, healthy bool) (bool, string) {
 	passing, tagged := 0, 0
 	for _, e := range entries {
 		if sameSet(e.Service.Tags, wantTags) {
@@ -318,7 +329,7 @@ func instancesReady(entries []*consulapi.ServiceEntry, wantTags []string, count 
 		}
 	}
 	desc := fmt.Sprintf("%d instances in consul, %d passing, %d with the wanted tags, want %d", len(entries), passing, tagged, count)
-	return len(entries) == count && passing == count && tagged == count, desc
+	return len(entries) == count && (passing == count || !healthy) && tagged == count, desc
 }
 
 // laneEntries reads the Consul instances of a lane, blocking on index when it is not zero.

@@ -38,6 +38,8 @@ type swap struct {
 	srcLane, tgtLane string
 	srcApp, tgtApp   source
 	src, tgt         slotSettings
+	// tgtSick is set when the target lane failed its checks as it left the target's routes.
+	tgtSick bool
 }
 
 // swapOp is the operation behind POST /swap, /rollback, auto-swap and the monitor's rollback.
@@ -125,7 +127,7 @@ func (w *swap) done(name string) bool {
 func (w *swap) apply(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
-	ro, err := w.a.ensureLane(ctx, w.site, w.srcLane, w.srcApp, applied(w.target, w.src, w.tgt))
+	ro, err := w.a.ensureLane(ctx, w.site, w.srcLane, w.srcApp, applied(w.target, w.src, w.tgt), gateHealthy)
 	if err != nil {
 		return err
 	}
@@ -181,14 +183,15 @@ func (w *swap) warm(ctx context.Context) error {
 func (w *swap) switchSlots(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
-	made, err := w.a.ensureLane(ctx, w.site, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt))
+	made, err := w.a.ensureLane(ctx, w.site, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt), gateHealthy)
 	if err != nil {
 		return w.restoreSource(fmt.Errorf("give lane %s the routes of %s: %w", w.srcLane, w.target.Name, err))
 	}
-	broken, err := w.a.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt))
+	w.tgtSick = w.a.laneSick(ctx, w.site, w.tgtLane)
+	broken, err := w.a.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt), gateTags)
 	if err != nil {
 		err = fmt.Errorf("take the routes of %s off lane %s: %w", w.target.Name, w.tgtLane, err)
-		if _, rerr := w.restore(w.tgtLane, w.tgtApp, steady(w.target, w.tgt)); rerr != nil {
+		if _, rerr := w.restore(w.tgtLane, w.tgtApp, steady(w.target, w.tgt), gateTags); rerr != nil {
 			return fmt.Errorf("%w; restoring the target lane failed too: %v", err, rerr)
 		}
 		return w.restoreSource(err)
@@ -252,7 +255,17 @@ func (w *swap) settle(ctx context.Context) error {
 	}
 	s := st.slot(w.source.Name)
 	want := steady(w.source, s.settings())
-	ro, err := w.a.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, want)
+	ro, err := w.a.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, want, gateHealthy)
+	if err != nil && w.tgtSick && ro.Version > 0 {
+		// The lane was failing before it left the target (a rollback away from a degraded
+		// production): that it is still failing in the source slot is the news, not a failed swap.
+		if _, berr := w.a.store.txn(w.a.store.bindOps(w.site.Name, w.source.Name, s, w.tgtLane, ro.Version)); berr != nil {
+			return fmt.Errorf("bind %s to lane %s version %d: %w", w.source.Name, w.tgtLane, ro.Version, berr)
+		}
+		w.a.remember(w.site.Name, w.source.Name, want)
+		w.note(api.PhaseSettle, fmt.Sprintf("lane %s was unhealthy before the swap and still is in %s: %v", w.tgtLane, w.source.Name, err))
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("settle lane %s into %s: %w", w.tgtLane, w.source.Name, err)
 	}
@@ -362,16 +375,16 @@ func (w *swap) instanceCount(ctx context.Context) int {
 
 // restoreSource puts the source lane back as it was before the swap, and leaves the target alone.
 func (w *swap) restoreSource(cause error) error {
-	if _, err := w.restore(w.srcLane, w.srcApp, steady(w.source, w.src)); err != nil {
+	if _, err := w.restore(w.srcLane, w.srcApp, steady(w.source, w.src), gateHealthy); err != nil {
 		return fmt.Errorf("%w; restoring lane %s for %s failed too: %v", cause, w.srcLane, w.source.Name, err)
 	}
 	return fmt.Errorf("%w (lane %s restored to %s)", cause, w.srcLane, w.source.Name)
 }
 
-func (w *swap) restore(lane string, app source, want laneState) (rollout, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
+func (w *swap) restore(lane string, app source, want laneState, g gate) (rollout, error) {
+	ctx, cancel := w.a.restoreContext()
 	defer cancel()
-	ro, err := w.a.ensureLane(ctx, w.site, lane, app, want)
+	ro, err := w.a.ensureLane(ctx, w.site, lane, app, want, g)
 	if err == nil {
 		st, lerr := w.a.store.loadSlots(w.site.Name, nil)
 		if lerr == nil {
@@ -381,6 +394,34 @@ func (w *swap) restore(lane string, app source, want laneState) (rollout, error)
 		}
 	}
 	return ro, err
+}
+
+// restoreContext bounds putting a lane back: its own deadline, because the failure may be the
+// operation's deadline, and an end when the daemon stops, which must not wait for it.
+func (a *Agent) restoreContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
+	go func() {
+		select {
+		case <-a.stopCh:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// laneSick reports whether any instance of a lane fails its checks now.
+func (a *Agent) laneSick(ctx context.Context, site *config.Site, lane string) bool {
+	entries, _, err := a.laneEntries(ctx, site, lane, 0)
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		if e.Checks.AggregatedStatus() != consulapi.HealthPassing {
+			return true
+		}
+	}
+	return false
 }
 
 // warmInstances requests every warm-up path of every instance, in parallel across instances.

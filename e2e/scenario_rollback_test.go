@@ -65,6 +65,9 @@ func TestMonitorRollback(t *testing.T) {
 	prod := site.host("production")
 	lanes := d.laneJobs(site.name)
 	sick := filepath.Join(t.TempDir(), "sick")
+	// Registered after startDaemon, so it runs before the daemon stops: a daemon stuck waiting
+	// for the sick lane to pass its checks can then finish.
+	t.Cleanup(func() { _ = os.Remove(sick) })
 
 	deploy := d.run(func(ctx context.Context) (*api.Operation, error) {
 		return d.client.Deploy(ctx, site.name, "staging", map[string]string{"fail_healthz_file": sick, "app_version": "v2"})
@@ -122,8 +125,11 @@ func TestMonitorRollback(t *testing.T) {
 		return false, seen
 	})
 	assert.Equal(t, swap.ID, rb.RollbackOf, "the rollback names the failed swap")
-	rb, err = d.client.Follow(ctx, rb, func(o *api.Operation) bool { return api.Terminal(o.State) }, nil)
-	require.NoError(t, err, "follow the rollback")
+	// A rollback takes about as long as a swap (~25 s here); 3 minutes is generous.
+	rctx, rcancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer rcancel()
+	rb, err = d.client.Follow(rctx, rb, func(o *api.Operation) bool { return api.Terminal(o.State) }, nil)
+	require.NoError(t, err, "follow the rollback by the monitor: it did not end within 3m (last seen %s %q: %s)", rb.State, rb.Error, phaseTimes(rb))
 	t.Logf("rollback ended %s after production turned sick: %s %q; %s",
 		time.Since(sickAt).Round(time.Millisecond), rb.State, rb.Error, phaseTimes(rb))
 	assert.Equal(t, api.StateSucceeded, rb.State, "rollback by the monitor: %s", rb.Error)
