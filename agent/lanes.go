@@ -142,6 +142,9 @@ const (
 	// gateTags: Consul shows every instance with the wanted tags, whatever their health. For a
 	// lane that leaves its routes, or gets them back, which may be the sick lane a rollback moves.
 	gateTags
+	// gateNone: nothing after Nomad took the new version. For a lane without routes that
+	// fails its checks anyway, whose rollout Nomad cannot finish (a rollback moves it away).
+	gateNone
 )
 
 // ensureLane makes lane run src in state want. It registers a new job version only when Nomad's
@@ -185,6 +188,9 @@ func (a *Agent) ensureLane(ctx context.Context, site *config.Site, lane string, 
 		return rollout{}, fmt.Errorf("read job %s after register: %w", id, err)
 	}
 	version := *after.Version
+	if g == gateNone {
+		return rollout{Version: version, Change: change}, nil
+	}
 	if change == jobspec.Restart && g == gateHealthy {
 		if err := a.waitDeployment(ctx, id, version); err != nil {
 			return rollout{Version: version, Change: change}, err

@@ -255,17 +255,14 @@ func (w *swap) settle(ctx context.Context) error {
 	}
 	s := st.slot(w.source.Name)
 	want := steady(w.source, s.settings())
-	ro, err := w.a.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, want, gateHealthy)
-	if err != nil && w.tgtSick && ro.Version > 0 {
-		// The lane was failing before it left the target (a rollback away from a degraded
-		// production): that it is still failing in the source slot is the news, not a failed swap.
-		if _, berr := w.a.store.txn(w.a.store.bindOps(w.site.Name, w.source.Name, s, w.tgtLane, ro.Version)); berr != nil {
-			return fmt.Errorf("bind %s to lane %s version %d: %w", w.source.Name, w.tgtLane, ro.Version, berr)
-		}
-		w.a.remember(w.site.Name, w.source.Name, want)
-		w.note(api.PhaseSettle, fmt.Sprintf("lane %s was unhealthy before the swap and still is in %s: %v", w.tgtLane, w.source.Name, err))
-		return nil
+	g := gateHealthy
+	if w.tgtSick {
+		// The lane failed its checks before it left the target (a rollback away from a degraded
+		// production): Nomad cannot finish a health-gated rollout of it, and it carries no
+		// routes. It takes the source's settings and routes as Nomad replaces its instances.
+		g = gateNone
 	}
+	ro, err := w.a.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, want, g)
 	if err != nil {
 		return fmt.Errorf("settle lane %s into %s: %w", w.tgtLane, w.source.Name, err)
 	}
@@ -273,7 +270,11 @@ func (w *swap) settle(ctx context.Context) error {
 		return fmt.Errorf("bind %s to lane %s version %d: %w", w.source.Name, w.tgtLane, ro.Version, err)
 	}
 	w.a.remember(w.site.Name, w.source.Name, want)
-	w.note(api.PhaseSettle, fmt.Sprintf("lane %s version %d serves %s", w.tgtLane, ro.Version, w.source.Name))
+	msg := fmt.Sprintf("lane %s version %d serves %s", w.tgtLane, ro.Version, w.source.Name)
+	if w.tgtSick {
+		msg = fmt.Sprintf("lane %s version %d serves %s; it was failing its checks before the swap and is not waited for", w.tgtLane, ro.Version, w.source.Name)
+	}
+	w.note(api.PhaseSettle, msg)
 	return nil
 }
 
