@@ -3,6 +3,7 @@ package agent
 import (
 	"testing"
 
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/stretchr/testify/assert"
 
 	"github.com/slotd/slotd/config"
@@ -86,4 +87,33 @@ func TestAcceptedStatus(t *testing.T) {
 	assert.False(t, acceptedStatus(nil, 404))
 	assert.True(t, acceptedStatus([]int{200}, 200))
 	assert.False(t, acceptedStatus([]int{200}, 204))
+}
+
+func TestInstancesReady(t *testing.T) {
+	entry := func(status string, tags ...string) *consulapi.ServiceEntry {
+		return &consulapi.ServiceEntry{
+			Service: &consulapi.AgentService{Tags: tags},
+			Checks:  consulapi.HealthChecks{{Status: status}},
+		}
+	}
+	want := []string{"app", "production"}
+	tests := []struct {
+		name    string
+		entries []*consulapi.ServiceEntry
+		healthy bool
+		ready   bool
+	}{
+		{"all tagged and passing", []*consulapi.ServiceEntry{entry("passing", "production", "app"), entry("passing", "app", "production")}, true, true},
+		{"one still has the old tags", []*consulapi.ServiceEntry{entry("passing", "app", "production"), entry("passing", "app", "staging")}, true, false},
+		{"one failing", []*consulapi.ServiceEntry{entry("passing", "app", "production"), entry("critical", "app", "production")}, true, false},
+		{"failing is fine when only tags count", []*consulapi.ServiceEntry{entry("critical", "app", "production"), entry("critical", "app", "production")}, false, true},
+		{"an old instance not yet gone", []*consulapi.ServiceEntry{entry("passing", "app", "production"), entry("passing", "app", "production"), entry("passing", "app", "production")}, true, false},
+		{"too few", []*consulapi.ServiceEntry{entry("passing", "app", "production")}, true, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ok, desc := instancesReady(tc.entries, want, 2, tc.healthy)
+			assert.Equal(t, tc.ready, ok, desc)
+		})
+	}
 }
