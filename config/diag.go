@@ -75,10 +75,15 @@ func fileStart(filename string) hcl.Range {
 type sources struct {
 	blocks map[hcl.Range]*hclsyntax.Block // every block, by its definition range
 	ctx    map[string]*hcl.EvalContext    // every file's evaluation context, by file name
+	keyed  map[attrRef]*attrKeys          // the keys of the object attributes asked about so far
 }
 
 func newSources() *sources {
-	return &sources{blocks: map[hcl.Range]*hclsyntax.Block{}, ctx: map[string]*hcl.EvalContext{}}
+	return &sources{
+		blocks: map[hcl.Range]*hclsyntax.Block{},
+		ctx:    map[string]*hcl.EvalContext{},
+		keyed:  map[attrRef]*attrKeys{},
+	}
 }
 
 func (s *sources) add(f *file) {
@@ -132,21 +137,47 @@ func (s *sources) labelRange(block hcl.Range) hcl.Range {
 // keys lists the keys an object attribute writes literally, with their ranges, in source order
 // (duplicates included). Keys computed from expressions are left out.
 func (s *sources) keys(block hcl.Range, name string) []objectKey {
+	return s.attrKeys(block, name).list
+}
+
+// attrRef names the attribute name of the block declared at block.
+type attrRef struct {
+	block hcl.Range
+	name  string
+}
+
+// attrKeys are the keys an object attribute writes literally: they are worked out once, so that
+// looking up each key of a large object takes time in proportion to its size, not its square.
+type attrKeys struct {
+	list  []objectKey          // in source order, duplicates included
+	first map[string]hcl.Range // where each key is written first
+}
+
+func (s *sources) attrKeys(block hcl.Range, name string) *attrKeys {
+	ref := attrRef{block, name}
+	if k, ok := s.keyed[ref]; ok {
+		return k
+	}
+	k := &attrKeys{first: map[string]hcl.Range{}}
+	s.keyed[ref] = k
 	a := s.attr(block, name)
 	if a == nil {
-		return nil
+		return k
 	}
 	obj, ok := a.Expr.(*hclsyntax.ObjectConsExpr)
 	if !ok {
-		return nil
+		return k
 	}
-	var keys []objectKey
 	for _, item := range obj.Items {
-		if k, ok := literalKey(item.KeyExpr); ok {
-			keys = append(keys, objectKey{name: k, rng: item.KeyExpr.Range()})
+		if key, ok := literalKey(item.KeyExpr); ok {
+			rng := item.KeyExpr.Range()
+			k.list = append(k.list, objectKey{name: key, rng: rng})
+			if _, seen := k.first[key]; !seen {
+				k.first[key] = rng
+			}
 		}
 	}
-	return keys
+	return k
 }
 
 type objectKey struct {
@@ -164,10 +195,8 @@ func literalKey(expr hclsyntax.Expression) (string, bool) {
 
 // keyRange is where the object attribute writes key, or the attribute when it is computed.
 func (s *sources) keyRange(block hcl.Range, name, key string) hcl.Range {
-	for _, k := range s.keys(block, name) {
-		if k.name == key {
-			return k.rng
-		}
+	if rng, ok := s.attrKeys(block, name).first[key]; ok {
+		return rng
 	}
 	return s.attrRange(block, name)
 }

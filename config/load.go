@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -43,7 +44,7 @@ func Load(path string) (*Config, error) {
 	var files []*file
 	var diags hcl.Diagnostics
 	for _, name := range names {
-		src, err := os.ReadFile(name)
+		src, err := readDeclarations(name)
 		if err != nil {
 			diags = append(diags, &hcl.Diagnostic{
 				Severity: hcl.DiagError,
@@ -103,12 +104,30 @@ func configFiles(path string) ([]string, error) {
 	return names, nil
 }
 
-// parseFile decodes one file. It returns no file when the syntax is broken: decoding a broken
-// tree only adds noise to the errors that need fixing first.
+// readDeclarations reads the file at name, or as much of it as shows that it is over
+// maxFileSize: parseFile rejects it then, and reading the rest would be wasted.
+func readDeclarations(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, maxFileSize+1))
+}
+
+// parseFile decodes one file. It returns no file when the syntax is broken, or the file is over
+// one of the limits in limits.go: decoding a broken tree only adds noise to the errors that need
+// fixing first.
 func parseFile(name string, src []byte) (*file, hcl.Diagnostics) {
+	if diags := checkSource(name, src); diags.HasErrors() {
+		return nil, diags
+	}
 	syntax, diags := hclsyntax.ParseConfig(src, name, hcl.InitialPos)
 	if diags.HasErrors() {
 		return nil, diags
+	}
+	if more := checkRepetition(syntax.Body.(*hclsyntax.Body)); more.HasErrors() {
+		return nil, append(diags, more...)
 	}
 	dir, err := filepath.Abs(filepath.Dir(name))
 	if err != nil {
@@ -164,6 +183,7 @@ type builder struct {
 	dirs     map[string]string    // file name → its absolute folder
 	declared map[string]hcl.Range // daemon setting → where it is declared
 	decoded  hcl.Diagnostics      // HCL's own errors: a rule that hits one of their ranges stays quiet
+	reported rangeIndex           // the ranges of the errors in decoded
 	diags    hcl.Diagnostics
 }
 
@@ -174,6 +194,7 @@ func build(names []string, files []*file, decoded hcl.Diagnostics) (*Config, err
 		dirs:     map[string]string{},
 		declared: map[string]hcl.Range{},
 		decoded:  decoded,
+		reported: newRangeIndex(decoded),
 	}
 	b.cfg.Files = names
 	for _, f := range files {
@@ -236,10 +257,8 @@ func (b *builder) declare(setting string, at hcl.Range) bool {
 // errorf records a problem at subject, unless HCL already reported one there: the same mistake
 // is reported once.
 func (b *builder) errorf(subject hcl.Range, summary, format string, args ...any) {
-	for _, d := range b.decoded {
-		if d.Severity == hcl.DiagError && d.Subject != nil && d.Subject.Overlaps(subject) {
-			return
-		}
+	if b.reported.overlaps(subject) {
+		return
 	}
 	b.diags = append(b.diags, &hcl.Diagnostic{
 		Severity: hcl.DiagError,
@@ -261,4 +280,49 @@ func (b *builder) path(block hcl.Range, p string) string {
 // position is a range as messages print it.
 func position(r hcl.Range) string {
 	return fmt.Sprintf("%s:%d:%d", r.Filename, r.Start.Line, r.Start.Column)
+}
+
+// rangeIndex tells whether a range overlaps one of the ranges of a set of errors, as
+// hcl.Range.Overlaps does, in time that grows with the logarithm of their number: a file with
+// thousands of problems must not take time that grows with its square.
+type rangeIndex map[string]*fileRanges
+
+// fileRanges are the non-empty ranges in one file, sorted by start; maxEnd[i] is the largest end
+// of the first i+1 of them.
+type fileRanges struct {
+	starts, maxEnd []int
+}
+
+func newRangeIndex(diags hcl.Diagnostics) rangeIndex {
+	byFile := map[string][]hcl.Range{}
+	for _, d := range diags {
+		if d.Severity == hcl.DiagError && d.Subject != nil && !d.Subject.Empty() {
+			byFile[d.Subject.Filename] = append(byFile[d.Subject.Filename], *d.Subject)
+		}
+	}
+	idx := rangeIndex{}
+	for name, ranges := range byFile {
+		sort.Slice(ranges, func(i, j int) bool { return ranges[i].Start.Byte < ranges[j].Start.Byte })
+		fr := &fileRanges{starts: make([]int, len(ranges)), maxEnd: make([]int, len(ranges))}
+		for i, r := range ranges {
+			fr.starts[i] = r.Start.Byte
+			fr.maxEnd[i] = r.End.Byte
+			if i > 0 {
+				fr.maxEnd[i] = max(fr.maxEnd[i], fr.maxEnd[i-1])
+			}
+		}
+		idx[name] = fr
+	}
+	return idx
+}
+
+// overlaps reports whether r overlaps one of the ranges. Two non-empty ranges of one file
+// overlap, for hcl.Range.Overlaps, when each starts at or before the other's end.
+func (idx rangeIndex) overlaps(r hcl.Range) bool {
+	fr := idx[r.Filename]
+	if fr == nil || r.Empty() {
+		return false
+	}
+	n := sort.SearchInts(fr.starts, r.End.Byte+1) // the ranges that start at or before r's end
+	return n > 0 && fr.maxEnd[n-1] >= r.Start.Byte
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"net"
 	"net/url"
@@ -264,6 +265,17 @@ func (b *builder) duplicateKeys(block hcl.Range, attr string) {
 // validateAutoSwap checks that every auto_swap names another slot of the site, and that
 // following auto_swap from slot to slot never comes back: a cycle would swap forever.
 func (b *builder) validateAutoSwap(s *Site) {
+	// Slots by name, the first of each name as Site.Slot finds it, and their names in order:
+	// a site with thousands of slots must not take time that grows with its square.
+	byName := map[string]*Slot{}
+	var names []string
+	for _, sl := range s.Slots {
+		if _, ok := byName[sl.Name]; !ok {
+			byName[sl.Name] = sl
+			names = append(names, sl.Name)
+		}
+	}
+
 	for _, sl := range s.Slots {
 		if !b.src.set(sl.Range, "auto_swap") {
 			continue
@@ -273,16 +285,10 @@ func (b *builder) validateAutoSwap(s *Site) {
 		case sl.AutoSwap == sl.Name:
 			b.errorf(at, "Invalid auto_swap",
 				"Slot %q cannot auto-swap into itself; name another slot, or remove auto_swap.", sl.Name)
-		case s.Slot(sl.AutoSwap) == nil:
-			var others []string
-			for _, n := range s.SlotNames() {
-				if n != sl.Name && !slices.Contains(others, n) {
-					others = append(others, n)
-				}
-			}
+		case byName[sl.AutoSwap] == nil:
 			b.errorf(at, "Unknown auto_swap slot",
 				"auto_swap names slot %q, which site %q does not declare; name one of: %s.",
-				sl.AutoSwap, s.Name, strings.Join(others, ", "))
+				sl.AutoSwap, s.Name, listNames(names, sl.Name))
 		}
 	}
 
@@ -302,7 +308,7 @@ func (b *builder) validateAutoSwap(s *Site) {
 				cur = nil
 				break
 			}
-			cur = s.Slot(cur.AutoSwap)
+			cur = byName[cur.AutoSwap]
 		}
 		if cur != nil && state[cur.Name] == onPath {
 			i := slices.Index(path, cur)
@@ -319,6 +325,29 @@ func (b *builder) validateAutoSwap(s *Site) {
 			state[sl.Name] = done
 		}
 	}
+}
+
+// maxListed bounds the names a message lists: a site with thousands of slots would otherwise
+// get thousands of messages thousands of names long.
+const maxListed = 20
+
+// listNames lists names without except, which they hold once, at most maxListed of them, saying
+// how many more there are.
+func listNames(names []string, except string) string {
+	var listed []string
+	for _, n := range names {
+		if len(listed) == maxListed {
+			break
+		}
+		if n != except {
+			listed = append(listed, n)
+		}
+	}
+	list := strings.Join(listed, ", ")
+	if more := len(names) - 1 - len(listed); more > 0 {
+		list += fmt.Sprintf(" and %d more", more)
+	}
+	return list
 }
 
 func sortedKeys(m map[string]string) []string {
