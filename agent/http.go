@@ -199,6 +199,14 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
+// decodeWrite decodes the body of a write, and refuses it on a daemon that does not lead.
+func (a *Agent) decodeWrite(r *http.Request, v any) error {
+	if err := decode(r, v); err != nil {
+		return err
+	}
+	return a.leading()
+}
+
 // leading refuses requests that need the leader on a daemon that is not.
 func (a *Agent) leading() error {
 	if !a.isLeader() {
@@ -214,6 +222,26 @@ func (a *Agent) lookupSite(r *http.Request) (*siteRunner, *config.Site, error) {
 		return nil, nil, fmt.Errorf("%w: no site %q", errNotFound, name)
 	}
 	return s, s.config(), nil
+}
+
+// lookupSiteSlot resolves the {site} and {slot} of a request.
+func (a *Agent) lookupSiteSlot(r *http.Request) (*siteRunner, *config.Site, *config.Slot, error) {
+	s, site, err := a.lookupSite(r)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	slot, err := lookupSlot(site, r.PathValue("slot"))
+	return s, site, slot, err
+}
+
+// lookupSetting resolves the {site}, {slot} and {key} of a settings request.
+func (a *Agent) lookupSetting(r *http.Request) (*config.Site, *config.Slot, string, error) {
+	_, site, slot, err := a.lookupSiteSlot(r)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	key := r.PathValue("key")
+	return site, slot, key, checkSettingKey(key)
 }
 
 func lookupSlot(site *config.Site, name string) (*config.Slot, error) {
@@ -321,19 +349,12 @@ func allocOf(serviceID string) string {
 }
 
 func (a *Agent) handleDeploy(r *http.Request) (int, any, error) {
-	s, site, err := a.lookupSite(r)
-	if err != nil {
-		return 0, nil, err
-	}
-	slot, err := lookupSlot(site, r.PathValue("slot"))
+	s, site, slot, err := a.lookupSiteSlot(r)
 	if err != nil {
 		return 0, nil, err
 	}
 	var req api.DeployRequest
-	if err := decode(r, &req); err != nil {
-		return 0, nil, err
-	}
-	if err := a.leading(); err != nil {
+	if err := a.decodeWrite(r, &req); err != nil {
 		return 0, nil, err
 	}
 	for k := range req.Vars {
@@ -359,11 +380,7 @@ func (a *Agent) handleDeploy(r *http.Request) (int, any, error) {
 }
 
 func (a *Agent) handleSettings(r *http.Request) (int, any, error) {
-	_, site, err := a.lookupSite(r)
-	if err != nil {
-		return 0, nil, err
-	}
-	slot, err := lookupSlot(site, r.PathValue("slot"))
+	_, site, slot, err := a.lookupSiteSlot(r)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -388,23 +405,12 @@ func checkSettingKey(key string) error {
 // handleSetSetting writes one setting; a key that changes kind (swappable ↔ sticky) moves in
 // the same transaction. The settings watcher rolls the change out.
 func (a *Agent) handleSetSetting(r *http.Request) (int, any, error) {
-	_, site, err := a.lookupSite(r)
+	site, slot, key, err := a.lookupSetting(r)
 	if err != nil {
-		return 0, nil, err
-	}
-	slot, err := lookupSlot(site, r.PathValue("slot"))
-	if err != nil {
-		return 0, nil, err
-	}
-	key := r.PathValue("key")
-	if err := checkSettingKey(key); err != nil {
 		return 0, nil, err
 	}
 	var req api.SettingRequest
-	if err := decode(r, &req); err != nil {
-		return 0, nil, err
-	}
-	if err := a.leading(); err != nil {
+	if err := a.decodeWrite(r, &req); err != nil {
 		return 0, nil, err
 	}
 	kind, other := "settings", "sticky"
@@ -429,16 +435,8 @@ func (a *Agent) handleSetSetting(r *http.Request) (int, any, error) {
 }
 
 func (a *Agent) handleDeleteSetting(r *http.Request) (int, any, error) {
-	_, site, err := a.lookupSite(r)
+	site, slot, key, err := a.lookupSetting(r)
 	if err != nil {
-		return 0, nil, err
-	}
-	slot, err := lookupSlot(site, r.PathValue("slot"))
-	if err != nil {
-		return 0, nil, err
-	}
-	key := r.PathValue("key")
-	if err := checkSettingKey(key); err != nil {
 		return 0, nil, err
 	}
 	if err := a.leading(); err != nil {
@@ -610,18 +608,30 @@ func (a *Agent) runningRun(id string) (*run, error) {
 	return nil, fmt.Errorf("%w: operation %s is not running", errBusy, id)
 }
 
-func (a *Agent) handleComplete(r *http.Request) (int, any, error) {
+// runningOp resolves the {id} of a request that controls an operation in flight here.
+func (a *Agent) runningOp(r *http.Request) (*run, *api.Operation, error) {
 	if err := a.leading(); err != nil {
-		return 0, nil, err
+		return nil, nil, err
 	}
 	id := r.PathValue("id")
 	run, err := a.runningRun(id)
 	if err != nil {
-		return 0, nil, err
+		return nil, nil, err
 	}
 	cur := a.ops.get(id)
-	if cur == nil || cur.State != api.StatePreviewing {
-		return 0, nil, fmt.Errorf("%w: operation %s is not previewing", errBusy, id)
+	if cur == nil {
+		return nil, nil, fmt.Errorf("%w: no operation %q", errNotFound, id)
+	}
+	return run, cur, nil
+}
+
+func (a *Agent) handleComplete(r *http.Request) (int, any, error) {
+	run, cur, err := a.runningOp(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	if cur.State != api.StatePreviewing {
+		return 0, nil, fmt.Errorf("%w: operation %s is not previewing", errBusy, cur.ID)
 	}
 	return a.signal(r.Context(), run, ctlComplete, cur.Index)
 }
@@ -630,15 +640,11 @@ func (a *Agent) handleComplete(r *http.Request) (int, any, error) {
 // switch, a deploy or settings rollout (the lane goes back to its bound version), or ends the
 // monitor of a swap. A swap that is switching or settling cannot be cancelled half-way.
 func (a *Agent) handleCancel(r *http.Request) (int, any, error) {
-	if err := a.leading(); err != nil {
-		return 0, nil, err
-	}
-	id := r.PathValue("id")
-	run, err := a.runningRun(id)
+	run, cur, err := a.runningOp(r)
 	if err != nil {
 		return 0, nil, err
 	}
-	cur := a.ops.get(id)
+	id := cur.ID
 	switch cur.State {
 	case api.StatePreviewing:
 		return a.signal(r.Context(), run, ctlCancel, cur.Index)
