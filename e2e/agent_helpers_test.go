@@ -117,6 +117,7 @@ site %[1]q {
 type daemon struct {
 	t      testing.TB
 	cfg    *config.Config
+	agent  *agent.Agent
 	client *api.Client
 	addr   string
 	cancel context.CancelFunc
@@ -156,7 +157,7 @@ func (d *daemon) start() {
 	a, err := agent.New(d.cfg, logger)
 	require.NoError(d.t, err)
 	ctx, cancel := context.WithCancel(context.Background())
-	d.cancel, d.done = cancel, make(chan error, 1)
+	d.agent, d.cancel, d.done = a, cancel, make(chan error, 1)
 	go func() { d.done <- a.Run(ctx) }()
 }
 

@@ -1,0 +1,88 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
+)
+
+// TestReloadAppliesNewRoutes: SIGHUP's reload with a new route for staging rolls it out to
+// staging's lane (tags only), and Fabio serves the new host name.
+func TestReloadAppliesNewRoutes(t *testing.T) {
+	stack := Shared(t)
+	site := newSite()
+	d := startDaemon(t, stack, site)
+	ctx := context.Background()
+	s, err := d.client.Site(ctx, site.name)
+	require.NoError(t, err)
+	stagingLane := site.name + "-" + s.Slots[1].Lane
+
+	next := *d.cfg
+	sites := []*config.Site{}
+	for _, sc := range next.Sites {
+		c := *sc
+		c.Slots = nil
+		for _, sl := range sc.Slots {
+			sl2 := *sl
+			if sl.Name == "staging" {
+				sl2.Tags = append(append([]string(nil), sl.Tags...), "urlprefix-"+site.name+"-beta.test/")
+			}
+			c.Slots = append(c.Slots, &sl2)
+		}
+		sites = append(sites, &c)
+	}
+	next.Sites = sites
+	require.NoError(t, d.agent.Reload(&next))
+	waitServes(t, stack, site.name+"-beta.test", stagingLane)
+	waitServes(t, stack, site.host("staging"), stagingLane)
+}
+
+// TestLeaderElection: two daemons on one KV prefix elect one leader; the other answers writes
+// with 503 and the leader's address, and takes over when the leader stops.
+func TestLeaderElection(t *testing.T) {
+	stack := Shared(t)
+	site := newSite()
+	first := startDaemon(t, stack, site)
+
+	second := &daemon{t: t, cfg: withHTTPAddress(first.cfg, freeAddr(t))}
+	second.addr = second.cfg.HTTP.Address
+	second.start()
+	t.Cleanup(second.stop)
+	client, err := api.NewClient(api.Config{Address: "http://" + second.addr})
+	require.NoError(t, err)
+	second.client = client
+	ctx := context.Background()
+
+	WaitFor(t, 30*time.Second, "the second daemon answering", func() (bool, string) {
+		h, err := client.Health(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return !h.Leader && h.LeaderAddress != "", fmt.Sprintf("%+v", h)
+	})
+	_, err = client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
+	var se *api.StatusError
+	require.True(t, errors.As(err, &se), "%v", err)
+	assert.Equal(t, 503, se.Code)
+	assert.True(t, strings.Contains(se.LeaderAddress, first.addr), "leader address %q names %s", se.LeaderAddress, first.addr)
+
+	first.stop()
+	second.waitReady(site.name)
+	op := second.swap(site.name, "staging", "production")
+	assert.Equal(t, api.StateSucceeded, op.State, op.Error)
+}
+
+func withHTTPAddress(cfg *config.Config, addr string) *config.Config {
+	c := *cfg
+	c.HTTP.Address = addr
+	return &c
+}
