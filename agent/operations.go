@@ -212,7 +212,8 @@ var errCancelled = errors.New("cancelled")
 // phase runs one named phase: journaled as running before it starts, and with its outcome after.
 func (r *run) phase(name, state string, fn func() error) error {
 	a := r.a
-	if a.stopping.Load() {
+	if a.stopping.Load() || !a.leader.Load() {
+		// Stopping, or the leader lock was lost: the next leader goes on from here.
 		return errStopping
 	}
 	p := r.op.Phase(name)
