@@ -155,19 +155,28 @@ Example:
 }
 
 func runRollback(e *env, cmd *command, args []string) int {
-	fs := newFlagSet(cmd)
-	var cf clientFlags
-	cf.register(fs, true)
-	pos, code, ok := e.parse(cmd, fs, args)
+	cf, pos, code, ok := e.parseOne(cmd, args, true, "a site")
 	if !ok {
 		return code
 	}
-	if len(pos) != 1 {
-		return e.usageError(cmd, "want a site, got %d arguments", len(pos))
-	}
-	return e.startAndFollow(&cf, func(ctx context.Context, c *api.Client) (*api.Operation, error) {
-		return c.Rollback(ctx, pos[0])
+	return e.startAndFollow(cf, func(ctx context.Context, c *api.Client) (*api.Operation, error) {
+		return c.Rollback(ctx, pos)
 	})
+}
+
+// parseOne parses the client flags of a command that takes exactly one argument, what.
+func (e *env) parseOne(cmd *command, args []string, follows bool, what string) (*clientFlags, string, int, bool) {
+	fs := newFlagSet(cmd)
+	var cf clientFlags
+	cf.register(fs, follows)
+	pos, code, ok := e.parse(cmd, fs, args)
+	if !ok {
+		return nil, "", code, false
+	}
+	if len(pos) != 1 {
+		return nil, "", e.usageError(cmd, "want %s, got %d arguments", what, len(pos)), false
+	}
+	return &cf, pos[0], 0, true
 }
 
 func followCommand() *command {
@@ -188,18 +197,12 @@ Example:
 }
 
 func runFollow(e *env, cmd *command, args []string) int {
-	fs := newFlagSet(cmd)
-	var cf clientFlags
-	cf.register(fs, true)
-	pos, code, ok := e.parse(cmd, fs, args)
+	cf, id, code, ok := e.parseOne(cmd, args, true, "an operation ID")
 	if !ok {
 		return code
 	}
-	if len(pos) != 1 {
-		return e.usageError(cmd, "want an operation ID, got %d arguments", len(pos))
-	}
-	return e.startAndFollow(&cf, func(ctx context.Context, c *api.Client) (*api.Operation, error) {
-		return c.Operation(ctx, pos[0], 0)
+	return e.startAndFollow(cf, func(ctx context.Context, c *api.Client) (*api.Operation, error) {
+		return c.Operation(ctx, id, 0)
 	})
 }
 

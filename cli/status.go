@@ -159,23 +159,17 @@ Example:
 }
 
 func runHistory(e *env, cmd *command, args []string) int {
-	fs := newFlagSet(cmd)
-	var cf clientFlags
-	cf.register(fs, false)
-	pos, code, ok := e.parse(cmd, fs, args)
+	cf, site, code, ok := e.parseOne(cmd, args, false, "a site")
 	if !ok {
 		return code
 	}
-	if len(pos) != 1 {
-		return e.usageError(cmd, "want a site, got %d arguments", len(pos))
-	}
-	c, err := e.client(&cf)
+	c, err := e.client(cf)
 	if err != nil {
 		return e.fail(err)
 	}
 	ctx, stop := e.interrupt()
 	defer stop()
-	ops, err := c.History(ctx, pos[0])
+	ops, err := c.History(ctx, site)
 	if err != nil {
 		return e.fail(err)
 	}
@@ -186,7 +180,7 @@ func runHistory(e *env, cmd *command, args []string) int {
 		return e.printJSON(ops)
 	}
 	if len(ops) == 0 {
-		fmt.Fprintf(e.stdout, "no finished operations on site %s\n", pos[0])
+		fmt.Fprintf(e.stdout, "no finished operations on site %s\n", site)
 		return exitOK
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
