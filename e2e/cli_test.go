@@ -100,6 +100,16 @@ func TestCLI(t *testing.T) {
 	code, _, _ = slotdCLI(t, d, "swap", "-complete", name)
 	require.Equal(t, 0, code)
 
+	code, _, _ = slotdCLI(t, d, "swap", name, "staging", "-preview")
+	require.Equal(t, 0, code)
+	code, out, _ = slotdCLI(t, d, "swap", "-cancel", name)
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, "cancelled")
+
+	var vout, verr bytes.Buffer
+	require.Equal(t, 0, cli.Run([]string{"validate", d.cfg.Files[0]}, &vout, &verr), verr.String())
+	assert.Contains(t, vout.String(), "1 site, 2 slots")
+
 	code, out, _ = slotdCLI(t, d, "swap", name, "staging", "-detach", "-json")
 	require.Equal(t, 0, code)
 	require.NoError(t, json.Unmarshal([]byte(out), &op))
