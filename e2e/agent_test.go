@@ -21,13 +21,8 @@ func TestSwapBasic(t *testing.T) {
 	d := startDaemon(t, stack, site)
 	ctx := context.Background()
 
-	s, err := d.client.Site(ctx, site.name)
-	require.NoError(t, err)
-	lanes := map[string]string{}
-	for _, sl := range s.Slots {
-		lanes[sl.Name] = sl.Lane
-	}
-	prodLane, stagingLane := site.name+"-"+lanes["production"], site.name+"-"+lanes["staging"]
+	lanes := d.laneJobs(site.name)
+	prodLane, stagingLane := lanes["production"], lanes["staging"]
 	waitServes(t, stack, site.host("production"), prodLane)
 	waitServes(t, stack, site.host("staging"), stagingLane)
 
@@ -53,9 +48,7 @@ func TestStopMidSwapResumes(t *testing.T) {
 	site := newSite()
 	d := startDaemon(t, stack, site)
 	ctx := context.Background()
-	s, err := d.client.Site(ctx, site.name)
-	require.NoError(t, err)
-	stagingLane := site.name + "-" + s.Slots[1].Lane
+	stagingLane := d.laneJobs(site.name)["staging"]
 
 	op, err := d.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
 	require.NoError(t, err)
@@ -91,11 +84,9 @@ func TestDriftRestored(t *testing.T) {
 	site := newSite()
 	d := startDaemon(t, stack, site)
 	ctx := context.Background()
-	s, err := d.client.Site(ctx, site.name)
-	require.NoError(t, err)
-	stagingLane := site.name + "-" + s.Slots[1].Lane
+	stagingLane := d.laneJobs(site.name)["staging"]
 
-	_, _, err = stack.Nomad.Jobs().Deregister(stagingLane, false, nil)
+	_, _, err := stack.Nomad.Jobs().Deregister(stagingLane, false, nil)
 	require.NoError(t, err)
 	WaitFor(t, 3*time.Minute, "the stopped staging lane restored", func() (bool, string) {
 		job, _, err := stack.Nomad.Jobs().Info(stagingLane, nil)
@@ -122,9 +113,7 @@ func TestDeployFailureKeepsSlot(t *testing.T) {
 	site := newSite()
 	d := startDaemon(t, stack, site)
 	ctx := context.Background()
-	s, err := d.client.Site(ctx, site.name)
-	require.NoError(t, err)
-	stagingLane := site.name + "-" + s.Slots[1].Lane
+	stagingLane := d.laneJobs(site.name)["staging"]
 
 	op := d.run(func(ctx context.Context) (*api.Operation, error) {
 		return d.client.Deploy(ctx, site.name, "staging", map[string]string{"app_version": "v9", "fail_healthz": "true"})

@@ -21,10 +21,7 @@ func TestReloadAppliesNewRoutes(t *testing.T) {
 	stack := Shared(t)
 	site := newSite()
 	d := startDaemon(t, stack, site)
-	ctx := context.Background()
-	s, err := d.client.Site(ctx, site.name)
-	require.NoError(t, err)
-	stagingLane := site.name + "-" + s.Slots[1].Lane
+	stagingLane := d.laneJobs(site.name)["staging"]
 
 	next := *d.cfg
 	sites := []*config.Site{}
