@@ -24,8 +24,6 @@ import (
 var Version = "0.1.0"
 
 const (
-	// idleWait is how long an idle blocking query waits: the most often an idle agent asks.
-	idleWait = 5 * time.Minute
 	// shutdownGrace is how long a stopping daemon lets running phases finish before cancelling them.
 	shutdownGrace = 2 * time.Minute
 	// leaderSessionTTL bounds how long a crashed leader keeps the lock.
@@ -44,16 +42,18 @@ type Agent struct {
 	listener   net.Listener
 	server     *http.Server
 
-	mu    sync.Mutex
-	cfg   *config.Config
-	sites map[string]*siteRunner
+	mu        sync.Mutex
+	cfg       *config.Config
+	sites     map[string]*site
+	siteStops map[string]context.CancelFunc
+	sitesCtx  context.Context // the sites' owners run until it ends
+	leaderCtx context.Context // nil while this daemon does not lead
 
 	leader    atomic.Bool
 	stopping  atomic.Bool
 	stopCh    chan struct{}
 	opsCtx    context.Context
 	opsCancel context.CancelFunc
-	leaderCtx context.Context
 }
 
 // New builds the clients and binds the HTTP listener, so a bad address fails at start.
@@ -97,20 +97,17 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 		httpClient: &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
 		listener:   ln,
 		cfg:        cfg,
-		sites:      map[string]*siteRunner{},
+		sites:      map[string]*site{},
+		siteStops:  map[string]context.CancelFunc{},
 		stopCh:     make(chan struct{}),
 		opsCtx:     opsCtx,
 		opsCancel:  opsCancel,
 	}
-	for _, s := range cfg.Sites {
-		a.sites[s.Name] = newSiteRunner(s)
+	for _, sc := range cfg.Sites {
+		a.sites[sc.Name] = newSite(a, sc)
 	}
 	a.server = a.newServer()
 	return a, nil
-}
-
-func newSiteRunner(s *config.Site) *siteRunner {
-	return &siteRunner{name: s.Name, cfg: s, applied: map[string]string{}, wake: make(chan struct{}, 1)}
 }
 
 // Addr is where the HTTP API listens.
@@ -122,6 +119,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- a.serve() }()
 	a.logger.Info("api listening", "address", a.Addr())
+
+	sitesCtx, stopSites := context.WithCancel(context.Background())
+	a.mu.Lock()
+	a.sitesCtx = sitesCtx
+	for name, s := range a.sites {
+		a.runSite(name, s)
+	}
+	a.mu.Unlock()
 
 	leaderDone := make(chan struct{})
 	go func() {
@@ -137,6 +142,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.stop()
 	<-leaderDone
+	stopSites()
+	for _, s := range a.siteList() {
+		<-s.stopped
+	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = a.server.Shutdown(shutdownCtx)
@@ -149,9 +158,7 @@ func (a *Agent) stop() {
 	close(a.stopCh)
 	deadline := time.After(shutdownGrace)
 	for _, s := range a.siteList() {
-		s.mu.Lock()
-		r := s.running
-		s.mu.Unlock()
+		r := s.snapshot().running
 		if r == nil {
 			continue
 		}
@@ -199,12 +206,10 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		a.leader.Store(true)
 		a.metrics.leader.Set(1)
 		leadCtx, cancel := context.WithCancel(ctx)
-		var wg sync.WaitGroup
 		a.mu.Lock()
 		a.leaderCtx = leadCtx
 		for _, s := range a.sites {
-			wg.Add(1)
-			go func() { defer wg.Done(); a.runSite(leadCtx, s) }()
+			s.setLead(leadCtx)
 		}
 		a.mu.Unlock()
 		select {
@@ -214,15 +219,14 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		}
 		a.leader.Store(false)
 		a.metrics.leader.Set(0)
+		a.mu.Lock()
+		a.leaderCtx = nil
+		a.mu.Unlock()
 		cancel()
-		wg.Wait()
 		if ctx.Err() != nil {
 			// Wait for running phases before giving the lock to another daemon.
 			for _, s := range a.siteList() {
-				s.mu.Lock()
-				r := s.running
-				s.mu.Unlock()
-				if r != nil {
+				if r := s.snapshot().running; r != nil {
 					<-r.done
 				}
 			}
@@ -236,126 +240,62 @@ func (a *Agent) advertise() string {
 	return fmt.Sprintf("http://%s (%s)", a.Addr(), host)
 }
 
-// runSite brings a site up and then keeps it reconciled while this daemon leads.
-func (a *Agent) runSite(ctx context.Context, s *siteRunner) {
-	log := a.logger.With("site", s.name)
-	for attempt := 1; ctx.Err() == nil; attempt++ {
-		err := a.bootstrap(ctx, s)
-		if err == nil {
-			break
-		}
-		log.Error("site not ready", "error", err, "attempt", attempt)
-		if sleepCtx(ctx, backoff(attempt+2)) != nil {
-			return
-		}
-	}
-	if ctx.Err() != nil {
-		return
-	}
-	s.mu.Lock()
-	s.ready = true
-	s.mu.Unlock()
-	log.Info("site ready")
-	var wg sync.WaitGroup
-	wg.Add(4)
-	go func() { defer wg.Done(); a.watchSettings(ctx, s) }()
-	go func() { defer wg.Done(); a.watchLanes(ctx, s) }()
-	go func() { defer wg.Done(); a.afterOperations(ctx, s) }()
-	go func() { defer wg.Done(); a.watchInstances(ctx, s) }()
-	s.poke()
-	wg.Wait()
-	s.mu.Lock()
-	s.ready = false
-	s.mu.Unlock()
-}
-
-// watchInstances keeps the per-slot instance gauges current with a blocking query.
-func (a *Agent) watchInstances(ctx context.Context, s *siteRunner) {
-	var index uint64
-	failures := 0
-	for ctx.Err() == nil {
-		cfg := s.config()
-		entries, idx, err := a.siteEntries(ctx, cfg, index, idleWait)
-		if err != nil {
-			failures++
-			_ = sleepCtx(ctx, backoff(failures))
-			continue
-		}
-		failures = 0
-		if idx == index {
-			continue
-		}
-		index = nextIndex(index, idx)
-		st, err := a.store.loadSlots(cfg.Name, nil)
-		if err != nil {
-			continue
-		}
-		for _, slot := range cfg.Slots {
-			lane := st.slot(slot.Name).Lane.Value
-			pass, fail := 0, 0
-			for _, e := range entries {
-				if e.Service.Meta[metaLane] != lane {
-					continue
-				}
-				if e.Checks.AggregatedStatus() == consulapi.HealthPassing {
-					pass++
-				} else {
-					fail++
-				}
-			}
-			a.metrics.instances.WithLabelValues(cfg.Name, slot.Name, "passing").Set(float64(pass))
-			a.metrics.instances.WithLabelValues(cfg.Name, slot.Name, "failing").Set(float64(fail))
-		}
+// runSite starts the owner of a site; a.mu is held.
+func (a *Agent) runSite(name string, s *site) {
+	ctx, cancel := context.WithCancel(a.sitesCtx)
+	a.siteStops[name] = cancel
+	go s.run(ctx)
+	if a.leaderCtx != nil {
+		s.setLead(a.leaderCtx)
 	}
 }
 
-// Reload swaps in new declarations. Sites keep running; new sites start; a site that is gone
-// is no longer managed (its lanes keep running). The HTTP address needs a restart.
+// Reload swaps in new declarations. Kept sites get theirs (added slots are bound and seeded,
+// changed routes converge); new sites start; a site no longer declared stops being managed:
+// its owner and watches stop, and its lanes keep running. The HTTP address needs a restart.
 func (a *Agent) Reload(cfg *config.Config) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if cfg.HTTP.Address != a.cfg.HTTP.Address || cfg.KVPrefix != a.cfg.KVPrefix {
 		a.logger.Warn("http.address and kv_prefix change only with a restart")
 	}
-	var added []*siteRunner
 	for _, sc := range cfg.Sites {
 		if s, ok := a.sites[sc.Name]; ok {
-			s.mu.Lock()
-			s.cfg = sc
-			s.mu.Unlock()
-			s.poke()
+			s.setConfig(sc)
 			continue
 		}
-		s := newSiteRunner(sc)
+		s := newSite(a, sc)
 		a.sites[sc.Name] = s
-		added = append(added, s)
+		if a.sitesCtx != nil {
+			a.runSite(sc.Name, s)
+		}
 	}
 	for name := range a.sites {
-		if cfg.Site(name) == nil {
-			a.logger.Warn("site no longer declared; its lanes keep running unmanaged", "site", name)
-			delete(a.sites, name)
+		if cfg.Site(name) != nil {
+			continue
 		}
+		a.logger.Warn("site no longer declared; its lanes keep running unmanaged", "site", name)
+		if stop := a.siteStops[name]; stop != nil {
+			stop()
+		}
+		delete(a.sites, name)
+		delete(a.siteStops, name)
 	}
 	a.cfg = cfg
-	if a.leader.Load() && a.leaderCtx != nil {
-		for _, s := range added {
-			go a.runSite(a.leaderCtx, s)
-		}
-	}
 	a.logger.Info("reloaded", "sites", len(cfg.Sites))
 	return nil
 }
 
-func (a *Agent) siteRunner(name string) *siteRunner {
+func (a *Agent) site(name string) *site {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.sites[name]
 }
 
-func (a *Agent) siteList() []*siteRunner {
+func (a *Agent) siteList() []*site {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := make([]*siteRunner, 0, len(a.sites))
+	out := make([]*site, 0, len(a.sites))
 	for _, s := range a.sites {
 		out = append(out, s)
 	}

@@ -215,9 +215,9 @@ func (a *Agent) leading() error {
 	return nil
 }
 
-func (a *Agent) lookupSite(r *http.Request) (*siteRunner, *config.Site, error) {
+func (a *Agent) lookupSite(r *http.Request) (*site, *config.Site, error) {
 	name := r.PathValue("site")
-	s := a.siteRunner(name)
+	s := a.site(name)
 	if s == nil {
 		return nil, nil, fmt.Errorf("%w: no site %q", errNotFound, name)
 	}
@@ -225,7 +225,7 @@ func (a *Agent) lookupSite(r *http.Request) (*siteRunner, *config.Site, error) {
 }
 
 // lookupSiteSlot resolves the {site} and {slot} of a request.
-func (a *Agent) lookupSiteSlot(r *http.Request) (*siteRunner, *config.Site, *config.Slot, error) {
+func (a *Agent) lookupSiteSlot(r *http.Request) (*site, *config.Site, *config.Slot, error) {
 	s, site, err := a.lookupSite(r)
 	if err != nil {
 		return nil, nil, nil, err
@@ -276,7 +276,7 @@ func (a *Agent) handleSite(r *http.Request) (int, any, error) {
 }
 
 // siteView assembles a site's status from KV (bindings, operations) and Consul (instances).
-func (a *Agent) siteView(ctx context.Context, s *siteRunner, detail bool) (*api.Site, error) {
+func (a *Agent) siteView(ctx context.Context, s *site, detail bool) (*api.Site, error) {
 	cfg := s.config()
 	st, err := a.store.loadSlots(cfg.Name, nil)
 	if err != nil {
@@ -286,10 +286,7 @@ func (a *Agent) siteView(ctx context.Context, s *siteRunner, detail bool) (*api.
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	ready := s.ready
-	s.mu.Unlock()
-	view := &api.Site{Name: cfg.Name, Service: cfg.Service, Ready: ready && a.isLeader(), Slots: []api.Slot{}}
+	view := &api.Site{Name: cfg.Name, Service: cfg.Service, Ready: s.snapshot().ready && a.isLeader(), Slots: []api.Slot{}}
 	for _, slot := range cfg.Slots {
 		ss := st.slot(slot.Name)
 		v := api.Slot{Name: slot.Name, Lane: ss.Lane.Value, Version: ss.version(), Tags: slotTags(slot), AutoSwap: slot.AutoSwap}
@@ -403,7 +400,7 @@ func checkSettingKey(key string) error {
 }
 
 // handleSetSetting writes one setting; a key that changes kind (swappable ↔ sticky) moves in
-// the same transaction. The settings watcher rolls the change out.
+// the same transaction. The site converges its lane to the change by itself.
 func (a *Agent) handleSetSetting(r *http.Request) (int, any, error) {
 	site, slot, key, err := a.lookupSetting(r)
 	if err != nil {
@@ -413,24 +410,15 @@ func (a *Agent) handleSetSetting(r *http.Request) (int, any, error) {
 	if err := a.decodeWrite(r, &req); err != nil {
 		return 0, nil, err
 	}
-	kind, other := "settings", "sticky"
+	kind, other := kindSwappable, kindSticky
 	if req.Sticky {
 		kind, other = other, kind
 	}
-	return a.changeSetting(site, slot.Name, func(ss *slotState) consulapi.KVTxnOps {
-		var ops consulapi.KVTxnOps
-		cur := ss.Settings
-		old := ss.Sticky
-		if req.Sticky {
-			cur, old = old, cur
-		}
-		if v, ok := cur[key]; !ok || v.Value != req.Value {
-			ops = append(ops, casOp(a.store.slotKey(site.Name, slot.Name, kind, key), req.Value, v.Index))
-		}
-		if v, ok := old[key]; ok {
-			ops = append(ops, deleteCASOp(a.store.slotKey(site.Name, slot.Name, other, key), v.Index))
-		}
-		return ops
+	return a.changeSetting(site, slot.Name, func(ss *slotState) map[string]map[string]string {
+		into, from := ss.doc(kind).Values, ss.doc(other).Values
+		into[key] = req.Value
+		delete(from, key)
+		return map[string]map[string]string{kind: into, other: from}
 	})
 }
 
@@ -443,16 +431,13 @@ func (a *Agent) handleDeleteSetting(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	found := false
-	status, body, err := a.changeSetting(site, slot.Name, func(ss *slotState) consulapi.KVTxnOps {
-		var ops consulapi.KVTxnOps
-		if v, ok := ss.Settings[key]; ok {
-			ops = append(ops, deleteCASOp(a.store.slotKey(site.Name, slot.Name, "settings", key), v.Index))
-		}
-		if v, ok := ss.Sticky[key]; ok {
-			ops = append(ops, deleteCASOp(a.store.slotKey(site.Name, slot.Name, "sticky", key), v.Index))
-		}
-		found = len(ops) > 0
-		return ops
+	status, body, err := a.changeSetting(site, slot.Name, func(ss *slotState) map[string]map[string]string {
+		_, inSet := ss.Settings.Values[key]
+		_, inSticky := ss.Sticky.Values[key]
+		found = inSet || inSticky
+		delete(ss.Settings.Values, key)
+		delete(ss.Sticky.Values, key)
+		return map[string]map[string]string{kindSwappable: ss.Settings.Values, kindSticky: ss.Sticky.Values}
 	})
 	if err == nil && !found {
 		return 0, nil, fmt.Errorf("%w: slot %s has no setting %q", errNotFound, slot.Name, key)
@@ -460,14 +445,24 @@ func (a *Agent) handleDeleteSetting(r *http.Request) (int, any, error) {
 	return status, body, err
 }
 
-// changeSetting applies a check-and-set change to one slot's settings, retrying on a race.
-func (a *Agent) changeSetting(site *config.Site, slot string, change func(*slotState) consulapi.KVTxnOps) (int, any, error) {
+// changeSetting applies a change to one slot's settings documents, check-and-set against the
+// documents as read, retrying on a race. change edits the values it is given (copies) and
+// returns the documents by kind.
+func (a *Agent) changeSetting(site *config.Site, slot string, change func(*slotState) map[string]map[string]string) (int, any, error) {
 	for attempt := 0; ; attempt++ {
 		st, err := a.store.loadSlots(site.Name, nil)
 		if err != nil {
 			return 0, nil, err
 		}
-		_, err = a.store.txn(change(st.slot(slot)))
+		ss := st.slot(slot)
+		old := map[string]settingsDoc{kindSwappable: ss.Settings, kindSticky: ss.Sticky}
+		edit := newSlotState()
+		edit.Settings.Values, edit.Sticky.Values = ss.settings().Settings, ss.settings().Sticky
+		var ops consulapi.KVTxnOps
+		for kind, values := range change(edit) {
+			ops = append(ops, a.store.docOps(site.Name, slot, kind, old[kind], values)...)
+		}
+		_, err = a.store.txn(ops)
 		if errors.Is(err, errConflict) && attempt < 5 {
 			continue
 		}
@@ -522,7 +517,11 @@ func (a *Agent) handleRollback(r *http.Request) (int, any, error) {
 	if err := a.leading(); err != nil {
 		return 0, nil, err
 	}
-	op, err := a.rollback(r.PathValue("site"), "api")
+	s := a.site(r.PathValue("site"))
+	if s == nil {
+		return 0, nil, fmt.Errorf("%w: no site %q", errNotFound, r.PathValue("site"))
+	}
+	op, err := s.do(func() (*api.Operation, error) { return s.rollback("api") })
 	return http.StatusAccepted, op, err
 }
 
@@ -595,10 +594,7 @@ func (a *Agent) findOperation(id string) (*api.Operation, error) {
 // runningRun finds the run of an operation in flight in this daemon.
 func (a *Agent) runningRun(id string) (*run, error) {
 	for _, s := range a.siteList() {
-		s.mu.Lock()
-		r := s.running
-		s.mu.Unlock()
-		if r != nil && r.op.ID == id {
+		if r := s.snapshot().running; r != nil && r.op.ID == id {
 			return r, nil
 		}
 	}

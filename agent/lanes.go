@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"slices"
 	"sort"
@@ -24,9 +25,6 @@ const (
 	metaLane = "slotd_lane"
 )
 
-// blockingWait is how long one blocking query waits for a change while an operation watches.
-const blockingWait = 5 * time.Second
-
 func jobID(site, lane string) string { return site + "-" + lane }
 
 // source is what a lane's app is made of: the jobspec text and its variables. Nomad keeps it
@@ -37,17 +35,20 @@ type source struct {
 	Vars   map[string]string
 }
 
-// submission returns the source of a lane's job version, or the site's jobspec file with the
-// declared variables when Nomad has none (a lane that does not exist yet).
-func (a *Agent) submission(site *config.Site, lane string, version uint64, exists bool) (source, error) {
-	if exists {
-		sub, _, err := a.nomad.Jobs().Submission(jobID(site.Name, lane), int(version), nil)
-		if err == nil && sub != nil && sub.Source != "" {
+// submission returns the source of a lane's bound job version. Only when Nomad has none (a
+// lane never registered, or a job purged by hand) is it the site's jobspec file with the
+// declared variables; any other error is an error, never a reason to render something else.
+func (a *Agent) submission(ctx context.Context, site *config.Site, lane string, version uint64, bound bool) (source, error) {
+	if bound {
+		id := jobID(site.Name, lane)
+		sub, _, err := a.nomad.Jobs().Submission(id, int(version), (&nomadapi.QueryOptions{}).WithContext(ctx))
+		switch {
+		case err == nil && sub != nil && sub.Source != "":
 			return source{Source: sub.Source, Vars: sub.VariableFlags}, nil
+		case err != nil && !isNotFound(err):
+			return source{}, fmt.Errorf("read submission of %s version %d: %w", id, version, err)
 		}
-		if err != nil && !isNotFound(err) {
-			return source{}, fmt.Errorf("read submission of %s version %d: %w", jobID(site.Name, lane), version, err)
-		}
+		a.logger.Warn("nomad has no source of the bound job version; using the jobspec file", "job", id, "version", version)
 	}
 	return fileSource(site, nil)
 }
@@ -68,8 +69,10 @@ func fileSource(site *config.Site, vars map[string]string) (source, error) {
 	return source{Source: string(b), Vars: all}, nil
 }
 
+// isNotFound reports whether Nomad answered 404 (no such job, version or submission).
 func isNotFound(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "404")
+	var e nomadapi.UnexpectedResponseError
+	return errors.As(err, &e) && e.StatusCode() == http.StatusNotFound
 }
 
 // render parses src through Nomad and renders it as lane with state want.
@@ -220,37 +223,36 @@ func classify(plan *nomadapi.JobPlanResponse) jobspec.Change {
 
 // waitDeployment waits until Nomad's deployment of the job version succeeds, with blocking queries.
 func (a *Agent) waitDeployment(ctx context.Context, id string, version uint64) error {
-	var index uint64
 	seen := "no deployment yet"
-	for {
-		q := (&nomadapi.QueryOptions{WaitIndex: index, WaitTime: blockingWait}).WithContext(ctx)
-		deps, meta, err := a.nomad.Jobs().Deployments(id, false, q)
-		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("deployment of %s version %d: %w (last seen: %s)", id, version, ctx.Err(), seen)
+	var failed error
+	err := a.follow(ctx, followOpts{backend: "nomad", wait: blockingWait, onError: func(err error) { seen = err.Error() }},
+		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+			deps, meta, err := a.nomad.Jobs().Deployments(id, false, (&nomadapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx))
+			if err != nil {
+				return 0, err
 			}
-			a.metrics.queryErrors.WithLabelValues("nomad").Inc()
-			if err := sleepCtx(ctx, backoff(1)); err != nil {
-				return err
+			for _, d := range deps {
+				if d.JobVersion != version {
+					continue
+				}
+				seen = fmt.Sprintf("deployment %s %s: %s", short(d.ID), d.Status, d.StatusDescription)
+				switch d.Status {
+				case "successful":
+					failed = errDone
+				case "failed", "cancelled":
+					failed = fmt.Errorf("nomad deployment of %s version %d %s: %s%s", id, version, d.Status, d.StatusDescription, a.allocFailures(id, version))
+				}
 			}
-			continue
-		}
-		index = nextIndex(index, meta.LastIndex)
-		for _, d := range deps {
-			if d.JobVersion != version {
-				continue
-			}
-			seen = fmt.Sprintf("deployment %s %s: %s", short(d.ID), d.Status, d.StatusDescription)
-			switch d.Status {
-			case "successful":
-				return nil
-			case "failed", "cancelled":
-				return fmt.Errorf("nomad deployment of %s version %d %s: %s%s", id, version, d.Status, d.StatusDescription, a.allocFailures(id, version))
-			}
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("deployment of %s version %d: %w (last seen: %s)", id, version, ctx.Err(), seen)
-		}
+			return meta.LastIndex, nil
+		},
+		func(uint64) bool { return failed != nil })
+	switch {
+	case err != nil:
+		return fmt.Errorf("deployment of %s version %d: %w (last seen: %s)", id, version, err, seen)
+	case errors.Is(failed, errDone):
+		return nil
+	default:
+		return failed
 	}
 }
 
@@ -296,31 +298,22 @@ func (a *Agent) allocFailures(id string, version uint64) string {
 func (a *Agent) waitInstances(ctx context.Context, site *config.Site, lane string, job *nomadapi.Job, g gate) error {
 	want := jobspec.ServiceTags(job, site.Service)
 	count := instanceCount(job, site.Service)
-	var index uint64
 	seen := "no answer from consul yet"
-	for {
-		entries, idx, err := a.laneEntries(ctx, site, lane, index)
-		if err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("wait for %d passing instances of %s with tags [%s]: %w (last seen: %s)",
-					count, jobID(site.Name, lane), strings.Join(want, ","), ctx.Err(), seen)
+	ready := false
+	err := a.follow(ctx, followOpts{backend: "consul", wait: blockingWait, onError: func(err error) { seen = err.Error() }},
+		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+			entries, idx, err := a.laneEntries(ctx, site, lane, index, wait)
+			if err == nil {
+				ready, seen = instancesReady(entries, want, count, g == gateHealthy)
 			}
-			if err := sleepCtx(ctx, backoff(1)); err != nil {
-				return err
-			}
-			continue
-		}
-		index = nextIndex(index, idx)
-		ok, desc := instancesReady(entries, want, count, g == gateHealthy)
-		seen = desc
-		if ok {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("wait for %d passing instances of %s with tags [%s]: %w (last seen: %s)",
-				count, jobID(site.Name, lane), strings.Join(want, ","), ctx.Err(), seen)
-		}
+			return idx, err
+		},
+		func(uint64) bool { return ready })
+	if err != nil {
+		return fmt.Errorf("wait for %d passing instances of %s with tags [%s]: %w (last seen: %s)",
+			count, jobID(site.Name, lane), strings.Join(want, ","), err, seen)
 	}
+	return nil
 }
 
 // instancesReady is the pure check behind waitInstances.
@@ -339,11 +332,7 @@ func instancesReady(entries []*consulapi.ServiceEntry, wantTags []string, count 
 }
 
 // laneEntries reads the Consul instances of a lane, blocking on index when it is not zero.
-func (a *Agent) laneEntries(ctx context.Context, site *config.Site, lane string, index uint64) ([]*consulapi.ServiceEntry, uint64, error) {
-	return a.laneEntriesWait(ctx, site, lane, index, blockingWait)
-}
-
-func (a *Agent) laneEntriesWait(ctx context.Context, site *config.Site, lane string, index uint64, wait time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
+func (a *Agent) laneEntries(ctx context.Context, site *config.Site, lane string, index uint64, wait time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
 	all, idx, err := a.siteEntries(ctx, site, index, wait)
 	if err != nil {
 		return nil, 0, err
@@ -362,7 +351,6 @@ func (a *Agent) siteEntries(ctx context.Context, site *config.Site, index uint64
 	q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
 	entries, meta, err := a.consul.Health().Service(site.Service, "", false, q)
 	if err != nil {
-		a.metrics.queryErrors.WithLabelValues("consul").Inc()
 		return nil, 0, fmt.Errorf("read consul health of service %s: %w", site.Service, err)
 	}
 	var out []*consulapi.ServiceEntry
@@ -380,31 +368,6 @@ func sameSet(a, b []string) bool {
 	slices.Sort(x)
 	slices.Sort(y)
 	return slices.Equal(slices.Compact(x), slices.Compact(y))
-}
-
-// nextIndex follows STYLE.md's blocking-query rules: a lower index means a reset to 0.
-func nextIndex(old, got uint64) uint64 {
-	if got < old {
-		return 0
-	}
-	return got
-}
-
-// backoff is the pause before retry n of a failed query: growing, capped, with jitter.
-func backoff(n int) time.Duration {
-	d := 250 * time.Millisecond << min(n, 6)
-	return d/2 + time.Duration(time.Now().UnixNano()%int64(d/2))
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 func short(id string) string {

@@ -17,6 +17,7 @@ type metrics struct {
 	rollbacks      *prometheus.CounterVec
 	instances      *prometheus.GaugeVec
 	queryErrors    *prometheus.CounterVec
+	watchRequests  *prometheus.CounterVec
 	leader         prometheus.Gauge
 }
 
@@ -46,12 +47,15 @@ func newMetrics() *metrics {
 		queryErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "slotd_blocking_query_errors_total", Help: "Failed queries to Consul or Nomad.",
 		}, []string{"backend"}),
+		watchRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "slotd_watch_requests_total", Help: "Blocking queries sent by the watches of a site, by site and watch (kv, nomad, consul).",
+		}, []string{"site", "watch"}),
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "slotd_leader", Help: "1 while this daemon holds the leader lock.",
 		}),
 	}
 	m.registry.MustRegister(m.opsStarted, m.opsFinished, m.phaseSeconds, m.warmupFailures,
-		m.rollbacks, m.instances, m.queryErrors, m.leader,
+		m.rollbacks, m.instances, m.queryErrors, m.watchRequests, m.leader,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/slotd/slotd/api"
-	"github.com/slotd/slotd/config"
 )
 
 // Typed errors that the HTTP layer maps to status codes.
@@ -35,43 +34,17 @@ const (
 // run is one operation in flight in this daemon.
 type run struct {
 	a       *Agent
-	site    *siteRunner
+	site    *site
 	op      *api.Operation // owned by the run's goroutine; others see published copies
 	control chan string
 	done    chan struct{}
-	// after runs once the operation is in history: the follow-up it asks for (auto-swap, rollback).
-	after func()
+	// after runs on the site's owner once the operation is in history and the site is idle:
+	// the follow-up it asks for (auto-swap, rollback).
+	after func(*site)
 	// ctx ends when the operation is cancelled through the API or the daemon gives up waiting.
 	ctx       context.Context
 	cancel    context.CancelFunc
 	cancelled atomic.Bool
-}
-
-// siteRunner serialises the operations of one site: at most one runs at a time.
-type siteRunner struct {
-	name string
-
-	mu      sync.Mutex
-	cfg     *config.Site
-	ready   bool
-	running *run
-	// applied remembers, per slot, the effective state last rolled out, so the settings watcher
-	// only asks Nomad when KV really changed.
-	applied map[string]string
-	wake    chan struct{}
-}
-
-func (s *siteRunner) config() *config.Site {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cfg
-}
-
-func (s *siteRunner) poke() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
 }
 
 func newID() string {
@@ -83,58 +56,36 @@ func newID() string {
 // opFunc carries an operation out; it returns nil when the operation succeeded.
 type opFunc func(ctx context.Context, r *run) error
 
-// start journals op as the site's running operation and carries it out in the background.
-// It refuses with errBusy while another operation runs, except one that only monitors: a new
-// operation ends the monitoring of the last swap early.
-func (a *Agent) start(s *siteRunner, op *api.Operation, phases []string, fn opFunc) (*api.Operation, error) {
+// start asks the site's owner to start an operation (see site.startOp).
+func (a *Agent) start(s *site, op *api.Operation, phases []string, fn opFunc) (*api.Operation, error) {
 	if !a.isLeader() {
 		return nil, errNotLeader
 	}
-	if err := a.endMonitoring(s); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.ready {
-		return nil, fmt.Errorf("%w: site %s is still starting", errBusy, s.name)
-	}
-	if s.running != nil {
-		return nil, fmt.Errorf("%w: %s %s is %s", errBusy, s.running.op.Kind, s.running.op.ID, a.ops.get(s.running.op.ID).State)
-	}
-	now := time.Now().UTC()
-	op.ID, op.Site, op.State = newID(), s.name, api.StatePending
-	op.CreatedAt, op.UpdatedAt = now, now
-	for _, p := range phases {
-		op.Phases = append(op.Phases, api.Phase{Name: p, State: api.PhasePending})
-	}
-	if err := a.store.createOperation(op); err != nil {
-		if errors.Is(err, errBusy) {
-			return nil, fmt.Errorf("%w: another operation is journaled in consul for site %s", errBusy, s.name)
-		}
-		return nil, err
-	}
-	a.metrics.opsStarted.WithLabelValues(s.name, op.Kind).Inc()
-	a.logger.Info("operation started", "site", s.name, "op", op.ID, "kind", op.Kind, "trigger", op.Trigger)
-	r := a.newRun(s, op)
-	go r.execute(fn)
-	return a.ops.get(op.ID), nil
+	return s.do(func() (*api.Operation, error) { return s.startOp(op, phases, fn) })
 }
 
-func (a *Agent) newRun(s *siteRunner, op *api.Operation) *run {
+func (a *Agent) newRun(s *site, op *api.Operation) *run {
 	r := &run{a: a, site: s, op: op, control: make(chan string, 1), done: make(chan struct{})}
 	r.ctx, r.cancel = context.WithCancel(a.opsCtx)
-	s.running = r
 	a.ops.publish(op)
 	return r
 }
 
-// endMonitoring ends the monitor phase of the site's running swap, if that is all it does.
-func (a *Agent) endMonitoring(s *siteRunner) error {
-	s.mu.Lock()
-	r := s.running
-	s.mu.Unlock()
-	if r == nil || a.ops.get(r.op.ID).State != api.StateMonitoring {
+// endMonitor ends the monitor phase of a swap that does nothing else any more, so another
+// operation can start; any other running operation is a conflict.
+func (r *run) endMonitor() error {
+	cur := r.a.ops.get(r.op.ID)
+	select {
+	case <-r.done:
 		return nil
+	default:
+	}
+	if cur == nil || cur.State != api.StateMonitoring {
+		state := "running"
+		if cur != nil {
+			state = cur.State
+		}
+		return fmt.Errorf("%w: %s %s is %s", errBusy, r.op.Kind, r.op.ID, state)
 	}
 	select {
 	case r.control <- ctlEndMonitor:
@@ -159,15 +110,10 @@ func (r *run) execute(fn opFunc) {
 	}
 	if errors.Is(err, errStopping) {
 		a.logger.Info("operation left journaled for the next leader", "site", r.op.Site, "op", r.op.ID, "state", r.op.State)
-		r.site.mu.Lock()
-		r.site.running = nil
-		r.site.mu.Unlock()
+		r.after = nil
 		return
 	}
 	r.finish(err)
-	if r.after != nil {
-		r.after()
-	}
 }
 
 // finish ends the operation: succeeded, failed or cancelled, and moves it into history.
@@ -201,10 +147,6 @@ func (r *run) finish(err error) {
 		level = a.logger.Warn
 	}
 	level("operation finished", "site", op.Site, "op", op.ID, "kind", op.Kind, "state", op.State, "error", op.Error)
-	r.site.mu.Lock()
-	r.site.running = nil
-	r.site.mu.Unlock()
-	r.site.poke()
 }
 
 var errCancelled = errors.New("cancelled")
@@ -229,6 +171,12 @@ func (r *run) phase(name, state string, fn func() error) error {
 	}
 	err := fn()
 	p = r.op.Phase(name)
+	if errors.Is(err, errStopping) {
+		// Not run to its end: the next leader runs it again, from its start.
+		p.State, p.StartedAt = api.PhasePending, nil
+		_ = r.journal()
+		return err
+	}
 	end := time.Now().UTC()
 	p.EndedAt, r.op.UpdatedAt = &end, end
 	switch {

@@ -74,12 +74,65 @@ func TestEffectiveEnvStickyWins(t *testing.T) {
 	assert.Equal(t, map[string]string{"A": "sticky", "B": "b"}, env)
 }
 
-func TestFingerprintIsOrderFree(t *testing.T) {
-	a := laneState{Slot: "s", Tags: []string{"x"}, Env: map[string]string{"A": "1", "B": "2"}}
-	b := laneState{Slot: "s", Tags: []string{"x"}, Env: map[string]string{"B": "2", "A": "1"}}
-	assert.Equal(t, fingerprint(a), fingerprint(b))
-	b.Env["A"] = "3"
-	assert.NotEqual(t, fingerprint(a), fingerprint(b))
+func TestPutBack(t *testing.T) {
+	base := map[string]string{"APP_VERSION": "v1", "SLOTD_SLOT": "staging"}
+	tests := []struct {
+		name       string
+		cur        slotSettings
+		prev       map[string]string
+		want       slotSettings
+		wantChange []string
+	}{
+		{
+			name:       "a new setting is removed",
+			cur:        slotSettings{Settings: map[string]string{"A": "1", "BAD": "x"}, Sticky: map[string]string{}},
+			prev:       map[string]string{"A": "1", "APP_VERSION": "v1", "SLOTD_SLOT": "staging"},
+			want:       slotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{}},
+			wantChange: []string{"BAD"},
+		},
+		{
+			name:       "a changed sticky value gets its old value",
+			cur:        slotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"DB": "new"}},
+			prev:       map[string]string{"A": "1", "DB": "old"},
+			want:       slotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"DB": "old"}},
+			wantChange: []string{"DB"},
+		},
+		{
+			name:       "a swappable value shadowed by a sticky one is left alone",
+			cur:        slotSettings{Settings: map[string]string{"DB": "swap"}, Sticky: map[string]string{"DB": "new"}},
+			prev:       map[string]string{"DB": "old"},
+			want:       slotSettings{Settings: map[string]string{"DB": "swap"}, Sticky: map[string]string{"DB": "old"}},
+			wantChange: []string{"DB"},
+		},
+		{
+			name:       "a deleted setting comes back as sticky",
+			cur:        slotSettings{Settings: map[string]string{}, Sticky: map[string]string{}},
+			prev:       map[string]string{"GONE": "v", "APP_VERSION": "v1", "SLOTD_SITE": "web"},
+			want:       slotSettings{Settings: map[string]string{}, Sticky: map[string]string{"GONE": "v"}},
+			wantChange: []string{"GONE"},
+		},
+		{
+			name:       "a setting that overrode the jobspec's own variable comes back",
+			cur:        slotSettings{Settings: map[string]string{}, Sticky: map[string]string{}},
+			prev:       map[string]string{"APP_VERSION": "v2"},
+			want:       slotSettings{Settings: map[string]string{}, Sticky: map[string]string{"APP_VERSION": "v2"}},
+			wantChange: []string{"APP_VERSION"},
+		},
+		{
+			name:       "nothing to put back",
+			cur:        slotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"B": "2"}},
+			prev:       map[string]string{"A": "1", "B": "2", "APP_VERSION": "v1"},
+			want:       slotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"B": "2"}},
+			wantChange: []string{},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, changed := putBack(tc.cur, tc.prev, base)
+			assert.Equal(t, tc.want, got)
+			assert.Equal(t, tc.wantChange, changed)
+		})
+	}
 }
 
 func TestAcceptedStatus(t *testing.T) {

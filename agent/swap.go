@@ -2,10 +2,11 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -37,7 +38,9 @@ type swap struct {
 	// The two lanes and what they ran when the swap started.
 	srcLane, tgtLane string
 	srcApp, tgtApp   source
-	src, tgt         slotSettings
+	// The settings of the two slots when the swap started (after the exchange: as they were
+	// before it); the lanes are rendered from them until the site converges to KV after.
+	src, tgt slotSettings
 	// tgtSick is set when the target lane failed its checks as it left the target's routes.
 	tgtSick bool
 }
@@ -71,10 +74,10 @@ func (w *swap) load(ctx context.Context) error {
 		w.src, w.tgt = s.settings(), t.settings()
 	}
 	w.srcLane, w.tgtLane = s.Lane.Value, t.Lane.Value
-	if w.srcApp, err = w.a.submission(w.site, w.srcLane, s.version(), true); err != nil {
+	if w.srcApp, err = w.a.submission(ctx, w.site, w.srcLane, s.version(), true); err != nil {
 		return err
 	}
-	if w.tgtApp, err = w.a.submission(w.site, w.tgtLane, t.version(), true); err != nil {
+	if w.tgtApp, err = w.a.submission(ctx, w.site, w.tgtLane, t.version(), true); err != nil {
 		return err
 	}
 	return nil
@@ -103,7 +106,7 @@ func (w *swap) runPhases(ctx context.Context) error {
 		if err := w.phase(api.PhaseWarm, api.StateWarming, func() error { return w.warm(ctx) }); err != nil {
 			return w.restoreSource(err)
 		}
-		if err := w.phase(api.PhaseSwitch, api.StateSwitching, func() error { return w.switchSlots(ctx) }); err != nil {
+			if err := w.phase(api.PhaseSwitch, api.StateSwitching, func() error { return w.switchSlots(ctx) }); err != nil {
 			return err
 		}
 	}
@@ -162,7 +165,7 @@ func (w *swap) preview(ctx context.Context) error {
 
 // warm sends the site's warm-up requests to every instance of the source lane, directly.
 func (w *swap) warm(ctx context.Context) error {
-	entries, _, err := w.a.laneEntries(ctx, w.site, w.srcLane, 0)
+	entries, _, err := w.a.laneEntries(ctx, w.site, w.srcLane, 0, 0)
 	if err != nil {
 		return err
 	}
@@ -190,54 +193,61 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	w.tgtSick = w.a.laneSick(ctx, w.site, w.tgtLane)
 	broken, err := w.a.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt), gateTags)
 	if err != nil {
-		err = fmt.Errorf("take the routes of %s off lane %s: %w", w.target.Name, w.tgtLane, err)
-		if _, rerr := w.restore(w.tgtLane, w.tgtApp, steady(w.target, w.tgt), gateTags); rerr != nil {
-			return fmt.Errorf("%w; restoring the target lane failed too: %v", err, rerr)
-		}
-		return w.restoreSource(err)
+		return w.restoreBoth(fmt.Errorf("take the routes of %s off lane %s: %w", w.target.Name, w.tgtLane, err))
 	}
-	return w.exchange(made.Version, broken.Version)
+	if err := w.exchange(made.Version, broken.Version); err != nil {
+		// KV still binds the target to its lane: give that lane its routes back before the
+		// source lane loses them.
+		return w.restoreBoth(err)
+	}
+	return nil
 }
 
 // exchange binds the target to the source lane and the source to the target lane, and swaps
-// their swappable settings, in one transaction together with the journal entry that says so.
-// Settings edited during the swap are exchanged as they are now, not as they were.
+// their swappable settings, in one transaction together with the journal entry that says so:
+// switched is true in KV exactly when the exchange is. Settings edited during the swap are
+// exchanged as they are now; the site converges the lanes to them once the swap ends.
 func (w *swap) exchange(srcLaneVersion, tgtLaneVersion uint64) error {
+	store := w.a.store
 	for attempt := 0; ; attempt++ {
-		st, err := w.a.store.loadSlots(w.site.Name, nil)
+		st, err := store.loadSlots(w.site.Name, nil)
 		if err != nil {
-			return err
+			return fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
 		}
 		s, t := st.slot(w.source.Name), st.slot(w.target.Name)
-		store := w.a.store
 		var ops consulapi.KVTxnOps
 		ops = append(ops, store.bindOps(w.site.Name, w.target.Name, t, w.srcLane, srcLaneVersion)...)
 		ops = append(ops, store.bindOps(w.site.Name, w.source.Name, s, w.tgtLane, tgtLaneVersion)...)
-		ops = append(ops, store.settingsOps(w.site.Name, w.source.Name, "settings", s.Settings, values(t.Settings))...)
-		ops = append(ops, store.settingsOps(w.site.Name, w.target.Name, "settings", t.Settings, values(s.Settings))...)
-		w.op.Switched = true
-		w.note(api.PhaseSwitch, fmt.Sprintf("%s → lane %s, %s → lane %s", w.target.Name, w.srcLane, w.source.Name, w.tgtLane))
-		journal, err := store.journalOp(w.op)
+		ops = append(ops, store.docOps(w.site.Name, w.source.Name, kindSwappable, s.Settings, t.Settings.Values)...)
+		ops = append(ops, store.docOps(w.site.Name, w.target.Name, kindSwappable, t.Settings, s.Settings.Values)...)
+		next := *w.op
+		next.Phases = append([]api.Phase(nil), w.op.Phases...)
+		next.Switched = true
+		if p := next.Phase(api.PhaseSwitch); p != nil {
+			p.Message = fmt.Sprintf("%s → lane %s, %s → lane %s", w.target.Name, w.srcLane, w.source.Name, w.tgtLane)
+		}
+		journal, err := store.journalOp(&next)
 		if err != nil {
 			return err
 		}
 		resp, err := store.txn(append(ops, journal))
 		if errors.Is(err, errConflict) && attempt < 5 {
-			w.op.Switched = false
-			if cur, rerr := store.runningOperation(w.site.Name); rerr == nil && cur != nil {
-				w.op.Index = cur.Index
+			// A setting was edited meanwhile, or the journal moved: read both again. The
+			// journal must still be this operation's.
+			cur, rerr := store.runningOperation(w.site.Name)
+			if rerr != nil || cur == nil || cur.ID != w.op.ID {
+				return fmt.Errorf("exchange the bindings of %s and %s: the journal no longer holds operation %s", w.source.Name, w.target.Name, w.op.ID)
 			}
+			w.op.Index = cur.Index
 			continue
 		}
 		if err != nil {
-			w.op.Switched = false
 			return fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
 		}
-		w.op.Index = resultIndex(resp, store.operationKey(w.site.Name), w.op.Index)
+		next.Index = resultIndex(resp, store.operationKey(w.site.Name), w.op.Index)
+		*w.op = next
 		w.a.ops.publish(w.op)
-		w.src, w.tgt = slotSettings{Settings: values(s.Settings), Sticky: values(s.Sticky)},
-			slotSettings{Settings: values(t.Settings), Sticky: values(t.Sticky)}
-		w.a.remember(w.site.Name, w.target.Name, steady(w.target, slotSettings{Settings: w.src.Settings, Sticky: w.tgt.Sticky}))
+		w.src, w.tgt = s.settings(), t.settings()
 		return nil
 	}
 }
@@ -269,7 +279,6 @@ func (w *swap) settle(ctx context.Context) error {
 	if _, err := w.a.store.txn(w.a.store.bindOps(w.site.Name, w.source.Name, s, w.tgtLane, ro.Version)); err != nil {
 		return fmt.Errorf("bind %s to lane %s version %d: %w", w.source.Name, w.tgtLane, ro.Version, err)
 	}
-	w.a.remember(w.site.Name, w.source.Name, want)
 	msg := fmt.Sprintf("lane %s version %d serves %s", w.tgtLane, ro.Version, w.source.Name)
 	if w.tgtSick {
 		msg = fmt.Sprintf("lane %s version %d serves %s; it was failing its checks before the swap and is not waited for", w.tgtLane, ro.Version, w.source.Name)
@@ -279,122 +288,126 @@ func (w *swap) settle(ctx context.Context) error {
 }
 
 // monitor watches the target's health for the site's window and rolls back when it degrades.
+// Only measured degradation rolls back: another operation or a cancel ends the window early,
+// and a daemon that stops leaves the rest of the window to the next leader.
 func (w *swap) monitor(ctx context.Context) error {
 	m := w.site.Monitor
 	if m == nil || m.Window <= 0 {
 		w.skip(api.PhaseMonitor, "no monitor window")
 		return nil
 	}
-	var degraded error
-	err := w.phase(api.PhaseMonitor, api.StateMonitoring, func() error {
-		degraded = w.watchHealth(ctx, m)
-		if degraded != nil && m.AutoRollback {
-			return fmt.Errorf("%w: rolling back", degraded)
+	window := m.Window
+	if p := w.op.Phase(api.PhaseMonitor); p != nil && p.StartedAt != nil {
+		// Resumed by a new leader: only what is left of the window.
+		window = max(m.Window-time.Since(*p.StartedAt), 0)
+	}
+	started := time.Now()
+	return w.phase(api.PhaseMonitor, api.StateMonitoring, func() error {
+		err := w.watchHealth(ctx, m, window)
+		switch {
+		case errors.Is(err, errEndMonitor):
+			w.note(api.PhaseMonitor, fmt.Sprintf("ended early after %s: %v; no rollback", time.Since(started).Round(time.Second), err))
+			return nil
+		case errors.Is(err, errStopping):
+			return err
+		case err != nil && m.AutoRollback:
+			w.after = func(s *site) {
+				if _, err := s.rollback("monitor"); err != nil {
+					s.log.Error("auto-rollback did not start", "swap", w.op.ID, "error", err)
+				}
+			}
+			return fmt.Errorf("%w: rolling back", err)
 		}
-		return degraded
+		return err
 	})
-	if degraded != nil && m.AutoRollback {
-		w.after = func() { w.a.autoRollback(w.site.Name, w.op.ID) }
-	}
-	if errors.Is(err, errEndMonitor) {
-		return nil
-	}
-	return err
 }
 
-var errEndMonitor = errors.New("monitoring ended early: another operation started")
+var errEndMonitor = errors.New("another operation started or the swap was cancelled")
 
 // watchHealth blocks until the window ends (nil) or the target lane's passing fraction stays
 // below the threshold for the grace period (an error that says what was seen).
-func (w *swap) watchHealth(ctx context.Context, m *config.Monitor) error {
+func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, window time.Duration) error {
 	want := w.instanceCount(ctx)
-	ctx, cancel := context.WithTimeout(ctx, m.Window)
+	wctx, cancel := context.WithTimeout(ctx, window)
 	defer cancel()
-	ended := make(chan struct{})
+	ended := make(chan error, 1)
 	go func() {
 		select {
 		case c := <-w.control:
 			if c == ctlEndMonitor {
-				close(ended)
+				ended <- errEndMonitor
 			}
 		case <-w.a.stopCh:
-		case <-ctx.Done():
+			ended <- errStopping
+		case <-wctx.Done():
 		}
 		cancel()
 	}()
-	var index uint64
 	var badSince time.Time
-	for {
-		wait := blockingWait
-		if !badSince.IsZero() {
-			wait = time.Second // look again when the grace period may have run out
-		}
-		entries, idx, err := w.a.laneEntriesWait(ctx, w.site, w.srcLane, index, wait)
-		if ctx.Err() != nil {
-			select {
-			case <-ended:
-				return errEndMonitor
-			default:
-				return nil
+	var degraded error
+	_ = w.a.follow(wctx, followOpts{backend: "consul", wait: blockingWait, always: true},
+		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+			if !badSince.IsZero() {
+				wait = time.Second // look again when the grace period may have run out
 			}
-		}
-		if err != nil {
-			_ = sleepCtx(ctx, backoff(1))
-			continue
-		}
-		index = nextIndex(index, idx)
-		passing := 0
-		for _, e := range entries {
-			if e.Checks.AggregatedStatus() == consulapi.HealthPassing {
-				passing++
+			entries, idx, err := w.a.laneEntries(ctx, w.site, w.srcLane, index, wait)
+			if err != nil {
+				return 0, err
 			}
-		}
-		total := max(want, len(entries))
-		healthy := total > 0 && float64(passing)/float64(total) >= m.Threshold
-		switch {
-		case healthy:
-			badSince = time.Time{}
-		case badSince.IsZero():
-			badSince = time.Now()
-			w.note(api.PhaseMonitor, fmt.Sprintf("%d/%d instances of %s passing", passing, total, w.target.Name))
-		case time.Since(badSince) >= m.Grace:
-			return fmt.Errorf("%s degraded: %d/%d instances passing for %s (threshold %.0f%%)",
-				w.target.Name, passing, total, time.Since(badSince).Round(time.Second), m.Threshold*100)
-		}
+			passing := 0
+			for _, e := range entries {
+				if e.Checks.AggregatedStatus() == consulapi.HealthPassing {
+					passing++
+				}
+			}
+			total := max(want, len(entries))
+			healthy := total > 0 && float64(passing)/float64(total) >= m.Threshold
+			switch {
+			case healthy:
+				badSince = time.Time{}
+			case badSince.IsZero():
+				badSince = time.Now()
+				w.note(api.PhaseMonitor, fmt.Sprintf("%d/%d instances of %s passing", passing, total, w.target.Name))
+			case time.Since(badSince) >= m.Grace:
+				degraded = fmt.Errorf("%s degraded: %d/%d instances passing for %s (threshold %.0f%%)",
+					w.target.Name, passing, total, time.Since(badSince).Round(time.Second), m.Threshold*100)
+			}
+			return idx, nil
+		},
+		func(uint64) bool { return degraded != nil })
+	select {
+	case err := <-ended:
+		return err
+	default:
+		return degraded
 	}
 }
 
 // instanceCount is how many instances the target lane has as the monitor starts; fewer
 // instances than that later counts as unhealthy.
 func (w *swap) instanceCount(ctx context.Context) int {
-	entries, _, err := w.a.laneEntries(ctx, w.site, w.srcLane, 0)
+	entries, _, err := w.a.laneEntries(ctx, w.site, w.srcLane, 0, 0)
 	if err != nil {
 		return 0
 	}
 	return len(entries)
 }
 
-// restoreSource puts the source lane back as it was before the swap, and leaves the target alone.
+// restoreSource puts the source lane back as KV says for the source, and leaves the target alone.
 func (w *swap) restoreSource(cause error) error {
-	if _, err := w.restore(w.srcLane, w.srcApp, steady(w.source, w.src), gateHealthy); err != nil {
-		return fmt.Errorf("%w; restoring lane %s for %s failed too: %v", cause, w.srcLane, w.source.Name, err)
-	}
-	return fmt.Errorf("%w (lane %s restored to %s)", cause, w.srcLane, w.source.Name)
+	return w.a.putSlotBack(w.site, w.source.Name, cause)
 }
 
-func (w *swap) restore(lane string, app source, want laneState, g gate) (rollout, error) {
+// restoreBoth undoes a switch that failed after it began: the target's lane gets the target's
+// routes back first (whatever its health: it may be the sick lane a rollback moves away from),
+// and only then is the source lane put back.
+func (w *swap) restoreBoth(cause error) error {
 	ctx, cancel := w.a.restoreContext()
 	defer cancel()
-	ro, err := w.a.ensureLane(ctx, w.site, lane, app, want, g)
-	if err == nil {
-		st, lerr := w.a.store.loadSlots(w.site.Name, nil)
-		if lerr == nil {
-			if slot := st.slotOfLane(lane); slot == want.Slot {
-				_, _ = w.a.store.txn(w.a.store.bindOps(w.site.Name, slot, st.slot(slot), lane, ro.Version))
-			}
-		}
+	if _, err := w.a.restoreSlot(ctx, w.site, w.target.Name, gateTags); err != nil {
+		return fmt.Errorf("%w; giving lane %s the routes of %s back failed too: %v", cause, w.tgtLane, w.target.Name, err)
 	}
-	return ro, err
+	return w.restoreSource(cause)
 }
 
 // restoreContext bounds putting a lane back: its own deadline, because the failure may be the
@@ -413,7 +426,7 @@ func (a *Agent) restoreContext() (context.Context, context.CancelFunc) {
 
 // laneSick reports whether any instance of a lane fails its checks now.
 func (a *Agent) laneSick(ctx context.Context, site *config.Site, lane string) bool {
-	entries, _, err := a.laneEntries(ctx, site, lane, 0)
+	entries, _, err := a.laneEntries(ctx, site, lane, 0, 0)
 	if err != nil {
 		return false
 	}
@@ -446,7 +459,7 @@ func warmInstance(ctx context.Context, client *http.Client, wu *config.Warmup, e
 	if addr == "" {
 		addr = e.Node.Address
 	}
-	base := fmt.Sprintf("http://%s:%d", addr, e.Service.Port)
+	base := "http://" + net.JoinHostPort(addr, strconv.Itoa(e.Service.Port))
 	for _, path := range wu.Paths {
 		var last string
 		ok := false
@@ -502,13 +515,4 @@ func acceptedStatus(statuses []int, code int) bool {
 		}
 	}
 	return false
-}
-
-// journalOp is the KV operation that journals op, for transactions that do more.
-func (s *store) journalOp(op *api.Operation) (*consulapi.KVTxnOp, error) {
-	b, err := json.Marshal(op)
-	if err != nil {
-		return nil, err
-	}
-	return casOp(s.operationKey(op.Site), string(b), op.Index), nil
 }

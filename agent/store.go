@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,10 +17,18 @@ import (
 // maxTxnOps is Consul's limit of operations in one KV transaction.
 const maxTxnOps = 64
 
+// The two kinds of settings a slot has, and the KV key of each one's document.
+const (
+	kindSwappable = "settings"
+	kindSticky    = "sticky"
+)
+
 // errConflict is a check-and-set that lost: someone changed the keys since they were read.
 var errConflict = errors.New("consul kv changed concurrently")
 
-// store keeps a site's state in Consul KV under the layout of DESIGN.md §4.
+// store keeps a site's state in Consul KV under the layout of DESIGN.md §4. A slot's settings
+// are one JSON document per kind (…/slots/<slot>/settings and …/sticky), so exchanging any
+// number of them is two operations of one transaction.
 type store struct {
 	kv     *consulapi.KV
 	prefix string
@@ -33,36 +42,51 @@ func (s *store) slotKey(site, slot string, parts ...string) string {
 	return s.siteKey(site, append([]string{"slots", slot}, parts...)...)
 }
 
-// kvValue is a value with the index it was read at, for check-and-set.
+// kvValue is a value with the index it was read at, for check-and-set (0: absent).
 type kvValue struct {
 	Value string
 	Index uint64
+}
+
+// settingsDoc is one kind of a slot's settings: a JSON object of strings in one KV key.
+type settingsDoc struct {
+	Values map[string]string
+	Index  uint64
+	// legacy holds the one-key-per-setting entries of the layout before documents, still to
+	// be folded into the document (see migrateOps).
+	legacy map[string]kvValue
 }
 
 // slotState is one slot's binding and settings as stored in KV.
 type slotState struct {
 	Lane     kvValue
 	Version  kvValue
-	Settings map[string]kvValue
-	Sticky   map[string]kvValue
+	Settings settingsDoc
+	Sticky   settingsDoc
+}
+
+func newSlotState() *slotState {
+	return &slotState{
+		Settings: settingsDoc{Values: map[string]string{}, legacy: map[string]kvValue{}},
+		Sticky:   settingsDoc{Values: map[string]string{}, legacy: map[string]kvValue{}},
+	}
 }
 
 // settings returns the slot's swappable and sticky values.
 func (s *slotState) settings() slotSettings {
-	return slotSettings{Settings: values(s.Settings), Sticky: values(s.Sticky)}
+	return slotSettings{Settings: maps.Clone(s.Settings.Values), Sticky: maps.Clone(s.Sticky.Values)}
+}
+
+func (s *slotState) doc(kind string) *settingsDoc {
+	if kind == kindSticky {
+		return &s.Sticky
+	}
+	return &s.Settings
 }
 
 func (s *slotState) version() uint64 {
 	v, _ := strconv.ParseUint(s.Version.Value, 10, 64)
 	return v
-}
-
-func values(m map[string]kvValue) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = v.Value
-	}
-	return out
 }
 
 // siteState is a site's slots as KV holds them.
@@ -75,13 +99,13 @@ type siteState struct {
 func (st *siteState) slot(name string) *slotState {
 	s, ok := st.Slots[name]
 	if !ok {
-		s = &slotState{Settings: map[string]kvValue{}, Sticky: map[string]kvValue{}}
+		s = newSlotState()
 		st.Slots[name] = s
 	}
 	return s
 }
 
-// laneOf returns the slot that lane is bound to, or "".
+// slotOfLane returns the slot that lane is bound to, or "".
 func (st *siteState) slotOfLane(lane string) string {
 	for name, s := range st.Slots {
 		if s.Lane.Value == lane {
@@ -91,7 +115,9 @@ func (st *siteState) slotOfLane(lane string) string {
 	return ""
 }
 
-// loadSlots reads every slot of a site. With waitIndex > 0 it blocks until the tree changes.
+// loadSlots reads every slot of a site. With a WaitIndex in q it blocks until the tree changes.
+// A settings document that is not a JSON object of strings (a bad edit in the Consul UI) is an
+// error that names the key, so nothing acts on half-understood settings.
 func (s *store) loadSlots(site string, q *consulapi.QueryOptions) (*siteState, error) {
 	base := s.siteKey(site, "slots") + "/"
 	pairs, meta, err := s.kv.List(base, q)
@@ -99,9 +125,9 @@ func (s *store) loadSlots(site string, q *consulapi.QueryOptions) (*siteState, e
 		return nil, fmt.Errorf("read slots of site %s: %w", site, err)
 	}
 	st := &siteState{Slots: map[string]*slotState{}, Index: meta.LastIndex}
+	var bad []error
 	for _, p := range pairs {
-		rest := strings.TrimPrefix(p.Key, base)
-		parts := strings.SplitN(rest, "/", 3)
+		parts := strings.SplitN(strings.TrimPrefix(p.Key, base), "/", 3)
 		if len(parts) < 2 || parts[0] == "" {
 			continue
 		}
@@ -112,13 +138,49 @@ func (s *store) loadSlots(site string, q *consulapi.QueryOptions) (*siteState, e
 			sl.Lane = v
 		case len(parts) == 2 && parts[1] == "version":
 			sl.Version = v
-		case len(parts) == 3 && parts[1] == "settings" && parts[2] != "":
-			sl.Settings[parts[2]] = v
-		case len(parts) == 3 && parts[1] == "sticky" && parts[2] != "":
-			sl.Sticky[parts[2]] = v
+		case len(parts) == 2 && (parts[1] == kindSwappable || parts[1] == kindSticky):
+			values, err := decodeSettings(p.Value)
+			if err != nil {
+				bad = append(bad, fmt.Errorf("%s: %w: fix or delete it in Consul KV", p.Key, err))
+				continue
+			}
+			d := sl.doc(parts[1])
+			d.Values, d.Index = values, p.ModifyIndex
+		case len(parts) == 3 && (parts[1] == kindSwappable || parts[1] == kindSticky) && parts[2] != "":
+			sl.doc(parts[1]).legacy[parts[2]] = v
 		}
 	}
+	if len(bad) > 0 {
+		return nil, fmt.Errorf("settings of site %s: %w", site, errors.Join(bad...))
+	}
 	return st, nil
+}
+
+// decodeSettings reads a settings document: a JSON object whose values are strings, whose
+// keys are environment variable names outside slotd's reserved SLOTD_ prefix.
+func decodeSettings(b []byte) (map[string]string, error) {
+	values := map[string]string{}
+	if strings.TrimSpace(string(b)) == "" {
+		return values, nil
+	}
+	if err := json.Unmarshal(b, &values); err != nil {
+		return nil, fmt.Errorf(`not a JSON object of strings such as {"KEY": "value"} (%v)`, err)
+	}
+	for k := range values {
+		if err := checkSettingKey(k); err != nil {
+			return nil, err
+		}
+	}
+	return values, nil
+}
+
+// encodeSettings writes a settings document, one key a line in key order, for the Consul UI.
+func encodeSettings(values map[string]string) string {
+	if values == nil {
+		values = map[string]string{}
+	}
+	b, _ := json.MarshalIndent(values, "", "  ")
+	return string(b)
 }
 
 // txn runs KV operations atomically. It returns errConflict when a check-and-set lost.
@@ -127,7 +189,7 @@ func (s *store) txn(ops consulapi.KVTxnOps) (*consulapi.KVTxnResponse, error) {
 		return &consulapi.KVTxnResponse{}, nil
 	}
 	if len(ops) > maxTxnOps {
-		return nil, fmt.Errorf("a change of %d keys is more than one consul transaction holds (%d): keep fewer settings per slot", len(ops), maxTxnOps)
+		return nil, fmt.Errorf("a change of %d keys is more than one consul transaction holds (%d)", len(ops), maxTxnOps)
 	}
 	ok, resp, _, err := s.kv.Txn(ops, nil)
 	if err != nil {
@@ -152,51 +214,72 @@ func deleteCASOp(key string, index uint64) *consulapi.KVTxnOp {
 	return &consulapi.KVTxnOp{Verb: consulapi.KVDeleteCAS, Key: key, Index: index}
 }
 
-// putOp writes v over old: a CAS against the index old was read at.
-func putOp(key, value string, old kvValue) *consulapi.KVTxnOp {
-	return casOp(key, value, old.Index)
-}
-
 // bindOps binds slot to lane at version.
 func (s *store) bindOps(site, slot string, old *slotState, lane string, version uint64) consulapi.KVTxnOps {
 	var ops consulapi.KVTxnOps
 	if old.Lane.Value != lane || old.Lane.Index == 0 {
-		ops = append(ops, putOp(s.slotKey(site, slot, "lane"), lane, old.Lane))
+		ops = append(ops, casOp(s.slotKey(site, slot, "lane"), lane, old.Lane.Index))
 	}
 	v := strconv.FormatUint(version, 10)
 	if old.Version.Value != v || old.Version.Index == 0 {
-		ops = append(ops, putOp(s.slotKey(site, slot, "version"), v, old.Version))
+		ops = append(ops, casOp(s.slotKey(site, slot, "version"), v, old.Version.Index))
 	}
 	return ops
 }
 
-// settingsOps turns the swappable settings of slot from old into want.
-func (s *store) settingsOps(site, slot, kind string, old map[string]kvValue, want map[string]string) consulapi.KVTxnOps {
-	var ops consulapi.KVTxnOps
-	for _, k := range sortedKeys(want) {
-		o, had := old[k]
-		if had && o.Value == want[k] {
-			continue
-		}
-		ops = append(ops, casOp(s.slotKey(site, slot, kind, k), want[k], o.Index))
+// docOps turns one settings document of slot from old into want: one operation, or none when
+// they are equal. Check-and-set against the index old was read at.
+func (s *store) docOps(site, slot, kind string, old settingsDoc, want map[string]string) consulapi.KVTxnOps {
+	if old.Index != 0 && maps.Equal(old.Values, want) {
+		return nil
 	}
-	for _, k := range sortedKeys(values(old)) {
-		if _, keep := want[k]; !keep {
-			ops = append(ops, deleteCASOp(s.slotKey(site, slot, kind, k), old[k].Index))
-		}
-	}
-	return ops
+	return consulapi.KVTxnOps{casOp(s.slotKey(site, slot, kind), encodeSettings(want), old.Index)}
 }
 
-// seedOps creates the declared settings that KV does not have yet: HCL seeds, KV rules.
-func (s *store) seedOps(site, slot, kind string, old map[string]kvValue, declared map[string]string) consulapi.KVTxnOps {
-	var ops consulapi.KVTxnOps
-	for _, k := range sortedKeys(declared) {
-		if _, had := old[k]; !had {
-			ops = append(ops, casOp(s.slotKey(site, slot, kind, k), declared[k], 0))
+// seedOps folds what a slot's settings document needs at start into one write: the entries of
+// the one-key-per-setting layout (the document wins where both have a key) and the declared
+// settings that neither has (HCL seeds, KV rules). The legacy keys are deleted afterwards by
+// legacyDeletes, so a crash between the two loses nothing.
+func (s *store) seedOps(site, slot, kind string, old settingsDoc, declared map[string]string) consulapi.KVTxnOps {
+	want := maps.Clone(old.Values)
+	for k, v := range old.legacy {
+		if _, ok := want[k]; !ok {
+			want[k] = v.Value
 		}
 	}
-	return ops
+	for k, v := range declared {
+		if _, ok := want[k]; !ok {
+			want[k] = v
+		}
+	}
+	return s.docOps(site, slot, kind, old, want)
+}
+
+// legacyDeletes removes the one-key-per-setting entries of a slot once its document holds
+// them, in transactions small enough for Consul.
+func (s *store) legacyDeletes(site, slot string, ss *slotState) []consulapi.KVTxnOps {
+	var all consulapi.KVTxnOps
+	for _, kind := range []string{kindSwappable, kindSticky} {
+		legacy := ss.doc(kind).legacy
+		for _, k := range sortedKeys(valuesOf(legacy)) {
+			all = append(all, deleteCASOp(s.slotKey(site, slot, kind, k), legacy[k].Index))
+		}
+	}
+	var out []consulapi.KVTxnOps
+	for len(all) > 0 {
+		n := min(len(all), maxTxnOps)
+		out = append(out, all[:n])
+		all = all[n:]
+	}
+	return out
+}
+
+func valuesOf(m map[string]kvValue) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v.Value
+	}
+	return out
 }
 
 // The running operation of a site: created only when absent, so two cannot run at once.
@@ -223,16 +306,25 @@ func (s *store) createOperation(op *api.Operation) error {
 
 // updateOperation journals a new state of op; op.Index is the index it was last written at.
 func (s *store) updateOperation(op *api.Operation) error {
-	b, err := json.Marshal(op)
+	journal, err := s.journalOp(op)
 	if err != nil {
 		return err
 	}
-	resp, err := s.txn(consulapi.KVTxnOps{casOp(s.operationKey(op.Site), string(b), op.Index)})
+	resp, err := s.txn(consulapi.KVTxnOps{journal})
 	if err != nil {
 		return fmt.Errorf("journal operation %s: %w", op.ID, err)
 	}
 	op.Index = resultIndex(resp, s.operationKey(op.Site), op.Index)
 	return nil
+}
+
+// journalOp is the KV operation that journals op, for transactions that do more.
+func (s *store) journalOp(op *api.Operation) (*consulapi.KVTxnOp, error) {
+	b, err := json.Marshal(op)
+	if err != nil {
+		return nil, err
+	}
+	return casOp(s.operationKey(op.Site), string(b), op.Index), nil
 }
 
 // resultIndex is the index a transaction wrote key at.

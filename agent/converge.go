@@ -1,0 +1,348 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
+	"github.com/slotd/slotd/jobspec"
+)
+
+// KV is the desired state, Nomad and Consul the observed one (DESIGN.md §3). This file holds
+// how a site is brought up in KV, how its lanes are compared with KV, and how they converge.
+
+// bootstrap brings a site's KV to its declared shape: every slot bound to a lane, declared
+// settings seeded where absent, settings of the one-key-per-setting layout folded into their
+// documents. One transaction per slot, so a site of any size starts. It returns the operation
+// a stopped daemon left journaled, if any. What is already right is not written again.
+func (a *Agent) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation, error) {
+	st, err := a.store.loadSlots(cfg.Name, (&consulapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, err
+	}
+	bound := map[string]string{}
+	for name, ss := range st.Slots {
+		bound[name] = ss.Lane.Value
+	}
+	lanes := assignLanes(cfg.SlotNames(), bound)
+	seeded := 0
+	for _, slot := range cfg.Slots {
+		ss := st.slot(slot.Name)
+		var ops consulapi.KVTxnOps
+		if ss.Lane.Value == "" {
+			ops = append(ops, casOp(a.store.slotKey(cfg.Name, slot.Name, "lane"), lanes[slot.Name], 0))
+		}
+		ops = append(ops, a.store.seedOps(cfg.Name, slot.Name, kindSwappable, ss.Settings, slot.Settings)...)
+		ops = append(ops, a.store.seedOps(cfg.Name, slot.Name, kindSticky, ss.Sticky, slot.Sticky)...)
+		if _, err := a.store.txn(ops); err != nil {
+			return nil, fmt.Errorf("bind and seed slot %s of site %s: %w", slot.Name, cfg.Name, err)
+		}
+		seeded += len(ops)
+		for _, dels := range a.store.legacyDeletes(cfg.Name, slot.Name, ss) {
+			if _, err := a.store.txn(dels); err != nil {
+				return nil, fmt.Errorf("migrate the settings of slot %s of site %s: %w", slot.Name, cfg.Name, err)
+			}
+			seeded += len(dels)
+		}
+	}
+	if seeded > 0 {
+		a.logger.Info("bound and seeded site", "site", cfg.Name, "keys", seeded)
+	}
+	return a.store.runningOperation(cfg.Name)
+}
+
+// differing compares every lane of a site with what KV binds and sets for its slot, by
+// Nomad's own plan of the job slotd would register, and returns the slots whose lanes differ
+// (a lane changed or deleted by hand, a setting edited, a route changed by a reload).
+func (a *Agent) differing(ctx context.Context, cfg *config.Site) ([]string, error) {
+	st, err := a.store.loadSlots(cfg.Name, (&consulapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, slot := range cfg.Slots {
+		ss := st.slot(slot.Name)
+		if ss.Lane.Value == "" {
+			return nil, fmt.Errorf("slot %s is bound to no lane", slot.Name)
+		}
+		if ss.Version.Value == "" {
+			out = append(out, slot.Name)
+			continue
+		}
+		src, err := a.submission(ctx, cfg, ss.Lane.Value, ss.version(), true)
+		if err != nil {
+			return nil, err
+		}
+		job, err := a.render(cfg, ss.Lane.Value, src, steady(slot, ss.settings()))
+		if err != nil {
+			return nil, err
+		}
+		plan, _, err := a.nomad.Jobs().Plan(job, true, (&nomadapi.WriteOptions{}).WithContext(ctx))
+		if err != nil {
+			return nil, fmt.Errorf("plan lane %s: %w", jobID(cfg.Name, ss.Lane.Value), err)
+		}
+		if classify(plan) != jobspec.NoChange {
+			out = append(out, slot.Name)
+		}
+	}
+	return out, nil
+}
+
+// convergeOp brings the lanes of the given slots to what KV says, as one operation.
+func (a *Agent) convergeOp(cfg *config.Site, slots []string) opFunc {
+	return func(ctx context.Context, r *run) error {
+		return r.phase(api.PhaseRollout, api.StateDeploying, func() error {
+			msgs, err := a.converge(ctx, cfg, slots)
+			r.note(api.PhaseRollout, strings.Join(msgs, "; "))
+			return err
+		})
+	}
+}
+
+// converge makes the lanes of slots run what KV says, make before break: lanes that keep or
+// gain their routes go first and are waited for with passing checks, and only then do lanes
+// that carry a route they should not lose it. A lane whose rollout fails is put back, and
+// settings that it could not take are put back in KV to what it ran, so that no restart or
+// failover replays them.
+func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) ([]string, error) {
+	st, err := a.store.loadSlots(cfg.Name, nil)
+	if err != nil {
+		return nil, err
+	}
+	type step struct {
+		slot  *config.Slot
+		ss    *slotState
+		loses bool
+	}
+	var steps []step
+	for _, name := range slots {
+		slot := cfg.Slot(name)
+		if slot == nil {
+			continue
+		}
+		ss := st.slot(name)
+		want := steady(slot, ss.settings())
+		cur, err := a.laneJob(ctx, cfg, ss.Lane.Value)
+		if err != nil {
+			return nil, err
+		}
+		loses := false
+		if cur != nil {
+			for _, t := range jobspec.ServiceTags(cur, cfg.Service) {
+				if routeTag(cfg, t) && !slices.Contains(want.Tags, t) {
+					loses = true
+				}
+			}
+		}
+		steps = append(steps, step{slot, ss, loses})
+	}
+	sort.SliceStable(steps, func(i, j int) bool { return !steps[i].loses && steps[j].loses })
+	var msgs []string
+	for _, s := range steps {
+		ro, err := a.rollOut(ctx, cfg, s.slot, s.ss)
+		if err != nil {
+			return msgs, err
+		}
+		msgs = append(msgs, fmt.Sprintf("%s: lane %s version %d (%s)", s.slot.Name, s.ss.Lane.Value, ro.Version, ro.Change))
+	}
+	return msgs, nil
+}
+
+// routeTag reports whether t is a route slotd moves: a slot's name, tags or preview tags.
+func routeTag(cfg *config.Site, t string) bool {
+	for _, s := range cfg.Slots {
+		if t == s.Name || slices.Contains(s.Tags, t) || slices.Contains(s.PreviewTags, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// rollOut makes one slot's lane run what KV says (ss, read when the operation started) and
+// binds the slot to the version that does.
+func (a *Agent) rollOut(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *slotState) (rollout, error) {
+	lane := ss.Lane.Value
+	src, err := a.submission(ctx, cfg, lane, ss.version(), ss.Version.Value != "")
+	if err != nil {
+		return rollout{}, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
+	ro, err := a.ensureLane(dctx, cfg, lane, src, steady(slot, ss.settings()), gateHealthy)
+	cancel()
+	if err != nil {
+		return ro, a.failRollout(ctx, cfg, slot, ss, src, err)
+	}
+	if _, err := a.store.txn(a.store.bindOps(cfg.Name, slot.Name, ss, lane, ro.Version)); err != nil {
+		return ro, fmt.Errorf("bind %s to lane %s version %d: %w", slot.Name, lane, ro.Version, err)
+	}
+	return ro, nil
+}
+
+// failRollout handles a rollout of KV's settings that Nomad could not finish: the settings
+// that differ from what the slot's bound version runs are put back in KV (unless someone
+// changed them again meanwhile), and the lane is put back.
+func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *slotState, src source, cause error) error {
+	cause = fmt.Errorf("roll out %s to lane %s: %w", slot.Name, ss.Lane.Value, cause)
+	if ss.Version.Value == "" {
+		return cause
+	}
+	prev, err := a.jobVersion(ctx, jobID(cfg.Name, ss.Lane.Value), ss.version())
+	if err != nil {
+		return fmt.Errorf("%w; its settings were not put back: %v", cause, err)
+	}
+	base, err := a.render(cfg, ss.Lane.Value, src, laneState{Slot: slot.Name})
+	if err != nil {
+		return fmt.Errorf("%w; its settings were not put back: %v", cause, err)
+	}
+	back, keys := putBack(ss.settings(), laneEnv(prev, cfg.Service), laneEnv(base, cfg.Service))
+	note := ""
+	if len(keys) > 0 {
+		var ops consulapi.KVTxnOps
+		ops = append(ops, a.store.docOps(cfg.Name, slot.Name, kindSwappable, ss.Settings, back.Settings)...)
+		ops = append(ops, a.store.docOps(cfg.Name, slot.Name, kindSticky, ss.Sticky, back.Sticky)...)
+		_, err := a.store.txn(ops)
+		switch {
+		case errors.Is(err, errConflict):
+			note = fmt.Sprintf("; settings %s were changed again meanwhile and are rolled out next", strings.Join(keys, ", "))
+		case err != nil:
+			note = fmt.Sprintf("; putting settings %s back failed: %v", strings.Join(keys, ", "), err)
+		default:
+			note = fmt.Sprintf("; settings %s of %s put back to the values its lane ran", strings.Join(keys, ", "), slot.Name)
+		}
+	}
+	rctx, cancel := a.restoreContext()
+	defer cancel()
+	if _, err := a.restoreSlot(rctx, cfg, slot.Name, gateHealthy); err != nil {
+		return fmt.Errorf("%w%s; putting lane %s back failed too: %v", cause, note, ss.Lane.Value, err)
+	}
+	return fmt.Errorf("%w%s (lane %s put back)", cause, note, ss.Lane.Value)
+}
+
+// putBack returns settings that give a lane the environment prev again, changing as few keys
+// of cur as it can, and the keys it changed. base is the environment the jobspec alone gives.
+// A key that prev has from a setting but cur lacks (a deleted setting) comes back as sticky:
+// which kind it was is not known, and a sticky value never travels to another slot.
+func putBack(cur slotSettings, prev, base map[string]string) (slotSettings, []string) {
+	out := slotSettings{Settings: maps.Clone(cur.Settings), Sticky: maps.Clone(cur.Sticky)}
+	if out.Settings == nil {
+		out.Settings = map[string]string{}
+	}
+	if out.Sticky == nil {
+		out.Sticky = map[string]string{}
+	}
+	changed := map[string]bool{}
+	fix := func(m map[string]string, k string) {
+		pv, had := prev[k]
+		switch {
+		case !had:
+			delete(m, k)
+			changed[k] = true
+		case m[k] != pv:
+			m[k] = pv
+			changed[k] = true
+		}
+	}
+	for k := range cur.Sticky {
+		fix(out.Sticky, k)
+	}
+	for k := range cur.Settings {
+		if _, shadowed := cur.Sticky[k]; !shadowed {
+			fix(out.Settings, k)
+		}
+	}
+	for k, pv := range prev {
+		_, inSet := cur.Settings[k]
+		_, inSticky := cur.Sticky[k]
+		if inSet || inSticky || strings.HasPrefix(k, "SLOTD_") {
+			continue
+		}
+		if bv, ok := base[k]; ok && bv == pv {
+			continue
+		}
+		out.Sticky[k] = pv
+		changed[k] = true
+	}
+	keys := make([]string, 0, len(changed))
+	for k := range changed {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return out, keys
+}
+
+// restoreSlot puts a slot's lane back on what KV says for the slot: the bound version's app
+// with the slot's routes and settings. It is the one way slotd puts a lane back, after a
+// failed deploy, rollout or swap phase, and in recovery.
+func (a *Agent) restoreSlot(ctx context.Context, cfg *config.Site, slotName string, g gate) (rollout, error) {
+	slot := cfg.Slot(slotName)
+	if slot == nil {
+		return rollout{}, fmt.Errorf("slot %s is no longer declared", slotName)
+	}
+	st, err := a.store.loadSlots(cfg.Name, nil)
+	if err != nil {
+		return rollout{}, err
+	}
+	ss := st.slot(slotName)
+	src, err := a.submission(ctx, cfg, ss.Lane.Value, ss.version(), ss.Version.Value != "")
+	if err != nil {
+		return rollout{}, err
+	}
+	ro, err := a.ensureLane(ctx, cfg, ss.Lane.Value, src, steady(slot, ss.settings()), g)
+	if err != nil {
+		return ro, err
+	}
+	if _, err := a.store.txn(a.store.bindOps(cfg.Name, slotName, ss, ss.Lane.Value, ro.Version)); err != nil {
+		return ro, fmt.Errorf("bind %s to lane %s version %d: %w", slotName, ss.Lane.Value, ro.Version, err)
+	}
+	return ro, nil
+}
+
+// laneJob reads a lane's job as Nomad has it, or nil when there is none (or it is stopped).
+func (a *Agent) laneJob(ctx context.Context, cfg *config.Site, lane string) (*nomadapi.Job, error) {
+	job, _, err := a.nomad.Jobs().Info(jobID(cfg.Name, lane), (&nomadapi.QueryOptions{}).WithContext(ctx))
+	switch {
+	case isNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("read job %s: %w", jobID(cfg.Name, lane), err)
+	case job.Stop != nil && *job.Stop:
+		return nil, nil
+	}
+	return job, nil
+}
+
+// jobVersion reads one version of a job.
+func (a *Agent) jobVersion(ctx context.Context, id string, version uint64) (*nomadapi.Job, error) {
+	versions, _, _, err := a.nomad.Jobs().Versions(id, false, (&nomadapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("read versions of job %s: %w", id, err)
+	}
+	for _, v := range versions {
+		if v.Version != nil && *v.Version == version {
+			return v, nil
+		}
+	}
+	return nil, fmt.Errorf("job %s has no version %d any more", id, version)
+}
+
+// laneEnv is the environment a lane gives the tasks of the group that registers the site's
+// service (every task of it gets the same settings).
+func laneEnv(job *nomadapi.Job, service string) map[string]string {
+	for _, g := range job.TaskGroups {
+		for _, svc := range serviceBlocks(g) {
+			if svc.Name == service && len(g.Tasks) > 0 {
+				return maps.Clone(g.Tasks[0].Env)
+			}
+		}
+	}
+	return map[string]string{}
+}

@@ -1,0 +1,448 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
+)
+
+const (
+	// resyncEvery is how often an idle site is compared with Nomad and Consul even when no
+	// watch said anything changed: a safety net, not the way changes are noticed.
+	resyncEvery = 10 * time.Minute
+	// checkRetry is the pause before comparing again after a comparison failed.
+	checkRetry = 5 * time.Second
+	// checkTimeout bounds one comparison: a Nomad or Consul that hangs must not stop the
+	// site from ever comparing again.
+	checkTimeout = 2 * time.Minute
+	// convergeHold is the pause after a converge operation failed before the same lanes are
+	// tried again (doubling with each failure in a row, up to maxConvergeHold), so a lane that
+	// cannot be placed does not turn into a loop of failing operations.
+	convergeHold    = 30 * time.Second
+	maxConvergeHold = 10 * time.Minute
+)
+
+// triggerConverge marks the operations that the site starts itself to converge its lanes.
+const triggerConverge = "converge"
+
+// site owns one declared site: one goroutine (run) holds its state and makes every decision,
+// fed by events: leadership gained or lost, new declarations, the watches of KV, Nomad and
+// Consul, API requests, operations ending. Others read the published view only.
+//
+// While this daemon leads, the owner brings the site up (bind and seed in KV, take over an
+// operation left journaled), then keeps it converged: whenever the site is idle and something
+// observed changed, it compares every lane with what KV says and starts a converge operation
+// for the lanes that differ (DESIGN.md §3, "Recovery and convergence").
+type site struct {
+	a    *Agent
+	name string
+	log  hclog.Logger
+
+	calls   chan func()
+	changed chan struct{}
+	stopped chan struct{}
+
+	// Owned by run.
+	cfg         *config.Site
+	lead        context.Context // nil while this daemon does not lead
+	watchCancel context.CancelFunc
+	ready       bool
+	booting     bool
+	checking    bool
+	dirty       bool
+	running     *run
+	retry       *time.Timer
+	// failures counts converge operations that failed in a row; holdUntil is when the next
+	// may start.
+	failures  int
+	holdUntil time.Time
+
+	mu   sync.Mutex
+	view siteView
+}
+
+// siteView is what the owner publishes for readers on other goroutines.
+type siteView struct {
+	cfg     *config.Site
+	ready   bool
+	running *run
+}
+
+func newSite(a *Agent, cfg *config.Site) *site {
+	s := &site{
+		a: a, name: cfg.Name, log: a.logger.With("site", cfg.Name), cfg: cfg,
+		calls: make(chan func()), changed: make(chan struct{}, 1), stopped: make(chan struct{}),
+	}
+	s.publish()
+	return s
+}
+
+// snapshot returns the site's published state.
+func (s *site) snapshot() siteView {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.view
+}
+
+func (s *site) config() *config.Site { return s.snapshot().cfg }
+
+func (s *site) publish() {
+	s.mu.Lock()
+	s.view = siteView{cfg: s.cfg, ready: s.ready && s.lead != nil, running: s.running}
+	s.mu.Unlock()
+}
+
+// post runs fn on the owner goroutine; it returns false when the owner has stopped.
+func (s *site) post(fn func()) bool {
+	select {
+	case s.calls <- fn:
+		return true
+	case <-s.stopped:
+		return false
+	}
+}
+
+// do runs fn on the owner goroutine and returns its answer.
+func (s *site) do(fn func() (*api.Operation, error)) (*api.Operation, error) {
+	type answer struct {
+		op  *api.Operation
+		err error
+	}
+	ch := make(chan answer, 1)
+	if !s.post(func() { op, err := fn(); ch <- answer{op, err} }) {
+		return nil, fmt.Errorf("%w: site %s is no longer managed", errNotFound, s.name)
+	}
+	a := <-ch
+	return a.op, a.err
+}
+
+// poke tells the owner that something it observes may have changed.
+func (s *site) poke() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// run is the owner goroutine. It returns when ctx ends (the site was removed or the daemon
+// stops); an operation still running goes on and is journaled as usual.
+func (s *site) run(ctx context.Context) {
+	defer close(s.stopped)
+	defer s.unlead()
+	resync := time.NewTicker(resyncEvery)
+	defer resync.Stop()
+	for {
+		s.publish()
+		var lost <-chan struct{}
+		if s.lead != nil {
+			lost = s.lead.Done()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-lost:
+			s.unlead()
+		case fn := <-s.calls:
+			fn()
+		case <-s.changed:
+			s.dirty = true
+			s.check()
+		case <-resync.C:
+			s.dirty = true
+			s.check()
+		}
+	}
+}
+
+// setLead hands the site the context of a leadership: it ends when the lock is lost.
+func (s *site) setLead(lead context.Context) {
+	s.post(func() {
+		s.unlead()
+		s.lead = lead
+		var wctx context.Context
+		wctx, s.watchCancel = context.WithCancel(lead)
+		s.watch(wctx)
+		s.boot()
+	})
+}
+
+// unlead stops the site's watches; its running operation stops at its next phase boundary
+// (run.phase checks the leadership).
+func (s *site) unlead() {
+	if s.watchCancel != nil {
+		s.watchCancel()
+		s.watchCancel = nil
+	}
+	s.lead, s.ready, s.booting, s.checking = nil, false, false, false
+	if s.retry != nil {
+		s.retry.Stop()
+	}
+}
+
+// setConfig takes new declarations of the site (a reload): added slots are bound and seeded,
+// and changed routes or settings reach the lanes through convergence.
+func (s *site) setConfig(cfg *config.Site) {
+	s.post(func() {
+		s.cfg = cfg
+		if s.lead != nil {
+			s.ready = false
+			s.boot()
+		}
+	})
+}
+
+// later runs fn on the owner after d, unless the leadership it was planned under ended.
+func (s *site) later(d time.Duration, fn func()) {
+	lead := s.lead
+	if s.retry != nil {
+		s.retry.Stop()
+	}
+	s.retry = time.AfterFunc(d, func() {
+		s.post(func() {
+			if s.lead == lead && lead != nil {
+				fn()
+			}
+		})
+	})
+}
+
+// boot brings the site up in KV: lanes bound, settings seeded and migrated; then takes over an
+// operation that a stopped daemon left journaled, or compares the lanes.
+func (s *site) boot() {
+	if s.lead == nil || s.booting {
+		return
+	}
+	s.booting = true
+	lead, cfg := s.lead, s.cfg
+	attempt := 0
+	var try func()
+	try = func() {
+		attempt++
+		go func() {
+			op, err := s.a.bootstrap(lead, cfg)
+			s.post(func() {
+				if s.lead != lead {
+					return
+				}
+				if err != nil {
+					s.log.Error("site not ready", "error", err, "attempt", attempt)
+					s.later(backoff(attempt+2), try)
+					return
+				}
+				s.booting, s.ready = false, true
+				s.log.Info("site ready")
+				if op != nil && s.running == nil {
+					s.resume(op)
+					return
+				}
+				s.dirty = true
+				s.check()
+			})
+		}()
+	}
+	try()
+}
+
+// check compares the lanes with KV when the site is idle and something may have changed, and
+// starts a converge operation for the slots whose lanes differ.
+func (s *site) check() {
+	if s.lead == nil || !s.ready || s.running != nil || s.checking || !s.dirty {
+		return
+	}
+	if wait := time.Until(s.holdUntil); wait > 0 {
+		s.later(wait, s.check)
+		return
+	}
+	s.checking, s.dirty = true, false
+	lead, cfg := s.lead, s.cfg
+	go func() {
+		ctx, cancel := context.WithTimeout(lead, checkTimeout)
+		slots, err := s.a.differing(ctx, cfg)
+		cancel()
+		s.post(func() {
+			if s.lead != lead {
+				return
+			}
+			s.checking = false
+			switch {
+			case err != nil:
+				s.log.Warn("cannot compare the lanes with kv", "error", err)
+				s.dirty = true
+				s.later(checkRetry, s.check)
+			case len(slots) > 0 && s.running == nil:
+				s.log.Info("lanes differ from kv; converging", "slots", fmt.Sprint(slots))
+				op := &api.Operation{Kind: api.KindSettings, Trigger: triggerConverge}
+				if _, err := s.startOp(op, []string{api.PhaseRollout}, s.a.convergeOp(cfg, slots)); err != nil {
+					s.log.Warn("cannot start converging", "error", err)
+				}
+			default:
+				s.check()
+			}
+		})
+	}()
+}
+
+// startOp journals op as the site's running operation and carries it out in the background.
+// It refuses while another operation runs, except a swap that only monitors: a new operation
+// ends that monitoring early, with no rollback. Runs on the owner.
+func (s *site) startOp(op *api.Operation, phases []string, fn opFunc) (*api.Operation, error) {
+	a := s.a
+	if s.lead == nil || !a.isLeader() {
+		return nil, errNotLeader
+	}
+	if !s.ready {
+		return nil, fmt.Errorf("%w: site %s is still starting", errBusy, s.name)
+	}
+	if r := s.running; r != nil {
+		if err := r.endMonitor(); err != nil {
+			return nil, err
+		}
+		s.running = nil
+	}
+	now := time.Now().UTC()
+	op.ID, op.Site, op.State = newID(), s.name, api.StatePending
+	op.CreatedAt, op.UpdatedAt = now, now
+	for _, p := range phases {
+		op.Phases = append(op.Phases, api.Phase{Name: p, State: api.PhasePending})
+	}
+	if err := a.store.createOperation(op); err != nil {
+		if errors.Is(err, errBusy) {
+			return nil, fmt.Errorf("%w: another operation is journaled in consul for site %s", errBusy, s.name)
+		}
+		return nil, err
+	}
+	a.metrics.opsStarted.WithLabelValues(s.name, op.Kind).Inc()
+	s.log.Info("operation started", "op", op.ID, "kind", op.Kind, "trigger", op.Trigger)
+	s.execute(op, fn)
+	return a.ops.get(op.ID), nil
+}
+
+// resume takes over an operation that a stopped daemon left journaled.
+func (s *site) resume(op *api.Operation) {
+	s.log.Info("recovering operation", "op", op.ID, "kind", op.Kind, "state", op.State)
+	s.execute(op, s.a.recoverOp(s.cfg, op))
+}
+
+// execute runs fn as op's run in the background; the owner hears when it ended.
+func (s *site) execute(op *api.Operation, fn opFunc) {
+	r := s.a.newRun(s, op)
+	s.running = r
+	go func() {
+		r.execute(fn)
+		s.post(func() { s.ended(r) })
+	}()
+}
+
+// ended is the owner's part of an operation's end: the site is idle again, so the follow-up
+// the operation asked for starts, or the lanes are compared with KV.
+func (s *site) ended(r *run) {
+	if s.running == r {
+		s.running = nil
+	}
+	if r.op.Trigger == triggerConverge {
+		if r.op.State == api.StateFailed {
+			s.failures++
+			hold := min(convergeHold<<min(s.failures-1, 5), maxConvergeHold)
+			s.holdUntil = time.Now().Add(hold)
+			s.log.Warn("converging failed; trying again later", "in", hold, "error", r.op.Error)
+		} else {
+			s.failures, s.holdUntil = 0, time.Time{}
+		}
+	}
+	if r.after != nil && s.running == nil {
+		r.after(s)
+	}
+	s.dirty = true
+	s.check()
+}
+
+// watch follows, while the site leads, everything its lanes depend on: the slots in KV, the
+// lane jobs in Nomad and the instances in Consul. Each change pokes the owner.
+func (s *site) watch(ctx context.Context) {
+	a, name := s.a, s.name
+	count := func(w string) func() {
+		c := a.metrics.watchRequests.WithLabelValues(name, w)
+		return c.Inc
+	}
+	warn := func(w string) func(error) {
+		return func(err error) { s.log.Warn("watch failed", "watch", w, "error", err) }
+	}
+	changed := func(uint64) bool { s.poke(); return false }
+	lanesSeen := ""
+	go a.follow(ctx, followOpts{backend: "consul", wait: idleWait, gap: watchGap, count: count("kv"), onError: warn("kv")},
+		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+			st, err := a.store.loadSlots(name, (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx))
+			if err != nil {
+				return 0, err
+			}
+			return st.Index, nil
+		}, changed)
+	go a.follow(ctx, followOpts{backend: "nomad", wait: idleWait, gap: watchGap, count: count("nomad"), onError: warn("nomad")},
+		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+			q := (&nomadapi.QueryOptions{Prefix: name + "-", WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+			stubs, meta, err := a.nomad.Jobs().List(q)
+			if err != nil {
+				return 0, err
+			}
+			// The index is Nomad's whole job table: poke only when this site's lanes changed.
+			if sum := jobsDigest(stubs); sum != lanesSeen {
+				lanesSeen = sum
+				s.poke()
+			}
+			return meta.LastIndex, nil
+		}, func(uint64) bool { return false })
+	go a.follow(ctx, followOpts{backend: "consul", wait: idleWait, gap: watchGap, count: count("consul"), onError: warn("consul")},
+		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+			cfg := s.config()
+			entries, idx, err := a.siteEntries(ctx, cfg, index, wait)
+			if err != nil {
+				return 0, err
+			}
+			a.countInstances(cfg, entries)
+			return idx, nil
+		}, changed)
+}
+
+// countInstances keeps the per-slot instance gauges current.
+func (a *Agent) countInstances(cfg *config.Site, entries []*consulapi.ServiceEntry) {
+	st, err := a.store.loadSlots(cfg.Name, nil)
+	if err != nil {
+		return
+	}
+	for _, slot := range cfg.Slots {
+		lane := st.slot(slot.Name).Lane.Value
+		pass, fail := 0, 0
+		for _, e := range entries {
+			if e.Service.Meta[metaLane] != lane {
+				continue
+			}
+			if e.Checks.AggregatedStatus() == consulapi.HealthPassing {
+				pass++
+			} else {
+				fail++
+			}
+		}
+		a.metrics.instances.WithLabelValues(cfg.Name, slot.Name, "passing").Set(float64(pass))
+		a.metrics.instances.WithLabelValues(cfg.Name, slot.Name, "failing").Set(float64(fail))
+	}
+}
+
+// jobsDigest sums up what of a list of jobs matters to a site: which exist, in which
+// version and status.
+func jobsDigest(stubs []*nomadapi.JobListStub) string {
+	var b strings.Builder
+	for _, j := range stubs {
+		fmt.Fprintf(&b, "%s/%d/%s/%t;", j.ID, j.JobModifyIndex, j.Status, j.Stop)
+	}
+	return b.String()
+}
