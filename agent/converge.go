@@ -228,7 +228,8 @@ func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.
 }
 
 // putBack returns settings that give a lane the environment prev again, changing as few keys
-// of cur as it can, and the keys it changed. base is the environment the jobspec alone gives.
+// of cur as it can, and the keys it changed. base is the environment the jobspec alone gives:
+// a key whose previous value is the jobspec's own was no setting, so it goes.
 // A key that prev has from a setting but cur lacks (a deleted setting) comes back as sticky:
 // which kind it was is not known, and a sticky value never travels to another slot.
 func putBack(cur slotSettings, prev, base map[string]string) (slotSettings, []string) {
@@ -242,8 +243,10 @@ func putBack(cur slotSettings, prev, base map[string]string) (slotSettings, []st
 	changed := map[string]bool{}
 	fix := func(m map[string]string, k string) {
 		pv, had := prev[k]
+		bv, inBase := base[k]
 		switch {
-		case !had:
+		case !had || inBase && bv == pv:
+			// The lane ran no such setting (what it had came from the jobspec itself).
 			delete(m, k)
 			changed[k] = true
 		case m[k] != pv:

@@ -119,6 +119,13 @@ func TestPutBack(t *testing.T) {
 			wantChange: []string{"APP_VERSION"},
 		},
 		{
+			name:       "a new setting over the jobspec's own variable is removed",
+			cur:        slotSettings{Settings: map[string]string{"APP_VERSION": "bad"}, Sticky: map[string]string{}},
+			prev:       map[string]string{"APP_VERSION": "v1"},
+			want:       slotSettings{Settings: map[string]string{}, Sticky: map[string]string{}},
+			wantChange: []string{"APP_VERSION"},
+		},
+		{
 			name:       "nothing to put back",
 			cur:        slotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"B": "2"}},
 			prev:       map[string]string{"A": "1", "B": "2", "APP_VERSION": "v1"},

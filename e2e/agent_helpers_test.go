@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -30,6 +31,11 @@ type siteSpec struct {
 	monitor  string            // the body of the monitor block; empty: a 1s window
 	autoSwap bool              // staging auto-swaps into production
 	token    string
+	// settings and sticky declare further swappable and sticky settings, by slot name, besides
+	// each slot's FEATURE and DB.
+	settings map[string]map[string]string
+	sticky   map[string]map[string]string
+	slots    string // raw HCL of further slot blocks inside the site block
 }
 
 // hosts of a site's slots, as Fabio routes them.
@@ -71,6 +77,11 @@ func (s siteSpec) hcl(t testing.TB, stack *Stack, httpAddr string) string {
 	if s.autoSwap {
 		autoSwap = `auto_swap = "production"`
 	}
+	declared := func(kind map[string]map[string]string, slot, key, value string) string {
+		m := map[string]string{key: value}
+		maps.Copy(m, kind[slot])
+		return hclObject(m)
+	}
 	tokenFile := ""
 	if s.token != "" {
 		p := filepath.Join(t.TempDir(), "token")
@@ -100,17 +111,34 @@ site %[1]q {
   slot "production" {
     tags         = ["urlprefix-%[1]s-production.test/"]
     preview_tags = ["urlprefix-%[1]s-production-preview.test/"]
-    settings     = { FEATURE = "prod-feature" }
-    sticky       = { DB = "prod-db" }
+    settings     = %[11]s
+    sticky       = %[12]s
   }
   slot "staging" {
     tags     = ["urlprefix-%[1]s-staging.test/"]
-    settings = { FEATURE = "staging-feature" }
-    sticky   = { DB = "staging-db" }
+    settings = %[13]s
+    sticky   = %[14]s
     %[9]s
   }
+  %[15]s
 }
-`, s.name, httpAddr, stack.ConsulAddr, stack.NomadAddr, TestAppJobspec(), vb.String(), warmup, monitor, autoSwap, tokenFile)
+`, s.name, httpAddr, stack.ConsulAddr, stack.NomadAddr, TestAppJobspec(), vb.String(), warmup, monitor, autoSwap, tokenFile,
+		declared(s.settings, "production", "FEATURE", "prod-feature"), declared(s.sticky, "production", "DB", "prod-db"),
+		declared(s.settings, "staging", "FEATURE", "staging-feature"), declared(s.sticky, "staging", "DB", "staging-db"),
+		s.slots)
+}
+
+// hclObject renders a map of strings as an HCL object, keys in order: on one line when short,
+// one item a line when long.
+func hclObject(m map[string]string) string {
+	items := make([]string, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		items = append(items, fmt.Sprintf("%s = %q", k, m[k]))
+	}
+	if len(items) <= 4 {
+		return "{ " + strings.Join(items, ", ") + " }"
+	}
+	return "{\n      " + strings.Join(items, "\n      ") + "\n    }"
 }
 
 // daemon is an in-process slotd agent of a test.
