@@ -36,6 +36,7 @@ type Agent struct {
 	consul     *consulapi.Client
 	nomad      *nomadapi.Client
 	store      *store
+	lanes      laneOps
 	metrics    *metrics
 	ops        *opRegistry
 	httpClient *http.Client
@@ -106,6 +107,7 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 	for _, sc := range cfg.Sites {
 		a.sites[sc.Name] = newSite(a, sc)
 	}
+	a.lanes = a
 	a.server = a.newServer()
 	return a, nil
 }

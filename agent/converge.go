@@ -78,7 +78,7 @@ func (a *Agent) differing(ctx context.Context, cfg *config.Site) ([]string, erro
 			out = append(out, slot.Name)
 			continue
 		}
-		src, err := a.submission(ctx, cfg, ss.Lane.Value, ss.version(), true)
+		src, err := a.lanes.submission(ctx, cfg, ss.Lane.Value, ss.version(), true)
 		if err != nil {
 			return nil, err
 		}
@@ -171,12 +171,12 @@ func routeTag(cfg *config.Site, t string) bool {
 // binds the slot to the version that does.
 func (a *Agent) rollOut(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *slotState) (rollout, error) {
 	lane := ss.Lane.Value
-	src, err := a.submission(ctx, cfg, lane, ss.version(), ss.Version.Value != "")
+	src, err := a.lanes.submission(ctx, cfg, lane, ss.version(), ss.Version.Value != "")
 	if err != nil {
 		return rollout{}, err
 	}
 	dctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
-	ro, err := a.ensureLane(dctx, cfg, lane, src, steady(slot, ss.settings()), gateHealthy)
+	ro, err := a.lanes.ensureLane(dctx, cfg, lane, src, steady(slot, ss.settings()), gateHealthy)
 	cancel()
 	if err != nil {
 		return ro, a.failRollout(ctx, cfg, slot, ss, src, err)
@@ -295,11 +295,11 @@ func (a *Agent) restoreSlot(ctx context.Context, cfg *config.Site, slotName stri
 		return rollout{}, err
 	}
 	ss := st.slot(slotName)
-	src, err := a.submission(ctx, cfg, ss.Lane.Value, ss.version(), ss.Version.Value != "")
+	src, err := a.lanes.submission(ctx, cfg, ss.Lane.Value, ss.version(), ss.Version.Value != "")
 	if err != nil {
 		return rollout{}, err
 	}
-	ro, err := a.ensureLane(ctx, cfg, ss.Lane.Value, src, steady(slot, ss.settings()), g)
+	ro, err := a.lanes.ensureLane(ctx, cfg, ss.Lane.Value, src, steady(slot, ss.settings()), g)
 	if err != nil {
 		return ro, err
 	}

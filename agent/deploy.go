@@ -30,7 +30,7 @@ func (a *Agent) deployOp(cfg *config.Site, slotName string, vars map[string]stri
 			}
 			dctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
 			defer cancel()
-			ro, err := a.ensureLane(dctx, cfg, s.Lane.Value, app, steady(slot, s.settings()), gateHealthy)
+			ro, err := a.lanes.ensureLane(dctx, cfg, s.Lane.Value, app, steady(slot, s.settings()), gateHealthy)
 			if err != nil {
 				return a.putSlotBack(cfg, slotName, err)
 			}

@@ -27,6 +27,16 @@ const (
 
 func jobID(site, lane string) string { return site + "-" + lane }
 
+// laneOps is what operations need of Nomad and Consul to move lanes: the seam where unit
+// tests of the swap, its resume and its restore paths put a fake.
+type laneOps interface {
+	ensureLane(ctx context.Context, site *config.Site, lane string, src source, want laneState, g gate) (rollout, error)
+	submission(ctx context.Context, site *config.Site, lane string, version uint64, bound bool) (source, error)
+	laneEntries(ctx context.Context, site *config.Site, lane string, index uint64, wait time.Duration) ([]*consulapi.ServiceEntry, uint64, error)
+}
+
+var _ laneOps = (*Agent)(nil)
+
 // source is what a lane's app is made of: the jobspec text and its variables. Nomad keeps it
 // with every job version as the job's submission, so a lane can be re-rendered with other tags
 // or settings without picking up a jobspec file that changed on disk since it was deployed.

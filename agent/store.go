@@ -26,11 +26,20 @@ const (
 // errConflict is a check-and-set that lost: someone changed the keys since they were read.
 var errConflict = errors.New("consul kv changed concurrently")
 
+// kvAPI is what the store needs of Consul's KV: a seam for unit tests of the swap.
+type kvAPI interface {
+	List(prefix string, q *consulapi.QueryOptions) (consulapi.KVPairs, *consulapi.QueryMeta, error)
+	Get(key string, q *consulapi.QueryOptions) (*consulapi.KVPair, *consulapi.QueryMeta, error)
+	Txn(ops consulapi.KVTxnOps, q *consulapi.QueryOptions) (bool, *consulapi.KVTxnResponse, *consulapi.QueryMeta, error)
+}
+
+var _ kvAPI = (*consulapi.KV)(nil)
+
 // store keeps a site's state in Consul KV under the layout of DESIGN.md §4. A slot's settings
 // are one JSON document per kind (…/slots/<slot>/settings and …/sticky), so exchanging any
 // number of them is two operations of one transaction.
 type store struct {
-	kv     *consulapi.KV
+	kv     kvAPI
 	prefix string
 }
 
@@ -103,16 +112,6 @@ func (st *siteState) slot(name string) *slotState {
 		st.Slots[name] = s
 	}
 	return s
-}
-
-// slotOfLane returns the slot that lane is bound to, or "".
-func (st *siteState) slotOfLane(lane string) string {
-	for name, s := range st.Slots {
-		if s.Lane.Value == lane {
-			return name
-		}
-	}
-	return ""
 }
 
 // loadSlots reads every slot of a site. With a WaitIndex in q it blocks until the tree changes.

@@ -74,10 +74,10 @@ func (w *swap) load(ctx context.Context) error {
 		w.src, w.tgt = s.settings(), t.settings()
 	}
 	w.srcLane, w.tgtLane = s.Lane.Value, t.Lane.Value
-	if w.srcApp, err = w.a.submission(ctx, w.site, w.srcLane, s.version(), true); err != nil {
+	if w.srcApp, err = w.a.lanes.submission(ctx, w.site, w.srcLane, s.version(), true); err != nil {
 		return err
 	}
-	if w.tgtApp, err = w.a.submission(ctx, w.site, w.tgtLane, t.version(), true); err != nil {
+	if w.tgtApp, err = w.a.lanes.submission(ctx, w.site, w.tgtLane, t.version(), true); err != nil {
 		return err
 	}
 	return nil
@@ -106,7 +106,7 @@ func (w *swap) runPhases(ctx context.Context) error {
 		if err := w.phase(api.PhaseWarm, api.StateWarming, func() error { return w.warm(ctx) }); err != nil {
 			return w.restoreSource(err)
 		}
-			if err := w.phase(api.PhaseSwitch, api.StateSwitching, func() error { return w.switchSlots(ctx) }); err != nil {
+		if err := w.phase(api.PhaseSwitch, api.StateSwitching, func() error { return w.switchSlots(ctx) }); err != nil {
 			return err
 		}
 	}
@@ -130,7 +130,7 @@ func (w *swap) done(name string) bool {
 func (w *swap) apply(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
-	ro, err := w.a.ensureLane(ctx, w.site, w.srcLane, w.srcApp, applied(w.target, w.src, w.tgt), gateHealthy)
+	ro, err := w.a.lanes.ensureLane(ctx, w.site, w.srcLane, w.srcApp, applied(w.target, w.src, w.tgt), gateHealthy)
 	if err != nil {
 		return err
 	}
@@ -165,7 +165,7 @@ func (w *swap) preview(ctx context.Context) error {
 
 // warm sends the site's warm-up requests to every instance of the source lane, directly.
 func (w *swap) warm(ctx context.Context) error {
-	entries, _, err := w.a.laneEntries(ctx, w.site, w.srcLane, 0, 0)
+	entries, _, err := w.a.lanes.laneEntries(ctx, w.site, w.srcLane, 0, 0)
 	if err != nil {
 		return err
 	}
@@ -186,12 +186,12 @@ func (w *swap) warm(ctx context.Context) error {
 func (w *swap) switchSlots(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
-	made, err := w.a.ensureLane(ctx, w.site, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt), gateHealthy)
+	made, err := w.a.lanes.ensureLane(ctx, w.site, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt), gateHealthy)
 	if err != nil {
 		return w.restoreSource(fmt.Errorf("give lane %s the routes of %s: %w", w.srcLane, w.target.Name, err))
 	}
 	w.tgtSick = w.a.laneSick(ctx, w.site, w.tgtLane)
-	broken, err := w.a.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt), gateTags)
+	broken, err := w.a.lanes.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt), gateTags)
 	if err != nil {
 		return w.restoreBoth(fmt.Errorf("take the routes of %s off lane %s: %w", w.target.Name, w.tgtLane, err))
 	}
@@ -272,7 +272,7 @@ func (w *swap) settle(ctx context.Context) error {
 		// routes. It takes the source's settings and routes as Nomad replaces its instances.
 		g = gateNone
 	}
-	ro, err := w.a.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, want, g)
+	ro, err := w.a.lanes.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, want, g)
 	if err != nil {
 		return fmt.Errorf("settle lane %s into %s: %w", w.tgtLane, w.source.Name, err)
 	}
@@ -350,7 +350,7 @@ func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, window time.D
 			if !badSince.IsZero() {
 				wait = time.Second // look again when the grace period may have run out
 			}
-			entries, idx, err := w.a.laneEntries(ctx, w.site, w.srcLane, index, wait)
+			entries, idx, err := w.a.lanes.laneEntries(ctx, w.site, w.srcLane, index, wait)
 			if err != nil {
 				return 0, err
 			}
@@ -386,7 +386,7 @@ func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, window time.D
 // instanceCount is how many instances the target lane has as the monitor starts; fewer
 // instances than that later counts as unhealthy.
 func (w *swap) instanceCount(ctx context.Context) int {
-	entries, _, err := w.a.laneEntries(ctx, w.site, w.srcLane, 0, 0)
+	entries, _, err := w.a.lanes.laneEntries(ctx, w.site, w.srcLane, 0, 0)
 	if err != nil {
 		return 0
 	}
@@ -426,7 +426,7 @@ func (a *Agent) restoreContext() (context.Context, context.CancelFunc) {
 
 // laneSick reports whether any instance of a lane fails its checks now.
 func (a *Agent) laneSick(ctx context.Context, site *config.Site, lane string) bool {
-	entries, _, err := a.laneEntries(ctx, site, lane, 0, 0)
+	entries, _, err := a.lanes.laneEntries(ctx, site, lane, 0, 0)
 	if err != nil {
 		return false
 	}

@@ -1,0 +1,346 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
+)
+
+// fakeKV is Consul's KV in memory: check-and-set transactions, all or nothing.
+type fakeKV struct {
+	mu    sync.Mutex
+	index uint64
+	pairs map[string]*consulapi.KVPair
+	// fail, if set, refuses a transaction with the error it returns.
+	fail func(consulapi.KVTxnOps) error
+}
+
+var _ kvAPI = (*fakeKV)(nil)
+
+func newFakeKV() *fakeKV { return &fakeKV{index: 10, pairs: map[string]*consulapi.KVPair{}} }
+
+func (f *fakeKV) List(prefix string, _ *consulapi.QueryOptions) (consulapi.KVPairs, *consulapi.QueryMeta, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out consulapi.KVPairs
+	for k, p := range f.pairs {
+		if strings.HasPrefix(k, prefix) {
+			c := *p
+			out = append(out, &c)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, &consulapi.QueryMeta{LastIndex: f.index}, nil
+}
+
+func (f *fakeKV) Get(key string, _ *consulapi.QueryOptions) (*consulapi.KVPair, *consulapi.QueryMeta, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := f.pairs[key]
+	if !ok {
+		return nil, &consulapi.QueryMeta{LastIndex: f.index}, nil
+	}
+	c := *p
+	return &c, &consulapi.QueryMeta{LastIndex: f.index}, nil
+}
+
+func (f *fakeKV) Txn(ops consulapi.KVTxnOps, _ *consulapi.QueryOptions) (bool, *consulapi.KVTxnResponse, *consulapi.QueryMeta, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		if err := f.fail(ops); err != nil {
+			return false, nil, nil, err
+		}
+	}
+	resp := &consulapi.KVTxnResponse{}
+	for i, op := range ops {
+		cur, exists := f.pairs[op.Key]
+		var have uint64
+		if exists {
+			have = cur.ModifyIndex
+		}
+		if (op.Verb == consulapi.KVCAS || op.Verb == consulapi.KVDeleteCAS) && have != op.Index {
+			resp.Errors = append(resp.Errors, &consulapi.TxnError{OpIndex: i, What: "index mismatch on " + op.Key})
+		}
+	}
+	if len(resp.Errors) > 0 {
+		return false, resp, &consulapi.QueryMeta{}, nil
+	}
+	f.index++
+	for _, op := range ops {
+		switch op.Verb {
+		case consulapi.KVCAS, consulapi.KVSet:
+			f.pairs[op.Key] = &consulapi.KVPair{Key: op.Key, Value: op.Value, ModifyIndex: f.index}
+			resp.Results = append(resp.Results, &consulapi.KVPair{Key: op.Key, ModifyIndex: f.index})
+		case consulapi.KVDeleteCAS, consulapi.KVDelete:
+			delete(f.pairs, op.Key)
+		}
+	}
+	return true, resp, &consulapi.QueryMeta{}, nil
+}
+
+func (f *fakeKV) put(key, value string) {
+	_, _, _, _ = f.Txn(consulapi.KVTxnOps{{Verb: consulapi.KVSet, Key: key, Value: []byte(value)}}, nil)
+}
+
+func (f *fakeKV) value(key string) string {
+	p, _, _ := f.Get(key, nil)
+	if p == nil {
+		return ""
+	}
+	return string(p.Value)
+}
+
+// fakeLanes records every lane move an operation asks for and answers as Nomad and Consul
+// would when it goes well; fail picks the moves that fail instead.
+type fakeLanes struct {
+	mu       sync.Mutex
+	calls    []string
+	versions map[string]uint64
+	fail     func(call string) bool
+	// instance is where every instance of every lane answers warm-up requests; "" for none.
+	instance string
+}
+
+var _ laneOps = (*fakeLanes)(nil)
+
+func gateName(g gate) string {
+	return map[gate]string{gateHealthy: "healthy", gateTags: "tags", gateNone: "none"}[g]
+}
+
+func (f *fakeLanes) ensureLane(_ context.Context, _ *config.Site, lane string, _ source, want laneState, g gate) (rollout, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	call := fmt.Sprintf("%s as %s [%s] DB=%s FEATURE=%s %s", lane, want.Slot, strings.Join(want.Tags, " "), want.Env["DB"], want.Env["FEATURE"], gateName(g))
+	f.calls = append(f.calls, call)
+	if f.fail != nil && f.fail(call) {
+		return rollout{}, errors.New("nomad says no")
+	}
+	f.versions[lane]++
+	return rollout{Version: f.versions[lane]}, nil
+}
+
+func (f *fakeLanes) submission(context.Context, *config.Site, string, uint64, bool) (source, error) {
+	return source{Source: "job {}"}, nil
+}
+
+func (f *fakeLanes) laneEntries(_ context.Context, _ *config.Site, lane string, _ uint64, _ time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
+	if f.instance == "" {
+		return nil, 1, nil
+	}
+	host, port, _ := net.SplitHostPort(f.instance)
+	p, _ := strconv.Atoi(port)
+	return []*consulapi.ServiceEntry{{
+		Node:    &consulapi.Node{Address: host},
+		Service: &consulapi.AgentService{ID: "_nomad-task-" + lane, Address: host, Port: p, Meta: map[string]string{metaLane: lane}},
+		Checks:  consulapi.HealthChecks{{Status: consulapi.HealthPassing}},
+	}}, 1, nil
+}
+
+func testSite() *config.Site {
+	return &config.Site{
+		Name: "web", Service: "web", DeployTimeout: time.Minute,
+		Warmup: &config.Warmup{Paths: []string{"/"}, Attempts: 1, Timeout: time.Second},
+		Slots: []*config.Slot{
+			{Name: "production", Tags: []string{"urlprefix-www/"}, PreviewTags: []string{"urlprefix-preview/"}},
+			{Name: "staging", Tags: []string{"urlprefix-staging/"}},
+		},
+	}
+}
+
+// kvSlots writes production on lane a and staging on lane b, or the other way round.
+func kvSlots(kv *fakeKV, exchanged bool) {
+	prodLane, stagingLane := "a", "b"
+	prodFeature, stagingFeature := "prod-feature", "staging-feature"
+	if exchanged {
+		prodLane, stagingLane = "b", "a"
+		prodFeature, stagingFeature = stagingFeature, prodFeature
+	}
+	kv.put("slotd/sites/web/slots/production/lane", prodLane)
+	kv.put("slotd/sites/web/slots/production/version", "3")
+	kv.put("slotd/sites/web/slots/production/settings", `{"FEATURE": "`+prodFeature+`"}`)
+	kv.put("slotd/sites/web/slots/production/sticky", `{"DB": "prod-db"}`)
+	kv.put("slotd/sites/web/slots/staging/lane", stagingLane)
+	kv.put("slotd/sites/web/slots/staging/version", "5")
+	kv.put("slotd/sites/web/slots/staging/settings", `{"FEATURE": "`+stagingFeature+`"}`)
+	kv.put("slotd/sites/web/slots/staging/sticky", `{"DB": "staging-db"}`)
+}
+
+// phased returns a swap operation whose phases have the given states, in swapPhases order.
+func phased(states ...string) *api.Operation {
+	op := &api.Operation{ID: "op-test", Site: "web", Kind: api.KindSwap, Source: "staging", Target: "production", State: api.StatePending}
+	for i, p := range swapPhases {
+		st := api.PhasePending
+		if i < len(states) {
+			st = states[i]
+		}
+		op.Phases = append(op.Phases, api.Phase{Name: p, State: st})
+	}
+	return op
+}
+
+// The lane moves of a swap of staging (lane b) into production (lane a), by name.
+const (
+	applyB   = "b as production [urlprefix-preview/] DB=prod-db FEATURE=staging-feature healthy"
+	makeB    = "b as production [production urlprefix-www/] DB=prod-db FEATURE=staging-feature healthy"
+	breakA   = "a as production [] DB=prod-db FEATURE=prod-feature tags"
+	settleA  = "a as staging [staging urlprefix-staging/] DB=staging-db FEATURE=prod-feature healthy"
+	restoreA = "a as production [production urlprefix-www/] DB=prod-db FEATURE=prod-feature tags"
+	restoreB = "b as staging [staging urlprefix-staging/] DB=staging-db FEATURE=staging-feature healthy"
+)
+
+// TestSwapResumeAndRestore runs the swap, its resume after a stop and its restore paths against
+// a KV in memory and fake lanes: which lane moves to which state, in which order, and what KV
+// binds afterwards. Make before break shows as order: a lane gets its routes back before the
+// other loses them.
+func TestSwapResumeAndRestore(t *testing.T) {
+	tests := []struct {
+		name      string
+		op        *api.Operation
+		exchanged bool // KV already holds the exchanged bindings
+		recover   bool // run as the next leader's recovery of op
+		noWarm    bool // the lane has no instance that answers warm-up
+		failLane  func(call string) bool
+		failTxn   func(consulapi.KVTxnOps) error
+		wantCalls []string
+		wantErr   string
+		wantProd  string // the lane production is bound to afterwards
+	}{
+		{
+			name:      "a whole swap",
+			op:        phased(),
+			wantCalls: []string{applyB, makeB, breakA, settleA},
+			wantProd:  "b",
+		},
+		{
+			name:      "resumed after a stop between apply and warm",
+			op:        phased(api.PhaseSucceeded),
+			recover:   true,
+			wantCalls: []string{makeB, breakA, settleA},
+			wantProd:  "b",
+		},
+		{
+			name: "resumed after the exchange: only settle is left",
+			op: func() *api.Operation {
+				o := phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseSucceeded)
+				o.Switched = true
+				return o
+			}(),
+			exchanged: true,
+			recover:   true,
+			wantCalls: []string{settleA},
+			wantProd:  "b",
+		},
+		{
+			name:      "a crash inside apply is undone, the target's lane first",
+			op:        phased(api.PhaseRunning),
+			recover:   true,
+			wantCalls: []string{restoreA, restoreB},
+			wantErr:   "interrupted in state",
+			wantProd:  "a",
+		},
+		{
+			name:      "a crash inside the switch before the exchange gives production its routes back first",
+			op:        phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseRunning),
+			recover:   true,
+			wantCalls: []string{restoreA, restoreB},
+			wantErr:   "interrupted in state",
+			wantProd:  "a",
+		},
+		{
+			name:      "warm-up fails: the source lane is put back, production untouched",
+			op:        phased(),
+			noWarm:    true,
+			wantCalls: []string{applyB, restoreB},
+			wantErr:   "no instances",
+			wantProd:  "a",
+		},
+		{
+			name:      "the break fails: production's lane gets its routes back before the source lane loses them",
+			op:        phased(),
+			failLane:  func(c string) bool { return c == breakA },
+			wantCalls: []string{applyB, makeB, breakA, restoreA, restoreB},
+			wantErr:   "take the routes of production off lane a",
+			wantProd:  "a",
+		},
+		{
+			name: "the exchange fails: routes back to production's lane first",
+			op:   phased(),
+			failTxn: func(ops consulapi.KVTxnOps) error {
+				for _, op := range ops {
+					if op.Key == "slotd/sites/web/slots/production/lane" && string(op.Value) == "b" {
+						return errors.New("consul is away")
+					}
+				}
+				return nil
+			},
+			wantCalls: []string{applyB, makeB, breakA, restoreA, restoreB},
+			wantErr:   "exchange the bindings",
+			wantProd:  "a",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+			defer app.Close()
+			kv := newFakeKV()
+			kvSlots(kv, tc.exchanged)
+			lanes := &fakeLanes{versions: map[string]uint64{"a": 10, "b": 20}, fail: tc.failLane}
+			if !tc.noWarm {
+				lanes.instance = strings.TrimPrefix(app.URL, "http://")
+			}
+			a := &Agent{
+				logger: hclog.NewNullLogger(), store: &store{kv: kv, prefix: "slotd"}, lanes: lanes,
+				metrics: newMetrics(), ops: newOpRegistry(), httpClient: app.Client(),
+				stopCh: make(chan struct{}), opsCtx: context.Background(),
+			}
+			a.leader.Store(true)
+			cfg := testSite()
+			require.NoError(t, a.store.createOperation(tc.op))
+			kv.fail = tc.failTxn
+			fn := a.swapOp(cfg, "staging", "production")
+			if tc.recover {
+				fn = a.recoverOp(cfg, tc.op)
+			}
+			r := a.newRun(nil, tc.op)
+			err := fn(context.Background(), r)
+			kv.fail = nil
+
+			if tc.wantErr == "" {
+				assert.NoError(t, err)
+			} else {
+				assert.ErrorContains(t, err, tc.wantErr)
+			}
+			assert.Equal(t, tc.wantCalls, lanes.calls)
+			assert.Equal(t, tc.wantProd, kv.value("slotd/sites/web/slots/production/lane"), "production's lane in KV")
+			journaled, jerr := a.store.runningOperation("web")
+			require.NoError(t, jerr)
+			require.NotNil(t, journaled)
+			swapped := tc.wantProd == "b"
+			assert.Equal(t, swapped, journaled.Switched, "switched in the journal is the exchange")
+			feature := "prod-feature"
+			if swapped {
+				feature = "staging-feature"
+			}
+			assert.JSONEq(t, `{"FEATURE": "`+feature+`"}`, kv.value("slotd/sites/web/slots/production/settings"), "production's swappable settings")
+			assert.JSONEq(t, `{"DB": "prod-db"}`, kv.value("slotd/sites/web/slots/production/sticky"), "production's sticky settings stay")
+		})
+	}
+}
