@@ -24,7 +24,7 @@ stack: ## build Consul 1.14.8, Nomad 1.6.1 and Fabio 1.6.3 into $(STACK_DIR) (re
 
 .PHONY: test
 test: stack ## run every test: unit, e2e against the real stack (built if absent), fuzz targets 60s each
-	$(GO) test -count=1 -timeout $(E2E_TIMEOUT) -p 1 ./...
+	$(GO) test -count=1 -timeout $(E2E_TIMEOUT) -p 1 -parallel 6 ./...
 	./scripts/fuzz.sh $(FUZZTIME)
 
 .PHONY: test-unit

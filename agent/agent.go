@@ -4,10 +4,13 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +31,10 @@ const (
 	shutdownGrace = 2 * time.Minute
 	// leaderSessionTTL bounds how long a crashed leader keeps the lock.
 	leaderSessionTTL = "15s"
+	// relockPause is how long a daemon that lost the lock waits before it contends again.
+	relockPause = 3 * time.Second
+	// leaderLockDelay is the session's lock-delay: the least Consul takes (0 means its default).
+	leaderLockDelay = time.Millisecond
 )
 
 // Agent is the long-running daemon.
@@ -176,38 +183,55 @@ func (a *Agent) stop() {
 	a.opsCancel()
 }
 
-// leadLoop holds the leader lock in Consul and runs the sites while it does.
+// leadLoop holds the leader lock in Consul and runs the sites while it does. The lock is held
+// with a session of the daemon's own, kept in its data_dir: a restarted daemon destroys the
+// session it held before instead of waiting for its TTL, and leads again within seconds.
+// While it leads, every KV transaction checks that session (store.fence).
 func (a *Agent) leadLoop(ctx context.Context) {
+	a.dropPreviousSession()
 	failures := 0
 	for ctx.Err() == nil {
+		session, err := a.newSession()
+		if err != nil {
+			failures++
+			a.metrics.queryErrors.WithLabelValues("consul").Inc()
+			a.logger.Warn("cannot create the leader session", "error", err)
+			_ = sleepCtx(ctx, backoff(failures))
+			continue
+		}
+		renewDone := make(chan struct{})
+		go func() { _ = a.consul.Session().RenewPeriodic(leaderSessionTTL, session, nil, renewDone) }()
 		lock, err := a.consul.LockOpts(&consulapi.LockOptions{
-			Key:            a.store.prefix + "/leader",
+			Key:            a.store.leaderKey(),
 			Value:          []byte(a.advertise()),
-			SessionName:    "slotd leader",
-			SessionTTL:     leaderSessionTTL,
-			LockDelay:      time.Second,
+			Session:        session,
 			MonitorRetries: 5,
 		})
 		if err != nil {
+			close(renewDone)
 			a.logger.Error("leader lock", "error", err)
 			return
 		}
 		lost, err := lock.Lock(a.stopCh)
-		if err != nil {
+		if err != nil || lost == nil {
+			close(renewDone) // destroys the session
+			if lost == nil && err == nil {
+				return // stopping
+			}
 			failures++
 			a.metrics.queryErrors.WithLabelValues("consul").Inc()
 			a.logger.Warn("cannot take the leader lock", "error", err)
 			_ = sleepCtx(ctx, backoff(failures))
 			continue
 		}
-		if lost == nil {
-			return // stopping
-		}
 		failures = 0
-		a.logger.Info("leading")
+		a.logger.Info("leading", "session", session)
+		a.store.fence(session)
 		a.leader.Store(true)
 		a.metrics.leader.Set(1)
-		leadCtx, cancel := context.WithCancel(ctx)
+		// Not a child of ctx: on a graceful stop, running phases finish under the leadership
+		// before it ends.
+		leadCtx, cancel := context.WithCancel(context.Background())
 		a.mu.Lock()
 		a.leaderCtx = leadCtx
 		for _, s := range a.sites {
@@ -216,7 +240,7 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		a.mu.Unlock()
 		select {
 		case <-lost:
-			a.logger.Warn("lost the leader lock")
+			a.logger.Warn("lost the leader lock: writing nothing more")
 		case <-ctx.Done():
 		}
 		a.leader.Store(false)
@@ -224,17 +248,87 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		a.mu.Lock()
 		a.leaderCtx = nil
 		a.mu.Unlock()
-		cancel()
 		if ctx.Err() != nil {
-			// Wait for running phases before giving the lock to another daemon.
+			// Stopping: running phases finish (still fenced by the session), then the lock goes.
 			for _, s := range a.siteList() {
 				if r := s.snapshot().running; r != nil {
 					<-r.done
 				}
 			}
 		}
+		cancel()
+		a.store.fence(lostSession)
 		_ = lock.Unlock()
+		close(renewDone)
+		if ctx.Err() == nil {
+			// Deposed: let another daemon take over before contending again, and the runs
+			// of this leadership wind down meanwhile.
+			_ = sleepCtx(ctx, relockPause)
+		}
 	}
+}
+
+// lostSession fences a daemon that does not lead: no session holds the lock under that name,
+// so every transaction fails its check.
+const lostSession = "00000000-0000-0000-0000-000000000000"
+
+// newSession creates the session the leader lock is held with and remembers it in data_dir.
+func (a *Agent) newSession() (string, error) {
+	id, _, err := a.consul.Session().Create(&consulapi.SessionEntry{
+		Name: "slotd leader",
+		TTL:  leaderSessionTTL,
+		// Every write of a leader checks its session, so Consul's lock-delay (which the
+		// client library waits out in steps of 5 s) adds nothing but a slower failover.
+		LockDelay: leaderLockDelay,
+		Behavior:  consulapi.SessionBehaviorRelease,
+	}, nil)
+	if err != nil {
+		return "", err
+	}
+	if path := a.sessionFile(); path != "" {
+		err := os.MkdirAll(filepath.Dir(path), 0o700)
+		if err == nil {
+			err = os.WriteFile(path, []byte(id+"\n"), 0o600)
+		}
+		if err != nil {
+			a.logger.Warn("cannot keep the leader session in data_dir; a restart waits for its TTL", "error", err)
+		}
+	}
+	return id, nil
+}
+
+// dropPreviousSession destroys the session this daemon held before it restarted, which still
+// holds the lock until its TTL runs out when the daemon was killed.
+func (a *Agent) dropPreviousSession() {
+	path := a.sessionFile()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	id := strings.TrimSpace(string(b))
+	if id == "" {
+		return
+	}
+	if _, err := a.consul.Session().Destroy(id, nil); err != nil {
+		a.logger.Warn("cannot destroy the previous leader session", "session", id, "error", err)
+		return
+	}
+	a.logger.Info("destroyed the leader session this daemon held before it restarted", "session", id)
+}
+
+// sessionFile is where the daemon keeps its leader session: one file per KV prefix and API
+// address, so several daemons on one machine keep theirs apart.
+func (a *Agent) sessionFile() string {
+	dir := a.config().DataDir
+	if dir == "" {
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			return ""
+		}
+		dir = filepath.Join(cache, "slotd")
+	}
+	sum := sha256.Sum256([]byte(a.store.prefix + "\x00" + a.Addr()))
+	return filepath.Join(dir, "leader-session-"+hex.EncodeToString(sum[:6]))
 }
 
 func (a *Agent) advertise() string {
@@ -308,7 +402,9 @@ func (a *Agent) isLeader() bool { return a.leader.Load() && !a.stopping.Load() }
 
 // leaderAddress reads who holds the leader lock, for 503 answers.
 func (a *Agent) leaderAddress() string {
-	p, _, err := a.consul.KV().Get(a.store.prefix+"/leader", nil)
+	q, cancel := bounded(nil)
+	defer cancel()
+	p, _, err := a.consul.KV().Get(a.store.leaderKey(), q)
 	if err != nil || p == nil || p.Session == "" {
 		return ""
 	}

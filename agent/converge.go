@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
@@ -57,7 +58,41 @@ func (a *Agent) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation
 	if seeded > 0 {
 		a.logger.Info("bound and seeded site", "site", cfg.Name, "keys", seeded)
 	}
-	return a.store.runningOperation(cfg.Name)
+	op, err := a.store.pendingOperation(cfg.Name)
+	if err != nil || op != nil {
+		return op, err
+	}
+	return nil, a.startLanes(ctx, cfg)
+}
+
+// startLanes registers the lanes of the slots that were never bound to a job version (a new
+// site, or a slot added by a reload) as part of bringing the site up, not as an operation:
+// until they run, the site is still starting.
+func (a *Agent) startLanes(ctx context.Context, cfg *config.Site) error {
+	st, err := a.store.loadSlots(cfg.Name, nil)
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(cfg.Slots))
+	for i, slot := range cfg.Slots {
+		ss := st.slot(slot.Name)
+		if ss.Version.Value != "" {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ro, err := a.rollOut(ctx, cfg, slot, ss)
+			if err != nil {
+				errs[i] = fmt.Errorf("start the lane of %s: %w", slot.Name, err)
+				return
+			}
+			a.logger.Info("lane started", "site", cfg.Name, "slot", slot.Name, "lane", ss.Lane.Value, "version", ro.Version)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // differing compares every lane of a site with what KV binds and sets for its slot, by
@@ -86,7 +121,9 @@ func (a *Agent) differing(ctx context.Context, cfg *config.Site) ([]string, erro
 		if err != nil {
 			return nil, err
 		}
-		plan, _, err := a.nomad.Jobs().Plan(job, true, (&nomadapi.WriteOptions{}).WithContext(ctx))
+		cctx, cancel := callCtx(ctx)
+		plan, _, err := a.nomad.Jobs().Plan(job, true, (&nomadapi.WriteOptions{}).WithContext(cctx))
+		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("plan lane %s: %w", jobID(cfg.Name, ss.Lane.Value), err)
 		}
@@ -219,7 +256,7 @@ func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.
 			note = fmt.Sprintf("; settings %s of %s put back to the values its lane ran", strings.Join(keys, ", "), slot.Name)
 		}
 	}
-	rctx, cancel := a.restoreContext()
+	rctx, cancel := a.restoreContext(ctx)
 	defer cancel()
 	if _, err := a.restoreSlot(rctx, cfg, slot.Name, gateHealthy); err != nil {
 		return fmt.Errorf("%w%s; putting lane %s back failed too: %v", cause, note, ss.Lane.Value, err)
@@ -311,6 +348,8 @@ func (a *Agent) restoreSlot(ctx context.Context, cfg *config.Site, slotName stri
 
 // laneJob reads a lane's job as Nomad has it, or nil when there is none (or it is stopped).
 func (a *Agent) laneJob(ctx context.Context, cfg *config.Site, lane string) (*nomadapi.Job, error) {
+	ctx, cancel := callCtx(ctx)
+	defer cancel()
 	job, _, err := a.nomad.Jobs().Info(jobID(cfg.Name, lane), (&nomadapi.QueryOptions{}).WithContext(ctx))
 	switch {
 	case isNotFound(err):
@@ -325,6 +364,8 @@ func (a *Agent) laneJob(ctx context.Context, cfg *config.Site, lane string) (*no
 
 // jobVersion reads one version of a job.
 func (a *Agent) jobVersion(ctx context.Context, id string, version uint64) (*nomadapi.Job, error) {
+	ctx, cancel := callCtx(ctx)
+	defer cancel()
 	versions, _, _, err := a.nomad.Jobs().Versions(id, false, (&nomadapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("read versions of job %s: %w", id, err)

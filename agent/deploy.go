@@ -32,7 +32,7 @@ func (a *Agent) deployOp(cfg *config.Site, slotName string, vars map[string]stri
 			defer cancel()
 			ro, err := a.lanes.ensureLane(dctx, cfg, s.Lane.Value, app, steady(slot, s.settings()), gateHealthy)
 			if err != nil {
-				return a.putSlotBack(cfg, slotName, err)
+				return a.putSlotBack(ctx, cfg, slotName, err)
 			}
 			if _, err := a.store.txn(a.store.bindOps(cfg.Name, slotName, s, s.Lane.Value, ro.Version)); err != nil {
 				return fmt.Errorf("bind %s to lane %s version %d: %w", slotName, s.Lane.Value, ro.Version, err)
@@ -50,19 +50,19 @@ func (a *Agent) deployOp(cfg *config.Site, slotName string, vars map[string]stri
 
 // putSlotBack puts a slot's lane back on what KV says after a failed phase, on a context of its
 // own (the failure may be the operation's own deadline), and says how that went.
-func (a *Agent) putSlotBack(cfg *config.Site, slotName string, cause error) error {
-	ctx, cancel := a.restoreContext()
+func (a *Agent) putSlotBack(ctx context.Context, cfg *config.Site, slotName string, cause error) error {
+	ctx, cancel := a.restoreContext(ctx)
 	defer cancel()
 	st, err := a.store.loadSlots(cfg.Name, nil)
 	if err != nil {
-		return fmt.Errorf("%w; putting %s back failed: %v", cause, slotName, err)
+		return fmt.Errorf("%w; restoring %s failed: %v", cause, slotName, err)
 	}
 	lane := st.slot(slotName).Lane.Value
 	ro, err := a.restoreSlot(ctx, cfg, slotName, gateHealthy)
 	if err != nil {
-		return fmt.Errorf("%w; putting lane %s back for %s failed too: %v", cause, lane, slotName, err)
+		return fmt.Errorf("%w; restoring lane %s for %s failed too: %v", cause, lane, slotName, err)
 	}
-	return fmt.Errorf("%w (lane %s put back for %s, version %d)", cause, lane, slotName, ro.Version)
+	return fmt.Errorf("%w (lane %s restored to %s, version %d)", cause, lane, slotName, ro.Version)
 }
 
 // autoSwap starts the swap that a deploy into a slot with auto_swap asks for. Runs on the owner.

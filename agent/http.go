@@ -469,6 +469,11 @@ func (a *Agent) changeSetting(site *config.Site, slot string, change func(*slotS
 		if err != nil {
 			return 0, nil, err
 		}
+		if s := a.site(site.Name); s != nil {
+			if _, err := s.do(s.convergeNow); err != nil {
+				a.logger.Warn("settings changed; rolling them out waits for the next look", "site", site.Name, "error", err)
+			}
+		}
 		st, err = a.store.loadSlots(site.Name, nil)
 		if err != nil {
 			return 0, nil, err

@@ -15,6 +15,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/slotd/slotd/config"
+	"github.com/slotd/slotd/internal/failpoint"
 	"github.com/slotd/slotd/jobspec"
 )
 
@@ -51,7 +52,9 @@ type source struct {
 func (a *Agent) submission(ctx context.Context, site *config.Site, lane string, version uint64, bound bool) (source, error) {
 	if bound {
 		id := jobID(site.Name, lane)
-		sub, _, err := a.nomad.Jobs().Submission(id, int(version), (&nomadapi.QueryOptions{}).WithContext(ctx))
+		cctx, cancel := callCtx(ctx)
+		sub, _, err := a.nomad.Jobs().Submission(id, int(version), (&nomadapi.QueryOptions{}).WithContext(cctx))
+		cancel()
 		switch {
 		case err == nil && sub != nil && sub.Source != "":
 			return source{Source: sub.Source, Vars: sub.VariableFlags}, nil
@@ -161,23 +164,32 @@ const (
 )
 
 // ensureLane makes lane run src in state want. It registers a new job version only when Nomad's
-// plan shows a difference, then waits as g says.
+// plan shows a difference, check-and-set on the job's modify index (a job that is not there
+// must still not be there), then waits as g says.
 func (a *Agent) ensureLane(ctx context.Context, site *config.Site, lane string, src source, want laneState, g gate) (rollout, error) {
 	id := jobID(site.Name, lane)
 	job, err := a.render(site, lane, src, want)
 	if err != nil {
 		return rollout{}, err
 	}
-	cur, _, err := a.nomad.Jobs().Info(id, (&nomadapi.QueryOptions{}).WithContext(ctx))
+	cctx, cancel := callCtx(ctx)
+	cur, _, err := a.nomad.Jobs().Info(id, (&nomadapi.QueryOptions{}).WithContext(cctx))
+	cancel()
 	if err != nil && !isNotFound(err) {
 		return rollout{}, fmt.Errorf("read job %s: %w", id, err)
 	}
-	if cur != nil && cur.Stop != nil && *cur.Stop {
-		cur = nil // a stopped lane starts over as a new registration
+	opts := &nomadapi.RegisterOptions{
+		Submission:   &nomadapi.JobSubmission{Source: src.Source, Format: "hcl2", VariableFlags: src.Vars},
+		EnforceIndex: true,
+	}
+	if cur != nil {
+		opts.ModifyIndex = *cur.JobModifyIndex
 	}
 	change := jobspec.Restart
-	if cur != nil {
-		plan, _, err := a.nomad.Jobs().Plan(job, true, (&nomadapi.WriteOptions{}).WithContext(ctx))
+	if cur != nil && (cur.Stop == nil || !*cur.Stop) {
+		cctx, cancel := callCtx(ctx)
+		plan, _, err := a.nomad.Jobs().Plan(job, true, (&nomadapi.WriteOptions{}).WithContext(cctx))
+		cancel()
 		if err != nil {
 			return rollout{}, fmt.Errorf("plan job %s: %w", id, err)
 		}
@@ -186,21 +198,23 @@ func (a *Agent) ensureLane(ctx context.Context, site *config.Site, lane string, 
 			return rollout{Version: *cur.Version, Change: change}, a.waitInstances(ctx, site, lane, job, g)
 		}
 	}
-	opts := &nomadapi.RegisterOptions{
-		Submission: &nomadapi.JobSubmission{Source: src.Source, Format: "hcl2", VariableFlags: src.Vars},
-	}
-	if cur != nil {
-		opts.EnforceIndex, opts.ModifyIndex = true, *cur.JobModifyIndex
+	if err := failpoint.Inject(ctx, "lane.before-register"); err != nil {
+		return rollout{}, err
 	}
 	a.logger.Debug("register lane", "site", site.Name, "lane", lane, "slot", want.Slot, "change", change.String(), "tags", strings.Join(want.Tags, ","))
-	if _, _, err := a.nomad.Jobs().RegisterOpts(job, opts, (&nomadapi.WriteOptions{}).WithContext(ctx)); err != nil {
+	cctx, cancel = callCtx(ctx)
+	resp, _, err := a.nomad.Jobs().RegisterOpts(job, opts, (&nomadapi.WriteOptions{}).WithContext(cctx))
+	cancel()
+	if err != nil {
 		return rollout{}, fmt.Errorf("register job %s: %w", id, err)
 	}
-	after, _, err := a.nomad.Jobs().Info(id, (&nomadapi.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return rollout{}, fmt.Errorf("read job %s after register: %w", id, err)
+	if err := failpoint.Inject(ctx, "lane.after-register"); err != nil {
+		return rollout{}, err
 	}
-	version := *after.Version
+	version, err := a.registeredVersion(ctx, id, resp.JobModifyIndex)
+	if err != nil {
+		return rollout{}, err
+	}
 	if g == gateNone {
 		return rollout{Version: version, Change: change}, nil
 	}
@@ -210,6 +224,31 @@ func (a *Agent) ensureLane(ctx context.Context, site *config.Site, lane string, 
 		}
 	}
 	return rollout{Version: version, Change: change}, a.waitInstances(ctx, site, lane, job, g)
+}
+
+// registeredVersion is the version a register created: the job's version as of its modify
+// index, read back from the job's versions.
+func (a *Agent) registeredVersion(ctx context.Context, id string, modifyIndex uint64) (uint64, error) {
+	cctx, cancel := callCtx(ctx)
+	defer cancel()
+	versions, _, _, err := a.nomad.Jobs().Versions(id, false, (&nomadapi.QueryOptions{}).WithContext(cctx))
+	if err != nil {
+		return 0, fmt.Errorf("read job %s after register: %w", id, err)
+	}
+	for _, v := range versions {
+		if v.JobModifyIndex != nil && *v.JobModifyIndex == modifyIndex && v.Version != nil {
+			return *v.Version, nil
+		}
+	}
+	if len(versions) > 0 && versions[0].Version != nil {
+		return *versions[0].Version, nil
+	}
+	return 0, fmt.Errorf("job %s has no version after register", id)
+}
+
+// callCtx bounds one call that does not block on purpose.
+func callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, callTimeout)
 }
 
 // classify reads Nomad's plan: nothing to do, an in-place update, or allocations replaced.
@@ -268,7 +307,9 @@ func (a *Agent) waitDeployment(ctx context.Context, id string, version uint64) e
 
 // allocFailures says why the allocations of a job version are unhealthy, from their task events.
 func (a *Agent) allocFailures(id string, version uint64) string {
-	stubs, _, err := a.nomad.Jobs().Allocations(id, true, nil)
+	ctx, cancel := callCtx(context.Background())
+	defer cancel()
+	stubs, _, err := a.nomad.Jobs().Allocations(id, true, (&nomadapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return ""
 	}
@@ -358,6 +399,11 @@ func (a *Agent) laneEntries(ctx context.Context, site *config.Site, lane string,
 
 // siteEntries reads every Consul instance of the site's service that slotd manages.
 func (a *Agent) siteEntries(ctx context.Context, site *config.Site, index uint64, wait time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
+	if index == 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = callCtx(ctx)
+		defer cancel()
+	}
 	q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
 	entries, meta, err := a.consul.Health().Service(site.Service, "", false, q)
 	if err != nil {

@@ -6,11 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/internal/failpoint"
 )
 
 // Typed errors that the HTTP layer maps to status codes.
@@ -41,11 +43,24 @@ type run struct {
 	// after runs on the site's owner once the operation is in history and the site is idle:
 	// the follow-up it asks for (auto-swap, rollback).
 	after func(*site)
-	// ctx ends when the operation is cancelled through the API or the daemon gives up waiting.
+	// ctx ends when the operation is cancelled through the API, the daemon gives up waiting,
+	// or the leadership it runs under ends.
 	ctx       context.Context
 	cancel    context.CancelFunc
 	cancelled atomic.Bool
+	// lead is the leadership the operation runs under: once it ends, the run writes nothing
+	// more and leaves the operation journaled for the next leader.
+	lead context.Context
+	// left is set when the run stopped without ending the operation (leadership or daemon
+	// stop): it is still journaled, for the next leader.
+	left bool
+	// unmoved is set when the operation ended but Consul refused its move into history.
+	unmoved bool
 }
+
+// leadKey carries a run's leadership in its context, for work that outlives the run's own
+// deadline but must not outlive the leadership (putting lanes back).
+type leadKey struct{}
 
 func newID() string {
 	b := make([]byte, 6)
@@ -64,9 +79,10 @@ func (a *Agent) start(s *site, op *api.Operation, phases []string, fn opFunc) (*
 	return s.do(func() (*api.Operation, error) { return s.startOp(op, phases, fn) })
 }
 
-func (a *Agent) newRun(s *site, op *api.Operation) *run {
-	r := &run{a: a, site: s, op: op, control: make(chan string, 1), done: make(chan struct{})}
-	r.ctx, r.cancel = context.WithCancel(a.opsCtx)
+func (a *Agent) newRun(s *site, lead context.Context, op *api.Operation) *run {
+	r := &run{a: a, site: s, op: op, lead: lead, control: make(chan string, 1), done: make(chan struct{})}
+	r.ctx, r.cancel = context.WithCancel(context.WithValue(a.opsCtx, leadKey{}, lead))
+	context.AfterFunc(lead, r.cancel)
 	a.ops.publish(op)
 	return r
 }
@@ -79,6 +95,14 @@ func (r *run) endMonitor() error {
 	case <-r.done:
 		return nil
 	default:
+	}
+	if cur != nil && api.Terminal(cur.State) {
+		// It has ended and is closing: its owner just has not heard yet.
+		select {
+		case <-r.done:
+			return nil
+		case <-time.After(endMonitorWait):
+		}
 	}
 	if cur == nil || cur.State != api.StateMonitoring {
 		state := "running"
@@ -104,16 +128,35 @@ func (r *run) execute(fn opFunc) {
 	a := r.a
 	defer close(r.done)
 	defer r.cancel()
-	err := fn(r.ctx, r)
+	err := r.call(fn)
 	if err != nil && r.cancelled.Load() {
 		err = fmt.Errorf("%w: %v", errCancelled, err)
 	}
-	if errors.Is(err, errStopping) {
-		a.logger.Info("operation left journaled for the next leader", "site", r.op.Site, "op", r.op.ID, "state", r.op.State)
-		r.after = nil
+	if errors.Is(err, errStopping) || r.lead.Err() != nil {
+		if a.stopping.Load() && r.lead.Err() == nil {
+			// A graceful stop between phases: the next leader goes on from here.
+			r.op.HandedOff = true
+			if jerr := r.journal(); jerr != nil {
+				a.logger.Warn("cannot journal the hand-off", "site", r.op.Site, "op", r.op.ID, "error", jerr)
+			}
+		}
+		a.logger.Info("operation left journaled for the next leader", "site", r.op.Site, "op", r.op.ID, "state", r.op.State, "error", err)
+		r.after, r.left = nil, true
 		return
 	}
 	r.finish(err)
+}
+
+// call runs fn; a panic in it fails the operation with the panic's message instead of taking
+// the daemon and every other site down.
+func (r *run) call(fn opFunc) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.a.logger.Error("operation panicked", "site", r.op.Site, "op", r.op.ID, "panic", p, "stack", string(debug.Stack()))
+			err = fmt.Errorf("slotd failed inside the operation (panic: %v); see the daemon's log", p)
+		}
+	}()
+	return fn(r.ctx, r)
 }
 
 // finish ends the operation: succeeded, failed or cancelled, and moves it into history.
@@ -132,13 +175,36 @@ func (r *run) finish(err error) {
 		op.Error = err.Error()
 	}
 	for i := range op.Phases {
-		if op.Phases[i].State == api.PhasePending {
-			op.Phases[i].State = api.PhaseSkipped
+		p := &op.Phases[i]
+		switch {
+		case p.State == api.PhasePending:
+			p.State = api.PhaseSkipped
+		case p.State == api.PhaseRunning && op.State == api.StateSucceeded:
+			p.State = api.PhaseSucceeded // interrupted, then finished by the next leader
+		case p.State == api.PhaseRunning:
+			p.State = api.PhaseFailed
+			if p.Message == "" {
+				p.Message = "interrupted"
+			}
 		}
 	}
 	op.FinishedAt, op.UpdatedAt = &now, now
-	if jerr := a.store.finishOperation(op); jerr != nil {
-		a.logger.Error("cannot record finished operation", "site", op.Site, "op", op.ID, "error", jerr)
+	// The outcome goes into the journal first: should the move into history fail, whoever
+	// reads the journal next moves it, and never runs it again.
+	if jerr := r.journal(); jerr != nil {
+		a.logger.Warn("cannot journal the outcome", "site", op.Site, "op", op.ID, "error", jerr)
+	}
+	for attempt := 1; ; attempt++ {
+		jerr := a.store.moveToHistory(op)
+		if jerr == nil {
+			break
+		}
+		if attempt == historyAttempts || r.lead.Err() != nil {
+			a.logger.Error("cannot move the finished operation into history yet; trying again later", "site", op.Site, "op", op.ID, "error", jerr)
+			r.unmoved = true
+			break
+		}
+		time.Sleep(backoff(attempt))
 	}
 	a.ops.publish(op)
 	a.metrics.finished(op)
@@ -151,10 +217,13 @@ func (r *run) finish(err error) {
 
 var errCancelled = errors.New("cancelled")
 
+// historyAttempts is how often the move of a finished operation into history is tried.
+const historyAttempts = 5
+
 // phase runs one named phase: journaled as running before it starts, and with its outcome after.
 func (r *run) phase(name, state string, fn func() error) error {
 	a := r.a
-	if a.stopping.Load() || !a.leader.Load() {
+	if a.stopping.Load() || r.lead.Err() != nil {
 		// Stopping, or the leader lock was lost: the next leader goes on from here.
 		return errStopping
 	}
@@ -169,11 +238,15 @@ func (r *run) phase(name, state string, fn func() error) error {
 	if err := r.journal(); err != nil {
 		return err
 	}
-	err := fn()
+	err := failpoint.Inject(r.ctx, name+".start")
+	if err == nil {
+		err = fn()
+	}
 	p = r.op.Phase(name)
 	if errors.Is(err, errStopping) {
-		// Not run to its end: the next leader runs it again, from its start.
-		p.State, p.StartedAt = api.PhasePending, nil
+		// Not run to its end: the next leader runs it again (a monitor only what is left of
+		// its window, counted from StartedAt).
+		p.State = api.PhasePending
 		_ = r.journal()
 		return err
 	}
@@ -190,6 +263,9 @@ func (r *run) phase(name, state string, fn func() error) error {
 	a.metrics.phaseSeconds.WithLabelValues(r.op.Site, r.op.Kind, name, p.State).Observe(end.Sub(*p.StartedAt).Seconds())
 	if jerr := r.journal(); jerr != nil && err == nil {
 		return jerr
+	}
+	if ferr := failpoint.Inject(r.ctx, name+".end"); ferr != nil && err == nil {
+		return ferr
 	}
 	return err
 }
@@ -210,6 +286,11 @@ func (r *run) note(name, msg string) {
 }
 
 func (r *run) journal() error {
+	if r.lead.Err() != nil {
+		// Deposed: even should this daemon lead again, its new session must not carry the
+		// writes of a run that belongs to the old leadership.
+		return errStopping
+	}
 	if err := r.a.store.updateOperation(r.op); err != nil {
 		return err
 	}

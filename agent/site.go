@@ -66,6 +66,9 @@ type site struct {
 	// may start.
 	failures  int
 	holdUntil time.Time
+	// unmoved is an operation that ended here but is not in history yet (Consul refused the
+	// move): it is moved before anything else starts, and tried again until it is.
+	unmoved *api.Operation
 
 	mu   sync.Mutex
 	view siteView
@@ -256,7 +259,7 @@ func (s *site) boot() {
 // check compares the lanes with KV when the site is idle and something may have changed, and
 // starts a converge operation for the slots whose lanes differ.
 func (s *site) check() {
-	if s.lead == nil || !s.ready || s.running != nil || s.checking || !s.dirty {
+	if s.lead == nil || !s.ready || s.running != nil || s.checking || !s.dirty || s.unmoved != nil {
 		return
 	}
 	if wait := time.Until(s.holdUntil); wait > 0 {
@@ -292,6 +295,24 @@ func (s *site) check() {
 	}()
 }
 
+// convergeNow compares the lanes with KV at once, on the owner, and starts converging them when
+// the site is idle: a settings change made through the API is running when its answer leaves.
+func (s *site) convergeNow() (*api.Operation, error) {
+	s.dirty = true
+	if s.lead == nil || !s.ready || s.running != nil || s.checking || s.unmoved != nil {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(s.lead, checkTimeout)
+	slots, err := s.a.differing(ctx, s.cfg)
+	cancel()
+	if err != nil || len(slots) == 0 {
+		return nil, err
+	}
+	s.dirty = false
+	op := &api.Operation{Kind: api.KindSettings, Trigger: triggerConverge}
+	return s.startOp(op, []string{api.PhaseRollout}, s.a.convergeOp(s.cfg, slots))
+}
+
 // startOp journals op as the site's running operation and carries it out in the background.
 // It refuses while another operation runs, except a swap that only monitors: a new operation
 // ends that monitoring early, with no rollback. Runs on the owner.
@@ -309,13 +330,23 @@ func (s *site) startOp(op *api.Operation, phases []string, fn opFunc) (*api.Oper
 		}
 		s.running = nil
 	}
+	if err := s.moveUnmoved(); err != nil {
+		return nil, fmt.Errorf("%w: operation %s ended but could not be recorded in history yet: %v", errBusy, s.unmoved.ID, err)
+	}
 	now := time.Now().UTC()
 	op.ID, op.Site, op.State = newID(), s.name, api.StatePending
 	op.CreatedAt, op.UpdatedAt = now, now
 	for _, p := range phases {
 		op.Phases = append(op.Phases, api.Phase{Name: p, State: api.PhasePending})
 	}
-	if err := a.store.createOperation(op); err != nil {
+	err := a.store.createOperation(op)
+	if errors.Is(err, errBusy) {
+		// An operation that ended but was never moved into history is moved now.
+		if pending, perr := a.store.pendingOperation(s.name); perr == nil && pending == nil {
+			err = a.store.createOperation(op)
+		}
+	}
+	if err != nil {
 		if errors.Is(err, errBusy) {
 			return nil, fmt.Errorf("%w: another operation is journaled in consul for site %s", errBusy, s.name)
 		}
@@ -335,7 +366,7 @@ func (s *site) resume(op *api.Operation) {
 
 // execute runs fn as op's run in the background; the owner hears when it ended.
 func (s *site) execute(op *api.Operation, fn opFunc) {
-	r := s.a.newRun(s, op)
+	r := s.a.newRun(s, s.lead, op)
 	s.running = r
 	go func() {
 		r.execute(fn)
@@ -348,6 +379,18 @@ func (s *site) execute(op *api.Operation, fn opFunc) {
 func (s *site) ended(r *run) {
 	if s.running == r {
 		s.running = nil
+	}
+	if r.unmoved {
+		op := *r.op
+		s.unmoved = &op
+		s.retryMove()
+	}
+	if r.left && s.lead != nil && s.lead != r.lead {
+		// The run stopped with a leadership this daemon has won back since: the operation is
+		// still journaled, and now there is no other executor of it.
+		s.ready = false
+		s.boot()
+		return
 	}
 	if r.op.Trigger == triggerConverge {
 		if r.op.State == api.StateFailed {
@@ -364,6 +407,37 @@ func (s *site) ended(r *run) {
 	}
 	s.dirty = true
 	s.check()
+}
+
+// moveUnmoved moves the operation that ended here but is not in history yet, if any.
+func (s *site) moveUnmoved() error {
+	if s.unmoved == nil {
+		return nil
+	}
+	if err := s.a.store.moveToHistory(s.unmoved); err != nil {
+		return err
+	}
+	s.log.Info("operation recorded in history", "op", s.unmoved.ID)
+	s.unmoved = nil
+	return nil
+}
+
+// retryMove tries moveUnmoved again until it succeeds; then the site is compared again.
+func (s *site) retryMove() {
+	time.AfterFunc(checkRetry, func() {
+		s.post(func() {
+			if s.unmoved == nil || s.lead == nil {
+				s.unmoved = nil // a leader that follows finds it in the journal
+				return
+			}
+			if err := s.moveUnmoved(); err != nil {
+				s.retryMove()
+				return
+			}
+			s.dirty = true
+			s.check()
+		})
+	})
 }
 
 // watch follows, while the site leads, everything its lanes depend on: the slots in KV, the

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
 
@@ -38,9 +41,34 @@ var _ kvAPI = (*consulapi.KV)(nil)
 // store keeps a site's state in Consul KV under the layout of DESIGN.md §4. A slot's settings
 // are one JSON document per kind (…/slots/<slot>/settings and …/sticky), so exchanging any
 // number of them is two operations of one transaction.
+//
+// While this daemon leads, every transaction also checks that the leader lock is still held by
+// this daemon's session, so a deposed leader's late write fails instead of landing.
 type store struct {
-	kv     kvAPI
-	prefix string
+	kv      kvAPI
+	prefix  string
+	session atomic.Value // string: the leader session to check, "" for none
+}
+
+// fence makes every later transaction check that session holds the leader lock ("" stops it).
+func (s *store) fence(session string) { s.session.Store(session) }
+
+func (s *store) leaderKey() string { return s.prefix + "/leader" }
+
+// callTimeout bounds one Consul or Nomad call that does not block on purpose: a server that
+// hangs must not hold an operation past its deadline.
+const callTimeout = 30 * time.Second
+
+// bounded gives q (or new options) a deadline of callTimeout unless it has a context already.
+func bounded(q *consulapi.QueryOptions) (*consulapi.QueryOptions, context.CancelFunc) {
+	if q == nil {
+		q = &consulapi.QueryOptions{}
+	}
+	if q.Context() != context.Background() {
+		return q, func() {}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	return q.WithContext(ctx), cancel
 }
 
 func (s *store) siteKey(site string, parts ...string) string {
@@ -119,6 +147,11 @@ func (st *siteState) slot(name string) *slotState {
 // error that names the key, so nothing acts on half-understood settings.
 func (s *store) loadSlots(site string, q *consulapi.QueryOptions) (*siteState, error) {
 	base := s.siteKey(site, "slots") + "/"
+	if q == nil || q.WaitIndex == 0 {
+		var cancel context.CancelFunc
+		q, cancel = bounded(q)
+		defer cancel()
+	}
 	pairs, meta, err := s.kv.List(base, q)
 	if err != nil {
 		return nil, fmt.Errorf("read slots of site %s: %w", site, err)
@@ -187,10 +220,15 @@ func (s *store) txn(ops consulapi.KVTxnOps) (*consulapi.KVTxnResponse, error) {
 	if len(ops) == 0 {
 		return &consulapi.KVTxnResponse{}, nil
 	}
+	if session, _ := s.session.Load().(string); session != "" {
+		ops = append(consulapi.KVTxnOps{{Verb: consulapi.KVCheckSession, Key: s.leaderKey(), Session: session}}, ops...)
+	}
 	if len(ops) > maxTxnOps {
 		return nil, fmt.Errorf("a change of %d keys is more than one consul transaction holds (%d)", len(ops), maxTxnOps)
 	}
-	ok, resp, _, err := s.kv.Txn(ops, nil)
+	q, cancel := bounded(nil)
+	defer cancel()
+	ok, resp, _, err := s.kv.Txn(ops, q)
 	if err != nil {
 		return nil, fmt.Errorf("consul kv transaction: %w", err)
 	}
@@ -266,7 +304,7 @@ func (s *store) legacyDeletes(site, slot string, ss *slotState) []consulapi.KVTx
 	}
 	var out []consulapi.KVTxnOps
 	for len(all) > 0 {
-		n := min(len(all), maxTxnOps)
+		n := min(len(all), maxTxnOps-1) // one more for the leader check
 		out = append(out, all[:n])
 		all = all[n:]
 	}
@@ -298,7 +336,7 @@ func (s *store) createOperation(op *api.Operation) error {
 	if err != nil {
 		return err
 	}
-	op.Index = resp.Results[0].ModifyIndex
+	op.Index = resultIndex(resp, s.operationKey(op.Site), 0)
 	op.Seq = op.Index
 	return s.updateOperation(op)
 }
@@ -360,7 +398,9 @@ func (s *store) historyKey(site string, seq uint64) string {
 
 // runningOperation reads the site's running operation, or nil.
 func (s *store) runningOperation(site string) (*api.Operation, error) {
-	p, _, err := s.kv.Get(s.operationKey(site), nil)
+	q, cancel := bounded(nil)
+	defer cancel()
+	p, _, err := s.kv.Get(s.operationKey(site), q)
 	if err != nil {
 		return nil, fmt.Errorf("read operation of site %s: %w", site, err)
 	}
@@ -375,9 +415,38 @@ func (s *store) runningOperation(site string) (*api.Operation, error) {
 	return &op, nil
 }
 
+// moveToHistory moves an operation that ended into history, from whatever index the journal
+// holds it at now; done already when the journal holds another operation or none.
+func (s *store) moveToHistory(op *api.Operation) error {
+	cur, err := s.runningOperation(op.Site)
+	if err != nil {
+		return err
+	}
+	if cur == nil || cur.ID != op.ID {
+		return nil
+	}
+	op.Index = cur.Index
+	return s.finishOperation(op)
+}
+
+// pendingOperation reads the site's journaled operation. One that already ended but whose
+// move into history failed is moved now: an operation that ended is never run again.
+func (s *store) pendingOperation(site string) (*api.Operation, error) {
+	op, err := s.runningOperation(site)
+	if err != nil || op == nil || !api.Terminal(op.State) {
+		return op, err
+	}
+	if err := s.finishOperation(op); err != nil {
+		return nil, err
+	}
+	return nil, nil
+}
+
 // history reads a site's finished operations, newest first.
 func (s *store) history(site string) ([]api.Operation, error) {
-	pairs, _, err := s.kv.List(s.siteKey(site, "history")+"/", nil)
+	q, cancel := bounded(nil)
+	defer cancel()
+	pairs, _, err := s.kv.List(s.siteKey(site, "history")+"/", q)
 	if err != nil {
 		return nil, fmt.Errorf("read history of site %s: %w", site, err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
+	"github.com/slotd/slotd/internal/failpoint"
 )
 
 const (
@@ -103,8 +104,10 @@ func (w *swap) runPhases(ctx context.Context) error {
 				return w.restoreSource(err)
 			}
 		}
-		if err := w.phase(api.PhaseWarm, api.StateWarming, func() error { return w.warm(ctx) }); err != nil {
-			return w.restoreSource(err)
+		if !w.done(api.PhaseWarm) {
+			if err := w.phase(api.PhaseWarm, api.StateWarming, func() error { return w.warm(ctx) }); err != nil {
+				return w.restoreSource(err)
+			}
 		}
 		if err := w.phase(api.PhaseSwitch, api.StateSwitching, func() error { return w.switchSlots(ctx) }); err != nil {
 			return err
@@ -120,10 +123,7 @@ func (w *swap) runPhases(ctx context.Context) error {
 
 // done reports whether a phase already succeeded: a swap resumed by a new leader goes on
 // from the first phase that did not.
-func (w *swap) done(name string) bool {
-	p := w.op.Phase(name)
-	return p != nil && p.State == api.PhaseSucceeded
-}
+func (w *swap) done(name string) bool { return succeeded(w.op, name) }
 
 // apply takes the source lane off the source's routes and gives it the target's sticky
 // settings and identity, reachable only through the target's preview tags.
@@ -187,15 +187,24 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
 	made, err := w.a.lanes.ensureLane(ctx, w.site, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt), gateHealthy)
+	if err == nil {
+		err = failpoint.Inject(ctx, "switch.after-make")
+	}
 	if err != nil {
-		return w.restoreSource(fmt.Errorf("give lane %s the routes of %s: %w", w.srcLane, w.target.Name, err))
+		return w.restoreBoth(fmt.Errorf("give lane %s the routes of %s: %w", w.srcLane, w.target.Name, err))
 	}
 	w.tgtSick = w.a.laneSick(ctx, w.site, w.tgtLane)
 	broken, err := w.a.lanes.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt), gateTags)
+	if err == nil {
+		err = failpoint.Inject(ctx, "switch.after-break")
+	}
 	if err != nil {
 		return w.restoreBoth(fmt.Errorf("take the routes of %s off lane %s: %w", w.target.Name, w.tgtLane, err))
 	}
-	if err := w.exchange(made.Version, broken.Version); err != nil {
+	if err := w.exchange(ctx, made.Version, broken.Version); err != nil {
+		if w.op.Switched {
+			return err // after the exchange: the site converges what is left
+		}
 		// KV still binds the target to its lane: give that lane its routes back before the
 		// source lane loses them.
 		return w.restoreBoth(err)
@@ -207,8 +216,11 @@ func (w *swap) switchSlots(ctx context.Context) error {
 // their swappable settings, in one transaction together with the journal entry that says so:
 // switched is true in KV exactly when the exchange is. Settings edited during the swap are
 // exchanged as they are now; the site converges the lanes to them once the swap ends.
-func (w *swap) exchange(srcLaneVersion, tgtLaneVersion uint64) error {
+func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint64) error {
 	store := w.a.store
+	if err := failpoint.Inject(ctx, "switch.before-exchange"); err != nil {
+		return err
+	}
 	for attempt := 0; ; attempt++ {
 		st, err := store.loadSlots(w.site.Name, nil)
 		if err != nil {
@@ -230,6 +242,9 @@ func (w *swap) exchange(srcLaneVersion, tgtLaneVersion uint64) error {
 		if err != nil {
 			return err
 		}
+		if w.lead.Err() != nil {
+			return errStopping
+		}
 		resp, err := store.txn(append(ops, journal))
 		if errors.Is(err, errConflict) && attempt < 5 {
 			// A setting was edited meanwhile, or the journal moved: read both again. The
@@ -248,7 +263,9 @@ func (w *swap) exchange(srcLaneVersion, tgtLaneVersion uint64) error {
 		*w.op = next
 		w.a.ops.publish(w.op)
 		w.src, w.tgt = s.settings(), t.settings()
-		return nil
+		// Past the exchange the swap is done as far as routing goes: a failure here is the
+		// switch's, not a reason to undo it.
+		return failpoint.Inject(ctx, "switch.after-exchange")
 	}
 }
 
@@ -395,14 +412,14 @@ func (w *swap) instanceCount(ctx context.Context) int {
 
 // restoreSource puts the source lane back as KV says for the source, and leaves the target alone.
 func (w *swap) restoreSource(cause error) error {
-	return w.a.putSlotBack(w.site, w.source.Name, cause)
+	return w.a.putSlotBack(w.ctx, w.site, w.source.Name, cause)
 }
 
 // restoreBoth undoes a switch that failed after it began: the target's lane gets the target's
 // routes back first (whatever its health: it may be the sick lane a rollback moves away from),
 // and only then is the source lane put back.
 func (w *swap) restoreBoth(cause error) error {
-	ctx, cancel := w.a.restoreContext()
+	ctx, cancel := w.a.restoreContext(w.ctx)
 	defer cancel()
 	if _, err := w.a.restoreSlot(ctx, w.site, w.target.Name, gateTags); err != nil {
 		return fmt.Errorf("%w; giving lane %s the routes of %s back failed too: %v", cause, w.tgtLane, w.target.Name, err)
@@ -411,17 +428,21 @@ func (w *swap) restoreBoth(cause error) error {
 }
 
 // restoreContext bounds putting a lane back: its own deadline, because the failure may be the
-// operation's deadline, and an end when the daemon stops, which must not wait for it.
-func (a *Agent) restoreContext() (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
+// operation's own deadline or cancel; and an end when the daemon stops or the leadership the
+// operation ran under (carried in ctx) ends, for a deposed leader writes nothing more.
+func (a *Agent) restoreContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	rctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
+	if lead, ok := ctx.Value(leadKey{}).(context.Context); ok {
+		context.AfterFunc(lead, cancel)
+	}
 	go func() {
 		select {
 		case <-a.stopCh:
 			cancel()
-		case <-ctx.Done():
+		case <-rctx.Done():
 		}
 	}()
-	return ctx, cancel
+	return rctx, cancel
 }
 
 // laneSick reports whether any instance of a lane fails its checks now.

@@ -230,11 +230,19 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			wantProd:  "b",
 		},
 		{
-			name:      "resumed after a stop between apply and warm",
-			op:        phased(api.PhaseSucceeded),
+			name:      "handed off by a graceful stop between apply and warm: goes on",
+			op:        func() *api.Operation { o := phased(api.PhaseSucceeded); o.HandedOff = true; return o }(),
 			recover:   true,
 			wantCalls: []string{makeB, breakA, settleA},
 			wantProd:  "b",
+		},
+		{
+			name:      "a crash right after apply, before warm: undone",
+			op:        phased(api.PhaseSucceeded),
+			recover:   true,
+			wantCalls: []string{restoreA, restoreB},
+			wantErr:   "interrupted in state",
+			wantProd:  "a",
 		},
 		{
 			name: "resumed after the exchange: only settle is left",
@@ -257,12 +265,31 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			wantProd:  "a",
 		},
 		{
-			name:      "a crash inside the switch before the exchange gives production its routes back first",
-			op:        phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseRunning),
+			name:      "a crash inside warm is undone",
+			op:        phased(api.PhaseSucceeded, api.PhaseRunning),
 			recover:   true,
 			wantCalls: []string{restoreA, restoreB},
 			wantErr:   "interrupted in state",
 			wantProd:  "a",
+		},
+		{
+			name:      "a crash inside the switch rolls forward: the candidate is warm",
+			op:        phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseRunning),
+			recover:   true,
+			wantCalls: []string{makeB, breakA, settleA},
+			wantProd:  "b",
+		},
+		{
+			name: "a crash inside settle settles again",
+			op: func() *api.Operation {
+				o := phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseRunning)
+				o.Switched = true
+				return o
+			}(),
+			exchanged: true,
+			recover:   true,
+			wantCalls: []string{settleA},
+			wantProd:  "b",
 		},
 		{
 			name:      "warm-up fails: the source lane is put back, production untouched",
@@ -306,12 +333,8 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			if !tc.noWarm {
 				lanes.instance = strings.TrimPrefix(app.URL, "http://")
 			}
-			a := &Agent{
-				logger: hclog.NewNullLogger(), store: &store{kv: kv, prefix: "slotd"}, lanes: lanes,
-				metrics: newMetrics(), ops: newOpRegistry(), httpClient: app.Client(),
-				stopCh: make(chan struct{}), opsCtx: context.Background(),
-			}
-			a.leader.Store(true)
+			a := testAgent(kv, lanes)
+			a.httpClient = app.Client()
 			cfg := testSite()
 			require.NoError(t, a.store.createOperation(tc.op))
 			kv.fail = tc.failTxn
@@ -319,7 +342,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			if tc.recover {
 				fn = a.recoverOp(cfg, tc.op)
 			}
-			r := a.newRun(nil, tc.op)
+			r := a.newRun(nil, context.Background(), tc.op)
 			err := fn(context.Background(), r)
 			kv.fail = nil
 
@@ -341,6 +364,83 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			}
 			assert.JSONEq(t, `{"FEATURE": "`+feature+`"}`, kv.value("slotd/sites/web/slots/production/settings"), "production's swappable settings")
 			assert.JSONEq(t, `{"DB": "prod-db"}`, kv.value("slotd/sites/web/slots/production/sticky"), "production's sticky settings stay")
+		})
+	}
+}
+
+func testAgent(kv *fakeKV, lanes laneOps) *Agent {
+	a := &Agent{
+		logger: hclog.NewNullLogger(), store: &store{kv: kv, prefix: "slotd"}, lanes: lanes,
+		metrics: newMetrics(), ops: newOpRegistry(), httpClient: http.DefaultClient,
+		stopCh: make(chan struct{}), opsCtx: context.Background(),
+	}
+	a.leader.Store(true)
+	return a
+}
+
+// TestOperationEnds: however an operation ends (a panic inside it, a history that Consul
+// refuses for a while or for good), it ends once: in history, never run again.
+func TestOperationEnds(t *testing.T) {
+	historyKey := func(ops consulapi.KVTxnOps) bool {
+		for _, op := range ops {
+			if strings.Contains(op.Key, "/history/") {
+				return true
+			}
+		}
+		return false
+	}
+	tests := []struct {
+		name         string
+		fn           opFunc
+		refuse       int // how many moves into history Consul refuses
+		wantState    string
+		wantErr      string
+		wantPending  bool // still journaled after the run (a later start moves it)
+		wantHistoryN int
+	}{
+		{name: "a panic fails the operation", fn: func(context.Context, *run) error { panic("boom") },
+			wantState: api.StateFailed, wantErr: "panic: boom", wantHistoryN: 1},
+		{name: "a refused move is tried again", fn: func(context.Context, *run) error { return nil }, refuse: 2,
+			wantState: api.StateSucceeded, wantHistoryN: 1},
+		{name: "a move refused for good is done by the next reader, not re-run", fn: func(context.Context, *run) error { return errors.New("nope") },
+			refuse: 100, wantState: api.StateFailed, wantErr: "nope", wantPending: true, wantHistoryN: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			kv := newFakeKV()
+			a := testAgent(kv, &fakeLanes{versions: map[string]uint64{}})
+			op := phased()
+			require.NoError(t, a.store.createOperation(op))
+			refused := 0
+			kv.fail = func(ops consulapi.KVTxnOps) error {
+				if historyKey(ops) && refused < tc.refuse {
+					refused++
+					return errors.New("consul is away")
+				}
+				return nil
+			}
+			r := a.newRun(nil, context.Background(), op)
+			r.execute(tc.fn)
+			kv.fail = nil
+
+			journaled, err := a.store.runningOperation("web")
+			require.NoError(t, err)
+			if tc.wantPending {
+				require.NotNil(t, journaled, "the outcome stays journaled")
+				assert.Equal(t, tc.wantState, journaled.State, "the journal holds the outcome, so it is never run again")
+				pending, err := a.store.pendingOperation("web")
+				require.NoError(t, err)
+				assert.Nil(t, pending, "an ended operation is moved, not handed out to run")
+			} else {
+				assert.Nil(t, journaled)
+			}
+			hist, err := a.store.history("web")
+			require.NoError(t, err)
+			require.Len(t, hist, tc.wantHistoryN)
+			assert.Equal(t, tc.wantState, hist[0].State)
+			if tc.wantErr != "" {
+				assert.Contains(t, hist[0].Error, tc.wantErr)
+			}
 		})
 	}
 }

@@ -75,6 +75,10 @@ type Operation struct {
 	// Switched is set in the same KV transaction that exchanges the two slots' bindings: from
 	// then on the swap is done as far as routing goes, and a restarted daemon settles it.
 	Switched bool `json:"switched,omitempty"`
+	// HandedOff is set when a daemon stopped gracefully between two phases and left the
+	// operation to the next leader, which goes on from there; an operation interrupted any
+	// other way is finished only past its warm-up, and undone before.
+	HandedOff bool `json:"handed_off,omitempty"`
 	// RollbackOf names the swap that a rollback reverses.
 	RollbackOf string `json:"rollback_of,omitempty"`
 

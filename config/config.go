@@ -53,6 +53,9 @@ type Config struct {
 	LogLevel string
 	LogJSON  bool
 	KVPrefix string
+	// DataDir is where the daemon keeps its own small state (its leader session, so a restart
+	// takes the lock back at once); empty: slotd under the user's cache folder.
+	DataDir string
 
 	HTTP   HTTP
 	Consul Consul

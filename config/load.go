@@ -21,6 +21,7 @@ type file struct {
 	LogLevel *string `hcl:"log_level,optional"`
 	LogJSON  *bool   `hcl:"log_json,optional"`
 	KVPrefix *string `hcl:"kv_prefix,optional"`
+	DataDir  *string `hcl:"data_dir,optional"`
 
 	HTTP   *HTTP   `hcl:"http,block"`
 	Consul *Consul `hcl:"consul,block"`
@@ -228,6 +229,12 @@ func (b *builder) merge(f *file) {
 	}
 	if f.KVPrefix != nil && b.declare("kv_prefix", topAttr("kv_prefix")) {
 		b.cfg.KVPrefix = *f.KVPrefix
+	}
+	if f.DataDir != nil && b.declare("data_dir", topAttr("data_dir")) {
+		b.cfg.DataDir = *f.DataDir
+		if !filepath.IsAbs(b.cfg.DataDir) {
+			b.cfg.DataDir = filepath.Join(f.dir, b.cfg.DataDir)
+		}
 	}
 	if f.HTTP != nil && b.declare("http", f.HTTP.Range) {
 		b.cfg.HTTP = *f.HTTP

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -36,6 +37,9 @@ type siteSpec struct {
 	settings map[string]map[string]string
 	sticky   map[string]map[string]string
 	slots    string // raw HCL of further slot blocks inside the site block
+	// consul and nomad, when set, are the addresses slotd uses instead of the stack's own
+	// (a FaultProxy in front of them).
+	consul, nomad string
 }
 
 // hosts of a site's slots, as Fabio routes them.
@@ -91,6 +95,7 @@ func (s siteSpec) hcl(t testing.TB, stack *Stack, httpAddr string) string {
 	return fmt.Sprintf(`
 log_level = "debug"
 kv_prefix = "slotd-%[1]s"
+data_dir  = %[16]q
 http {
   address = %[2]q
   %[10]s
@@ -122,10 +127,10 @@ site %[1]q {
   }
   %[15]s
 }
-`, s.name, httpAddr, stack.ConsulAddr, stack.NomadAddr, TestAppJobspec(), vb.String(), warmup, monitor, autoSwap, tokenFile,
+`, s.name, httpAddr, cmp.Or(s.consul, stack.ConsulAddr), cmp.Or(s.nomad, stack.NomadAddr), TestAppJobspec(), vb.String(), warmup, monitor, autoSwap, tokenFile,
 		declared(s.settings, "production", "FEATURE", "prod-feature"), declared(s.sticky, "production", "DB", "prod-db"),
 		declared(s.settings, "staging", "FEATURE", "staging-feature"), declared(s.sticky, "staging", "DB", "staging-db"),
-		s.slots)
+		s.slots, t.TempDir())
 }
 
 // hclObject renders a map of strings as an HCL object, keys in order: on one line when short,
@@ -164,6 +169,7 @@ func freeAddr(t testing.TB) string {
 // startDaemon writes the site's slots.hcl, starts an agent on it and waits until the site is ready.
 func startDaemon(t testing.TB, stack *Stack, site siteSpec) *daemon {
 	t.Helper()
+	stack.PurgeSiteAtEnd(t, site.name)
 	addr := freeAddr(t)
 	path := filepath.Join(t.TempDir(), "slots.hcl")
 	require.NoError(t, os.WriteFile(path, []byte(site.hcl(t, stack, addr)), 0o644))
@@ -301,6 +307,9 @@ func waitServes(t testing.TB, stack *Stack, host, lane string) {
 // site blocks of the others appended (each keeps its own lanes; the kv_prefix is the first's).
 func startDaemonSites(t testing.TB, stack *Stack, first siteSpec, others ...siteSpec) *daemon {
 	t.Helper()
+	for _, s := range append([]siteSpec{first}, others...) {
+		stack.PurgeSiteAtEnd(t, s.name)
+	}
 	addr := freeAddr(t)
 	src := first.hcl(t, stack, addr)
 	for _, o := range others {

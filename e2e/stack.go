@@ -555,6 +555,24 @@ func (s *Stack) proc(name string) *process {
 }
 
 // purgeJobs deregisters and purges every job and waits until no allocation runs.
+// PurgeSiteAtEnd purges the lane jobs of a site (job IDs "<site>-…") when the test ends, after
+// the test's daemons stopped (register it before them), so finished scenarios leave the
+// shared node's CPU to the ones still running.
+func (s *Stack) PurgeSiteAtEnd(t testing.TB, site string) {
+	t.Cleanup(func() {
+		jobs, _, err := s.Nomad.Jobs().List(&nomadapi.QueryOptions{Prefix: site + "-"})
+		if err != nil {
+			t.Logf("purge the jobs of site %s: %v", site, err)
+			return
+		}
+		for _, j := range jobs {
+			if _, _, err := s.Nomad.Jobs().Deregister(j.ID, true, nil); err != nil {
+				t.Logf("purge job %s: %v", j.ID, err)
+			}
+		}
+	})
+}
+
 func (s *Stack) purgeJobs() error {
 	if s.Nomad == nil {
 		return nil

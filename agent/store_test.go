@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestBootstrapSeedsAndMigrates: a site's first start binds every slot and seeds any number of
+// declared settings; settings kept one key per setting (the layout before documents) are
+// folded into the documents, the document winning where both have a key, and the old keys
+// deleted; a second start writes nothing.
+func TestBootstrapSeedsAndMigrates(t *testing.T) {
+	kv := newFakeKV()
+	cfg := testSite()
+	cfg.Slots[0].Settings = map[string]string{"FEATURE": "declared"}
+	cfg.Slots[1].Sticky = map[string]string{}
+	for i := range 150 {
+		cfg.Slots[1].Sticky[fmt.Sprintf("K%03d", i)] = "declared"
+	}
+	kv.put("slotd/sites/web/slots/production/lane", "a")
+	for i := range 100 {
+		kv.put(fmt.Sprintf("slotd/sites/web/slots/production/settings/S%03d", i), "legacy")
+	}
+	kv.put("slotd/sites/web/slots/production/settings/FEATURE", "edited-in-kv")
+	kv.put("slotd/sites/web/slots/staging/sticky/K000", "legacy")
+	kv.put("slotd/sites/web/slots/staging/sticky", `{"K000": "document"}`)
+
+	a := testAgent(kv, &fakeLanes{versions: map[string]uint64{}})
+	op, err := a.bootstrap(context.Background(), cfg)
+	require.NoError(t, err)
+	assert.Nil(t, op)
+
+	st, err := a.store.loadSlots("web", nil)
+	require.NoError(t, err)
+	prod, staging := st.slot("production"), st.slot("staging")
+	assert.Equal(t, "a", prod.Lane.Value)
+	assert.Equal(t, "b", staging.Lane.Value, "an unbound slot gets the first free lane")
+	assert.Len(t, prod.Settings.Values, 101)
+	assert.Equal(t, "legacy", prod.Settings.Values["S099"])
+	assert.Equal(t, "edited-in-kv", prod.Settings.Values["FEATURE"], "KV is the truth once a key exists: no re-seed over it")
+	assert.Len(t, staging.Sticky.Values, 150)
+	assert.Equal(t, "document", staging.Sticky.Values["K000"], "the document wins over a leftover key")
+	assert.Equal(t, "declared", staging.Sticky.Values["K149"])
+	for k := range kv.pairs {
+		parts := strings.Split(strings.TrimPrefix(k, "slotd/sites/web/slots/"), "/")
+		assert.LessOrEqual(t, len(parts), 2, "a one-key-per-setting entry is left: %s", k)
+	}
+
+	before := kv.index
+	_, err = a.bootstrap(context.Background(), cfg)
+	require.NoError(t, err)
+	assert.Equal(t, before, kv.index, "a second start writes nothing")
+}
+
+func TestLoadSlotsRefusesABadDocument(t *testing.T) {
+	tests := []struct {
+		name, doc, want string
+	}{
+		{"not JSON", `FEATURE=on`, "not a JSON object of strings"},
+		{"a number", `{"PORT": 8080}`, "not a JSON object of strings"},
+		{"a bad key", `{"not-a-name": "x"}`, "not an environment variable name"},
+		{"a reserved key", `{"SLOTD_SLOT": "x"}`, "reserved"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			kv := newFakeKV()
+			kv.put("slotd/sites/web/slots/production/sticky", tc.doc)
+			_, err := (&store{kv: kv, prefix: "slotd"}).loadSlots("web", nil)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.Contains(t, err.Error(), "slotd/sites/web/slots/production/sticky", "the error names the key to fix")
+		})
+	}
+}
