@@ -29,8 +29,9 @@ var Version = "0.2.0"
 const (
 	// shutdownGrace is how long a stopping daemon lets running phases finish before cancelling them.
 	shutdownGrace = 2 * time.Minute
-	// leaderSessionTTL bounds how long a crashed leader keeps the lock.
-	leaderSessionTTL = "15s"
+	// leaderSessionTTL bounds how long a killed leader keeps the lock: Consul's least TTL
+	// (it may take twice that to invalidate the session).
+	leaderSessionTTL = "10s"
 	// relockPause is how long a daemon that lost the lock waits before it contends again.
 	relockPause = 3 * time.Second
 	// leaderLockDelay is the session's lock-delay: the least Consul takes (0 means its default).

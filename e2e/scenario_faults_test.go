@@ -346,3 +346,31 @@ func siteFingerprint(t testing.TB, stack *Stack, client *api.Client, site string
 	}
 	return out
 }
+
+// TestFailoverAfterKill: the leader is killed with SIGKILL while idle; its session lives on
+// until Consul's TTL runs out, then the standby leads and the site is ready on it. The time
+// from the kill to the standby leading is printed (it is Consul's session TTL at work: 10 s,
+// which Consul may stretch to twice that).
+func TestFailoverAfterKill(t *testing.T) {
+	stack := Shared(t)
+	t.Parallel()
+	site := newSite()
+	leader := startProcDaemon(t, stack, site)
+	standby := launchProcDaemon(t, stack, site)
+	ctx, cancel := context.WithTimeout(context.Background(), faultTestTimeout)
+	defer cancel()
+	WaitFor(t, time.Minute, "the standby answering as a follower of "+leader.addr, func() (bool, string) {
+		standby.exitCheck("it to answer")
+		h, err := standby.client.Health(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return !h.Leader && strings.Contains(h.LeaderAddress, leader.addr), fmt.Sprintf("%+v", *h)
+	})
+	killed := time.Now()
+	leader.kill()
+	standby.waitLeader(2 * time.Minute)
+	t.Logf("failover: the standby leads %s after the leader was killed", time.Since(killed).Round(10*time.Millisecond))
+	standby.waitReady(site.name)
+	t.Logf("failover: the site is ready on the standby %s after the kill", time.Since(killed).Round(10*time.Millisecond))
+}
