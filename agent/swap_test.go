@@ -444,3 +444,22 @@ func TestOperationEnds(t *testing.T) {
 		})
 	}
 }
+
+// TestRollbackOfRemovedSlot: the last swap moved a slot that a reload removed since; a rollback
+// answers a clear error instead of taking the daemon down.
+func TestRollbackOfRemovedSlot(t *testing.T) {
+	kv := newFakeKV()
+	kvSlots(kv, false)
+	a := testAgent(kv, &fakeLanes{versions: map[string]uint64{}})
+	last := &api.Operation{ID: "op-old", Site: "web", Kind: api.KindSwap, State: api.StateSucceeded, Source: "qa", Target: "production", Switched: true}
+	require.NoError(t, a.store.createOperation(last))
+	require.NoError(t, a.store.finishOperation(last))
+
+	s := newSite(a, testSite())
+	s.lead, s.ready = context.Background(), true
+	op, err := s.rollback("api")
+	require.Error(t, err)
+	assert.Nil(t, op)
+	assert.ErrorIs(t, err, errBadRequest)
+	assert.Contains(t, err.Error(), "no longer both declared")
+}
