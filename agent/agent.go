@@ -60,6 +60,10 @@ type Agent struct {
 
 	leader    atomic.Bool
 	stopping  atomic.Bool
+	deposed   chan struct{} // a write was refused: the lock is gone, whatever the monitor says
+
+	runsMu sync.Mutex
+	runs   map[string]*run // the run in flight per site name, whichever owner started it
 	stopCh    chan struct{}
 	opsCtx    context.Context
 	opsCancel context.CancelFunc
@@ -78,6 +82,9 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 	}
 	ncfg := nomadapi.DefaultConfig()
 	ncfg.Address = cfg.Nomad.Address
+	// A Nomad that hangs must not hold a call forever, even one that takes no context (the
+	// jobspec parse): no call waits longer than the longest blocking query and its grace.
+	ncfg.HttpClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone(), Timeout: idleWait + 2*queryGrace}
 	if cfg.Nomad.Token != "" {
 		ncfg.SecretID = cfg.Nomad.Token
 	}
@@ -116,6 +123,16 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 		a.sites[sc.Name] = newSite(a, sc)
 	}
 	a.lanes = a
+	a.runs = map[string]*run{}
+	a.deposed = make(chan struct{}, 1)
+	a.store.deposed = func(session string) {
+		if cur, _ := a.store.session.Load().(string); cur == session {
+			select {
+			case a.deposed <- struct{}{}:
+			default:
+			}
+		}
+	}
 	a.server = a.newServer()
 	return a, nil
 }
@@ -133,10 +150,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	sitesCtx, stopSites := context.WithCancel(context.Background())
 	a.mu.Lock()
 	a.sitesCtx = sitesCtx
+	var tell []func()
 	for name, s := range a.sites {
-		a.runSite(name, s)
+		tell = append(tell, a.runSite(name, s))
 	}
 	a.mu.Unlock()
+	for _, fn := range tell {
+		fn()
+	}
 
 	leaderDone := make(chan struct{})
 	go func() {
@@ -226,6 +247,10 @@ func (a *Agent) leadLoop(ctx context.Context) {
 			continue
 		}
 		failures = 0
+		select {
+		case <-a.deposed: // from an earlier leadership
+		default:
+		}
 		a.logger.Info("leading", "session", session)
 		a.store.fence(session)
 		a.leader.Store(true)
@@ -235,13 +260,15 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		leadCtx, cancel := context.WithCancel(context.Background())
 		a.mu.Lock()
 		a.leaderCtx = leadCtx
-		for _, s := range a.sites {
+		a.mu.Unlock()
+		for _, s := range a.siteList() {
 			s.setLead(leadCtx)
 		}
-		a.mu.Unlock()
 		select {
 		case <-lost:
 			a.logger.Warn("lost the leader lock: writing nothing more")
+		case <-a.deposed:
+			a.logger.Warn("lost the leader lock (a write was refused): writing nothing more")
 		case <-ctx.Done():
 		}
 		a.leader.Store(false)
@@ -337,13 +364,17 @@ func (a *Agent) advertise() string {
 	return fmt.Sprintf("http://%s (%s)", a.Addr(), host)
 }
 
-// runSite starts the owner of a site; a.mu is held.
-func (a *Agent) runSite(name string, s *site) {
+// runSite starts the owner of a site and returns what tells it of a leadership under way,
+// for the caller to run once a.mu (held now) is released.
+func (a *Agent) runSite(name string, s *site) func() {
 	ctx, cancel := context.WithCancel(a.sitesCtx)
 	a.siteStops[name] = cancel
 	go s.run(ctx)
-	if a.leaderCtx != nil {
-		s.setLead(a.leaderCtx)
+	lead := a.leaderCtx
+	return func() {
+		if lead != nil {
+			s.setLead(lead)
+		}
 	}
 }
 
@@ -352,19 +383,21 @@ func (a *Agent) runSite(name string, s *site) {
 // its owner and watches stop, and its lanes keep running. The HTTP address needs a restart.
 func (a *Agent) Reload(cfg *config.Config) error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if cfg.HTTP.Address != a.cfg.HTTP.Address || cfg.KVPrefix != a.cfg.KVPrefix {
 		a.logger.Warn("http.address and kv_prefix change only with a restart")
 	}
+	// The owners hear of it after a.mu is released: an owner busy with Consul or Nomad must
+	// not hold up every request, which all read the declarations.
+	var tell []func()
 	for _, sc := range cfg.Sites {
 		if s, ok := a.sites[sc.Name]; ok {
-			s.setConfig(sc)
+			tell = append(tell, func() { s.setConfig(sc) })
 			continue
 		}
 		s := newSite(a, sc)
 		a.sites[sc.Name] = s
 		if a.sitesCtx != nil {
-			a.runSite(sc.Name, s)
+			tell = append(tell, a.runSite(sc.Name, s))
 		}
 	}
 	for name := range a.sites {
@@ -379,6 +412,10 @@ func (a *Agent) Reload(cfg *config.Config) error {
 		delete(a.siteStops, name)
 	}
 	a.cfg = cfg
+	a.mu.Unlock()
+	for _, fn := range tell {
+		fn()
+	}
 	a.logger.Info("reloaded", "sites", len(cfg.Sites))
 	return nil
 }
@@ -387,6 +424,29 @@ func (a *Agent) site(name string) *site {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.sites[name]
+}
+
+// track and untrack keep the run in flight per site, across owners: a site removed by a reload
+// and declared again must not start a second executor of an operation still running.
+func (a *Agent) track(site string, r *run) {
+	a.runsMu.Lock()
+	defer a.runsMu.Unlock()
+	a.runs[site] = r
+}
+
+func (a *Agent) untrack(site string, r *run) {
+	a.runsMu.Lock()
+	defer a.runsMu.Unlock()
+	if a.runs[site] == r {
+		delete(a.runs, site)
+	}
+}
+
+// inflight is the run in flight for a site, or nil.
+func (a *Agent) inflight(site string) *run {
+	a.runsMu.Lock()
+	defer a.runsMu.Unlock()
+	return a.runs[site]
 }
 
 func (a *Agent) siteList() []*site {

@@ -240,7 +240,13 @@ func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.
 	if err != nil {
 		return fmt.Errorf("%w; its settings were not put back: %v", cause, err)
 	}
-	back, keys := putBack(ss.settings(), laneEnv(prev, cfg.Service), laneEnv(base, cfg.Service))
+	prevEnv := laneEnv(prev, cfg.Service)
+	if prevEnv[jobspec.EnvSlot] != slot.Name {
+		// The bound version ran as another slot (the drained lane of a swap not settled):
+		// its settings are not this slot's to take.
+		return fmt.Errorf("%w; its settings stay as KV has them (not applied)", cause)
+	}
+	back, keys := putBack(ss.settings(), prevEnv, laneEnv(base, cfg.Service))
 	note := ""
 	if len(keys) > 0 {
 		var ops consulapi.KVTxnOps

@@ -90,6 +90,11 @@ func (s *site) rollback(trigger string) (*api.Operation, error) {
 	if last == nil {
 		return nil, fmt.Errorf("%w: site %s has no completed swap to roll back", errBadRequest, s.name)
 	}
+	return s.rollbackOf(last, trigger)
+}
+
+// rollbackOf swaps back the given swap. Runs on the owner.
+func (s *site) rollbackOf(last *api.Operation, trigger string) (*api.Operation, error) {
 	if s.cfg.Slot(last.Source) == nil || s.cfg.Slot(last.Target) == nil {
 		return nil, fmt.Errorf("%w: the last swap of site %s moved slots %s and %s, which are no longer both declared", errBadRequest, s.name, last.Source, last.Target)
 	}

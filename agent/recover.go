@@ -19,7 +19,8 @@ import (
 func (a *Agent) recoverOp(cfg *config.Site, op *api.Operation) opFunc {
 	swap := op.Kind == api.KindSwap || op.Kind == api.KindRollback
 	if swap && cfg.Slot(op.Source) != nil && cfg.Slot(op.Target) != nil {
-		if op.State == api.StatePreviewing || op.Switched || op.HandedOff || succeeded(op, api.PhaseWarm) {
+		forward := op.State == api.StatePreviewing || op.Switched || op.HandedOff || succeeded(op, api.PhaseWarm)
+		if forward && !ended(op) {
 			op.HandedOff = false
 			return a.swapOp(cfg, op.Source, op.Target)
 		}
@@ -45,4 +46,15 @@ func (a *Agent) recoverOp(cfg *config.Site, op *api.Operation) opFunc {
 func succeeded(op *api.Operation, phase string) bool {
 	p := op.Phase(phase)
 	return p != nil && p.State == api.PhaseSucceeded
+}
+
+// ended reports whether a phase of op failed or was cancelled: the operation was over, only
+// its outcome did not reach the journal. It is never run forward again.
+func ended(op *api.Operation) bool {
+	for _, p := range op.Phases {
+		if p.State == api.PhaseFailed || p.State == api.PhaseCancelled {
+			return true
+		}
+	}
+	return false
 }

@@ -61,7 +61,9 @@ type site struct {
 	checking    bool
 	dirty       bool
 	running     *run
-	retry       *time.Timer
+	reboot      bool // the declarations changed while booting: boot again
+	bootTimer   *time.Timer
+	checkTimer  *time.Timer
 	// failures counts converge operations that failed in a row; holdUntil is when the next
 	// may start.
 	failures  int
@@ -186,9 +188,11 @@ func (s *site) unlead() {
 		s.watchCancel()
 		s.watchCancel = nil
 	}
-	s.lead, s.ready, s.booting, s.checking = nil, false, false, false
-	if s.retry != nil {
-		s.retry.Stop()
+	s.lead, s.ready, s.booting, s.checking, s.reboot = nil, false, false, false, false
+	for _, t := range []*time.Timer{s.bootTimer, s.checkTimer} {
+		if t != nil {
+			t.Stop()
+		}
 	}
 }
 
@@ -199,18 +203,20 @@ func (s *site) setConfig(cfg *config.Site) {
 		s.cfg = cfg
 		if s.lead != nil {
 			s.ready = false
+			s.reboot = s.booting // a boot under way started with the old declarations
 			s.boot()
 		}
 	})
 }
 
-// later runs fn on the owner after d, unless the leadership it was planned under ended.
-func (s *site) later(d time.Duration, fn func()) {
+// later runs fn on the owner after d on timer t, unless the leadership it was planned under
+// ended; a later call on the same timer replaces the earlier.
+func (s *site) later(t **time.Timer, d time.Duration, fn func()) {
 	lead := s.lead
-	if s.retry != nil {
-		s.retry.Stop()
+	if *t != nil {
+		(*t).Stop()
 	}
-	s.retry = time.AfterFunc(d, func() {
+	*t = time.AfterFunc(d, func() {
 		s.post(func() {
 			if s.lead == lead && lead != nil {
 				fn()
@@ -226,25 +232,45 @@ func (s *site) boot() {
 		return
 	}
 	s.booting = true
-	lead, cfg := s.lead, s.cfg
+	lead := s.lead
 	attempt := 0
 	var try func()
 	try = func() {
 		attempt++
+		cfg := s.cfg // each attempt with the declarations as they are now
 		go func() {
 			op, err := s.a.bootstrap(lead, cfg)
 			s.post(func() {
 				if s.lead != lead {
 					return
 				}
+				if s.reboot {
+					s.reboot, attempt = false, 0
+					try()
+					return
+				}
 				if err != nil {
 					s.log.Error("site not ready", "error", err, "attempt", attempt)
-					s.later(backoff(attempt+2), try)
+					s.later(&s.bootTimer, backoff(attempt+2), try)
 					return
 				}
 				s.booting, s.ready = false, true
 				s.log.Info("site ready")
 				if op != nil && s.running == nil {
+					if r := s.a.inflight(s.name); r != nil {
+						// A run of an earlier owner of this site (removed by a reload, then
+						// declared again) still executes it: take over once it stopped.
+						go func() {
+							<-r.done
+							s.post(func() {
+								if s.lead == lead {
+									s.ready = false
+									s.boot()
+								}
+							})
+						}()
+						return
+					}
 					s.resume(op)
 					return
 				}
@@ -263,7 +289,7 @@ func (s *site) check() {
 		return
 	}
 	if wait := time.Until(s.holdUntil); wait > 0 {
-		s.later(wait, s.check)
+		s.later(&s.checkTimer, wait, s.check)
 		return
 	}
 	s.checking, s.dirty = true, false
@@ -281,7 +307,7 @@ func (s *site) check() {
 			case err != nil:
 				s.log.Warn("cannot compare the lanes with kv", "error", err)
 				s.dirty = true
-				s.later(checkRetry, s.check)
+				s.later(&s.checkTimer, checkRetry, s.check)
 			case len(slots) > 0 && s.running == nil:
 				s.log.Info("lanes differ from kv; converging", "slots", fmt.Sprint(slots))
 				op := &api.Operation{Kind: api.KindSettings, Trigger: triggerConverge}
@@ -368,8 +394,10 @@ func (s *site) resume(op *api.Operation) {
 func (s *site) execute(op *api.Operation, fn opFunc) {
 	r := s.a.newRun(s, s.lead, op)
 	s.running = r
+	s.a.track(s.name, r)
 	go func() {
 		r.execute(fn)
+		s.a.untrack(s.name, r)
 		s.post(func() { s.ended(r) })
 	}()
 }

@@ -48,7 +48,13 @@ type store struct {
 	kv      kvAPI
 	prefix  string
 	session atomic.Value // string: the leader session to check, "" for none
+	// deposed, if set, hears of a transaction refused because session no longer holds the lock.
+	deposed func(session string)
 }
+
+// errDeposed is a write refused because this daemon's session no longer holds the leader lock:
+// the operation stops where it is, for the next leader.
+var errDeposed = fmt.Errorf("%w: this daemon no longer holds the leader lock", errStopping)
 
 // fence makes every later transaction check that session holds the leader lock ("" stops it).
 func (s *store) fence(session string) { s.session.Store(session) }
@@ -232,6 +238,14 @@ func (s *store) txn(ops consulapi.KVTxnOps) (*consulapi.KVTxnResponse, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consul kv transaction: %w", err)
 	}
+	if session, _ := s.session.Load().(string); !ok && session != "" && len(resp.Errors) > 0 && resp.Errors[0].OpIndex == 0 {
+		// The leader check failed: this daemon no longer holds the lock, whatever its lock
+		// monitor has seen so far.
+		if s.deposed != nil {
+			s.deposed(session)
+		}
+		return nil, errDeposed
+	}
 	if !ok {
 		msgs := make([]string, 0, len(resp.Errors))
 		for _, e := range resp.Errors {
@@ -323,7 +337,8 @@ func valuesOf(m map[string]kvValue) map[string]string {
 
 func (s *store) operationKey(site string) string { return s.siteKey(site, "operation") }
 
-// createOperation journals op as the site's running operation; errBusy when one exists.
+// createOperation journals op as the site's running operation, in one write; errBusy when
+// one exists. Its Seq (the history key) is the index it was created at.
 func (s *store) createOperation(op *api.Operation) error {
 	b, err := json.Marshal(op)
 	if err != nil {
@@ -338,7 +353,7 @@ func (s *store) createOperation(op *api.Operation) error {
 	}
 	op.Index = resultIndex(resp, s.operationKey(op.Site), 0)
 	op.Seq = op.Index
-	return s.updateOperation(op)
+	return nil
 }
 
 // updateOperation journals a new state of op; op.Index is the index it was last written at.
@@ -412,6 +427,9 @@ func (s *store) runningOperation(site string) (*api.Operation, error) {
 		return nil, fmt.Errorf("decode operation of site %s: %w", site, err)
 	}
 	op.Index = p.ModifyIndex
+	if op.Seq == 0 {
+		op.Seq = p.CreateIndex
+	}
 	return &op, nil
 }
 

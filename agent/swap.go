@@ -96,17 +96,17 @@ func (w *swap) runPhases(ctx context.Context) error {
 	if !w.op.Switched {
 		if !w.done(api.PhaseApply) {
 			if err := w.phase(api.PhaseApply, api.StateApplying, func() error { return w.apply(ctx) }); err != nil {
-				return w.restoreSource(err)
+				return w.undo(err)
 			}
 		}
 		if w.op.Preview && !w.done(api.PhaseWarm) {
 			if err := w.preview(ctx); err != nil {
-				return w.restoreSource(err)
+				return w.undo(err)
 			}
 		}
 		if !w.done(api.PhaseWarm) {
 			if err := w.phase(api.PhaseWarm, api.StateWarming, func() error { return w.warm(ctx) }); err != nil {
-				return w.restoreSource(err)
+				return w.undo(err)
 			}
 		}
 		if err := w.phase(api.PhaseSwitch, api.StateSwitching, func() error { return w.switchSlots(ctx) }); err != nil {
@@ -190,6 +190,9 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-make")
 	}
+	if errors.Is(err, errStopping) {
+		return err
+	}
 	if err != nil {
 		return w.restoreBoth(fmt.Errorf("give lane %s the routes of %s: %w", w.srcLane, w.target.Name, err))
 	}
@@ -198,12 +201,15 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-break")
 	}
+	if errors.Is(err, errStopping) {
+		return err
+	}
 	if err != nil {
 		return w.restoreBoth(fmt.Errorf("take the routes of %s off lane %s: %w", w.target.Name, w.tgtLane, err))
 	}
 	if err := w.exchange(ctx, made.Version, broken.Version); err != nil {
-		if w.op.Switched {
-			return err // after the exchange: the site converges what is left
+		if w.op.Switched || errors.Is(err, errStopping) {
+			return err // after the exchange the site converges what is left; deposed: nothing
 		}
 		// KV still binds the target to its lane: give that lane its routes back before the
 		// source lane loses them.
@@ -328,8 +334,9 @@ func (w *swap) monitor(ctx context.Context) error {
 		case errors.Is(err, errStopping):
 			return err
 		case err != nil && m.AutoRollback:
+			swapped := *w.op
 			w.after = func(s *site) {
-				if _, err := s.rollback("monitor"); err != nil {
+				if _, err := s.rollbackOf(&swapped, "monitor"); err != nil {
 					s.log.Error("auto-rollback did not start", "swap", w.op.ID, "error", err)
 				}
 			}
@@ -410,19 +417,44 @@ func (w *swap) instanceCount(ctx context.Context) int {
 	return len(entries)
 }
 
+// undo puts the source lane back after apply, a preview or warm failed; a run that lost its
+// leadership puts nothing back: the next leader does.
+func (w *swap) undo(cause error) error {
+	if errors.Is(cause, errStopping) || w.lead.Err() != nil {
+		return cause
+	}
+	return w.restoreSource(cause)
+}
+
 // restoreSource puts the source lane back as KV says for the source, and leaves the target alone.
 func (w *swap) restoreSource(cause error) error {
 	return w.a.putSlotBack(w.ctx, w.site, w.source.Name, cause)
 }
 
-// restoreBoth undoes a switch that failed after it began: the target's lane gets the target's
-// routes back first (whatever its health: it may be the sick lane a rollback moves away from),
-// and only then is the source lane put back.
+// restoreBoth undoes a switch that failed after it began, make before break: the target's lane
+// gets the target's routes back with the settings it runs (a tags-only change, in place), and
+// once Consul shows them passing and routers had time to see it, the source lane is put back.
+// Settings edited meanwhile reach the lanes through convergence afterwards. A lane that was
+// already failing its checks (a rollback away from it) is waited for by its tags only.
 func (w *swap) restoreBoth(cause error) error {
 	ctx, cancel := w.a.restoreContext(w.ctx)
 	defer cancel()
-	if _, err := w.a.restoreSlot(ctx, w.site, w.target.Name, gateTags); err != nil {
+	g := gateHealthy
+	if w.tgtSick {
+		g = gateTags
+	}
+	ro, err := w.a.lanes.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, steady(w.target, w.tgt), g)
+	if err != nil {
 		return fmt.Errorf("%w; giving lane %s the routes of %s back failed too: %v", cause, w.tgtLane, w.target.Name, err)
+	}
+	if st, err := w.a.store.loadSlots(w.site.Name, nil); err == nil {
+		t := st.slot(w.target.Name)
+		if t.Lane.Value == w.tgtLane {
+			_, _ = w.a.store.txn(w.a.store.bindOps(w.site.Name, w.target.Name, t, w.tgtLane, ro.Version))
+		}
+	}
+	if err := sleepCtx(ctx, routerDrain); err != nil {
+		return fmt.Errorf("%w; putting lane %s back was stopped: %v", cause, w.srcLane, err)
 	}
 	return w.restoreSource(cause)
 }

@@ -87,7 +87,11 @@ func (f *fakeKV) Txn(ops consulapi.KVTxnOps, _ *consulapi.QueryOptions) (bool, *
 	for _, op := range ops {
 		switch op.Verb {
 		case consulapi.KVCAS, consulapi.KVSet:
-			f.pairs[op.Key] = &consulapi.KVPair{Key: op.Key, Value: op.Value, ModifyIndex: f.index}
+			created := f.index
+			if cur, ok := f.pairs[op.Key]; ok {
+				created = cur.CreateIndex
+			}
+			f.pairs[op.Key] = &consulapi.KVPair{Key: op.Key, Value: op.Value, CreateIndex: created, ModifyIndex: f.index}
 			resp.Results = append(resp.Results, &consulapi.KVPair{Key: op.Key, ModifyIndex: f.index})
 		case consulapi.KVDeleteCAS, consulapi.KVDelete:
 			delete(f.pairs, op.Key)
@@ -203,6 +207,8 @@ const (
 	breakA   = "a as production [] DB=prod-db FEATURE=prod-feature tags"
 	settleA  = "a as staging [staging urlprefix-staging/] DB=staging-db FEATURE=prod-feature healthy"
 	restoreA = "a as production [production urlprefix-www/] DB=prod-db FEATURE=prod-feature tags"
+	// giveBackA is restoreA when the switch itself fails: health-gated, as it runs.
+	giveBackA = "a as production [production urlprefix-www/] DB=prod-db FEATURE=prod-feature healthy"
 	restoreB = "b as staging [staging urlprefix-staging/] DB=staging-db FEATURE=staging-feature healthy"
 )
 
@@ -265,6 +271,22 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			wantProd:  "a",
 		},
 		{
+			name:      "make fails: production keeps its routes, the source lane is put back",
+			op:        phased(),
+			failLane:  func(c string) bool { return c == makeB },
+			wantCalls: []string{applyB, makeB, giveBackA, restoreB},
+			wantErr:   "give lane b the routes of production",
+			wantProd:  "a",
+		},
+		{
+			name:      "a swap journaled with a failed phase is over: never rolled forward",
+			op:        phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseFailed),
+			recover:   true,
+			wantCalls: []string{restoreA, restoreB},
+			wantErr:   "interrupted",
+			wantProd:  "a",
+		},
+		{
 			name:      "a crash inside warm is undone",
 			op:        phased(api.PhaseSucceeded, api.PhaseRunning),
 			recover:   true,
@@ -303,7 +325,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			name:      "the break fails: production's lane gets its routes back before the source lane loses them",
 			op:        phased(),
 			failLane:  func(c string) bool { return c == breakA },
-			wantCalls: []string{applyB, makeB, breakA, restoreA, restoreB},
+			wantCalls: []string{applyB, makeB, breakA, giveBackA, restoreB},
 			wantErr:   "take the routes of production off lane a",
 			wantProd:  "a",
 		},
@@ -318,7 +340,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 				}
 				return nil
 			},
-			wantCalls: []string{applyB, makeB, breakA, restoreA, restoreB},
+			wantCalls: []string{applyB, makeB, breakA, giveBackA, restoreB},
 			wantErr:   "exchange the bindings",
 			wantProd:  "a",
 		},
