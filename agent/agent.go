@@ -58,12 +58,12 @@ type Agent struct {
 	sitesCtx  context.Context // the sites' owners run until it ends
 	leaderCtx context.Context // nil while this daemon does not lead
 
-	leader    atomic.Bool
-	stopping  atomic.Bool
-	deposed   chan struct{} // a write was refused: the lock is gone, whatever the monitor says
+	leader   atomic.Bool
+	stopping atomic.Bool
+	deposed  chan struct{} // a write was refused: the lock is gone, whatever the monitor says
 
-	runsMu sync.Mutex
-	runs   map[string]*run // the run in flight per site name, whichever owner started it
+	runsMu    sync.Mutex
+	runs      map[string]*run // the run in flight per site name, whichever owner started it
 	stopCh    chan struct{}
 	opsCtx    context.Context
 	opsCancel context.CancelFunc

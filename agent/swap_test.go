@@ -209,7 +209,7 @@ const (
 	restoreA = "a as production [production urlprefix-www/] DB=prod-db FEATURE=prod-feature tags"
 	// giveBackA is restoreA when the switch itself fails: health-gated, as it runs.
 	giveBackA = "a as production [production urlprefix-www/] DB=prod-db FEATURE=prod-feature healthy"
-	restoreB = "b as staging [staging urlprefix-staging/] DB=staging-db FEATURE=staging-feature healthy"
+	restoreB  = "b as staging [staging urlprefix-staging/] DB=staging-db FEATURE=staging-feature healthy"
 )
 
 // TestSwapResumeAndRestore runs the swap, its resume after a stop and its restore paths against
