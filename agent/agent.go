@@ -32,8 +32,9 @@ const (
 	// leaderSessionTTL bounds how long a killed leader keeps the lock: Consul's least TTL
 	// (it may take twice that to invalidate the session).
 	leaderSessionTTL = "10s"
-	// relockPause is how long a daemon that lost the lock waits before it contends again.
-	relockPause = 3 * time.Second
+	// relockPause is how long a daemon that lost the lock waits before it contends again:
+	// longer than the 5 s a standby's lock library waits after a lock-delay, so it wins.
+	relockPause = 7 * time.Second
 	// leaderLockDelay is the session's lock-delay: the least Consul takes (0 means its default).
 	leaderLockDelay = time.Millisecond
 )

@@ -112,8 +112,29 @@ func (a *Agent) render(site *config.Site, lane string, src source, want laneStat
 			svc.Meta[metaSite] = site.Name
 			svc.Meta[metaLane] = lane
 		}
+		drainOnStop(g, site.Service)
 	}
 	return job, nil
+}
+
+// drainOnStop gives every instance of the site's service at least routerDrain between leaving
+// Consul and being told to stop, so a rolling restart under the job's update block (a deploy,
+// a settings rollout, convergence) never stops an instance that routers still send requests
+// to. A longer shutdown_delay in the jobspec is kept.
+func drainOnStop(g *nomadapi.TaskGroup, service string) {
+	for _, svc := range g.Services {
+		if svc.Name == service && (g.ShutdownDelay == nil || *g.ShutdownDelay < routerDrain) {
+			d := routerDrain
+			g.ShutdownDelay = &d
+		}
+	}
+	for _, t := range g.Tasks {
+		for _, svc := range t.Services {
+			if svc.Name == service && t.ShutdownDelay < routerDrain {
+				t.ShutdownDelay = routerDrain
+			}
+		}
+	}
 }
 
 func serviceBlocks(g *nomadapi.TaskGroup) []*nomadapi.Service {

@@ -2,8 +2,10 @@ package agent
 
 import (
 	"testing"
+	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/stretchr/testify/assert"
 
 	"github.com/slotd/slotd/config"
@@ -174,6 +176,28 @@ func TestInstancesReady(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ok, desc := instancesReady(tc.entries, want, 2, tc.healthy)
 			assert.Equal(t, tc.ready, ok, desc)
+		})
+	}
+}
+
+func TestDrainOnStop(t *testing.T) {
+	long := 5 * time.Second
+	tests := []struct {
+		name      string
+		group     *nomadapi.TaskGroup
+		wantGroup *time.Duration
+		wantTask  time.Duration
+	}{
+		{"group service without delay", &nomadapi.TaskGroup{Services: []*nomadapi.Service{{Name: "web"}}, Tasks: []*nomadapi.Task{{Name: "app"}}}, new(routerDrain), 0},
+		{"a longer delay is kept", &nomadapi.TaskGroup{ShutdownDelay: &long, Services: []*nomadapi.Service{{Name: "web"}}, Tasks: []*nomadapi.Task{{Name: "app"}}}, &long, 0},
+		{"task service", &nomadapi.TaskGroup{Tasks: []*nomadapi.Task{{Name: "app", Services: []*nomadapi.Service{{Name: "web"}}}}}, nil, routerDrain},
+		{"another service is left alone", &nomadapi.TaskGroup{Services: []*nomadapi.Service{{Name: "metrics"}}, Tasks: []*nomadapi.Task{{Name: "app"}}}, nil, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			drainOnStop(tc.group, "web")
+			assert.Equal(t, tc.wantGroup, tc.group.ShutdownDelay)
+			assert.Equal(t, tc.wantTask, tc.group.Tasks[0].ShutdownDelay)
 		})
 	}
 }
