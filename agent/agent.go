@@ -62,6 +62,8 @@ type Agent struct {
 	leader   atomic.Bool
 	stopping atomic.Bool
 	deposed  chan struct{} // a write was refused: the lock is gone, whatever the monitor says
+	// leadCancel ends the current leadership's context (context.CancelFunc).
+	leadCancel atomic.Value
 
 	runsMu    sync.Mutex
 	runs      map[string]*run // the run in flight per site name, whichever owner started it
@@ -128,6 +130,11 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 	a.deposed = make(chan struct{}, 1)
 	a.store.deposed = func(session string) {
 		if cur, _ := a.store.session.Load().(string); cur == session {
+			// At once, not when the lead loop gets to it: no run of this leadership may
+			// start another write, to Consul or to Nomad.
+			if cancel, ok := a.leadCancel.Load().(context.CancelFunc); ok {
+				cancel()
+			}
 			select {
 			case a.deposed <- struct{}{}:
 			default:
@@ -259,6 +266,7 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		// Not a child of ctx: on a graceful stop, running phases finish under the leadership
 		// before it ends.
 		leadCtx, cancel := context.WithCancel(context.Background())
+		a.leadCancel.Store(cancel)
 		a.mu.Lock()
 		a.leaderCtx = leadCtx
 		a.mu.Unlock()

@@ -261,8 +261,8 @@ func (r *run) phase(name, state string, fn func() error) error {
 		p.State, p.Message = api.PhaseFailed, err.Error()
 	}
 	a.metrics.phaseSeconds.WithLabelValues(r.op.Site, r.op.Kind, name, p.State).Observe(end.Sub(*p.StartedAt).Seconds())
-	if jerr := r.journal(); jerr != nil && err == nil {
-		return jerr
+	if jerr := r.journal(); jerr != nil && (err == nil || errors.Is(jerr, errStopping)) {
+		return jerr // deposed: that, not the phase's own outcome, decides what happens next
 	}
 	if ferr := failpoint.Inject(r.ctx, name+".end"); ferr != nil && err == nil {
 		return ferr

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -373,4 +374,78 @@ func TestFailoverAfterKill(t *testing.T) {
 	t.Logf("failover: the standby leads %s after the leader was killed", time.Since(killed).Round(10*time.Millisecond))
 	standby.waitReady(site.name)
 	t.Logf("failover: the site is ready on the standby %s after the kill", time.Since(killed).Round(10*time.Millisecond))
+}
+
+// TestFrozenLeaderFenced: the leader is frozen (SIGSTOP) in the middle of apply. Its session
+// runs out, the standby leads and undoes the swap (it had not warmed up). Then the old leader
+// is thawed (SIGCONT) with its swap still in flight: whatever it tries now is refused, so
+// nothing in KV or Nomad changes, and production answers every request throughout.
+func TestFrozenLeaderFenced(t *testing.T) {
+	stack := Shared(t)
+	t.Parallel()
+	site := newSite(func(s *siteSpec) { s.vars = map[string]string{"startup_delay": "8s"} })
+	prod := site.host("production")
+	ctx, cancel := context.WithTimeout(context.Background(), faultTestTimeout)
+	defer cancel()
+
+	leader := startProcDaemon(t, stack, site)
+	standby := launchProcDaemon(t, stack, site)
+	WaitFor(t, time.Minute, "the standby answering as a follower of "+leader.addr, func() (bool, string) {
+		standby.exitCheck("it to answer")
+		h, err := standby.client.Health(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return !h.Leader && strings.Contains(h.LeaderAddress, leader.addr), fmt.Sprintf("%+v", *h)
+	})
+	lanes := leader.daemon().laneJobs(site.name)
+	waitServes(t, stack, prod, lanes["production"])
+	smp := startSampler(t, stack, prod, 4, faultTestTimeout)
+
+	op, err := leader.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
+	require.NoError(t, err, "start a swap on the leader")
+	waitOpState(t, leader.daemon(), op.ID, api.StateApplying, 2*time.Minute)
+	require.NoError(t, syscall.Kill(leader.pid(), syscall.SIGSTOP), "freeze the leader")
+	frozen := time.Now()
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			thawed = true
+			_ = syscall.Kill(leader.pid(), syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(thaw)
+
+	standby.waitLeader(2 * time.Minute)
+	t.Logf("the standby leads %s after the leader was frozen", time.Since(frozen).Round(10*time.Millisecond))
+	final := standby.waitOp(op.ID, 8*time.Minute)
+	t.Logf("swap %s ended by the standby: %s %q (%s)", op.ID, final.State, final.Error, phaseTimes(final))
+	require.Equal(t, api.StateFailed, final.State, "the standby undoes a swap that had not warmed up")
+	assert.Contains(t, final.Error, "interrupted")
+	sd := standby.daemon()
+	waitIdle(t, sd, site.name)
+	before := siteFingerprint(t, stack, standby.client, site.name)
+
+	thaw()
+	t.Logf("thawed the old leader %s after it was frozen", time.Since(frozen).Round(time.Second))
+	WaitFor(t, time.Minute, "the thawed leader logging that it lost the lock", func() (bool, string) {
+		return strings.Contains(leader.log(), "lost the leader lock"), "not in " + leader.logPath
+	})
+	time.Sleep(15 * time.Second) // whatever it was doing when frozen has had time to try
+	leader.exitCheck("it to settle down")
+	waitIdle(t, sd, site.name)
+	assert.Equal(t, before, siteFingerprint(t, stack, standby.client, site.name), "lane jobs and KV bindings after the old leader thawed")
+	t.Logf("the thawed leader's log (GET requests left out):%s", withoutGets(leader.log()[strings.LastIndex(leader.log(), "operation started"):]))
+
+	h, err := standby.client.Health(ctx)
+	require.NoError(t, err)
+	assert.True(t, h.Leader, "the standby still leads")
+	h, err = leader.client.Health(ctx)
+	require.NoError(t, err)
+	assert.False(t, h.Leader, "the thawed leader does not lead")
+	assert.Equal(t, lanes, sd.laneJobs(site.name), "the lane of each slot is as before the swap")
+	assertOnceInHistory(t, standby.client, site.name, op.ID)
+	assertSlotsRouted(t, stack, standby.client, site.name)
+	assertSettings(t, standby.client, site.name, map[string]string{"production": "prod-feature", "staging": "staging-feature"})
+	assertAllServed(t, smp, prod)
 }
