@@ -145,14 +145,7 @@ func TestDeposedLeaderFenced(t *testing.T) {
 
 	leader := startProcDaemon(t, stack, site, fmt.Sprintf("%s=switch.after-make=sleep(%s)", failpoint.Env, pause))
 	standby := launchProcDaemon(t, stack, site)
-	WaitFor(t, time.Minute, "the standby answering as a follower of "+leader.addr, func() (bool, string) {
-		standby.exitCheck("it to answer")
-		h, err := standby.client.Health(ctx)
-		if err != nil {
-			return false, err.Error()
-		}
-		return !h.Leader && strings.Contains(h.LeaderAddress, leader.addr), fmt.Sprintf("%+v", *h)
-	})
+	waitFollower(ctx, t, standby, leader)
 	lanes := leader.daemon().laneJobs(site.name)
 	waitServes(t, stack, prod, lanes["production"])
 	smp := startSampler(t, stack, prod, 4, faultTestTimeout)
@@ -360,14 +353,7 @@ func TestFailoverAfterKill(t *testing.T) {
 	standby := launchProcDaemon(t, stack, site)
 	ctx, cancel := context.WithTimeout(context.Background(), faultTestTimeout)
 	defer cancel()
-	WaitFor(t, time.Minute, "the standby answering as a follower of "+leader.addr, func() (bool, string) {
-		standby.exitCheck("it to answer")
-		h, err := standby.client.Health(ctx)
-		if err != nil {
-			return false, err.Error()
-		}
-		return !h.Leader && strings.Contains(h.LeaderAddress, leader.addr), fmt.Sprintf("%+v", *h)
-	})
+	waitFollower(ctx, t, standby, leader)
 	killed := time.Now()
 	leader.kill()
 	standby.waitLeader(2 * time.Minute)
@@ -390,14 +376,7 @@ func TestFrozenLeaderFenced(t *testing.T) {
 
 	leader := startProcDaemon(t, stack, site)
 	standby := launchProcDaemon(t, stack, site)
-	WaitFor(t, time.Minute, "the standby answering as a follower of "+leader.addr, func() (bool, string) {
-		standby.exitCheck("it to answer")
-		h, err := standby.client.Health(ctx)
-		if err != nil {
-			return false, err.Error()
-		}
-		return !h.Leader && strings.Contains(h.LeaderAddress, leader.addr), fmt.Sprintf("%+v", *h)
-	})
+	waitFollower(ctx, t, standby, leader)
 	lanes := leader.daemon().laneJobs(site.name)
 	waitServes(t, stack, prod, lanes["production"])
 	smp := startSampler(t, stack, prod, 4, faultTestTimeout)
@@ -448,4 +427,17 @@ func TestFrozenLeaderFenced(t *testing.T) {
 	assertSlotsRouted(t, stack, standby.client, site.name)
 	assertSettings(t, standby.client, site.name, map[string]string{"production": "prod-feature", "staging": "staging-feature"})
 	assertAllServed(t, smp, prod)
+}
+
+// waitFollower waits until standby answers as a follower of leader.
+func waitFollower(ctx context.Context, t testing.TB, standby, leader *procDaemon) {
+	t.Helper()
+	WaitFor(t, time.Minute, "the standby answering as a follower of "+leader.addr, func() (bool, string) {
+		standby.exitCheck("it to answer")
+		h, err := standby.client.Health(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return !h.Leader && strings.Contains(h.LeaderAddress, leader.addr), fmt.Sprintf("%+v", *h)
+	})
 }
