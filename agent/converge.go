@@ -39,8 +39,12 @@ func (a *Agent) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation
 	for _, slot := range cfg.Slots {
 		ss := st.slot(slot.Name)
 		var ops consulapi.KVTxnOps
-		if ss.Lane.Value == "" {
-			ops = append(ops, casOp(a.store.slotKey(cfg.Name, slot.Name, "lane"), lanes[slot.Name], 0))
+		switch {
+		case ss.Lane.Value == "":
+			ops = append(ops, casOp(a.store.slotKey(cfg.Name, slot.Name, "lane"), jobID(cfg.Name, lanes[slot.Name]), 0))
+		case ss.laneKV != jobID(cfg.Name, ss.Lane.Value):
+			// Written by an older slotd as the lane's short name: KV holds the job ID.
+			ops = append(ops, casOp(a.store.slotKey(cfg.Name, slot.Name, "lane"), jobID(cfg.Name, ss.Lane.Value), ss.Lane.Index))
 		}
 		ops = append(ops, a.store.seedOps(cfg.Name, slot.Name, kindSwappable, ss.Settings, slot.Settings)...)
 		ops = append(ops, a.store.seedOps(cfg.Name, slot.Name, kindSticky, ss.Sticky, slot.Sticky)...)

@@ -289,7 +289,10 @@ func (a *Agent) siteView(ctx context.Context, s *site, detail bool) (*api.Site, 
 	view := &api.Site{Name: cfg.Name, Service: cfg.Service, Ready: s.snapshot().ready && a.isLeader(), Slots: []api.Slot{}}
 	for _, slot := range cfg.Slots {
 		ss := st.slot(slot.Name)
-		v := api.Slot{Name: slot.Name, Lane: ss.Lane.Value, Version: ss.version(), Tags: slotTags(slot), AutoSwap: slot.AutoSwap}
+		v := api.Slot{Name: slot.Name, Version: ss.version(), Tags: slotTags(slot), AutoSwap: slot.AutoSwap}
+		if ss.Lane.Value != "" {
+			v.Lane = jobID(cfg.Name, ss.Lane.Value)
+		}
 		for _, e := range entries {
 			if ss.Lane.Value == "" || e.Service.Meta[metaLane] != ss.Lane.Value {
 				continue

@@ -28,6 +28,15 @@ const (
 
 func jobID(site, lane string) string { return site + "-" + lane }
 
+// laneOf is the lane whose job ID KV holds for a slot of site. A value without the site's
+// prefix is the short name older versions wrote, migrated at start.
+func laneOf(site, value string) string {
+	if lane, ok := strings.CutPrefix(value, site+"-"); ok && lane != "" {
+		return lane
+	}
+	return value
+}
+
 // laneOps is what operations need of Nomad and Consul to move lanes: the seam where unit
 // tests of the swap, its resume and its restore paths put a fake.
 type laneOps interface {

@@ -102,7 +102,9 @@ type settingsDoc struct {
 
 // slotState is one slot's binding and settings as stored in KV.
 type slotState struct {
+	// Lane is the lane's short name (a, b, …); KV holds the lane's Nomad job ID (laneKV).
 	Lane     kvValue
+	laneKV   string
 	Version  kvValue
 	Settings settingsDoc
 	Sticky   settingsDoc
@@ -173,7 +175,7 @@ func (s *store) loadSlots(site string, q *consulapi.QueryOptions) (*siteState, e
 		v := kvValue{Value: string(p.Value), Index: p.ModifyIndex}
 		switch {
 		case len(parts) == 2 && parts[1] == "lane":
-			sl.Lane = v
+			sl.Lane, sl.laneKV = kvValue{Value: laneOf(site, v.Value), Index: v.Index}, v.Value
 		case len(parts) == 2 && parts[1] == "version":
 			sl.Version = v
 		case len(parts) == 2 && (parts[1] == kindSwappable || parts[1] == kindSticky):
@@ -268,8 +270,8 @@ func deleteCASOp(key string, index uint64) *consulapi.KVTxnOp {
 // bindOps binds slot to lane at version.
 func (s *store) bindOps(site, slot string, old *slotState, lane string, version uint64) consulapi.KVTxnOps {
 	var ops consulapi.KVTxnOps
-	if old.Lane.Value != lane || old.Lane.Index == 0 {
-		ops = append(ops, casOp(s.slotKey(site, slot, "lane"), lane, old.Lane.Index))
+	if old.laneKV != jobID(site, lane) || old.Lane.Index == 0 {
+		ops = append(ops, casOp(s.slotKey(site, slot, "lane"), jobID(site, lane), old.Lane.Index))
 	}
 	v := strconv.FormatUint(version, 10)
 	if old.Version.Value != v || old.Version.Index == 0 {

@@ -13,7 +13,8 @@ import (
 // TestBootstrapSeedsAndMigrates: a site's first start binds every slot and seeds any number of
 // declared settings; settings kept one key per setting (the layout before documents) are
 // folded into the documents, the document winning where both have a key, and the old keys
-// deleted; a second start writes nothing.
+// deleted; a lane kept as its short name (before KV held job IDs) becomes the job ID; a second
+// start writes nothing.
 func TestBootstrapSeedsAndMigrates(t *testing.T) {
 	kv := newFakeKV()
 	cfg := testSite()
@@ -40,6 +41,8 @@ func TestBootstrapSeedsAndMigrates(t *testing.T) {
 	prod, staging := st.slot("production"), st.slot("staging")
 	assert.Equal(t, "a", prod.Lane.Value)
 	assert.Equal(t, "b", staging.Lane.Value, "an unbound slot gets the first free lane")
+	assert.Equal(t, "web-a", kv.value("slotd/sites/web/slots/production/lane"), "a short lane name is migrated to the job ID")
+	assert.Equal(t, "web-b", kv.value("slotd/sites/web/slots/staging/lane"), "KV holds the lane's job ID")
 	assert.Len(t, prod.Settings.Values, 101)
 	assert.Equal(t, "legacy", prod.Settings.Values["S099"])
 	assert.Equal(t, "edited-in-kv", prod.Settings.Values["FEATURE"], "KV is the truth once a key exists: no re-seed over it")

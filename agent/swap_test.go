@@ -171,10 +171,10 @@ func testSite() *config.Site {
 
 // kvSlots writes production on lane a and staging on lane b, or the other way round.
 func kvSlots(kv *fakeKV, exchanged bool) {
-	prodLane, stagingLane := "a", "b"
+	prodLane, stagingLane := "web-a", "web-b"
 	prodFeature, stagingFeature := "prod-feature", "staging-feature"
 	if exchanged {
-		prodLane, stagingLane = "b", "a"
+		prodLane, stagingLane = "web-b", "web-a"
 		prodFeature, stagingFeature = stagingFeature, prodFeature
 	}
 	kv.put("slotd/sites/web/slots/production/lane", prodLane)
@@ -334,7 +334,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			op:   phased(),
 			failTxn: func(ops consulapi.KVTxnOps) error {
 				for _, op := range ops {
-					if op.Key == "slotd/sites/web/slots/production/lane" && string(op.Value) == "b" {
+					if op.Key == "slotd/sites/web/slots/production/lane" && string(op.Value) == "web-b" {
 						return errors.New("consul is away")
 					}
 				}
@@ -374,7 +374,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 				assert.ErrorContains(t, err, tc.wantErr)
 			}
 			assert.Equal(t, tc.wantCalls, lanes.calls)
-			assert.Equal(t, tc.wantProd, kv.value("slotd/sites/web/slots/production/lane"), "production's lane in KV")
+			assert.Equal(t, jobID("web", tc.wantProd), kv.value("slotd/sites/web/slots/production/lane"), "production's lane in KV")
 			journaled, jerr := a.store.runningOperation("web")
 			require.NoError(t, jerr)
 			require.NotNil(t, journaled)

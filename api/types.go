@@ -142,7 +142,7 @@ type Site struct {
 // Slot is one slot of a site and the lane that serves it.
 type Slot struct {
 	Name     string   `json:"name"`
-	Lane     string   `json:"lane"`
+	Lane     string   `json:"lane"` // the lane's Nomad job ID, e.g. web-a
 	Version  uint64   `json:"version"`
 	Tags     []string `json:"tags"`
 	AutoSwap string   `json:"auto_swap,omitempty"`

@@ -340,7 +340,7 @@ func (d *daemon) laneJobs(site string) map[string]string {
 	require.NoError(d.t, err, "read site %s", site)
 	out := map[string]string{}
 	for _, sl := range s.Slots {
-		out[sl.Name] = site + "-" + sl.Lane
+		out[sl.Name] = sl.Lane
 	}
 	return out
 }

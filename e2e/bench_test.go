@@ -73,7 +73,7 @@ func BenchmarkSwitch(b *testing.B) {
 		require.NotNil(b, warm.EndedAt)
 		s, err := d.client.Site(context.Background(), site.name)
 		require.NoError(b, err)
-		newLane := site.name + "-" + s.Slots[0].Lane
+		newLane := s.Slots[0].Lane
 		// Settle restarts the other lane; by its end the router has long converged.
 		mu.Lock()
 		converged := time.Time{}
