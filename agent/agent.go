@@ -62,6 +62,7 @@ type Agent struct {
 	leader   atomic.Bool
 	stopping atomic.Bool
 	deposed  chan struct{} // a write was refused: the lock is gone, whatever the monitor says
+	role     chan struct{} // this daemon began or stopped leading (role.go)
 	// leadCancel ends the current leadership's context (context.CancelFunc).
 	leadCancel atomic.Value
 
@@ -128,6 +129,7 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 	a.lanes = a
 	a.runs = map[string]*run{}
 	a.deposed = make(chan struct{}, 1)
+	a.role = make(chan struct{}, 1)
 	a.store.deposed = func(session string) {
 		if cur, _ := a.store.session.Load().(string); cur == session {
 			// At once, not when the lead loop gets to it: no run of this leadership may
@@ -172,6 +174,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer close(leaderDone)
 		a.leadLoop(ctx)
 	}()
+	roleDone := make(chan struct{})
+	go func() {
+		defer close(roleDone)
+		if service := a.config().Consul.Service; service != "" {
+			a.roleLoop(ctx, service)
+		}
+	}()
 
 	var err error
 	select {
@@ -181,6 +190,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.stop()
 	<-leaderDone
+	<-roleDone
 	stopSites()
 	for _, s := range a.siteList() {
 		<-s.stopped
@@ -263,6 +273,7 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		a.store.fence(session)
 		a.leader.Store(true)
 		a.metrics.leader.Set(1)
+		a.roleChanged()
 		// Not a child of ctx: on a graceful stop, running phases finish under the leadership
 		// before it ends.
 		leadCtx, cancel := context.WithCancel(context.Background())
@@ -282,6 +293,7 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		}
 		a.leader.Store(false)
 		a.metrics.leader.Set(0)
+		a.roleChanged()
 		a.mu.Lock()
 		a.leaderCtx = nil
 		a.mu.Unlock()

@@ -90,6 +90,9 @@ type Consul struct {
 	Address   string `hcl:"address,optional"`
 	Token     string `hcl:"token,optional" json:"-"`
 	TokenFile string `hcl:"token_file,optional"`
+	// Service names the Consul service this daemon runs as (registered by Nomad with
+	// enable_tag_override): slotd keeps a "leader" or "standby" tag on its own instance.
+	Service string `hcl:"service,optional"`
 
 	// Range is where the block is declared, for messages; zero when it was left out.
 	Range hcl.Range `hcl:",def_range"`
