@@ -56,6 +56,31 @@ func newSite(opts ...func(*siteSpec)) siteSpec {
 
 // hcl renders the declarations of a test: the stack's addresses and the site.
 func (s siteSpec) hcl(t testing.TB, stack *Stack, httpAddr string) string {
+	tokenFile := ""
+	if s.token != "" {
+		p := filepath.Join(t.TempDir(), "token")
+		require.NoError(t, os.WriteFile(p, []byte(s.token+"\n"), 0o600))
+		tokenFile = fmt.Sprintf("token_file = %q", p)
+	}
+	return fmt.Sprintf(`
+log_level = "debug"
+kv_prefix = %[1]q
+data_dir  = %[2]q
+http {
+  address = %[3]q
+  %[4]s
+}
+consul { address = %[5]q }
+nomad  { address = %[6]q }
+%[7]s`, s.kvPrefix(), t.TempDir(), httpAddr, tokenFile, cmp.Or(s.consul, stack.ConsulAddr), cmp.Or(s.nomad, stack.NomadAddr),
+		s.siteHCL(t, TestAppJobspec()))
+}
+
+// kvPrefix is the site's own KV folder: tests on the shared stack never see each other's state.
+func (s siteSpec) kvPrefix() string { return "slotd-" + s.name }
+
+// siteHCL renders the site block, with the jobspec at job.
+func (s siteSpec) siteHCL(t testing.TB, job string) string {
 	vars := map[string]string{"binary": TestAppBinary(t), "service": s.name, "count": "2", "show_env": "FEATURE,DB"}
 	for k, v := range s.vars {
 		vars[k] = v
@@ -86,51 +111,35 @@ func (s siteSpec) hcl(t testing.TB, stack *Stack, httpAddr string) string {
 		maps.Copy(m, kind[slot])
 		return hclObject(m)
 	}
-	tokenFile := ""
-	if s.token != "" {
-		p := filepath.Join(t.TempDir(), "token")
-		require.NoError(t, os.WriteFile(p, []byte(s.token+"\n"), 0o600))
-		tokenFile = fmt.Sprintf("token_file = %q", p)
-	}
 	return fmt.Sprintf(`
-log_level = "debug"
-kv_prefix = "slotd-%[1]s"
-data_dir  = %[16]q
-http {
-  address = %[2]q
-  %[10]s
-}
-consul { address = %[3]q }
-nomad  { address = %[4]q }
-
 site %[1]q {
-  job     = %[5]q
+  job     = %[2]q
   service = %[1]q
   deploy_timeout = "3m"
   vars = {
-%[6]s  }
+%[3]s  }
   warmup {
-    %[7]s
+    %[4]s
   }
-  %[8]s
+  %[5]s
   slot "production" {
     tags         = ["urlprefix-%[1]s-production.test/"]
     preview_tags = ["urlprefix-%[1]s-production-preview.test/"]
-    settings     = %[11]s
-    sticky       = %[12]s
+    settings     = %[7]s
+    sticky       = %[8]s
   }
   slot "staging" {
     tags     = ["urlprefix-%[1]s-staging.test/"]
-    settings = %[13]s
-    sticky   = %[14]s
-    %[9]s
+    settings = %[9]s
+    sticky   = %[10]s
+    %[6]s
   }
-  %[15]s
+  %[11]s
 }
-`, s.name, httpAddr, cmp.Or(s.consul, stack.ConsulAddr), cmp.Or(s.nomad, stack.NomadAddr), TestAppJobspec(), vb.String(), warmup, monitor, autoSwap, tokenFile,
+`, s.name, job, vb.String(), warmup, monitor, autoSwap,
 		declared(s.settings, "production", "FEATURE", "prod-feature"), declared(s.sticky, "production", "DB", "prod-db"),
 		declared(s.settings, "staging", "FEATURE", "staging-feature"), declared(s.sticky, "staging", "DB", "staging-db"),
-		s.slots, t.TempDir())
+		s.slots)
 }
 
 // hclObject renders a map of strings as an HCL object, keys in order: on one line when short,
