@@ -18,9 +18,8 @@ import (
 const (
 	tagLeader  = "leader"
 	tagStandby = "standby"
-	// roleRecheck is how often the tag is checked again without a change of leadership: a
-	// re-registration by Nomad or by hand is corrected within it.
-	roleRecheck = 30 * time.Second
+	// roleRecheck is how often the tag is checked again with nothing seen changing.
+	roleRecheck = time.Minute
 	// roleRetry is how soon a failed or premature attempt is tried again (Nomad registers the
 	// service shortly after the task starts).
 	roleRetry = 2 * time.Second
@@ -36,9 +35,30 @@ func (a *Agent) roleChanged() {
 
 // roleLoop keeps the leader or standby tag of this daemon's instance current until ctx ends.
 // The instance is the one Nomad registered for this allocation ($NOMAD_ALLOC_ID in its ID), or
-// else the one at the API's address. Its registration must have enable_tag_override, or Consul's
-// anti-entropy puts the old tags back.
+// else the one at the API's address. It follows the service in Consul, so a registration that
+// puts the old tags back is corrected at once: Nomad re-registers every service of a client
+// with the jobspec's tags whenever it registers another one, whatever enable_tag_override says
+// (which only holds off its periodic sync and Consul's anti-entropy).
 func (a *Agent) roleLoop(ctx context.Context, service string) {
+	kick := make(chan struct{}, 1)
+	go func() {
+		_ = a.follow(ctx, followOpts{backend: "consul", wait: idleWait, gap: time.Second},
+			func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+				q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+				_, meta, err := a.consul.Catalog().Service(service, "", q)
+				if err != nil {
+					return 0, err
+				}
+				return meta.LastIndex, nil
+			},
+			func(uint64) bool {
+				select {
+				case kick <- struct{}{}:
+				default:
+				}
+				return false
+			})
+	}()
 	warned := false
 	for {
 		wait := roleRecheck
@@ -54,6 +74,7 @@ func (a *Agent) roleLoop(ctx context.Context, service string) {
 		case <-ctx.Done():
 			return
 		case <-a.role:
+		case <-kick:
 		case <-time.After(wait):
 		}
 	}

@@ -8,11 +8,11 @@
 # "version"); vars, further deploy variables as space-separated k=v; slot (default "staging") and
 # target (default "production").
 #
-# It finds slotd through Consul: the instance of the slotd service tagged "leader" (see
-# slotd.nomad.hcl). When a step fails it exits non-zero with slotd's reason in its log, so the
+# It finds slotd through Consul: the passing instance of the slotd service tagged "leader" (see
+# slotd.nomad.hcl), else any passing instance, which sends it on to the leader. When a step fails it exits non-zero with slotd's reason in its log, so the
 # dispatched job shows failed in the Nomad UI. A failed release is not retried: slotd has already
-# left production as it was. The key api_token of the Nomad variable nomad/jobs/release holds
-# slotd's API token, if it has one.
+# left production as it was. The key api_token of the Nomad variable nomad/jobs/release (optional)
+# holds slotd's API token.
 
 variable "driver" {
   type        = string
@@ -97,12 +97,14 @@ job "release" {
         destination = "secrets/slotd.env"
         env         = true
         data        = <<-EOT
-          {{- range service "leader.slotd" }}
-          SLOTD_ADDR=http://{{ .Address }}:{{ .Port }}
-          {{- end }}
-          {{- with nomadVar "nomad/jobs/release" }}{{ with .api_token.Value }}
+          {{- $addr := "" }}
+          {{- range service "slotd" }}{{ if not $addr }}{{ $addr = printf "http://%s:%d" .Address .Port }}{{ end }}{{ end }}
+          {{- range service "leader.slotd" }}{{ $addr = printf "http://%s:%d" .Address .Port }}{{ end }}
+          SLOTD_ADDR={{ $addr }}
+          {{- range nomadVarList "nomad/jobs/release" }}{{ if eq .Path "nomad/jobs/release" }}
+          {{- with nomadVar .Path }}{{ with .api_token.Value }}
           SLOTD_TOKEN={{ . }}
-          {{- end }}{{ end }}
+          {{- end }}{{ end }}{{ end }}{{ end }}
         EOT
       }
 
@@ -112,7 +114,7 @@ job "release" {
           set -eu
           slotd="$1"
           if [ -z "$${SLOTD_ADDR:-}" ]; then
-            echo "release: no slotd instance tagged leader is passing in Consul (service slotd)" >&2
+            echo "release: no slotd instance is passing in Consul (service slotd)" >&2
             exit 1
           fi
           set -- -var "$NOMAD_META_var=$NOMAD_META_version"
