@@ -37,6 +37,8 @@ type siteSpec struct {
 	settings map[string]map[string]string
 	sticky   map[string]map[string]string
 	slots    string // raw HCL of further slot blocks inside the site block
+	// historyLimit, when set, is the site's history_limit.
+	historyLimit int
 	// consul and nomad, when set, are the addresses slotd uses instead of the stack's own
 	// (a FaultProxy in front of them).
 	consul, nomad string
@@ -86,6 +88,10 @@ func (s siteSpec) hcl(t testing.TB, stack *Stack, httpAddr string) string {
 		maps.Copy(m, kind[slot])
 		return hclObject(m)
 	}
+	historyLimit := ""
+	if s.historyLimit != 0 {
+		historyLimit = fmt.Sprintf("history_limit = %d", s.historyLimit)
+	}
 	tokenFile := ""
 	if s.token != "" {
 		p := filepath.Join(t.TempDir(), "token")
@@ -107,6 +113,7 @@ site %[1]q {
   job     = %[5]q
   service = %[1]q
   deploy_timeout = "3m"
+  %[17]s
   vars = {
 %[6]s  }
   warmup {
@@ -130,7 +137,7 @@ site %[1]q {
 `, s.name, httpAddr, cmp.Or(s.consul, stack.ConsulAddr), cmp.Or(s.nomad, stack.NomadAddr), TestAppJobspec(), vb.String(), warmup, monitor, autoSwap, tokenFile,
 		declared(s.settings, "production", "FEATURE", "prod-feature"), declared(s.sticky, "production", "DB", "prod-db"),
 		declared(s.settings, "staging", "FEATURE", "staging-feature"), declared(s.sticky, "staging", "DB", "staging-db"),
-		s.slots, t.TempDir())
+		s.slots, t.TempDir(), historyLimit)
 }
 
 // hclObject renders a map of strings as an HCL object, keys in order: on one line when short,
