@@ -111,7 +111,7 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 		logger:     logger.Named("agent"),
 		consul:     consul,
 		nomad:      nomad,
-		store:      &store{kv: consul.KV(), prefix: cfg.KVPrefix},
+		store:      &store{kv: consul.KV(), prefix: cfg.KVPrefix, logger: logger.Named("store")},
 		metrics:    newMetrics(),
 		ops:        newOpRegistry(),
 		httpClient: &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},

@@ -62,7 +62,7 @@ func (a *Agent) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation
 	if seeded > 0 {
 		a.logger.Info("bound and seeded site", "site", cfg.Name, "keys", seeded)
 	}
-	op, err := a.store.pendingOperation(cfg.Name)
+	op, err := a.store.pendingOperation(cfg.Name, cfg.HistoryLimit)
 	if err != nil || op != nil {
 		return op, err
 	}
@@ -138,11 +138,14 @@ func (a *Agent) differing(ctx context.Context, cfg *config.Site) ([]string, erro
 	return out, nil
 }
 
-// convergeOp brings the lanes of the given slots to what KV says, as one operation.
+// convergeOp brings the lanes of the given slots to what KV says, as one operation. One that
+// finds every lane running what KV says already says so (Unchanged): it is no event worth a
+// place in the history.
 func (a *Agent) convergeOp(cfg *config.Site, slots []string) opFunc {
 	return func(ctx context.Context, r *run) error {
 		return r.phase(api.PhaseRollout, api.StateDeploying, func() error {
-			msgs, err := a.converge(ctx, cfg, slots)
+			msgs, changed, err := a.converge(ctx, cfg, slots)
+			r.op.Unchanged = err == nil && !changed
 			r.note(api.PhaseRollout, strings.Join(msgs, "; "))
 			return err
 		})
@@ -153,11 +156,11 @@ func (a *Agent) convergeOp(cfg *config.Site, slots []string) opFunc {
 // gain their routes go first and are waited for with passing checks, and only then do lanes
 // that carry a route they should not lose it. A lane whose rollout fails is put back, and
 // settings that it could not take are put back in KV to what it ran, so that no restart or
-// failover replays them.
-func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) ([]string, error) {
+// failover replays them. changed reports whether any lane or binding was written.
+func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) (msgs []string, changed bool, err error) {
 	st, err := a.store.loadSlots(cfg.Name, nil)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	type step struct {
 		slot  *config.Slot
@@ -174,7 +177,7 @@ func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) 
 		want := steady(slot, ss.settings())
 		cur, err := a.laneJob(ctx, cfg, ss.Lane.Value)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		loses := false
 		if cur != nil {
@@ -187,15 +190,16 @@ func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) 
 		steps = append(steps, step{slot, ss, loses})
 	}
 	sort.SliceStable(steps, func(i, j int) bool { return !steps[i].loses && steps[j].loses })
-	var msgs []string
 	for _, s := range steps {
 		ro, err := a.rollOut(ctx, cfg, s.slot, s.ss)
 		if err != nil {
-			return msgs, err
+			// A failed rollout may have moved a lane before it was put back: never "unchanged".
+			return msgs, true, err
 		}
+		changed = changed || ro.Change != jobspec.NoChange || !s.ss.boundTo(ro.Version)
 		msgs = append(msgs, fmt.Sprintf("%s: lane %s version %d (%s)", s.slot.Name, s.ss.Lane.Value, ro.Version, ro.Change))
 	}
-	return msgs, nil
+	return msgs, changed, nil
 }
 
 // routeTag reports whether t is a route slotd moves: a slot's name, tags or preview tags.

@@ -73,19 +73,18 @@ func (s *site) autoSwap(source, target string) {
 	}
 }
 
-// rollback swaps back the newest swap of the site whose switch happened. Runs on the owner.
+// rollback swaps back the newest swap of the site whose switch happened, looking back
+// through the history newest first no further than it keeps. Runs on the owner.
 func (s *site) rollback(trigger string) (*api.Operation, error) {
-	hist, err := s.a.store.history(s.name)
+	var last *api.Operation
+	err := s.a.store.walkHistory(s.name, 0, historyKeeps(s.cfg.HistoryLimit), func(h *api.Operation) bool {
+		if (h.Kind == api.KindSwap || h.Kind == api.KindRollback) && h.Switched {
+			last = h
+		}
+		return last == nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	var last *api.Operation
-	for i := range hist {
-		h := hist[i]
-		if (h.Kind == api.KindSwap || h.Kind == api.KindRollback) && h.Switched {
-			last = &h
-			break
-		}
 	}
 	if last == nil {
 		return nil, fmt.Errorf("%w: site %s has no completed swap to roll back", errBadRequest, s.name)

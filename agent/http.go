@@ -28,6 +28,9 @@ const (
 	// defaultBlock and maxBlock bound how long GET /v1/operations/{id}?index= waits.
 	defaultBlock = 5 * time.Minute
 	maxBlock     = 10 * time.Minute
+	// defaultHistoryPage is how many operations GET /v1/sites/{site}/history answers without
+	// ?limit= (fewer when the site keeps fewer).
+	defaultHistoryPage = 50
 )
 
 // errUnauthorized is a missing or wrong bearer token.
@@ -329,12 +332,12 @@ func (a *Agent) siteView(ctx context.Context, s *site, detail bool) (*api.Site, 
 		}
 		view.Operation = running
 	}
-	hist, err := a.store.history(cfg.Name)
+	last, err := a.store.historyPage(cfg.Name, 1, 0)
 	if err != nil {
 		return nil, err
 	}
-	if len(hist) > 0 {
-		view.LastOperation = &hist[0]
+	if len(last) > 0 {
+		view.LastOperation = &last[0]
 	}
 	return view, nil
 }
@@ -533,12 +536,35 @@ func (a *Agent) handleRollback(r *http.Request) (int, any, error) {
 	return http.StatusAccepted, op, err
 }
 
+// handleHistory answers a page of a site's finished operations, newest first: ?limit=N of
+// them (default defaultHistoryPage, at most what the site keeps), older than ?before=SEQ
+// when given, so that the Seq of a page's last operation asks for the next page.
 func (a *Agent) handleHistory(r *http.Request) (int, any, error) {
 	_, site, err := a.lookupSite(r)
 	if err != nil {
 		return 0, nil, err
 	}
-	hist, err := a.store.history(site.Name)
+	keeps := historyKeeps(site.HistoryLimit)
+	limit := min(defaultHistoryPage, keeps)
+	q := r.URL.Query()
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return 0, nil, fmt.Errorf("%w: limit %q is not a whole number of 1 or more: ask for 1 to %d operations (site %s keeps %d)",
+				errBadRequest, v, keeps, site.Name, keeps)
+		}
+		limit = min(n, keeps)
+	}
+	var before uint64
+	if v := q.Get("before"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n == 0 {
+			return 0, nil, fmt.Errorf("%w: before %q is not an operation's seq: pass the seq of the oldest operation of the page before, such as before=1234",
+				errBadRequest, v)
+		}
+		before = n
+	}
+	hist, err := a.store.historyPage(site.Name, limit, before)
 	return http.StatusOK, hist, err
 }
 
@@ -577,7 +603,8 @@ func (a *Agent) handleOperation(r *http.Request) (int, any, error) {
 	return http.StatusOK, op, nil
 }
 
-// findOperation looks for an operation this daemon has not seen, in KV.
+// findOperation looks for an operation this daemon has not seen, in KV: each site's running
+// operation, then its history newest first, no further back than the site keeps.
 func (a *Agent) findOperation(id string) (*api.Operation, error) {
 	if !strings.HasPrefix(id, "op-") {
 		return nil, fmt.Errorf("%w: no operation %q", errNotFound, id)
@@ -586,14 +613,18 @@ func (a *Agent) findOperation(id string) (*api.Operation, error) {
 		if op, err := a.store.runningOperation(s.name); err == nil && op != nil && op.ID == id {
 			return op, nil
 		}
-		hist, err := a.store.history(s.name)
+		var found *api.Operation
+		err := a.store.walkHistory(s.name, 0, historyKeeps(s.config().HistoryLimit), func(op *api.Operation) bool {
+			if op.ID == id {
+				found = op
+			}
+			return found == nil
+		})
 		if err != nil {
 			return nil, err
 		}
-		for i := range hist {
-			if hist[i].ID == id {
-				return &hist[i], nil
-			}
+		if found != nil {
+			return found, nil
 		}
 	}
 	return nil, fmt.Errorf("%w: no operation %q", errNotFound, id)

@@ -56,6 +56,8 @@ type run struct {
 	left bool
 	// unmoved is set when the operation ended but Consul refused its move into history.
 	unmoved bool
+	// historyLimit is how many finished operations the site keeps (see store.finishOperation).
+	historyLimit int
 }
 
 // leadKey carries a run's leadership in its context, for work that outlives the run's own
@@ -159,7 +161,8 @@ func (r *run) call(fn opFunc) (err error) {
 	return fn(r.ctx, r)
 }
 
-// finish ends the operation: succeeded, failed or cancelled, and moves it into history.
+// finish ends the operation: succeeded, failed or cancelled, and moves it into history (or
+// drops it, when it succeeded having changed nothing).
 func (r *run) finish(err error) {
 	a := r.a
 	op := r.op
@@ -195,7 +198,7 @@ func (r *run) finish(err error) {
 		a.logger.Warn("cannot journal the outcome", "site", op.Site, "op", op.ID, "error", jerr)
 	}
 	for attempt := 1; ; attempt++ {
-		jerr := a.store.moveToHistory(op)
+		jerr := a.store.moveToHistory(op, r.historyLimit)
 		if jerr == nil {
 			break
 		}
@@ -212,7 +215,7 @@ func (r *run) finish(err error) {
 	if op.State != api.StateSucceeded {
 		level = a.logger.Warn
 	}
-	level("operation finished", "site", op.Site, "op", op.ID, "kind", op.Kind, "state", op.State, "error", op.Error)
+	level("operation finished", "site", op.Site, "op", op.ID, "kind", op.Kind, "state", op.State, "error", op.Error, "unchanged", op.Unchanged)
 }
 
 var errCancelled = errors.New("cancelled")

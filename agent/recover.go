@@ -35,7 +35,7 @@ func (a *Agent) recoverOp(cfg *config.Site, op *api.Operation) opFunc {
 		}
 	}
 	return func(ctx context.Context, r *run) error {
-		if _, err := a.converge(ctx, cfg, cfg.SlotNames()); err != nil {
+		if _, _, err := a.converge(ctx, cfg, cfg.SlotNames()); err != nil {
 			return fmt.Errorf("interrupted in state %s by a daemon restart; putting the lanes back failed: %w", op.State, err)
 		}
 		return fmt.Errorf("interrupted in state %s by a daemon restart; every lane runs what KV says for its slot", op.State)

@@ -368,7 +368,7 @@ func (s *site) startOp(op *api.Operation, phases []string, fn opFunc) (*api.Oper
 	err := a.store.createOperation(op)
 	if errors.Is(err, errBusy) {
 		// An operation that ended but was never moved into history is moved now.
-		if pending, perr := a.store.pendingOperation(s.name); perr == nil && pending == nil {
+		if pending, perr := a.store.pendingOperation(s.name, s.cfg.HistoryLimit); perr == nil && pending == nil {
 			err = a.store.createOperation(op)
 		}
 	}
@@ -393,6 +393,7 @@ func (s *site) resume(op *api.Operation) {
 // execute runs fn as op's run in the background; the owner hears when it ended.
 func (s *site) execute(op *api.Operation, fn opFunc) {
 	r := s.a.newRun(s, s.lead, op)
+	r.historyLimit = s.cfg.HistoryLimit
 	s.running = r
 	s.a.track(s.name, r)
 	go func() {
@@ -442,10 +443,10 @@ func (s *site) moveUnmoved() error {
 	if s.unmoved == nil {
 		return nil
 	}
-	if err := s.a.store.moveToHistory(s.unmoved); err != nil {
+	if err := s.a.store.moveToHistory(s.unmoved, s.cfg.HistoryLimit); err != nil {
 		return err
 	}
-	s.log.Info("operation recorded in history", "op", s.unmoved.ID)
+	s.log.Info("finished operation taken out of the journal", "op", s.unmoved.ID, "in_history", !s.unmoved.Unchanged)
 	s.unmoved = nil
 	return nil
 }

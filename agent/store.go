@@ -13,8 +13,10 @@ import (
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
 )
 
 // maxTxnOps is Consul's limit of operations in one KV transaction.
@@ -32,6 +34,7 @@ var errConflict = errors.New("consul kv changed concurrently")
 // kvAPI is what the store needs of Consul's KV: a seam for unit tests of the swap.
 type kvAPI interface {
 	List(prefix string, q *consulapi.QueryOptions) (consulapi.KVPairs, *consulapi.QueryMeta, error)
+	Keys(prefix, separator string, q *consulapi.QueryOptions) ([]string, *consulapi.QueryMeta, error)
 	Get(key string, q *consulapi.QueryOptions) (*consulapi.KVPair, *consulapi.QueryMeta, error)
 	Txn(ops consulapi.KVTxnOps, q *consulapi.QueryOptions) (bool, *consulapi.KVTxnResponse, *consulapi.QueryMeta, error)
 }
@@ -50,6 +53,8 @@ type store struct {
 	session atomic.Value // string: the leader session to check, "" for none
 	// deposed, if set, hears of a transaction refused because session no longer holds the lock.
 	deposed func(session string)
+	// logger, if set, hears of what the store leaves for later (history it could not prune).
+	logger hclog.Logger
 }
 
 // errDeposed is a write refused because this daemon's session no longer holds the leader lock:
@@ -127,6 +132,11 @@ func (s *slotState) doc(kind string) *settingsDoc {
 		return &s.Sticky
 	}
 	return &s.Settings
+}
+
+// boundTo reports whether KV binds the slot to version already (bindOps writes no version).
+func (s *slotState) boundTo(version uint64) bool {
+	return s.Version.Value == strconv.FormatUint(version, 10)
 }
 
 func (s *slotState) version() uint64 {
@@ -391,26 +401,120 @@ func resultIndex(resp *consulapi.KVTxnResponse, key string, old uint64) uint64 {
 	return old
 }
 
-// finishOperation moves op into the site's history and clears the running operation.
-func (s *store) finishOperation(op *api.Operation) error {
+// finishOperation ends op's journal entry: it moves op into the site's history, and in the
+// same transaction deletes the oldest entries so that at most limit remain (see
+// historyKeeps). What does not fit into that transaction is deleted by the ones after it;
+// should one of those fail, the next finished operation deletes the rest.
+//
+// An operation that succeeded having changed nothing (op.Unchanged) is dropped instead: it
+// would only push an operation that did something out of the history.
+func (s *store) finishOperation(op *api.Operation, limit int) error {
+	if op.Unchanged && op.State == api.StateSucceeded {
+		if _, err := s.txn(consulapi.KVTxnOps{deleteCASOp(s.operationKey(op.Site), op.Index)}); err != nil {
+			return fmt.Errorf("drop operation %s, which changed nothing: %w", op.ID, err)
+		}
+		return nil
+	}
 	b, err := json.Marshal(op)
 	if err != nil {
 		return err
 	}
+	refs, err := s.historyRefs(op.Site)
+	if err != nil {
+		return err
+	}
+	key := s.historyKey(op.Site, op.Seq)
 	ops := consulapi.KVTxnOps{
-		casOp(s.historyKey(op.Site, op.Seq), string(b), 0),
+		casOp(key, string(b), 0),
 		deleteCASOp(s.operationKey(op.Site), op.Index),
+	}
+	var drop []string
+	for _, r := range prunable(refs, key, limit) {
+		drop = append(drop, r.key)
+	}
+	n := min(len(drop), maxTxnOps-1-len(ops)) // one more for the leader check
+	for _, k := range drop[:n] {
+		ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: k})
 	}
 	resp, err := s.txn(ops)
 	if err != nil {
 		return fmt.Errorf("move operation %s to history: %w", op.ID, err)
 	}
-	op.Index = resultIndex(resp, s.historyKey(op.Site, op.Seq), op.Index)
+	op.Index = resultIndex(resp, key, op.Index)
+	if err := s.deleteKeys(drop[n:]); err != nil && s.logger != nil {
+		s.logger.Warn("cannot prune the history yet; the next finished operation tries again", "site", op.Site, "error", err)
+	}
+	return nil
+}
+
+// prunable is what of a history (refs, oldest first) must go so that, once key is added, at
+// most limit entries remain.
+func prunable(refs []historyRef, key string, limit int) []historyRef {
+	limit = historyKeeps(limit)
+	kept := refs[:0:0]
+	for _, r := range refs {
+		if r.key != key {
+			kept = append(kept, r)
+		}
+	}
+	return kept[:max(len(kept)+1-limit, 0)]
+}
+
+// historyKeeps is how many finished operations a site whose history_limit is limit keeps: the
+// default for a site declared in code, without the defaults config.Load fills in.
+func historyKeeps(limit int) int {
+	if limit < 1 {
+		return config.DefaultHistoryLimit
+	}
+	return limit
+}
+
+// deleteKeys deletes keys in transactions small enough for Consul.
+func (s *store) deleteKeys(keys []string) error {
+	for len(keys) > 0 {
+		n := min(len(keys), maxTxnOps-1) // one more for the leader check
+		ops := make(consulapi.KVTxnOps, 0, n)
+		for _, k := range keys[:n] {
+			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: k})
+		}
+		if _, err := s.txn(ops); err != nil {
+			return fmt.Errorf("delete %d keys: %w", len(keys), err)
+		}
+		keys = keys[n:]
+	}
 	return nil
 }
 
 func (s *store) historyKey(site string, seq uint64) string {
 	return s.siteKey(site, "history", fmt.Sprintf("%020d", seq))
+}
+
+// historyRef is one entry of a site's history, by key: its value is read only when needed.
+type historyRef struct {
+	key string
+	seq uint64
+}
+
+// historyRefs lists the entries of a site's history, oldest first, from their keys alone.
+// A key whose name is not a sequence number (written by hand) is no entry.
+func (s *store) historyRefs(site string) ([]historyRef, error) {
+	q, cancel := bounded(nil)
+	defer cancel()
+	prefix := s.siteKey(site, "history") + "/"
+	keys, _, err := s.kv.Keys(prefix, "", q)
+	if err != nil {
+		return nil, fmt.Errorf("list the history of site %s: %w", site, err)
+	}
+	refs := make([]historyRef, 0, len(keys))
+	for _, k := range keys {
+		seq, err := strconv.ParseUint(strings.TrimPrefix(k, prefix), 10, 64)
+		if err != nil {
+			continue
+		}
+		refs = append(refs, historyRef{key: k, seq: seq})
+	}
+	sort.Slice(refs, func(i, j int) bool { return refs[i].seq < refs[j].seq })
+	return refs, nil
 }
 
 // runningOperation reads the site's running operation, or nil.
@@ -435,9 +539,10 @@ func (s *store) runningOperation(site string) (*api.Operation, error) {
 	return &op, nil
 }
 
-// moveToHistory moves an operation that ended into history, from whatever index the journal
-// holds it at now; done already when the journal holds another operation or none.
-func (s *store) moveToHistory(op *api.Operation) error {
+// moveToHistory moves an operation that ended into history (see finishOperation), from
+// whatever index the journal holds it at now; done already when the journal holds another
+// operation or none.
+func (s *store) moveToHistory(op *api.Operation, limit int) error {
 	cur, err := s.runningOperation(op.Site)
 	if err != nil {
 		return err
@@ -446,41 +551,79 @@ func (s *store) moveToHistory(op *api.Operation) error {
 		return nil
 	}
 	op.Index = cur.Index
-	return s.finishOperation(op)
+	return s.finishOperation(op, limit)
 }
 
 // pendingOperation reads the site's journaled operation. One that already ended but whose
 // move into history failed is moved now: an operation that ended is never run again.
-func (s *store) pendingOperation(site string) (*api.Operation, error) {
+func (s *store) pendingOperation(site string, limit int) (*api.Operation, error) {
 	op, err := s.runningOperation(site)
 	if err != nil || op == nil || !api.Terminal(op.State) {
 		return op, err
 	}
-	if err := s.finishOperation(op); err != nil {
+	if err := s.finishOperation(op, limit); err != nil {
 		return nil, err
 	}
 	return nil, nil
 }
 
-// history reads a site's finished operations, newest first.
-func (s *store) history(site string) ([]api.Operation, error) {
-	q, cancel := bounded(nil)
-	defer cancel()
-	pairs, _, err := s.kv.List(s.siteKey(site, "history")+"/", q)
+// historyPage reads at most limit of a site's finished operations, newest first: those older
+// than before (its Seq), or the newest when before is 0.
+func (s *store) historyPage(site string, limit int, before uint64) ([]api.Operation, error) {
+	ops := []api.Operation{}
+	err := s.walkHistory(site, before, limit, func(op *api.Operation) bool {
+		ops = append(ops, *op)
+		return true
+	})
+	return ops, err
+}
+
+// walkHistory calls fn with a site's finished operations, newest first, from the one before
+// before (0: the newest), until fn returns false or bound entries were read. It lists the keys
+// once and reads one value at a time, so a walk that stops early reads little.
+func (s *store) walkHistory(site string, before uint64, bound int, fn func(*api.Operation) bool) error {
+	refs, err := s.historyRefs(site)
 	if err != nil {
-		return nil, fmt.Errorf("read history of site %s: %w", site, err)
+		return err
 	}
-	sort.Slice(pairs, func(i, j int) bool { return pairs[i].Key > pairs[j].Key })
-	ops := make([]api.Operation, 0, len(pairs))
-	for _, p := range pairs {
-		var op api.Operation
-		if err := json.Unmarshal(p.Value, &op); err != nil {
+	read := 0
+	for i := len(refs) - 1; i >= 0 && read < bound; i-- {
+		if before > 0 && refs[i].seq >= before {
 			continue
 		}
-		op.Index = p.ModifyIndex
-		ops = append(ops, op)
+		read++
+		op, err := s.historyEntry(refs[i])
+		if err != nil {
+			return err
+		}
+		if op != nil && !fn(op) {
+			return nil
+		}
 	}
-	return ops, nil
+	return nil
+}
+
+// historyEntry reads one entry of a history; nil when it was pruned since it was listed, or
+// holds no operation (written by hand).
+func (s *store) historyEntry(ref historyRef) (*api.Operation, error) {
+	q, cancel := bounded(nil)
+	defer cancel()
+	p, _, err := s.kv.Get(ref.key, q)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", ref.key, err)
+	}
+	if p == nil {
+		return nil, nil
+	}
+	var op api.Operation
+	if err := json.Unmarshal(p.Value, &op); err != nil {
+		return nil, nil
+	}
+	op.Index = p.ModifyIndex
+	if op.Seq == 0 {
+		op.Seq = ref.seq
+	}
+	return &op, nil
 }
 
 func sortedKeys(m map[string]string) []string {

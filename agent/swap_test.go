@@ -50,6 +50,15 @@ func (f *fakeKV) List(prefix string, _ *consulapi.QueryOptions) (consulapi.KVPai
 	return out, &consulapi.QueryMeta{LastIndex: f.index}, nil
 }
 
+func (f *fakeKV) Keys(prefix, _ string, q *consulapi.QueryOptions) ([]string, *consulapi.QueryMeta, error) {
+	pairs, meta, err := f.List(prefix, q)
+	keys := make([]string, len(pairs))
+	for i, p := range pairs {
+		keys[i] = p.Key
+	}
+	return keys, meta, err
+}
+
 func (f *fakeKV) Get(key string, _ *consulapi.QueryOptions) (*consulapi.KVPair, *consulapi.QueryMeta, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -119,6 +128,8 @@ type fakeLanes struct {
 	calls    []string
 	versions map[string]uint64
 	fail     func(call string) bool
+	// keep: every lane already runs what is asked, so none gets a new version.
+	keep bool
 	// instance is where every instance of every lane answers warm-up requests; "" for none.
 	instance string
 }
@@ -137,7 +148,9 @@ func (f *fakeLanes) ensureLane(_ context.Context, _ *config.Site, lane string, _
 	if f.fail != nil && f.fail(call) {
 		return rollout{}, errors.New("nomad says no")
 	}
-	f.versions[lane]++
+	if !f.keep {
+		f.versions[lane]++
+	}
 	return rollout{Version: f.versions[lane]}, nil
 }
 
@@ -450,13 +463,13 @@ func TestOperationEnds(t *testing.T) {
 			if tc.wantPending {
 				require.NotNil(t, journaled, "the outcome stays journaled")
 				assert.Equal(t, tc.wantState, journaled.State, "the journal holds the outcome, so it is never run again")
-				pending, err := a.store.pendingOperation("web")
+				pending, err := a.store.pendingOperation("web", 0)
 				require.NoError(t, err)
 				assert.Nil(t, pending, "an ended operation is moved, not handed out to run")
 			} else {
 				assert.Nil(t, journaled)
 			}
-			hist, err := a.store.history("web")
+			hist, err := a.store.historyPage("web", 10, 0)
 			require.NoError(t, err)
 			require.Len(t, hist, tc.wantHistoryN)
 			assert.Equal(t, tc.wantState, hist[0].State)
@@ -475,7 +488,7 @@ func TestRollbackOfRemovedSlot(t *testing.T) {
 	a := testAgent(kv, &fakeLanes{versions: map[string]uint64{}})
 	last := &api.Operation{ID: "op-old", Site: "web", Kind: api.KindSwap, State: api.StateSucceeded, Source: "qa", Target: "production", Switched: true}
 	require.NoError(t, a.store.createOperation(last))
-	require.NoError(t, a.store.finishOperation(last))
+	require.NoError(t, a.store.finishOperation(last, 0))
 
 	s := newSite(a, testSite())
 	s.lead, s.ready = context.Background(), true

@@ -265,10 +265,28 @@ func (c *Client) Cancel(ctx context.Context, id string) (*Operation, error) {
 	return &out, nil
 }
 
-// History lists a site's finished operations, newest first.
-func (c *Client) History(ctx context.Context, site string) ([]Operation, error) {
+// HistoryPage picks a page of a site's history; the zero value asks for the newest page of the
+// server's default size (50).
+type HistoryPage struct {
+	// Limit is how many operations to answer at most (0: the server's default); the server
+	// answers no more than the site keeps (its history_limit).
+	Limit int
+	// Before asks for the operations older than this Seq (0: the newest): the Seq of a page's
+	// last operation asks for the next page.
+	Before uint64
+}
+
+// History lists a page of a site's finished operations, newest first.
+func (c *Client) History(ctx context.Context, site string, page HistoryPage) ([]Operation, error) {
+	q := url.Values{}
+	if page.Limit != 0 {
+		q.Set("limit", strconv.Itoa(page.Limit))
+	}
+	if page.Before != 0 {
+		q.Set("before", strconv.FormatUint(page.Before, 10))
+	}
 	var out []Operation
-	if err := c.do(ctx, http.MethodGet, nil, nil, &out, "sites", site, "history"); err != nil {
+	if err := c.do(ctx, http.MethodGet, q, nil, &out, "sites", site, "history"); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -161,9 +161,17 @@ func TestClientRequests(t *testing.T) {
 		},
 		{
 			name:   "history",
-			call:   func(ctx context.Context, c *Client) (any, error) { return c.History(ctx, "web") },
+			call:   func(ctx context.Context, c *Client) (any, error) { return c.History(ctx, "web", HistoryPage{}) },
 			status: 200, answer: `[` + opJSON + `]`, want: []Operation{*wantOp},
 			method: "GET", uri: "/v1/sites/web/history",
+		},
+		{
+			name: "history page",
+			call: func(ctx context.Context, c *Client) (any, error) {
+				return c.History(ctx, "web", HistoryPage{Limit: 5, Before: 1234})
+			},
+			status: 200, answer: `[` + opJSON + `]`, want: []Operation{*wantOp},
+			method: "GET", uri: "/v1/sites/web/history?before=1234&limit=5",
 		},
 		{
 			name:   "health",

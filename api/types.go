@@ -81,6 +81,9 @@ type Operation struct {
 	HandedOff bool `json:"handed_off,omitempty"`
 	// RollbackOf names the swap that a rollback reverses.
 	RollbackOf string `json:"rollback_of,omitempty"`
+	// Unchanged is set on a settings rollout that found every lane already running what KV
+	// says: it changed nothing, so when it succeeds it is not kept in the history.
+	Unchanged bool `json:"unchanged,omitempty"`
 
 	Phases []Phase `json:"phases"`
 	Error  string  `json:"error,omitempty"`

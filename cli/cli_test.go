@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +39,8 @@ func TestUsage(t *testing.T) {
 		{name: "complete without a site", args: []string{"swap", "-complete"}, code: 2, stderr: "want a site, got 0"},
 		{name: "rollback without a site", args: []string{"rollback"}, code: 2, stderr: "want a site"},
 		{name: "history without a site", args: []string{"history"}, code: 2, stderr: "want a site"},
+		{name: "history limit zero", args: []string{"history", "web", "-limit", "0"}, code: 2, stderr: "-limit 0: show 1 or more"},
+		{name: "history before not a seq", args: []string{"history", "web", "-before", "last"}, code: 2, stderr: `invalid value "last" for flag -before`},
 		{name: "follow without an id", args: []string{"follow"}, code: 2, stderr: "want an operation ID"},
 		{name: "settings set without a value", args: []string{"settings", "web", "staging", "set", "K"}, code: 2, stderr: `set wants KEY=VALUE, got "K"`},
 		{name: "settings sticky unset", args: []string{"settings", "web", "staging", "unset", "K", "-sticky"}, code: 2, stderr: "-sticky goes with set"},
@@ -426,4 +429,64 @@ func TestHistoryTable(t *testing.T) {
 	r = run(t, f.srv.URL, "history", "web")
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Equal(t, "no finished operations on site web\n", r.stdout)
+}
+
+// TestHistoryPages: -limit and -before ask the API for a page (one more than shown, to know
+// whether older operations are kept), and a full page ends with how to ask for the next.
+func TestHistoryPages(t *testing.T) {
+	page := make([]api.Operation, 3)
+	for i := range page {
+		page[i] = swapOp(1, api.StateSucceeded)
+		page[i].ID, page[i].Seq = fmt.Sprintf("op-%d", 30-i), uint64(30-i)
+	}
+	tests := []struct {
+		name      string
+		args      []string
+		reply     []api.Operation
+		wantQuery string
+		wantIDs   []string
+		wantNext  string
+	}{
+		{name: "the newest page", args: []string{"history", "web"}, reply: page, wantQuery: "limit=51", wantIDs: []string{"op-30", "op-29", "op-28"}},
+		{name: "a full page says how to go on", args: []string{"history", "web", "-limit", "2", "-before", "31"}, reply: page,
+			wantQuery: "before=31&limit=3", wantIDs: []string{"op-30", "op-29"}, wantNext: "older operations: slotd history web -limit 2 -before 29\n"},
+		{name: "the last page", args: []string{"history", "web", "-limit", "3"}, reply: page, wantQuery: "limit=4", wantIDs: []string{"op-30", "op-29", "op-28"}},
+		{name: "past the oldest", args: []string{"history", "web", "-before", "1"}, wantQuery: "before=1&limit=51"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeAPI(t)
+			f.reply("GET /v1/sites/{site}/history", 200, append([]api.Operation{}, tc.reply...))
+			r := run(t, f.srv.URL, tc.args...)
+			require.Equal(t, 0, r.code, r.stderr)
+			got := f.requests()
+			require.Len(t, got, 1)
+			assert.Equal(t, tc.wantQuery, got[0].Query)
+			lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+			var ids []string
+			for _, l := range lines[1:] {
+				if id, _, _ := strings.Cut(l, " "); strings.HasPrefix(id, "op-") {
+					ids = append(ids, id)
+				}
+			}
+			assert.Equal(t, tc.wantIDs, ids, r.stdout)
+			if tc.wantNext != "" {
+				assert.True(t, strings.HasSuffix(r.stdout, tc.wantNext), r.stdout)
+			} else {
+				assert.NotContains(t, r.stdout, "older operations")
+			}
+			if len(tc.wantIDs) == 0 {
+				assert.Equal(t, "no finished operations on site web before seq 1\n", r.stdout)
+			}
+
+			// -json prints the page as asked, without the one more.
+			f = newFakeAPI(t)
+			f.reply("GET /v1/sites/{site}/history", 200, append([]api.Operation{}, tc.reply...))
+			r = run(t, f.srv.URL, append(tc.args, "-json")...)
+			require.Equal(t, 0, r.code, r.stderr)
+			var printed []api.Operation
+			require.NoError(t, json.Unmarshal([]byte(r.stdout), &printed))
+			assert.Len(t, printed, len(tc.wantIDs))
+		})
+	}
 }

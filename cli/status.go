@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -144,35 +145,57 @@ func (e *env) lastOperation(s *api.Site) string {
 	return fmt.Sprintf("%s %s %s ago", op.Kind, op.State, age(e.now().Sub(at)))
 }
 
+// historyPage is how many operations slotd history shows without -limit (the API's default).
+const historyPage = 50
+
 func historyCommand() *command {
 	return &command{
 		name:     "history",
 		synopsis: "list a site's finished operations",
-		usage:    "<site> [flags]",
+		usage:    "<site> [-limit N] [-before SEQ] [flags]",
 		help: `
-Lists the site's finished deploys, swaps and rollbacks, newest first, with how they ended.
+Lists the site's finished deploys, swaps, rollbacks and settings rollouts, newest first, with
+how they ended: the newest 50 unless -limit says otherwise. The site keeps its last
+history_limit operations (default 200). When older ones are kept, the last line says how to
+see them: -before with the seq of the oldest operation shown.
 
 Example:
-  slotd history web`,
+  slotd history web -limit 10
+  slotd history web -limit 10 -before 1234`,
 		run: runHistory,
 	}
 }
 
 func runHistory(e *env, cmd *command, args []string) int {
-	cf, site, code, ok := e.parseOne(cmd, args, false, "a site")
+	fs := newFlagSet(cmd)
+	var cf clientFlags
+	cf.register(fs, false)
+	limit := fs.Int("limit", historyPage, "show at most `N` operations (no more than the site keeps)")
+	before := fs.Uint64("before", 0, "show the operations older than the one of this `seq` (see the last line of a page)")
+	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {
 		return code
 	}
-	c, err := e.client(cf)
+	if len(pos) != 1 {
+		return e.usageError(cmd, "want a site, got %d arguments", len(pos))
+	}
+	if *limit < 1 {
+		return e.usageError(cmd, "-limit %d: show 1 or more operations", *limit)
+	}
+	site := pos[0]
+	c, err := e.client(&cf)
 	if err != nil {
 		return e.fail(err)
 	}
 	ctx, stop := e.interrupt()
 	defer stop()
-	ops, err := c.History(ctx, site)
+	// One more than shown tells whether older operations are kept.
+	ops, err := c.History(ctx, site, api.HistoryPage{Limit: min(*limit, math.MaxInt-1) + 1, Before: *before})
 	if err != nil {
 		return e.fail(err)
 	}
+	more := len(ops) > *limit
+	ops = ops[:min(len(ops), *limit)]
 	if cf.json {
 		if ops == nil {
 			ops = []api.Operation{}
@@ -180,6 +203,10 @@ func runHistory(e *env, cmd *command, args []string) int {
 		return e.printJSON(ops)
 	}
 	if len(ops) == 0 {
+		if *before != 0 {
+			fmt.Fprintf(e.stdout, "no finished operations on site %s before seq %d\n", site, *before)
+			return exitOK
+		}
 		fmt.Fprintf(e.stdout, "no finished operations on site %s\n", site)
 		return exitOK
 	}
@@ -194,6 +221,9 @@ func runHistory(e *env, cmd *command, args []string) int {
 			orDash(operationDuration(&op)), orDash(detail(&op)))
 	}
 	_ = tw.Flush()
+	if more {
+		fmt.Fprintf(e.stdout, "older operations: slotd history %s -limit %d -before %d\n", site, *limit, ops[len(ops)-1].Seq)
+	}
 	return exitOK
 }
 

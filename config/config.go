@@ -35,6 +35,9 @@ const (
 	DefaultMonitorGrace = 10 * time.Second
 	// DefaultDeployTimeout bounds a rollout of one lane (deploy, settings change, swap phase).
 	DefaultDeployTimeout = 10 * time.Minute
+	// DefaultHistoryLimit is how many finished operations a site keeps in its history; the
+	// oldest go when a new one is added.
+	DefaultHistoryLimit = 200
 )
 
 // DefaultWarmupStatuses are the statuses a warm-up request may answer with when the declaration
@@ -56,6 +59,8 @@ type Config struct {
 	// DataDir is where the daemon keeps its own small state (its leader session, so a restart
 	// takes the lock back at once); empty: slotd under the user's cache folder.
 	DataDir string
+	// HistoryLimit is what every site that sets no history_limit of its own keeps.
+	HistoryLimit int
 
 	HTTP   HTTP
 	Consul Consul
@@ -120,6 +125,9 @@ type Site struct {
 
 	DeployTimeoutRaw string `hcl:"deploy_timeout,optional"`
 	DeployTimeout    time.Duration
+	// HistoryLimit is how many finished operations the site keeps: its own history_limit, or
+	// the top-level one, or DefaultHistoryLimit.
+	HistoryLimit int `hcl:"history_limit,optional"`
 
 	Warmup  *Warmup  `hcl:"warmup,block"`
 	Monitor *Monitor `hcl:"monitor,block"`

@@ -22,11 +22,12 @@ var errNotRegular = errors.New("not a regular file")
 // no sites. Tokens from the environment are read by Load and Parse, not here.
 func Default() *Config {
 	return &Config{
-		LogLevel: DefaultLogLevel,
-		KVPrefix: DefaultKVPrefix,
-		HTTP:     HTTP{Address: DefaultHTTPAddress},
-		Consul:   Consul{Address: DefaultConsulAddress},
-		Nomad:    Nomad{Address: DefaultNomadAddress},
+		LogLevel:     DefaultLogLevel,
+		KVPrefix:     DefaultKVPrefix,
+		HistoryLimit: DefaultHistoryLimit,
+		HTTP:         HTTP{Address: DefaultHTTPAddress},
+		Consul:       Consul{Address: DefaultConsulAddress},
+		Nomad:        Nomad{Address: DefaultNomadAddress},
 	}
 }
 
@@ -135,6 +136,9 @@ func (b *builder) completeSite(s *Site) {
 	}
 	s.Job = b.path(s.Range, s.Job)
 	s.DeployTimeout = b.duration(s.Range, "deploy_timeout", s.DeployTimeoutRaw, DefaultDeployTimeout, true)
+	if !b.src.set(s.Range, "history_limit") {
+		s.HistoryLimit = b.cfg.HistoryLimit
+	}
 	if s.Warmup == nil {
 		s.Warmup = &Warmup{}
 	}

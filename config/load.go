@@ -22,6 +22,8 @@ type file struct {
 	LogJSON  *bool   `hcl:"log_json,optional"`
 	KVPrefix *string `hcl:"kv_prefix,optional"`
 	DataDir  *string `hcl:"data_dir,optional"`
+	// HistoryLimit is the default of every site's history_limit.
+	HistoryLimit *int `hcl:"history_limit,optional"`
 
 	HTTP   *HTTP   `hcl:"http,block"`
 	Consul *Consul `hcl:"consul,block"`
@@ -236,6 +238,9 @@ func (b *builder) merge(f *file) {
 			b.cfg.DataDir = filepath.Join(f.dir, b.cfg.DataDir)
 		}
 	}
+	if f.HistoryLimit != nil && b.declare("history_limit", topAttr("history_limit")) {
+		b.cfg.HistoryLimit = *f.HistoryLimit
+	}
 	if f.HTTP != nil && b.declare("http", f.HTTP.Range) {
 		b.cfg.HTTP = *f.HTTP
 	}
@@ -253,7 +258,7 @@ func (b *builder) merge(f *file) {
 func (b *builder) declare(setting string, at hcl.Range) bool {
 	if first, ok := b.declared[setting]; ok {
 		b.errorf(at, "Duplicate daemon setting",
-			"%s is already declared at %s; declare the daemon's own settings (log_level, log_json, kv_prefix, http, consul, nomad) in one file only.",
+			"%s is already declared at %s; declare the daemon's own settings (log_level, log_json, kv_prefix, data_dir, history_limit, http, consul, nomad) in one file only.",
 			setting, position(first))
 		return false
 	}

@@ -115,6 +115,7 @@ func TestDefault(t *testing.T) {
 	assert.Equal(t, DefaultLogLevel, cfg.LogLevel)
 	assert.False(t, cfg.LogJSON)
 	assert.Equal(t, DefaultKVPrefix, cfg.KVPrefix)
+	assert.Equal(t, DefaultHistoryLimit, cfg.HistoryLimit)
 	assert.Equal(t, HTTP{Address: DefaultHTTPAddress}, cfg.HTTP)
 	assert.Equal(t, Consul{Address: DefaultConsulAddress}, cfg.Consul)
 	assert.Equal(t, Nomad{Address: DefaultNomadAddress}, cfg.Nomad)
@@ -144,6 +145,7 @@ func TestSiteDefaults(t *testing.T) {
 	s := cfg.Sites[0]
 	assert.Equal(t, filepath.Join(dir, "job.nomad.hcl"), s.Job)
 	assert.Equal(t, DefaultDeployTimeout, s.DeployTimeout)
+	assert.Equal(t, DefaultHistoryLimit, s.HistoryLimit)
 	assert.NotNil(t, s.Vars)
 	assert.Equal(t, hcl.Pos{Line: 2, Column: 1, Byte: 1}, s.Range.Start, "Range is the site header")
 
@@ -202,6 +204,32 @@ site "web" {
 	assert.Equal(t, 0.5, s.Monitor.Threshold)
 	assert.Equal(t, time.Duration(0), s.Monitor.Grace)
 	assert.Equal(t, 30*time.Second, s.Monitor.Window)
+}
+
+// TestHistoryLimit: a site keeps the top-level history_limit unless it sets its own.
+func TestHistoryLimit(t *testing.T) {
+	clearTokenEnv(t)
+	dir := writeDir(t, map[string]string{"slots.hcl": `
+history_limit = 50
+site "web" {
+  job     = "job.nomad.hcl"
+  service = "web"
+  slot "production" {}
+  slot "staging" {}
+}
+site "api" {
+  job           = "job.nomad.hcl"
+  service       = "api"
+  history_limit = 5
+  slot "production" {}
+  slot "staging" {}
+}
+`})
+	cfg, err := Load(filepath.Join(dir, "slots.hcl"))
+	require.NoError(t, err)
+	assert.Equal(t, 50, cfg.HistoryLimit)
+	assert.Equal(t, 50, cfg.Site("web").HistoryLimit, "a site without its own takes the top-level limit")
+	assert.Equal(t, 5, cfg.Site("api").HistoryLimit, "a site's own limit wins")
 }
 
 func TestExpressions(t *testing.T) {

@@ -29,6 +29,8 @@ const reservedPrefix = "SLOTD_"
 
 var logLevels = []string{"trace", "debug", "info", "warn", "error"}
 
+const historyLimitRule = "history_limit is %d; a site keeps at least its newest finished operation (history_limit = 1 or more, default %d)."
+
 const labelRule = "use 1–63 lowercase letters, digits or '-', starting and ending with a letter or digit"
 
 // validate checks the completed config and records every problem.
@@ -59,6 +61,10 @@ func (b *builder) validateDaemon() {
 	case strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/"):
 		b.errorf(b.declared["kv_prefix"], "Invalid kv_prefix",
 			"kv_prefix %q must not start or end with '/'; write %q.", p, strings.Trim(p, "/"))
+	}
+
+	if c.HistoryLimit < 1 {
+		b.errorf(b.declared["history_limit"], "Invalid history_limit", historyLimitRule, c.HistoryLimit, DefaultHistoryLimit)
 	}
 
 	h := c.HTTP
@@ -149,6 +155,9 @@ func (b *builder) validateSite(s *Site) {
 		b.errorf(b.src.labelRange(s.Range), "Too few slots",
 			"Site %q declares %d slot(s); declare at least two, such as production and staging: a swap needs a source and a target.",
 			s.Name, len(s.Slots))
+	}
+	if b.src.set(s.Range, "history_limit") && s.HistoryLimit < 1 {
+		b.errorf(b.src.attrRange(s.Range, "history_limit"), "Invalid history_limit", historyLimitRule, s.HistoryLimit, DefaultHistoryLimit)
 	}
 	b.validateWarmup(s.Warmup)
 	b.validateMonitor(s.Monitor)

@@ -204,6 +204,9 @@ func TestRules(t *testing.T) {
 
 		// The daemon's own settings.
 		{name: "log_level", src: decl{daemon: `log_level = "verbose" ` + marker}.String(), summary: "Invalid log_level", detail: "trace, debug, info, warn, error"},
+		{name: "history_limit zero", src: decl{daemon: `history_limit = 0 ` + marker}.String(), summary: "Invalid history_limit", detail: "history_limit is 0; a site keeps at least"},
+		{name: "site history_limit negative", src: decl{site: `  history_limit = -5 ` + marker}.String(), summary: "Invalid history_limit", detail: "history_limit is -5", col: 3},
+		{name: "history_limit not a number", src: decl{site: `  history_limit = "many" ` + marker}.String(), summary: "Unsuitable value type"},
 		{name: "kv_prefix empty", src: decl{daemon: `kv_prefix = "" ` + marker}.String(), summary: "Empty kv_prefix"},
 		{name: "kv_prefix leading slash", src: decl{daemon: `kv_prefix = "/slotd" ` + marker}.String(), summary: "Invalid kv_prefix", detail: `write "slotd"`},
 		{name: "kv_prefix trailing slash", src: decl{daemon: `kv_prefix = "apps/slotd/" ` + marker}.String(), summary: "Invalid kv_prefix", detail: `write "apps/slotd"`},
@@ -277,6 +280,7 @@ func TestValidEdges(t *testing.T) {
 		{name: "tls with both files", src: decl{daemon: "http {\n  tls_cert_file = \"cert.pem\"\n  tls_key_file = \"key.pem\"\n}"}.String()},
 		{name: "read_requires_token with a token", src: decl{daemon: "http {\n  token_file = \"token\"\n  read_requires_token = true\n}"}.String()},
 		{name: "no sites at all", src: `log_level = "warn"`},
+		{name: "history_limit one", src: decl{daemon: `history_limit = 1`, site: `  history_limit = 1`}.String()},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -37,6 +37,8 @@ type siteSpec struct {
 	settings map[string]map[string]string
 	sticky   map[string]map[string]string
 	slots    string // raw HCL of further slot blocks inside the site block
+	// historyLimit, when set, is the site's history_limit.
+	historyLimit int
 	// consul and nomad, when set, are the addresses slotd uses instead of the stack's own
 	// (a FaultProxy in front of them).
 	consul, nomad string
@@ -111,11 +113,16 @@ func (s siteSpec) siteHCL(t testing.TB, job string) string {
 		maps.Copy(m, kind[slot])
 		return hclObject(m)
 	}
+	historyLimit := ""
+	if s.historyLimit != 0 {
+		historyLimit = fmt.Sprintf("history_limit = %d", s.historyLimit)
+	}
 	return fmt.Sprintf(`
 site %[1]q {
   job     = %[2]q
   service = %[1]q
   deploy_timeout = "3m"
+  %[12]s
   vars = {
 %[3]s  }
   warmup {
@@ -139,7 +146,7 @@ site %[1]q {
 `, s.name, job, vb.String(), warmup, monitor, autoSwap,
 		declared(s.settings, "production", "FEATURE", "prod-feature"), declared(s.sticky, "production", "DB", "prod-db"),
 		declared(s.settings, "staging", "FEATURE", "staging-feature"), declared(s.sticky, "staging", "DB", "staging-db"),
-		s.slots)
+		s.slots, historyLimit)
 }
 
 // hclObject renders a map of strings as an HCL object, keys in order: on one line when short,

@@ -168,7 +168,7 @@ func TestTokenRequired(t *testing.T) {
 	after, err := d.client.Settings(ctx, site.name, "staging")
 	require.NoError(t, err)
 	assert.Equal(t, before, after, "a refused write changed nothing")
-	hist, err := d.client.History(ctx, site.name)
+	hist, err := d.client.History(ctx, site.name, api.HistoryPage{})
 	require.NoError(t, err)
 	assert.Empty(t, hist, "a refused write started nothing")
 

@@ -31,7 +31,7 @@ func TestAutoSwap(t *testing.T) {
 
 	var auto *api.Operation
 	WaitFor(t, 5*time.Minute, "a finished swap with trigger auto_swap in the history", func() (bool, string) {
-		hist, err := d.client.History(ctx, site.name)
+		hist, err := d.client.History(ctx, site.name, api.HistoryPage{})
 		if err != nil {
 			return false, err.Error()
 		}

@@ -56,7 +56,7 @@ func TestConflict(t *testing.T) {
 
 	waitServes(t, stack, siteA.host("production"), lanesA["staging"])
 	waitServes(t, stack, siteB.host("production"), lanesB["staging"])
-	hist, err := d.client.History(ctx, siteA.name)
+	hist, err := d.client.History(ctx, siteA.name, api.HistoryPage{})
 	require.NoError(t, err)
 	swaps := 0
 	for _, op := range hist {

@@ -276,7 +276,7 @@ func TestLaneChangedByHandConverges(t *testing.T) {
 		return a.Lane == lanes["production"] && a.Env["DB"] == "prod-db" && a.Env["FEATURE"] == "prod-feature" && a.Env["HAND"] == ""
 	})
 	assertAllServed(t, smp, prod)
-	if hist, err := d.client.History(ctx, site.name); err == nil && len(hist) > 0 {
+	if hist, err := d.client.History(ctx, site.name, api.HistoryPage{}); err == nil && len(hist) > 0 {
 		t.Logf("newest operation: %s %s %s %q", hist[0].ID, hist[0].Kind, hist[0].State, hist[0].Error)
 	}
 }
@@ -293,7 +293,7 @@ func TestFailedSettingNotReplayed(t *testing.T) {
 	staging := site.host("staging")
 	lanes := d.laneJobs(site.name)
 	waitServes(t, stack, staging, lanes["staging"])
-	hist, err := d.client.History(ctx, site.name)
+	hist, err := d.client.History(ctx, site.name, api.HistoryPage{})
 	require.NoError(t, err)
 	known := map[string]bool{}
 	for _, op := range hist {
@@ -312,7 +312,7 @@ func TestFailedSettingNotReplayed(t *testing.T) {
 			op = s.Operation
 			return true, ""
 		}
-		hist, err := d.client.History(ctx, site.name)
+		hist, err := d.client.History(ctx, site.name, api.HistoryPage{})
 		if err != nil {
 			return false, err.Error()
 		}
@@ -342,7 +342,7 @@ func TestFailedSettingNotReplayed(t *testing.T) {
 	version := *job.Version
 	newest := func() string {
 		t.Helper()
-		hist, err := d.client.History(ctx, site.name)
+		hist, err := d.client.History(ctx, site.name, api.HistoryPage{})
 		require.NoError(t, err)
 		require.NotEmpty(t, hist)
 		return fmt.Sprintf("%s %s %s", hist[0].ID, hist[0].Kind, hist[0].State)

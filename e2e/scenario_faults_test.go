@@ -243,7 +243,7 @@ func TestDeposedLeaderFenced(t *testing.T) {
 // assertOnceInHistory checks that operation id is in the site's history exactly once.
 func assertOnceInHistory(t testing.TB, client *api.Client, site, id string) {
 	t.Helper()
-	hist, err := client.History(context.Background(), site)
+	hist, err := client.History(context.Background(), site, api.HistoryPage{})
 	require.NoError(t, err, "read the history of %s", site)
 	var seen []string
 	n := 0

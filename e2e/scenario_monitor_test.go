@@ -137,7 +137,7 @@ func checkEndedEarly(t testing.TB, swap *api.Operation) {
 // assertNoRollback checks that neither the history nor the running operation holds a rollback.
 func assertNoRollback(ctx context.Context, t testing.TB, d *daemon, site string) {
 	t.Helper()
-	hist, err := d.client.History(ctx, site)
+	hist, err := d.client.History(ctx, site, api.HistoryPage{})
 	require.NoError(t, err, "read the history of %s", site)
 	var seen []string
 	for _, op := range hist {

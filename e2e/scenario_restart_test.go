@@ -48,7 +48,7 @@ func TestRestartChangesNothing(t *testing.T) {
 		return out
 	}
 	beforeJobs, beforeKV := versions(), kv()
-	hist, err := d.client.History(ctx, site.name)
+	hist, err := d.client.History(ctx, site.name, api.HistoryPage{})
 	require.NoError(t, err)
 
 	d.restart(site.name)
@@ -89,7 +89,7 @@ func TestRestartChangesNothing(t *testing.T) {
 				"key %s appeared after a restart", key)
 		}
 	}
-	after, err := d.client.History(ctx, site.name)
+	after, err := d.client.History(ctx, site.name, api.HistoryPage{})
 	require.NoError(t, err)
 	assert.Len(t, after, len(hist), "operations in the history after a restart")
 	assert.Equal(t, lanes, d.laneJobs(site.name), "bindings after a restart")

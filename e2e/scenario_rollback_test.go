@@ -43,7 +43,7 @@ func TestRollback(t *testing.T) {
 	waitAnswers(t, stack, staging, 30*time.Second, lanes["staging"]+" with staging's settings", func(a appAnswer) bool {
 		return a.Lane == lanes["staging"] && a.Env["DB"] == "staging-db" && a.Env["FEATURE"] == "staging-feature"
 	})
-	hist, err := d.client.History(ctx, site.name)
+	hist, err := d.client.History(ctx, site.name, api.HistoryPage{})
 	require.NoError(t, err)
 	require.NotEmpty(t, hist)
 	assert.Equal(t, rb.ID, hist[0].ID, "the rollback is the newest operation in the history")
@@ -109,7 +109,7 @@ func TestMonitorRollback(t *testing.T) {
 			}
 			seen = fmt.Sprintf("running: %s %s/%s/%s; ", s.Operation.ID, s.Operation.Kind, s.Operation.Trigger, s.Operation.State)
 		}
-		hist, err := d.client.History(ctx, site.name)
+		hist, err := d.client.History(ctx, site.name, api.HistoryPage{})
 		if err != nil {
 			return false, err.Error()
 		}
@@ -139,7 +139,7 @@ func TestMonitorRollback(t *testing.T) {
 	})
 	assert.Equal(t, lanes["production"], d.laneJobs(site.name)["production"], "production is bound to its original lane")
 
-	hist, err := d.client.History(ctx, site.name)
+	hist, err := d.client.History(ctx, site.name, api.HistoryPage{})
 	require.NoError(t, err)
 	for _, op := range hist {
 		if op.ID == swap.ID {

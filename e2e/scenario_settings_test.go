@@ -66,7 +66,7 @@ func TestSettingsTravel(t *testing.T) {
 	}
 
 	// Settings changed through the API roll out to their slot's lane, without a swap.
-	before, err := d.client.History(ctx, site.name)
+	before, err := d.client.History(ctx, site.name, api.HistoryPage{})
 	require.NoError(t, err)
 	require.NoError(t, d.client.SetSetting(ctx, site.name, "staging", "FEATURE", "staging-feature-2", false))
 	settled(staging, lanes["staging"], "staging-db", "staging-feature-2")
@@ -85,7 +85,7 @@ func TestSettingsTravel(t *testing.T) {
 	assert.Equal(t, "staging-feature-2", set.Settings["FEATURE"], "staging's swappable FEATURE in KV")
 	assert.Equal(t, "staging-db", set.Sticky["DB"], "staging's sticky DB stays")
 
-	hist, err := d.client.History(ctx, site.name)
+	hist, err := d.client.History(ctx, site.name, api.HistoryPage{})
 	require.NoError(t, err)
 	var rollouts []api.Operation
 	for _, op := range hist[:len(hist)-len(before)] {
