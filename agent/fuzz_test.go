@@ -85,8 +85,8 @@ func TestRequestChecks(t *testing.T) {
 	}{
 		{"write without token", "POST", "/v1/sites/web/swap", "", `{"source":"staging"}`, 401},
 		{"write with a wrong token", "POST", "/v1/sites/web/swap", "Bearer nope", `{"source":"staging"}`, 401},
-		{"read is open", "GET", "/v1/health", "", "", 200},
-		{"metrics", "GET", "/v1/metrics", "", "", 200},
+		{"health is open", "GET", "/v1/health", "", "", 200},
+		{"metrics with the token", "GET", "/v1/metrics", "Bearer s3cret", "", 200},
 		{"unknown field", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":"staging","force":true}`, 400},
 		{"malformed json", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":`, 400},
 		{"trailing data", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":"staging"} x`, 400},
