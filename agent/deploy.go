@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"maps"
 
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
@@ -99,11 +98,4 @@ func (s *site) rollbackOf(last *api.Operation, trigger string) (*api.Operation, 
 	}
 	op := &api.Operation{Kind: api.KindRollback, Trigger: trigger, Source: last.Source, Target: last.Target, RollbackOf: last.ID}
 	return s.startOp(op, swapPhases, s.a.swapOp(s.cfg, last.Source, last.Target))
-}
-
-func copyVars(m map[string]string) map[string]string {
-	if m == nil {
-		return nil
-	}
-	return maps.Clone(m)
 }

@@ -85,8 +85,8 @@ func TestRequestChecks(t *testing.T) {
 	}{
 		{"write without token", "POST", "/v1/sites/web/swap", "", `{"source":"staging"}`, 401},
 		{"write with a wrong token", "POST", "/v1/sites/web/swap", "Bearer nope", `{"source":"staging"}`, 401},
-		{"read is open", "GET", "/v1/health", "", "", 200},
-		{"metrics", "GET", "/v1/metrics", "", "", 200},
+		{"health is open", "GET", "/v1/health", "", "", 200},
+		{"metrics with the token", "GET", "/v1/metrics", "Bearer s3cret", "", 200},
 		{"unknown field", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":"staging","force":true}`, 400},
 		{"malformed json", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":`, 400},
 		{"trailing data", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":"staging"} x`, 400},
@@ -97,9 +97,9 @@ func TestRequestChecks(t *testing.T) {
 		{"bad setting key", "PUT", "/v1/sites/web/slots/staging/settings/1BAD", "Bearer s3cret", `{"value":"x"}`, 400},
 		{"reserved setting key", "PUT", "/v1/sites/web/slots/staging/settings/SLOTD_SLOT", "Bearer s3cret", `{"value":"x"}`, 400},
 		{"body over 1 MiB", "PUT", "/v1/sites/web/slots/staging/settings/K", "Bearer s3cret", string(big), 413},
-		{"history limit not a number", "GET", "/v1/sites/web/history?limit=ten", "", "", 400},
-		{"history limit zero", "GET", "/v1/sites/web/history?limit=0", "", "", 400},
-		{"history before not a seq", "GET", "/v1/sites/web/history?before=-1", "", "", 400},
+		{"history limit not a number", "GET", "/v1/sites/web/history?limit=ten", "Bearer s3cret", "", 400},
+		{"history limit zero", "GET", "/v1/sites/web/history?limit=0", "Bearer s3cret", "", 400},
+		{"history before not a seq", "GET", "/v1/sites/web/history?before=-1", "Bearer s3cret", "", 400},
 		{"wrong method", "DELETE", "/v1/sites/web/swap", "Bearer s3cret", "", 405},
 		{"valid write, not the leader", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":"staging"}`, 503},
 	}

@@ -61,7 +61,8 @@ func (a *Agent) newServer() *http.Server {
 	route("GET /v1/operations/{id}", false, a.handleOperation)
 	route("POST /v1/operations/{id}/complete", true, a.handleComplete)
 	route("POST /v1/operations/{id}/cancel", true, a.handleCancel)
-	route("GET /v1/health", false, a.handleHealth)
+	// Open whatever the token rules say: Nomad's and Consul's health checks send no token.
+	mux.Handle("GET /v1/health", a.respond(a.handleHealth))
 	metrics := promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{})
 	mux.Handle("GET /v1/metrics", a.guard(false, metrics))
 	return &http.Server{
@@ -120,14 +121,24 @@ func (a *Agent) logRequests(next http.Handler) http.Handler {
 	})
 }
 
-// authorized checks the bearer token in constant time; an open API has no token.
+// authorized reports whether a request may go on: writes need the token, reads too unless
+// read_requires_token = false (config.HTTP.ReadsNeedToken).
 func (a *Agent) authorized(r *http.Request, write bool) bool {
-	cfg := a.config()
-	if cfg.HTTP.Token == "" || (!write && !cfg.HTTP.ReadRequiresToken) {
+	h := a.config().HTTP
+	if !write && !h.ReadsNeedToken() {
+		return true
+	}
+	return hasToken(r, h.Token)
+}
+
+// hasToken checks the request's bearer token in constant time; an open API has no token, so
+// every request has it.
+func hasToken(r *http.Request, token string) bool {
+	if token == "" {
 		return true
 	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(cfg.HTTP.Token)) == 1
+	return ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(token)) == 1
 }
 
 func (a *Agent) guard(write bool, next http.Handler) http.Handler {
@@ -141,9 +152,15 @@ func (a *Agent) guard(write bool, next http.Handler) http.Handler {
 	})
 }
 
-// wrap turns a handlerFunc into a handler: auth, body limit, JSON encoding and error mapping.
+// wrap turns a handlerFunc into a handler: auth, secrets masked unless revealed (secrets.go),
+// body limit, JSON encoding and error mapping.
 func (a *Agent) wrap(write bool, h handlerFunc) http.Handler {
-	return a.guard(write, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return a.guard(write, a.respond(a.masked(h)))
+}
+
+// respond runs a handlerFunc with the body limit and answers its value or error as JSON.
+func (a *Agent) respond(h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		status, body, err := h(r)
 		if err != nil {
@@ -152,7 +169,7 @@ func (a *Agent) wrap(write bool, h handlerFunc) http.Handler {
 			return
 		}
 		writeJSON(w, status, body)
-	}))
+	})
 }
 
 func (a *Agent) errorResponse(err error) (int, api.ErrorResponse) {
@@ -160,6 +177,8 @@ func (a *Agent) errorResponse(err error) (int, api.ErrorResponse) {
 	switch {
 	case errors.As(err, &maxErr), errors.Is(err, errTooLarge):
 		return http.StatusRequestEntityTooLarge, api.ErrorResponse{Error: errTooLarge.Error()}
+	case errors.Is(err, errRevealNeedsToken):
+		return http.StatusUnauthorized, api.ErrorResponse{Error: err.Error()}
 	case errors.Is(err, errBadRequest):
 		return http.StatusBadRequest, api.ErrorResponse{Error: err.Error()}
 	case errors.Is(err, errNotFound):
@@ -179,6 +198,8 @@ func writeJSON(w http.ResponseWriter, status int, body any) {
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	// Readable "<hidden>" and "<token>" for people with curl; the type says JSON, not HTML.
+	enc.SetEscapeHTML(false)
 	_ = enc.Encode(body)
 }
 
@@ -377,7 +398,7 @@ func (a *Agent) handleDeploy(r *http.Request) (int, any, error) {
 	if err := jobspec.CheckLane(base, site.Job, site.Service); err != nil {
 		return 0, nil, fmt.Errorf("%w: %v", errBadRequest, err)
 	}
-	op := &api.Operation{Kind: api.KindDeploy, Trigger: "api", Slot: slot.Name, Vars: copyVars(req.Vars)}
+	op := &api.Operation{Kind: api.KindDeploy, Trigger: "api", Slot: slot.Name, Vars: hideVars(req.Vars, site.SensitiveVars)}
 	started, err := a.start(s, op, []string{api.PhaseDeploy}, a.deployOp(site, slot.Name, req.Vars))
 	return http.StatusAccepted, started, err
 }

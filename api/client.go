@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -62,6 +63,9 @@ type Config struct {
 	Token string
 	// CACert is a PEM file of the CA that signed the agent's TLS certificate.
 	CACert string
+	// Reveal asks for sticky values in clear (?reveal=true on every request) instead of
+	// Hidden; the agent answers 401 when it has a token and Token is not it.
+	Reveal bool
 	// HTTPClient replaces the default client. Its Timeout must be zero or longer than the
 	// server's blocking wait (about 5 minutes); CACert is ignored when it is set.
 	HTTPClient *http.Client
@@ -82,9 +86,10 @@ func DefaultConfig() Config {
 
 // Client calls one slotd agent's HTTP API. It is safe for concurrent use.
 type Client struct {
-	base  string // scheme://host[:port][/prefix], no trailing slash
-	token string
-	hc    *http.Client
+	base   string // scheme://host[:port][/prefix], no trailing slash
+	token  string
+	reveal bool
+	hc     *http.Client
 }
 
 // NewClient checks the configuration and builds a client; it does not contact the agent.
@@ -119,9 +124,10 @@ func NewClient(c Config) (*Client, error) {
 		hc = &http.Client{Transport: tr}
 	}
 	return &Client{
-		base:  strings.TrimRight(u.String(), "/"),
-		token: c.Token,
-		hc:    hc,
+		base:   strings.TrimRight(u.String(), "/"),
+		token:  c.Token,
+		reveal: c.Reveal,
+		hc:     hc,
 	}, nil
 }
 
@@ -402,6 +408,13 @@ func (c *Client) do(ctx context.Context, method string, query url.Values, in, ou
 		body = bytes.NewReader(b)
 	}
 
+	if c.reveal {
+		query = maps.Clone(query)
+		if query == nil {
+			query = url.Values{}
+		}
+		query.Set("reveal", "true")
+	}
 	timeout := requestTimeout
 	if query.Has("index") {
 		timeout = blockingTimeout

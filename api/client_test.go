@@ -258,6 +258,34 @@ func TestClientToken(t *testing.T) {
 	}
 }
 
+func TestClientReveal(t *testing.T) {
+	cases := []struct {
+		name   string
+		reveal bool
+		want   []string
+	}{
+		{"masked by default", false, []string{"", "index=4&wait=5m0s"}},
+		{"reveal on every request, with the others' own query", true, []string{"reveal=true", "index=4&reveal=true&wait=5m0s"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				got = append(got, r.URL.RawQuery)
+				_, _ = io.WriteString(w, `{"id": "op-1", "index": 5}`)
+			}))
+			t.Cleanup(srv.Close)
+			c, err := NewClient(Config{Address: srv.URL, Reveal: tc.reveal})
+			require.NoError(t, err)
+			_, err = c.Settings(context.Background(), "web", "production")
+			require.NoError(t, err)
+			_, err = c.Operation(context.Background(), "op-1", 4)
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}
+
 func TestNewClient(t *testing.T) {
 	cases := []struct {
 		name, address, wantBase, wantErr string

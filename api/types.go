@@ -64,7 +64,8 @@ type Operation struct {
 	State   string `json:"state"`
 	Trigger string `json:"trigger,omitempty"` // api, auto_swap, monitor
 
-	// Deploy: the slot deployed into and the job variables given.
+	// Deploy: the slot deployed into and the job variables given, those the site declares
+	// sensitive with the value Hidden.
 	Slot string            `json:"slot,omitempty"`
 	Vars map[string]string `json:"vars,omitempty"`
 
@@ -167,10 +168,19 @@ type Instance struct {
 	Status  string   `json:"status"` // Consul's aggregated check status: passing, warning, critical
 }
 
+// Hidden stands in for a secret in the agent's answers: the value of every sticky setting
+// unless the request asks with ?reveal=true, and the value of every job variable the site
+// declares in sensitive_vars (a deploy records it as Hidden, so reveal shows it only for an
+// operation recorded before the variable was declared sensitive).
+const Hidden = "<hidden>"
+
 // Settings are a slot's swappable and sticky settings.
 type Settings struct {
 	Settings map[string]string `json:"settings"`
 	Sticky   map[string]string `json:"sticky"`
+	// Masked is set when the sticky values are replaced by Hidden: read them with ?reveal=true
+	// (Config.Reveal), which needs the token when the agent has one.
+	Masked bool `json:"masked,omitempty"`
 }
 
 // DeployRequest is the body of POST /v1/sites/{site}/slots/{slot}/deploy.

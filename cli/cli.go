@@ -3,6 +3,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -171,14 +172,16 @@ func describeError(err error) string {
 	return msg
 }
 
-// printJSON writes v as indented JSON.
+// printJSON writes v as indented JSON, with <hidden> as written (no HTML escapes).
 func (e *env) printJSON(v any) int {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		return e.fail(fmt.Errorf("encode JSON: %w", err))
 	}
-	b = append(b, '\n')
-	if _, err := e.stdout.Write(b); err != nil {
+	if _, err := e.stdout.Write(b.Bytes()); err != nil {
 		return exitError
 	}
 	return exitOK

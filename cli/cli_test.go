@@ -174,8 +174,36 @@ func TestCommandsCallTheAPI(t *testing.T) {
 			name: "token flag wins over the environment",
 			args: []string{"history", "web", "-token", "from-flag"},
 			env:  map[string]string{api.EnvToken: "from-env"},
-			want: []seen{{Method: "GET", Path: "/v1/sites/web/history"}},
+			want: []seen{{Method: "GET", Path: "/v1/sites/web/history", Query: "limit=51"}},
 			auth: "Bearer from-flag",
+		},
+		{
+			name: "settings are read masked",
+			args: []string{"settings", "web", "production"},
+			want: []seen{{Method: "GET", Path: "/v1/sites/web/slots/production/settings"}},
+		},
+		{
+			name: "settings -reveal",
+			args: []string{"settings", "web", "production", "-reveal"},
+			want: []seen{{Method: "GET", Path: "/v1/sites/web/slots/production/settings", Query: "reveal=true"}},
+		},
+		{
+			name: "settings set -reveal -json reads them revealed",
+			args: []string{"settings", "-reveal", "web", "production", "set", "A=1", "-json"},
+			want: []seen{
+				{Method: "PUT", Path: "/v1/sites/web/slots/production/settings/A", Query: "reveal=true", Body: `{"value":"1","sticky":false}`},
+				{Method: "GET", Path: "/v1/sites/web/slots/production/settings", Query: "reveal=true"},
+			},
+		},
+		{
+			name: "status of a site -reveal",
+			args: []string{"status", "web", "-reveal", "-json"},
+			want: []seen{{Method: "GET", Path: "/v1/sites/web", Query: "reveal=true"}},
+		},
+		{
+			name: "status -reveal",
+			args: []string{"status", "-reveal"},
+			want: []seen{{Method: "GET", Path: "/v1/sites", Query: "reveal=true"}},
 		},
 		{
 			name: "follow -detach reads the operation once",
@@ -209,6 +237,7 @@ func TestCommandsCallTheAPI(t *testing.T) {
 			for i, w := range tc.want {
 				assert.Equal(t, w.Method, got[i].Method)
 				assert.Equal(t, w.Path, got[i].Path)
+				assert.Equal(t, w.Query, got[i].Query)
 				if w.Body == "" {
 					assert.Empty(t, got[i].Body)
 				} else {
@@ -395,6 +424,23 @@ func TestSettingsTable(t *testing.T) {
 		"DATABASE_URL  postgres://prod-db/app  sticky",
 		"",
 	}, "\n"), r.stdout)
+
+	f = newFakeAPI(t)
+	masked := api.Settings{Settings: map[string]string{"FEATURE_X": "on"}, Sticky: map[string]string{"DATABASE_URL": api.Hidden}, Masked: true}
+	f.reply("GET /v1/sites/{site}/slots/{slot}/settings", 200, masked)
+	r = run(t, f.srv.URL, "settings", "web", "production")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, strings.Join([]string{
+		"KEY           VALUE     KIND",
+		"FEATURE_X     on        swappable",
+		"DATABASE_URL  <hidden>  sticky",
+		"sticky values are hidden; -reveal shows them",
+		"",
+	}, "\n"), r.stdout)
+	r = run(t, f.srv.URL, "settings", "web", "production", "-json")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, `"DATABASE_URL": "<hidden>"`, "the marker as written, not HTML-escaped")
+	assert.Contains(t, r.stdout, `"masked": true`)
 
 	f = newFakeAPI(t)
 	f.reply("GET /v1/sites/{site}/slots/{slot}/settings", 200, api.Settings{})

@@ -65,6 +65,8 @@ type clientFlags struct {
 	caCert  string
 	json    bool
 	detach  bool
+	// reveal is a command option of the commands that print settings (registerReveal).
+	reveal bool
 }
 
 // register adds the client flags to fs. Commands that start no operation accept -detach too, so
@@ -81,9 +83,14 @@ func (cf *clientFlags) register(fs *flag.FlagSet, follows bool) {
 	fs.BoolVar(&cf.detach, "detach", false, detach)
 }
 
+// registerReveal adds -reveal, the command option of the commands that print sticky values.
+func (cf *clientFlags) registerReveal(fs *flag.FlagSet) {
+	fs.BoolVar(&cf.reveal, "reveal", false, "show sticky values in clear instead of "+api.Hidden+" (needs the token when the agent has one)")
+}
+
 // client builds an API client from the flags, falling back to the environment.
 func (e *env) client(cf *clientFlags) (*api.Client, error) {
-	c := api.Config{Address: cf.address, Token: cf.token, CACert: cf.caCert}
+	c := api.Config{Address: cf.address, Token: cf.token, CACert: cf.caCert, Reveal: cf.reveal}
 	if c.Address == "" {
 		c.Address = e.getenv(api.EnvAddress)
 	}

@@ -13,11 +13,13 @@ func settingsCommand() *command {
 		usage:    "<site> <slot> [set KEY=VALUE [-sticky] | unset KEY] [flags]",
 		help: `
 Without a sub-command, prints the slot's swappable settings (they travel with the app on a
-swap) and sticky settings (they stay with the slot). 'set' sets one, swappable unless
--sticky; 'unset' removes one. A change rolls the slot's lane out with its new environment.
+swap) and sticky settings (they stay with the slot). Sticky values print as <hidden> unless
+-reveal is given. 'set' sets one, swappable unless -sticky; 'unset' removes one. A change
+rolls the slot's lane out with its new environment.
 
 Examples:
   slotd settings web staging
+  slotd settings web production -reveal
   slotd settings web staging set FEATURE_X=on
   slotd settings web production set DATABASE_URL=postgres://prod-db/app -sticky
   slotd settings web staging unset FEATURE_X`,
@@ -30,6 +32,7 @@ func runSettings(e *env, cmd *command, args []string) int {
 	var cf clientFlags
 	cf.register(fs, false)
 	sticky := fs.Bool("sticky", false, "with set: the setting stays with the slot on a swap")
+	cf.registerReveal(fs)
 	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {
 		return code
@@ -115,5 +118,8 @@ func runSettings(e *env, cmd *command, args []string) int {
 		fmt.Fprintf(tw, "%s\t%s\tsticky\n", k, s.Sticky[k])
 	}
 	_ = tw.Flush()
+	if s.Masked {
+		fmt.Fprintln(e.stdout, "sticky values are hidden; -reveal shows them")
+	}
 	return exitOK
 }

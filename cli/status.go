@@ -19,7 +19,8 @@ func statusCommand() *command {
 		help: `
 Prints a table of every site's slots: the lane (Nomad job) serving each slot, its job
 version, its healthy and total instances, and the site's running or last operation. With a
-site, also every instance of each slot.
+site, also every instance of each slot; with -json, each slot's settings too, sticky values
+as <hidden> unless -reveal is given.
 
 Examples:
   slotd status
@@ -32,6 +33,7 @@ func runStatus(e *env, cmd *command, args []string) int {
 	fs := newFlagSet(cmd)
 	var cf clientFlags
 	cf.register(fs, false)
+	cf.registerReveal(fs)
 	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {
 		return code

@@ -76,9 +76,12 @@ type Config struct {
 // HTTP configures the daemon's API listener.
 type HTTP struct {
 	Address string `hcl:"address,optional"`
-	// TokenFile holds the bearer token that writes (and reads, with ReadRequiresToken) need.
-	TokenFile         string `hcl:"token_file,optional"`
-	ReadRequiresToken bool   `hcl:"read_requires_token,optional"`
+	// TokenFile holds the bearer token that writes, and reads unless ReadRequiresToken is
+	// false, need.
+	TokenFile string `hcl:"token_file,optional"`
+	// ReadRequiresToken is nil when left out: reads then need the token whenever there is one
+	// (see ReadsNeedToken). Only a written false opens reads of a daemon that has a token.
+	ReadRequiresToken *bool  `hcl:"read_requires_token,optional"`
 	TLSCertFile       string `hcl:"tls_cert_file,optional"`
 	TLSKeyFile        string `hcl:"tls_key_file,optional"`
 
@@ -87,6 +90,13 @@ type HTTP struct {
 
 	// Range is where the block is declared, for messages; zero when it was left out.
 	Range hcl.Range `hcl:",def_range"`
+}
+
+// ReadsNeedToken reports whether reads (GET requests other than /v1/health) need the bearer
+// token: with a token configured, unless read_requires_token = false is written. Sticky values
+// are masked in every answer either way; revealing them needs the token whenever there is one.
+func (h HTTP) ReadsNeedToken() bool {
+	return h.Token != "" && (h.ReadRequiresToken == nil || *h.ReadRequiresToken)
 }
 
 // Consul configures the Consul client. The token comes from token_file, token, or
@@ -122,6 +132,10 @@ type Site struct {
 	Job     string            `hcl:"job"`
 	Service string            `hcl:"service"`
 	Vars    map[string]string `hcl:"vars,optional"`
+	// SensitiveVars name job variables whose values slotd never shows or keeps: a deploy's
+	// operation records them as api.Hidden (Nomad 1.6's jobspec variable block has no
+	// sensitive attribute to say it in the jobspec).
+	SensitiveVars []string `hcl:"sensitive_vars,optional"`
 
 	DeployTimeoutRaw string `hcl:"deploy_timeout,optional"`
 	DeployTimeout    time.Duration

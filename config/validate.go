@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 )
 
 var (
@@ -74,7 +75,7 @@ func (b *builder) validateDaemon() {
 	}
 	b.tlsPair(h, "tls_cert_file", "tls_key_file", h.TLSCertFile)
 	b.tlsPair(h, "tls_key_file", "tls_cert_file", h.TLSKeyFile)
-	if h.ReadRequiresToken && !b.src.set(h.Range, "token_file") {
+	if h.ReadRequiresToken != nil && *h.ReadRequiresToken && !b.src.set(h.Range, "token_file") {
 		b.errorf(b.src.attrRange(h.Range, "read_requires_token"), "No token to require",
 			"read_requires_token is true but http sets no token_file; set token_file, or remove read_requires_token.")
 	}
@@ -151,6 +152,7 @@ func (b *builder) validateSite(s *Site) {
 			"service is empty; name the Consul service the job registers.")
 	}
 	b.duplicateKeys(s.Range, "vars")
+	b.validateSensitiveVars(s)
 	if len(s.Slots) < 2 {
 		b.errorf(b.src.labelRange(s.Range), "Too few slots",
 			"Site %q declares %d slot(s); declare at least two, such as production and staging: a swap needs a source and a target.",
@@ -174,6 +176,25 @@ func (b *builder) validateSite(s *Site) {
 		seen[sl.Name] = sl
 	}
 	b.validateAutoSwap(s)
+}
+
+// validateSensitiveVars checks that sensitive_vars lists job variable names, each once.
+func (b *builder) validateSensitiveVars(s *Site) {
+	seen := map[string]hcl.Range{}
+	for i, name := range s.SensitiveVars {
+		at := b.src.itemRange(s.Range, "sensitive_vars", i)
+		if !hclsyntax.ValidIdentifier(name) {
+			b.errorf(at, "Invalid variable name",
+				"sensitive_vars lists %q, which is not a job variable name: use letters, digits, '_' and '-', starting with a letter or '_'.", name)
+			continue
+		}
+		if first, ok := seen[name]; ok {
+			b.errorf(at, "Duplicate sensitive variable",
+				"sensitive_vars lists %q twice (first at %s); keep one.", name, position(first))
+			continue
+		}
+		seen[name] = at
+	}
 }
 
 func (b *builder) validateWarmup(w *Warmup) {

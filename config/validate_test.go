@@ -158,6 +158,12 @@ func TestRules(t *testing.T) {
 		{name: "settings key twice", src: decl{prod: `    settings = { A = "x", A = "y" } ` + marker}.String(), summary: "Duplicate key", col: 27},
 		{name: "vars key twice", src: decl{site: `  vars = { a = "x", "a" = "y" } ` + marker}.String(), summary: "Duplicate key"},
 
+		// Sensitive variables.
+		{name: "sensitive_vars name", src: decl{site: `  sensitive_vars = ["db_password", "db password"] ` + marker}.String(), summary: "Invalid variable name", detail: `"db password"`, col: 36},
+		{name: "sensitive_vars name empty", src: decl{site: `  sensitive_vars = [""] ` + marker}.String(), summary: "Invalid variable name"},
+		{name: "sensitive_vars name twice", src: decl{site: `  sensitive_vars = ["a", "a"] ` + marker}.String(), summary: "Duplicate sensitive variable", detail: "first at $DIR/slots.hcl:", col: 26},
+		{name: "sensitive_vars not a list", src: decl{site: `  sensitive_vars = "db_password" ` + marker}.String(), summary: "Unsuitable value type"},
+
 		// job and service.
 		{
 			name:    "job missing",
@@ -279,6 +285,9 @@ func TestValidEdges(t *testing.T) {
 		{name: "nomad over https", src: decl{daemon: `nomad { address = "https://nomad.example.com:4646" }`}.String()},
 		{name: "tls with both files", src: decl{daemon: "http {\n  tls_cert_file = \"cert.pem\"\n  tls_key_file = \"key.pem\"\n}"}.String()},
 		{name: "read_requires_token with a token", src: decl{daemon: "http {\n  token_file = \"token\"\n  read_requires_token = true\n}"}.String()},
+		{name: "read_requires_token false without a token", src: decl{daemon: "http { read_requires_token = false }"}.String()},
+		{name: "sensitive_vars", src: decl{site: `  sensitive_vars = ["db_password", "api-key", "_x"]`}.String()},
+		{name: "sensitive_vars empty", src: decl{site: `  sensitive_vars = []`}.String()},
 		{name: "no sites at all", src: `log_level = "warn"`},
 		{name: "history_limit one", src: decl{daemon: `history_limit = 1`, site: `  history_limit = 1`}.String()},
 	}
@@ -297,4 +306,31 @@ func withCaseFiles(src string) map[string]string {
 	files := map[string]string{"slots.hcl": src}
 	maps.Copy(files, caseFiles)
 	return files
+}
+
+// TestReadsNeedToken: with a token, reads need it unless read_requires_token = false is
+// written; without one, nothing needs a token.
+func TestReadsNeedToken(t *testing.T) {
+	cases := []struct {
+		name string
+		http string
+		want bool
+	}{
+		{name: "no http block", want: false},
+		{name: "no token", http: `http { address = "127.0.0.1:4680" }`, want: false},
+		{name: "no token, read_requires_token = false", http: `http { read_requires_token = false }`, want: false},
+		{name: "token", http: `http { token_file = "token" }`, want: true},
+		{name: "token, read_requires_token = true", http: "http {\n  token_file = \"token\"\n  read_requires_token = true\n}", want: true},
+		{name: "token, read_requires_token = false", http: "http {\n  token_file = \"token\"\n  read_requires_token = false\n}", want: false},
+		{name: "token, read_requires_token = null", http: "http {\n  token_file = \"token\"\n  read_requires_token = null\n}", want: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			clearTokenEnv(t)
+			dir := writeDir(t, withCaseFiles(decl{daemon: tc.http}.String()))
+			cfg, err := Load(filepath.Join(dir, "slots.hcl"))
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, cfg.HTTP.ReadsNeedToken())
+		})
+	}
 }

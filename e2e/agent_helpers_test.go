@@ -39,6 +39,8 @@ type siteSpec struct {
 	slots    string // raw HCL of further slot blocks inside the site block
 	// historyLimit, when set, is the site's history_limit.
 	historyLimit int
+	// sensitiveVars is the site's sensitive_vars.
+	sensitiveVars []string
 	// consul and nomad, when set, are the addresses slotd uses instead of the stack's own
 	// (a FaultProxy in front of them).
 	consul, nomad string
@@ -123,6 +125,7 @@ site %[1]q {
   service = %[1]q
   deploy_timeout = "3m"
   %[12]s
+  sensitive_vars = %[13]s
   vars = {
 %[3]s  }
   warmup {
@@ -146,7 +149,16 @@ site %[1]q {
 `, s.name, job, vb.String(), warmup, monitor, autoSwap,
 		declared(s.settings, "production", "FEATURE", "prod-feature"), declared(s.sticky, "production", "DB", "prod-db"),
 		declared(s.settings, "staging", "FEATURE", "staging-feature"), declared(s.sticky, "staging", "DB", "staging-db"),
-		s.slots, historyLimit)
+		s.slots, historyLimit, hclList(s.sensitiveVars))
+}
+
+// hclList renders strings as an HCL list.
+func hclList(items []string) string {
+	quoted := make([]string, len(items))
+	for i, it := range items {
+		quoted[i] = fmt.Sprintf("%q", it)
+	}
+	return "[" + strings.Join(quoted, ", ") + "]"
 }
 
 // hclObject renders a map of strings as an HCL object, keys in order: on one line when short,
@@ -194,7 +206,9 @@ func startDaemon(t testing.TB, stack *Stack, site siteSpec) *daemon {
 	d := &daemon{t: t, cfg: cfg, addr: addr}
 	d.start()
 	t.Cleanup(d.stop)
-	client, err := api.NewClient(api.Config{Address: "http://" + addr, Token: site.token})
+	// The scenarios check sticky values, so the harness's client reveals them; TestSecrets
+	// reads without.
+	client, err := api.NewClient(api.Config{Address: "http://" + addr, Token: site.token, Reveal: true})
 	require.NoError(t, err)
 	d.client = client
 	d.waitReady(site.name)
@@ -341,7 +355,7 @@ func startDaemonSites(t testing.TB, stack *Stack, first siteSpec, others ...site
 	d := &daemon{t: t, cfg: cfg, addr: addr}
 	d.start()
 	t.Cleanup(d.stop)
-	d.client, err = api.NewClient(api.Config{Address: "http://" + addr, Token: first.token})
+	d.client, err = api.NewClient(api.Config{Address: "http://" + addr, Token: first.token, Reveal: true})
 	require.NoError(t, err)
 	for _, s := range append([]siteSpec{first}, others...) {
 		d.waitReady(s.name)

@@ -92,7 +92,7 @@ func launchProcDaemon(t testing.TB, stack *Stack, site siteSpec, env ...string) 
 	dir := t.TempDir()
 	p := &procDaemon{t: t, stack: stack, addr: freeAddr(t), config: filepath.Join(dir, "slots.hcl"), logPath: filepath.Join(dir, "slotd.log")}
 	require.NoError(t, os.WriteFile(p.config, []byte(site.hcl(t, stack, p.addr)), 0o644))
-	client, err := api.NewClient(api.Config{Address: "http://" + p.addr, Token: site.token})
+	client, err := api.NewClient(api.Config{Address: "http://" + p.addr, Token: site.token, Reveal: true})
 	require.NoError(t, err)
 	p.client = client
 	t.Cleanup(p.cleanup)
