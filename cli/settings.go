@@ -10,7 +10,7 @@ func settingsCommand() *command {
 	return &command{
 		name:     "settings",
 		synopsis: "show, set or remove a slot's settings",
-		usage:    "<site> <slot> [set KEY=VALUE [-sticky] | unset KEY] [flags]",
+		usage:    "<site> <slot> [set KEY=VALUE [-sticky] | unset KEY] [options]",
 		help: `
 Without a sub-command, prints the slot's swappable settings (they travel with the app on a
 swap) and sticky settings (they stay with the slot). 'set' sets one, swappable unless

@@ -14,7 +14,7 @@ func statusCommand() *command {
 	return &command{
 		name:     "status",
 		synopsis: "show sites, slots, lanes, versions and health",
-		usage:    "[site] [flags]",
+		usage:    "[site] [options]",
 		help: `
 Prints a table of every site's slots: the lane (Nomad job) serving each slot, its job
 version, its healthy and total instances, and the site's running or last operation. With a
@@ -148,7 +148,7 @@ func historyCommand() *command {
 	return &command{
 		name:     "history",
 		synopsis: "list a site's finished operations",
-		usage:    "<site> [flags]",
+		usage:    "<site> [options]",
 		help: `
 Lists the site's finished deploys, swaps and rollbacks, newest first, with how they ended.
 
