@@ -47,6 +47,7 @@ type Agent struct {
 	store      *store
 	lanes      laneOps
 	metrics    *metrics
+	probes     *probes
 	ops        *opRegistry
 	httpClient *http.Client
 	listener   net.Listener
@@ -113,6 +114,7 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 		nomad:      nomad,
 		store:      &store{kv: consul.KV(), prefix: cfg.KVPrefix, logger: logger.Named("store")},
 		metrics:    newMetrics(),
+		probes:     newProbes(),
 		ops:        newOpRegistry(),
 		httpClient: &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
 		listener:   ln,
@@ -181,6 +183,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.roleLoop(ctx, service)
 		}
 	}()
+	// Not a child of ctx: /v1/health stays true while running phases finish on a stop.
+	probeCtx, stopProbes := context.WithCancel(context.Background())
+	probesDone := make(chan struct{})
+	go func() {
+		defer close(probesDone)
+		a.probeLoop(probeCtx)
+	}()
 
 	var err error
 	select {
@@ -191,6 +200,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.stop()
 	<-leaderDone
 	<-roleDone
+	stopProbes()
+	<-probesDone
 	stopSites()
 	for _, s := range a.siteList() {
 		<-s.stopped
@@ -482,11 +493,13 @@ func (a *Agent) siteList() []*site {
 
 func (a *Agent) isLeader() bool { return a.leader.Load() && !a.stopping.Load() }
 
-// leaderAddress reads who holds the leader lock, for 503 answers.
+// leaderAddress reads who holds the leader lock, for 503 answers and /v1/health: "" when no
+// one does or Consul does not tell within probeTimeout (an answer must not wait on a Consul
+// that hangs).
 func (a *Agent) leaderAddress() string {
-	q, cancel := bounded(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 	defer cancel()
-	p, _, err := a.consul.KV().Get(a.store.leaderKey(), q)
+	p, _, err := a.consul.KV().Get(a.store.leaderKey(), (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil || p == nil || p.Session == "" {
 		return ""
 	}

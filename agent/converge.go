@@ -15,6 +15,7 @@ import (
 
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
+	"github.com/slotd/slotd/internal/failpoint"
 	"github.com/slotd/slotd/jobspec"
 )
 
@@ -26,6 +27,9 @@ import (
 // documents. One transaction per slot, so a site of any size starts. It returns the operation
 // a stopped daemon left journaled, if any. What is already right is not written again.
 func (a *Agent) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation, error) {
+	if err := failpoint.Inject(ctx, "site.boot"); err != nil {
+		return nil, err
+	}
 	st, err := a.store.loadSlots(cfg.Name, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, err

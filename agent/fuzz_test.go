@@ -18,11 +18,18 @@ import (
 // past input checks answers 503, so what the fuzzer finds is the decoding and checking alone.
 func offlineAgent(t testing.TB, token string) *Agent {
 	t.Helper()
+	return backendAgent(t, token, "127.0.0.1:1", "http://127.0.0.1:1")
+}
+
+// backendAgent is an agent on the given Consul and Nomad addresses with one site, web, that it
+// does not run: nothing started, its HTTP handler called directly.
+func backendAgent(t testing.TB, token, consul, nomad string) *Agent {
+	t.Helper()
 	cfg := config.Default()
 	cfg.HTTP.Address = "127.0.0.1:0"
 	cfg.HTTP.Token = token
-	cfg.Consul.Address = "127.0.0.1:1"
-	cfg.Nomad.Address = "http://127.0.0.1:1"
+	cfg.Consul.Address = consul
+	cfg.Nomad.Address = nomad
 	cfg.Sites = []*config.Site{{
 		Name: "web", Service: "web", Job: "/nonexistent.nomad.hcl",
 		Slots: []*config.Slot{{Name: "production"}, {Name: "staging"}},

@@ -31,6 +31,9 @@ const (
 	// defaultHistoryPage is how many operations GET /v1/sites/{site}/history answers without
 	// ?limit= (fewer when the site keeps fewer).
 	defaultHistoryPage = 50
+	// retryAfter is the Retry-After of a write refused while a site starts or a leader is
+	// elected: both pass within seconds, and the client waits instead of failing.
+	retryAfter = 2 * time.Second
 )
 
 // errUnauthorized is a missing or wrong bearer token.
@@ -164,7 +167,10 @@ func (a *Agent) respond(h handlerFunc) http.Handler {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		status, body, err := h(r)
 		if err != nil {
-			code, resp := a.errorResponse(err)
+			code, resp, retry := a.errorResponse(err)
+			if retry > 0 {
+				w.Header().Set("Retry-After", strconv.Itoa(int(retry/time.Second)))
+			}
 			writeJSON(w, code, resp)
 			return
 		}
@@ -172,24 +178,35 @@ func (a *Agent) respond(h handlerFunc) http.Handler {
 	})
 }
 
-func (a *Agent) errorResponse(err error) (int, api.ErrorResponse) {
+// errorResponse maps err to a status and a body; retry, when not zero, is the Retry-After of a
+// refusal that passes by itself.
+func (a *Agent) errorResponse(err error) (code int, resp api.ErrorResponse, retry time.Duration) {
 	var maxErr *http.MaxBytesError
 	switch {
 	case errors.As(err, &maxErr), errors.Is(err, errTooLarge):
-		return http.StatusRequestEntityTooLarge, api.ErrorResponse{Error: errTooLarge.Error()}
+		return http.StatusRequestEntityTooLarge, api.ErrorResponse{Error: errTooLarge.Error()}, 0
 	case errors.Is(err, errRevealNeedsToken):
-		return http.StatusUnauthorized, api.ErrorResponse{Error: err.Error()}
+		return http.StatusUnauthorized, api.ErrorResponse{Error: err.Error()}, 0
 	case errors.Is(err, errBadRequest):
-		return http.StatusBadRequest, api.ErrorResponse{Error: err.Error()}
+		return http.StatusBadRequest, api.ErrorResponse{Error: err.Error()}, 0
 	case errors.Is(err, errNotFound):
-		return http.StatusNotFound, api.ErrorResponse{Error: err.Error()}
+		return http.StatusNotFound, api.ErrorResponse{Error: err.Error()}, 0
 	case errors.Is(err, errBusy):
-		return http.StatusConflict, api.ErrorResponse{Error: err.Error()}
+		return http.StatusConflict, api.ErrorResponse{Error: err.Error()}, 0
+	case errors.Is(err, errStarting):
+		return http.StatusServiceUnavailable, api.ErrorResponse{Error: err.Error()}, retryAfter
 	case errors.Is(err, errNotLeader):
-		return http.StatusServiceUnavailable, api.ErrorResponse{Error: err.Error(), LeaderAddress: a.leaderAddress()}
+		leader := a.leaderAddress()
+		if leader == "" {
+			// Just started, the lock just came free, or Consul is slow to say: this passes within
+			// seconds, so the client is asked to retry rather than pointed elsewhere.
+			msg := err.Error() + ", and no leader is known yet; nothing was started, retry in a few seconds"
+			return http.StatusServiceUnavailable, api.ErrorResponse{Error: msg}, retryAfter
+		}
+		return http.StatusServiceUnavailable, api.ErrorResponse{Error: err.Error(), LeaderAddress: leader}, 0
 	default:
 		a.logger.Error("request failed", "error", err)
-		return http.StatusInternalServerError, api.ErrorResponse{Error: err.Error()}
+		return http.StatusInternalServerError, api.ErrorResponse{Error: err.Error()}, 0
 	}
 }
 
@@ -728,10 +745,32 @@ func (a *Agent) signal(ctx context.Context, r *run, c string, index uint64) (int
 	return http.StatusOK, a.ops.wait(ctx, r.op.ID, index), nil
 }
 
+// handleHealth answers whether the daemon leads, the state of each site on it, and whether it
+// reached Consul and Nomad at its last probe: 503 when it did not reach one of them, so a health
+// check on this path goes critical while the daemon cannot do its work.
 func (a *Agent) handleHealth(*http.Request) (int, any, error) {
-	h := api.Health{Status: "ok", Leader: a.isLeader(), Version: Version}
-	if !h.Leader {
+	consul, nomad := a.probes.last()
+	h := api.Health{
+		Status: api.HealthOK, Leader: a.isLeader(), Version: Version,
+		Consul: consul, Nomad: nomad, Sites: map[string]string{},
+	}
+	for _, s := range a.siteList() {
+		switch {
+		case !h.Leader:
+			h.Sites[s.name] = api.SiteStandby
+		case s.snapshot().ready:
+			h.Sites[s.name] = api.SiteReady
+		default:
+			h.Sites[s.name] = api.SiteStarting
+		}
+	}
+	status := http.StatusOK
+	if consul.Status == api.Unreachable || nomad.Status == api.Unreachable {
+		h.Status, status = api.HealthFailing, http.StatusServiceUnavailable
+	}
+	if !h.Leader && consul.Status != api.Unreachable {
+		// Asked of Consul, which would hold the answer for its whole deadline when it is down.
 		h.LeaderAddress = a.leaderAddress()
 	}
-	return http.StatusOK, h, nil
+	return status, h, nil
 }

@@ -20,6 +20,9 @@ var (
 	errNotFound   = errors.New("not found")
 	errBadRequest = errors.New("bad request")
 	errNotLeader  = errors.New("this daemon is not the leader")
+	// errStarting refuses an operation on a site that this daemon leads but has not brought up
+	// yet (just started, failed over, reloaded): nothing was started, and a retry soon works.
+	errStarting = errors.New("starting")
 	// errStopping ends an operation at a phase boundary when the daemon stops: the operation
 	// stays journaled in its state, and the next leader picks it up.
 	errStopping = errors.New("daemon stopping")

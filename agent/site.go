@@ -344,11 +344,13 @@ func (s *site) convergeNow() (*api.Operation, error) {
 // ends that monitoring early, with no rollback. Runs on the owner.
 func (s *site) startOp(op *api.Operation, phases []string, fn opFunc) (*api.Operation, error) {
 	a := s.a
-	if s.lead == nil || !a.isLeader() {
+	if !a.isLeader() {
 		return nil, errNotLeader
 	}
-	if !s.ready {
-		return nil, fmt.Errorf("%w: site %s is still starting", errBusy, s.name)
+	if s.lead == nil || !s.ready {
+		// Leading, but the owner has not heard of the leadership yet or is still bringing
+		// the site up.
+		return nil, fmt.Errorf("site %s is %w; nothing was started, retry in a few seconds", s.name, errStarting)
 	}
 	if r := s.running; r != nil {
 		if err := r.endMonitor(); err != nil {

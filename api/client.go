@@ -69,7 +69,17 @@ type Config struct {
 	// HTTPClient replaces the default client. Its Timeout must be zero or longer than the
 	// server's blocking wait (about 5 minutes); CACert is ignored when it is set.
 	HTTPClient *http.Client
+	// Wait is how long a request refused with 503 and Retry-After is sent again before the
+	// refusal is returned: the agent says so while a site is starting or no leader is known
+	// yet, and nothing was done, so a write is safe to repeat. Zero returns the refusal at
+	// once; the CLI's -wait is DefaultWait.
+	Wait time.Duration
+	// OnWait, when set, is called when a request starts waiting, with the refusal and Wait.
+	OnWait func(refusal *StatusError, wait time.Duration)
 }
+
+// DefaultWait is how long the CLI waits for an agent that is starting (its -wait).
+const DefaultWait = 2 * time.Minute
 
 // DefaultConfig is the configuration from SLOTD_ADDR, SLOTD_TOKEN and SLOTD_CACERT.
 func DefaultConfig() Config {
@@ -90,6 +100,8 @@ type Client struct {
 	token  string
 	reveal bool
 	hc     *http.Client
+	wait   time.Duration
+	onWait func(*StatusError, time.Duration)
 }
 
 // NewClient checks the configuration and builds a client; it does not contact the agent.
@@ -123,11 +135,16 @@ func NewClient(c Config) (*Client, error) {
 		}
 		hc = &http.Client{Transport: tr}
 	}
+	if c.Wait < 0 {
+		return nil, fmt.Errorf("wait %s: must not be negative", c.Wait)
+	}
 	return &Client{
 		base:   strings.TrimRight(u.String(), "/"),
 		token:  c.Token,
 		reveal: c.Reveal,
 		hc:     hc,
+		wait:   c.Wait,
+		onWait: c.OnWait,
 	}, nil
 }
 
@@ -164,6 +181,9 @@ type StatusError struct {
 	Message string
 	// LeaderAddress is where the leader is, on a 503 from a daemon that is not the leader.
 	LeaderAddress string
+	// RetryAfter is the answer's Retry-After: on a 503, the refusal passes by itself (a site
+	// starting, a leader being elected) and the request may be sent again after it.
+	RetryAfter time.Duration
 }
 
 func (e *StatusError) Error() string {
@@ -298,11 +318,23 @@ func (c *Client) History(ctx context.Context, site string, page HistoryPage) ([]
 	return out, nil
 }
 
-// Health reports whether the agent is alive and whether it leads.
+// Health reports whether the agent is alive, whether it leads, the state of its sites and
+// whether it reaches Consul and Nomad. The agent's 503 when it does not reach one of them is
+// answered as its Health (Status HealthFailing), not as an error: the agent did answer.
 func (c *Client) Health(ctx context.Context) (*Health, error) {
-	var out Health
-	if err := c.do(ctx, http.MethodGet, nil, nil, &out, "health"); err != nil {
+	ans, err := c.send(ctx, http.MethodGet, "/v1/health", nil, nil)
+	if err != nil {
 		return nil, err
+	}
+	var out Health
+	switch {
+	case ans.ok():
+		if err := json.Unmarshal(ans.body, &out); err != nil {
+			return nil, fmt.Errorf("GET /v1/health: decode answer: %w", err)
+		}
+	case ans.code == http.StatusServiceUnavailable && json.Unmarshal(ans.body, &out) == nil && out.Status != "":
+	default:
+		return nil, ans.statusError()
 	}
 	return &out, nil
 }
@@ -393,21 +425,20 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// do sends one request to /v1/<segments…> and decodes a 2xx answer into out (when not nil).
+// do sends one request to /v1/<segments…> and decodes a 2xx answer into out (when not nil). A
+// refusal that passes by itself (503 with Retry-After) is sent again, after the pause the agent
+// asks for, until c.wait has passed.
 func (c *Client) do(ctx context.Context, method string, query url.Values, in, out any, segments ...string) error {
 	path, err := escapePath(segments)
 	if err != nil {
 		return err
 	}
-	var body io.Reader
+	var payload []byte
 	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
+		if payload, err = json.Marshal(in); err != nil {
 			return fmt.Errorf("%s %s: encode body: %w", method, path, err)
 		}
-		body = bytes.NewReader(b)
 	}
-
 	if c.reveal {
 		query = maps.Clone(query)
 		if query == nil {
@@ -415,6 +446,54 @@ func (c *Client) do(ctx context.Context, method string, query url.Values, in, ou
 		}
 		query.Set("reveal", "true")
 	}
+	var giveUp time.Time
+	for {
+		ans, err := c.send(ctx, method, path, query, payload)
+		if err != nil {
+			return err
+		}
+		if ans.ok() {
+			if out == nil || ans.code == http.StatusNoContent {
+				return nil
+			}
+			if err := json.Unmarshal(ans.body, out); err != nil {
+				return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+			}
+			return nil
+		}
+		se := ans.statusError()
+		if se.Code != http.StatusServiceUnavailable || se.RetryAfter <= 0 || c.wait <= 0 {
+			return se
+		}
+		now := time.Now()
+		if giveUp.IsZero() {
+			giveUp = now.Add(c.wait)
+			if c.onWait != nil {
+				c.onWait(se, c.wait)
+			}
+		}
+		pause := min(se.RetryAfter, giveUp.Sub(now))
+		if pause <= 0 {
+			return se
+		}
+		if err := sleep(ctx, pause); err != nil {
+			return err
+		}
+	}
+}
+
+// answer is a response, read whole.
+type answer struct {
+	code   int
+	header http.Header
+	body   []byte
+}
+
+func (a *answer) ok() bool { return a.code >= 200 && a.code <= 299 }
+
+// send sends one request to path (/v1/…) and reads its answer: a 2xx whole, any other up to
+// maxErrorBody.
+func (c *Client) send(ctx context.Context, method, path string, query url.Values, payload []byte) (*answer, error) {
 	timeout := requestTimeout
 	if query.Has("index") {
 		timeout = blockingTimeout
@@ -426,13 +505,17 @@ func (c *Client) do(ctx context.Context, method string, query url.Values, in, ou
 	if len(query) > 0 {
 		u += "?" + query.Encode()
 	}
+	var body io.Reader
+	if payload != nil {
+		body = bytes.NewReader(payload)
+	}
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "slotd-client")
-	if in != nil {
+	if payload != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
@@ -441,36 +524,47 @@ func (c *Client) do(ctx context.Context, method string, query url.Values, in, ou
 
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return err // *url.Error names the method and URL
+		return nil, err // *url.Error names the method and URL
 	}
 	defer resp.Body.Close()
-
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return statusError(resp)
+	ans := &answer{code: resp.StatusCode, header: resp.Header}
+	var r io.Reader = resp.Body
+	if !ans.ok() {
+		r = io.LimitReader(resp.Body, maxErrorBody)
 	}
-	if out == nil || resp.StatusCode == http.StatusNoContent {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
-		return nil
+	if ans.body, err = io.ReadAll(r); err != nil {
+		return nil, fmt.Errorf("%s %s: read answer: %w", method, path, err)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
-	}
-	return nil
+	return ans, nil
 }
 
-func statusError(resp *http.Response) error {
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	se := &StatusError{Code: resp.StatusCode}
+// statusError is the error of an answer outside 2xx.
+func (a *answer) statusError() *StatusError {
+	se := &StatusError{Code: a.code, RetryAfter: retryAfter(a.header.Get("Retry-After"))}
 	var er ErrorResponse
-	if json.Unmarshal(b, &er) == nil && er.Error != "" {
+	if json.Unmarshal(a.body, &er) == nil && er.Error != "" {
 		se.Message = er.Error
 		se.LeaderAddress = er.LeaderAddress
-	} else if text := strings.TrimSpace(string(b)); text != "" {
+	} else if text := strings.TrimSpace(string(a.body)); text != "" {
 		se.Message = text
 	} else {
-		se.Message = strings.ToLower(http.StatusText(resp.StatusCode))
+		se.Message = strings.ToLower(http.StatusText(a.code))
 	}
 	return se
+}
+
+// retryAfter reads a Retry-After header: seconds, or an HTTP date; 0 when absent or past.
+func retryAfter(v string) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.Atoi(v); err == nil {
+		return max(time.Duration(n)*time.Second, 0)
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(time.Until(t), 0)
+	}
+	return 0
 }
 
 // escapePath builds /v1/<seg>/<seg>… with every segment escaped. Empty, "." and ".." names

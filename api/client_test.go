@@ -534,3 +534,126 @@ func TestFollowFromAnAnswer(t *testing.T) {
 	assert.Equal(t, []string{StatePreviewing, StateWarming, StateSucceeded}, states)
 	assert.Equal(t, []string{"5", "7"}, s.indexes)
 }
+
+// refusingAgent answers the first refusals requests with 503 and the given Retry-After, and
+// the ones after with a started swap; it records the bodies it got.
+func refusingAgent(t testing.TB, refusals int, retry string, wait time.Duration) (*Client, func() []string, *[]string) {
+	t.Helper()
+	var (
+		mu     sync.Mutex
+		bodies []string
+		waits  []string
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, string(b))
+		n := len(bodies)
+		mu.Unlock()
+		if n <= refusals {
+			if retry != "" {
+				w.Header().Set("Retry-After", retry)
+			}
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"error":"site web is starting; nothing was started, retry in a few seconds"}`)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = io.WriteString(w, `{"id":"op-1","state":"pending"}`)
+	}))
+	t.Cleanup(srv.Close)
+	c, err := NewClient(Config{Address: srv.URL, Wait: wait, OnWait: func(se *StatusError, d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		waits = append(waits, se.Message+" / "+d.String())
+	}})
+	require.NoError(t, err)
+	got := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), bodies...)
+	}
+	return c, got, &waits
+}
+
+func TestWritesWaitWhileStarting(t *testing.T) {
+	swap := SwapRequest{Source: "staging", Target: "production"}
+	const body = `{"source":"staging","target":"production","preview":false}`
+	const refusal = "site web is starting; nothing was started, retry in a few seconds"
+	cases := []struct {
+		name     string
+		refusals int
+		retry    string // Retry-After of the refusals
+		wait     time.Duration
+		requests int    // how many the agent gets
+		err      string // "" when the swap starts
+		waits    int    // calls of OnWait
+	}{
+		{name: "sent again until the agent takes it", refusals: 2, retry: "1", wait: time.Minute, requests: 3, waits: 1},
+		{name: "no wait: the refusal at once", refusals: 2, retry: "1", wait: 0, requests: 1, err: "slotd: 503: " + refusal},
+		{name: "no Retry-After: the refusal at once", refusals: 2, retry: "", wait: time.Minute, requests: 1, err: "slotd: 503: " + refusal},
+		{name: "gives up once the wait has passed", refusals: 100, retry: "1", wait: 1500 * time.Millisecond, requests: 3, err: "slotd: 503: " + refusal, waits: 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, bodies, waits := refusingAgent(t, tc.refusals, tc.retry, tc.wait)
+			began := time.Now()
+			op, err := c.Swap(context.Background(), "web", swap)
+			if tc.err == "" {
+				require.NoError(t, err)
+				assert.Equal(t, "op-1", op.ID)
+			} else {
+				require.EqualError(t, err, tc.err)
+				var se *StatusError
+				require.ErrorAs(t, err, &se)
+				if tc.retry != "" {
+					assert.Equal(t, time.Second, se.RetryAfter)
+				}
+			}
+			got := bodies()
+			require.Len(t, got, tc.requests)
+			for _, b := range got {
+				assert.JSONEq(t, body, b, "every attempt sends the whole body")
+			}
+			assert.Len(t, *waits, tc.waits)
+			if tc.waits > 0 {
+				assert.Equal(t, refusal+" / "+tc.wait.String(), (*waits)[0])
+			}
+			assert.Less(t, time.Since(began), tc.wait+time.Second, "waited past -wait")
+		})
+	}
+}
+
+func TestWaitStopsWithTheContextWhileRefused(t *testing.T) {
+	c, _, _ := refusingAgent(t, 100, "2", time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := c.Swap(ctx, "web", SwapRequest{Source: "staging"})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+}
+
+func TestRetryAfter(t *testing.T) {
+	assert.Equal(t, 2*time.Second, retryAfter("2"))
+	assert.Equal(t, time.Duration(0), retryAfter(""))
+	assert.Equal(t, time.Duration(0), retryAfter("-3"))
+	assert.Equal(t, time.Duration(0), retryAfter("soon"))
+	d := retryAfter(time.Now().Add(time.Hour).UTC().Format(http.TimeFormat))
+	assert.InDelta(t, time.Hour.Seconds(), d.Seconds(), 2)
+}
+
+// TestHealthWhenFailing: the agent's 503 with a health body is its health, not an error; any
+// other 503 is.
+func TestHealthWhenFailing(t *testing.T) {
+	failing := `{"status":"failing","leader":true,"version":"0.2.0","consul":{"status":"unreachable","error":"connection refused"},"nomad":{"status":"reachable"},"sites":{"web":"ready"}}`
+	c, _ := fakeAgent(t, 503, failing)
+	h, err := c.Health(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, HealthFailing, h.Status)
+	assert.Equal(t, Unreachable, h.Consul.Status)
+	assert.Equal(t, "connection refused", h.Consul.Error)
+	assert.Equal(t, map[string]string{"web": SiteReady}, h.Sites)
+
+	c, _ = fakeAgent(t, 503, `{"error":"overloaded"}`)
+	_, err = c.Health(context.Background())
+	require.EqualError(t, err, "slotd: 503: overloaded")
+}

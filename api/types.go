@@ -201,13 +201,52 @@ type SettingRequest struct {
 	Sticky bool   `json:"sticky"`
 }
 
-// Health is the answer of GET /v1/health.
+// Health is the answer of GET /v1/health: 200 while the daemon reaches Consul and Nomad, 503
+// with the same body when its last probe of either failed.
 type Health struct {
-	Status        string `json:"status"` // "ok"
+	Status        string `json:"status"` // HealthOK, or HealthFailing when Consul or Nomad is unreachable
 	Leader        bool   `json:"leader"`
 	LeaderAddress string `json:"leader_address,omitempty"`
 	Version       string `json:"version"`
+	// Consul and Nomad are the outcomes of the daemon's last probe of each (every 5 s).
+	Consul Reach `json:"consul"`
+	Nomad  Reach `json:"nomad"`
+	// Sites maps every declared site to its state on this daemon: SiteReady, SiteStarting or
+	// SiteStandby.
+	Sites map[string]string `json:"sites"`
 }
+
+// Health statuses.
+const (
+	HealthOK      = "ok"
+	HealthFailing = "failing"
+)
+
+// Site states in Health.Sites.
+const (
+	// SiteReady: this daemon leads and the site is up; operations start.
+	SiteReady = "ready"
+	// SiteStarting: this daemon leads and brings the site up (after a start, failover or
+	// reload); writes answer 503 with Retry-After until it is ready.
+	SiteStarting = "starting"
+	// SiteStandby: this daemon does not lead; the leader runs the site.
+	SiteStandby = "standby"
+)
+
+// Reach is the outcome of the daemon's last probe of Consul or Nomad.
+type Reach struct {
+	Status string `json:"status"` // Reachable, Unreachable, or ReachUnknown before the first probe
+	// Error says why the last probe failed.
+	Error     string     `json:"error,omitempty"`
+	CheckedAt *time.Time `json:"checked_at,omitempty"`
+}
+
+// Reach statuses.
+const (
+	Reachable    = "reachable"
+	Unreachable  = "unreachable"
+	ReachUnknown = "unknown"
+)
 
 // ErrorResponse is the body of every error answer.
 type ErrorResponse struct {

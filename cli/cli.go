@@ -128,7 +128,7 @@ func findCommand(name string) *command {
 
 func (e *env) printCommands(w io.Writer) {
 	var b strings.Builder
-	b.WriteString("Usage: slotd <command> [arguments] [flags]\n\n")
+	b.WriteString("Usage: slotd <command> [arguments] [options]\n\n")
 	b.WriteString("Deployment slots for Nomad and Consul: deploy into a slot, test it, swap it into production.\n\n")
 	b.WriteString("Commands:\n")
 	for _, c := range commands() {

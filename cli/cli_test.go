@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -49,6 +50,8 @@ func TestUsage(t *testing.T) {
 		{name: "settings one argument", args: []string{"settings", "web"}, code: 2, stderr: "got 1 arguments"},
 		{name: "validate without a file", args: []string{"validate"}, code: 2, stderr: "want one file or directory"},
 		{name: "agent without -config", args: []string{"agent"}, code: 2, stderr: "-config is required"},
+		{name: "negative wait", args: []string{"swap", "web", "staging", "-wait", "-1s"}, code: 2, stderr: `invalid value "-1s" for flag -wait: -1s is negative: 0 means do not wait`},
+		{name: "wait not a duration", args: []string{"deploy", "web", "staging", "-wait", "soon"}, code: 2, stderr: `"soon" is not a duration such as 30s or 2m`},
 		{name: "agent with an argument", args: []string{"agent", "-config", "x.hcl", "y"}, code: 2, stderr: `unexpected argument "y"`},
 	}
 	for _, tc := range cases {
@@ -73,15 +76,108 @@ func TestHelpOnEveryCommand(t *testing.T) {
 				r := run(t, "http://127.0.0.1:1", cmd.name, flag)
 				assert.Equal(t, 0, r.code)
 				assert.Empty(t, r.stderr)
-				assert.Contains(t, r.stdout, "Usage: slotd "+cmd.name)
-				assert.Contains(t, r.stdout, "Example")
-				assert.Contains(t, r.stdout, "\n  slotd "+cmd.name)
-				if cmd.name != "validate" {
-					assert.Contains(t, r.stdout, "Flags:")
+				assert.True(t, strings.HasPrefix(r.stdout, "Usage: slotd "+cmd.name+" "), "starts with the usage line:\n%s", r.stdout)
+				assert.Contains(t, r.stdout, "\n  Example")
+				assert.Contains(t, r.stdout, "\n    slotd "+cmd.name)
+				before, client, _ := strings.Cut(r.stdout, "\nClient options:\n")
+				_, own, _ := strings.Cut(before, "\nCommand options:\n")
+				switch cmd.name {
+				case "agent", "deploy", "swap", "settings":
+					assert.NotEmpty(t, own, "a Command options block before the Client options")
+				}
+				for _, f := range []string{"address", "token", "ca-cert", "json", "detach", "wait"} {
+					assert.NotContains(t, own, "-"+f, "client option -%s among the command's own", f)
+				}
+				switch cmd.name {
+				case "agent", "validate":
+					assert.Empty(t, client, "%s calls no agent: no client options", cmd.name)
+				default:
+					for _, f := range []string{"-address=<URL>", "-token=<token>", "-ca-cert=<file>", "-json", "-detach", "-wait=<duration>"} {
+						assert.Contains(t, client, "\n  "+f+"\n", "client option %s", f)
+					}
 				}
 			})
 		}
 	}
+}
+
+// TestHelpLayout: a command's help is its usage, what it does, its own options, then the
+// client options in a block of their own, as Nomad's commands print theirs.
+func TestHelpLayout(t *testing.T) {
+	r := run(t, "http://127.0.0.1:1", "deploy", "-h")
+	require.Equal(t, 0, r.code)
+	want := `Usage: slotd deploy <site> <slot> [-var key=value]... [options]
+
+  Registers a new version of the slot's lane with the given job variables (on top of the
+`
+	require.True(t, strings.HasPrefix(r.stdout, want), "got:\n%s", r.stdout)
+	before, client, ok := strings.Cut(r.stdout, "\nClient options:\n\n")
+	require.True(t, ok, "a Client options block:\n%s", r.stdout)
+	_, own, ok := strings.Cut(before, "\nCommand options:\n\n")
+	require.True(t, ok, "a Command options block before the Client options:\n%s", r.stdout)
+	assert.Equal(t, "  -var=<key=value>\n    job variable as key=value; repeat for more\n", own)
+	for _, f := range []string{"address", "token", "ca-cert", "json", "detach", "wait"} {
+		assert.NotContains(t, own, "-"+f, "client option -%s among the command's own", f)
+	}
+	assert.Contains(t, client, `  -wait=<duration>
+    how long a write waits, with one line saying so, while the agent is starting
+    or no leader is known yet (it answers 503 with Retry-After), as a duration
+    such as 30s; 0 fails at once (default 2m0s)
+`)
+	assert.NotContains(t, client, "-var")
+	for line := range strings.Lines(r.stdout) {
+		assert.LessOrEqual(t, len(strings.TrimRight(line, "\n")), 94, "a line too long: %q", line)
+	}
+}
+
+// TestFlagBlocks: whatever a command declares is listed with its own options, whatever
+// clientFlags.register adds with the client's.
+func TestFlagBlocks(t *testing.T) {
+	fs := newFlagSet(&command{name: "x"})
+	fs.Bool("reveal", false, "show the values")
+	var cf clientFlags
+	cf.register(fs, false)
+	fs.String("after", "", "declared after the client options")
+	var b strings.Builder
+	(&command{name: "x", usage: "[options]", help: "Does x."}).printHelp(&b, fs)
+	assert.Equal(t, `Usage: slotd x [options]
+
+  Does x.
+
+Command options:
+
+  -after=<string>
+    declared after the client options
+
+  -reveal
+    show the values
+
+Client options:
+
+  -address=<URL>
+    URL of the slotd agent ($SLOTD_ADDR, default http://127.0.0.1:4680)
+
+  -ca-cert=<file>
+    PEM file of the CA that signed the agent's TLS certificate ($SLOTD_CACERT)
+
+  -detach
+    no effect: this command starts no operation
+
+  -json
+    print the result as JSON on stdout (for a followed operation: its final
+    state; progress goes to stderr)
+
+  -token=<token>
+    bearer token for the agent's API ($SLOTD_TOKEN)
+
+  -wait=<duration>
+    how long a write waits, with one line saying so, while the agent is starting
+    or no leader is known yet (it answers 503 with Retry-After), as a duration
+    such as 30s; 0 fails at once (default 2m0s)
+`, b.String())
+	require.NoError(t, fs.Parse([]string{"-reveal", "-wait", "5s", "-token", "t"}))
+	assert.Equal(t, 5*time.Second, cf.wait)
+	assert.Equal(t, "t", cf.token)
 }
 
 func TestCommandsCallTheAPI(t *testing.T) {
@@ -533,6 +629,48 @@ func TestHistoryPages(t *testing.T) {
 			var printed []api.Operation
 			require.NoError(t, json.Unmarshal([]byte(r.stdout), &printed))
 			assert.Len(t, printed, len(tc.wantIDs))
+		})
+	}
+}
+
+// TestWaitsWhileStarting: a write refused with 503 and Retry-After is sent again until the
+// agent takes it, with one line on stderr saying so; -wait 0 fails at once.
+func TestWaitsWhileStarting(t *testing.T) {
+	const refusal = "site web is starting; nothing was started, retry in a few seconds"
+	cases := []struct {
+		name     string
+		args     []string
+		code     int
+		requests int
+		stderr   string
+	}{
+		{name: "waits, then the swap starts", args: []string{"swap", "web", "staging", "-detach"}, code: 0, requests: 2,
+			stderr: "site web is starting; waiting up to 2m0s\n"},
+		{name: "waits as long as -wait says", args: []string{"swap", "web", "staging", "-detach", "-wait", "30s"}, code: 0, requests: 2,
+			stderr: "site web is starting; waiting up to 30s\n"},
+		{name: "-wait 0 fails at once", args: []string{"swap", "web", "staging", "-detach", "-wait", "0"}, code: 1, requests: 1,
+			stderr: "error: " + refusal + " (HTTP 503)\n"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeAPI(t)
+			refused := false
+			f.mux.HandleFunc("POST /v1/sites/{site}/swap", func(w http.ResponseWriter, r *http.Request) {
+				if !refused {
+					refused = true
+					w.Header().Set("Retry-After", "1")
+					writeJSON(w, http.StatusServiceUnavailable, api.ErrorResponse{Error: refusal})
+					return
+				}
+				writeJSON(w, http.StatusAccepted, swapOp(1, api.StatePending))
+			})
+			r := run(t, f.srv.URL, tc.args...)
+			assert.Equal(t, tc.code, r.code, r.stderr)
+			assert.Equal(t, tc.stderr, r.stderr)
+			assert.Len(t, f.requests(), tc.requests)
+			if tc.code == 0 {
+				assert.Contains(t, r.stdout, "swap op-1 is pending")
+			}
 		})
 	}
 }

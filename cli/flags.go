@@ -6,21 +6,30 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/slotd/slotd/api"
 )
 
-func newFlagSet(cmd *command) *flag.FlagSet {
+// flagSet is a command's flags: its own, and (for commands that call the agent) the client
+// options, which its help lists apart. A command declares its own as on any flag.FlagSet
+// (fs.Bool, fs.Var, …); clientFlags.register adds the client options.
+type flagSet struct {
+	*flag.FlagSet
+	client map[string]bool // names of the client options
+}
+
+func newFlagSet(cmd *command) *flagSet {
 	fs := flag.NewFlagSet(cmd.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // usage and errors are printed by parse
-	return fs
+	return &flagSet{FlagSet: fs, client: map[string]bool{}}
 }
 
 // parse parses args with flags before, between or after the positional arguments ("--" ends
 // the flags), so "slotd swap web staging -preview" works. It returns the positional arguments,
 // or ok=false with the exit code when the command must stop: help was asked for (0) or a flag
 // is wrong (2).
-func (e *env) parse(cmd *command, fs *flag.FlagSet, args []string) (pos []string, code int, ok bool) {
+func (e *env) parse(cmd *command, fs *flagSet, args []string) (pos []string, code int, ok bool) {
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
@@ -41,21 +50,76 @@ func (e *env) parse(cmd *command, fs *flag.FlagSet, args []string) (pos []string
 	}
 }
 
-// printHelp prints the command's usage, what it does with an example, and its flags.
-func (c *command) printHelp(w io.Writer, fs *flag.FlagSet) {
+// helpWidth is where help text wraps.
+const helpWidth = 80
+
+// printHelp prints, as Nomad's commands do, the usage line, what the command does with an
+// example, then its own options and the client options in separate blocks.
+func (c *command) printHelp(w io.Writer, fs *flagSet) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Usage: slotd %s %s\n\n%s\n", c.name, c.usage, strings.TrimSpace(c.help))
-	if fs != nil {
-		var flags strings.Builder
-		fs.SetOutput(&flags)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-		if flags.Len() > 0 {
-			b.WriteString("\nFlags:\n")
-			b.WriteString(flags.String())
+	fmt.Fprintf(&b, "Usage: slotd %s %s\n\n", c.name, c.usage)
+	for line := range strings.Lines(strings.TrimSpace(c.help) + "\n") {
+		if strings.TrimSpace(line) == "" {
+			b.WriteString("\n")
+		} else {
+			b.WriteString("  " + line)
 		}
 	}
+	if fs != nil {
+		var own, client []*flag.Flag
+		fs.VisitAll(func(f *flag.Flag) {
+			if fs.client[f.Name] {
+				client = append(client, f)
+			} else {
+				own = append(own, f)
+			}
+		})
+		writeOptions(&b, "Command options", own)
+		writeOptions(&b, "Client options", client)
+	}
 	_, _ = io.WriteString(w, b.String())
+}
+
+// writeOptions writes a block of options: each as -name or -name=<placeholder>, its usage
+// wrapped and indented below it, and its default when it is not the zero value.
+func writeOptions(b *strings.Builder, title string, flags []*flag.Flag) {
+	if len(flags) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\n%s:\n", title)
+	for _, f := range flags {
+		placeholder, usage := flag.UnquoteUsage(f)
+		if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
+			fmt.Fprintf(b, "\n  -%s\n", f.Name)
+		} else {
+			fmt.Fprintf(b, "\n  -%s=<%s>\n", f.Name, placeholder)
+		}
+		switch f.DefValue {
+		case "", "false", "0", "0s":
+		default:
+			usage += " (default " + f.DefValue + ")"
+		}
+		b.WriteString(wrap(usage, "    ", helpWidth))
+	}
+}
+
+// wrap breaks text into lines of at most width columns (longer words stay whole), each
+// starting with indent.
+func wrap(text, indent string, width int) string {
+	var b strings.Builder
+	line := indent
+	for _, word := range strings.Fields(text) {
+		if line != indent && len(line)+1+len(word) > width {
+			b.WriteString(line + "\n")
+			line = indent
+		}
+		if line != indent {
+			line += " "
+		}
+		line += word
+	}
+	b.WriteString(line + "\n")
+	return b.String()
 }
 
 // clientFlags are the flags of every command that calls the agent.
@@ -67,20 +131,46 @@ type clientFlags struct {
 	detach  bool
 	// reveal is a command option of the commands that print settings (registerReveal).
 	reveal bool
+	wait   time.Duration
 }
 
-// register adds the client flags to fs. Commands that start no operation accept -detach too, so
-// one set of flags fits every client command, but say that it does nothing there.
-func (cf *clientFlags) register(fs *flag.FlagSet, follows bool) {
-	fs.StringVar(&cf.address, "address", "", "`URL` of the slotd agent (default $"+api.EnvAddress+" or "+api.DefaultAddress+")")
-	fs.StringVar(&cf.token, "token", "", "bearer `token` for the agent's API (default $"+api.EnvToken+")")
-	fs.StringVar(&cf.caCert, "ca-cert", "", "PEM `file` of the CA that signed the agent's TLS certificate (default $"+api.EnvCACert+")")
-	fs.BoolVar(&cf.json, "json", false, "print the result as JSON on stdout (for a followed operation: its final state; progress goes to stderr)")
+// register adds the client options to fs, marked so that help lists them apart. Commands that
+// start no operation accept -detach too, so one set of options fits every client command, but
+// say that it does nothing there.
+func (cf *clientFlags) register(fs *flagSet, follows bool) {
+	own := flag.NewFlagSet("client", flag.ContinueOnError)
+	own.StringVar(&cf.address, "address", "", "`URL` of the slotd agent ($"+api.EnvAddress+", default "+api.DefaultAddress+")")
+	own.StringVar(&cf.token, "token", "", "bearer `token` for the agent's API ($"+api.EnvToken+")")
+	own.StringVar(&cf.caCert, "ca-cert", "", "PEM `file` of the CA that signed the agent's TLS certificate ($"+api.EnvCACert+")")
+	own.BoolVar(&cf.json, "json", false, "print the result as JSON on stdout (for a followed operation: its final state; progress goes to stderr)")
 	detach := "return as soon as the operation starts instead of following it"
 	if !follows {
 		detach = "no effect: this command starts no operation"
 	}
-	fs.BoolVar(&cf.detach, "detach", false, detach)
+	own.BoolVar(&cf.detach, "detach", false, detach)
+	cf.wait = api.DefaultWait
+	own.Var((*waitFlag)(&cf.wait), "wait", "how long a write waits, with one line saying so, while the agent is starting or no leader is known yet (it answers 503 with Retry-After), as a `duration` such as 30s; 0 fails at once")
+	own.VisitAll(func(f *flag.Flag) {
+		fs.Var(f.Value, f.Name, f.Usage)
+		fs.client[f.Name] = true
+	})
+}
+
+// waitFlag is -wait: a duration, not negative.
+type waitFlag time.Duration
+
+func (w *waitFlag) String() string { return time.Duration(*w).String() }
+
+func (w *waitFlag) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as 30s or 2m", s)
+	}
+	if d < 0 {
+		return fmt.Errorf("%s is negative: 0 means do not wait", s)
+	}
+	*w = waitFlag(d)
+	return nil
 }
 
 // registerReveal adds -reveal, the command option of the commands that print sticky values.
@@ -90,7 +180,13 @@ func (cf *clientFlags) registerReveal(fs *flag.FlagSet) {
 
 // client builds an API client from the flags, falling back to the environment.
 func (e *env) client(cf *clientFlags) (*api.Client, error) {
-	c := api.Config{Address: cf.address, Token: cf.token, CACert: cf.caCert, Reveal: cf.reveal}
+	c := api.Config{Address: cf.address, Token: cf.token, CACert: cf.caCert, Reveal: cf.reveal, Wait: cf.wait,
+		OnWait: func(refusal *api.StatusError, wait time.Duration) {
+			// The agent's message says why before its first ";", and what to do after it,
+			// which is what this does.
+			why, _, _ := strings.Cut(refusal.Message, ";")
+			fmt.Fprintf(e.stderr, "%s; waiting up to %s\n", why, wait)
+		}}
 	if c.Address == "" {
 		c.Address = e.getenv(api.EnvAddress)
 	}

@@ -18,7 +18,7 @@ func deployCommand() *command {
 	return &command{
 		name:     "deploy",
 		synopsis: "deploy a new version into a slot and follow it",
-		usage:    "<site> <slot> [-var key=value]... [flags]",
+		usage:    "<site> <slot> [-var key=value]... [options]",
 		help: `
 Registers a new version of the slot's lane with the given job variables (on top of the
 site's vars) and lets Nomad roll it out. The slot is bound to the new version once every
@@ -53,7 +53,7 @@ func swapCommand() *command {
 	return &command{
 		name:     "swap",
 		synopsis: "swap a slot into another (production by default), or finish a preview",
-		usage:    "<site> <source> [target] [-preview] [flags]\n       slotd swap -complete|-cancel <site> [flags]",
+		usage:    "<site> <source> [target] [-preview] [options]\n       slotd swap -complete|-cancel <site> [options]",
 		help: `
 Swaps the source slot into the target slot (default "production"): the source's warm
 instances take the target's routes and sticky settings, the target's old version lands in
@@ -142,7 +142,7 @@ func rollbackCommand() *command {
 	return &command{
 		name:     "rollback",
 		synopsis: "swap back the last completed swap",
-		usage:    "<site> [flags]",
+		usage:    "<site> [options]",
 		help: `
 Swaps back the site's last completed swap: the version that production had before it
 returns to production, through the same phases as any swap.
@@ -183,7 +183,7 @@ func followCommand() *command {
 	return &command{
 		name:     "follow",
 		synopsis: "follow an operation until it ends",
-		usage:    "<operation-id> [flags]",
+		usage:    "<operation-id> [options]",
 		help: `
 Follows a running operation, for example after Ctrl-C stopped an earlier command's
 following, or one started by auto-swap or by a pipeline. A finished operation prints its

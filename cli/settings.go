@@ -10,7 +10,7 @@ func settingsCommand() *command {
 	return &command{
 		name:     "settings",
 		synopsis: "show, set or remove a slot's settings",
-		usage:    "<site> <slot> [set KEY=VALUE [-sticky] | unset KEY] [flags]",
+		usage:    "<site> <slot> [set KEY=VALUE [-sticky] | unset KEY] [options]",
 		help: `
 Without a sub-command, prints the slot's swappable settings (they travel with the app on a
 swap) and sticky settings (they stay with the slot). Sticky values print as <hidden> unless
@@ -32,7 +32,7 @@ func runSettings(e *env, cmd *command, args []string) int {
 	var cf clientFlags
 	cf.register(fs, false)
 	sticky := fs.Bool("sticky", false, "with set: the setting stays with the slot on a swap")
-	cf.registerReveal(fs)
+	cf.registerReveal(fs.FlagSet)
 	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {
 		return code

@@ -15,7 +15,7 @@ func statusCommand() *command {
 	return &command{
 		name:     "status",
 		synopsis: "show sites, slots, lanes, versions and health",
-		usage:    "[site] [flags]",
+		usage:    "[site] [options]",
 		help: `
 Prints a table of every site's slots: the lane (Nomad job) serving each slot, its job
 version, its healthy and total instances, and the site's running or last operation. With a
@@ -33,7 +33,7 @@ func runStatus(e *env, cmd *command, args []string) int {
 	fs := newFlagSet(cmd)
 	var cf clientFlags
 	cf.register(fs, false)
-	cf.registerReveal(fs)
+	cf.registerReveal(fs.FlagSet)
 	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {
 		return code
@@ -154,7 +154,7 @@ func historyCommand() *command {
 	return &command{
 		name:     "history",
 		synopsis: "list a site's finished operations",
-		usage:    "<site> [-limit N] [-before SEQ] [flags]",
+		usage:    "<site> [-limit N] [-before SEQ] [options]",
 		help: `
 Lists the site's finished deploys, swaps, rollbacks and settings rollouts, newest first, with
 how they ended: the newest 50 unless -limit says otherwise. The site keeps its last

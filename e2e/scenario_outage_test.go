@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ const outage = 15 * time.Second
 // reaches them through a FaultProxy; Nomad, Consul and Fabio keep talking to each other).
 // Production answers every request, the swap ends (succeeded or failed, never stuck), and
 // once the site is idle every slot is served by its bound lane with its own settings.
+// /v1/health answers 503 and names the backend while it is cut, 200 once it is back.
 func TestOutages(t *testing.T) {
 	stack := Shared(t)
 	t.Parallel()
@@ -58,10 +60,14 @@ func TestOutages(t *testing.T) {
 			require.NoError(t, err)
 			waitOpState(t, d, op.ID, tc.state, 3*time.Minute)
 			proxy.Cut()
+			cutAt := time.Now()
 			t.Logf("%s cut in state %s", tc.cut, tc.state)
-			time.Sleep(outage)
+			// A health check on /v1/health goes critical while slotd cannot reach it.
+			waitReach(t, d.client, tc.cut, api.Unreachable, outage)
+			time.Sleep(time.Until(cutAt.Add(outage)))
 			proxy.Heal()
 			t.Logf("%s back", tc.cut)
+			waitReach(t, d.client, tc.cut, api.Reachable, 30*time.Second)
 
 			final := waitTerminal(ctx, t, d, op)
 			t.Logf("swap %s: %s %s (%s)", final.ID, final.State, final.Error, phaseTimes(final))
@@ -82,4 +88,19 @@ func TestOutages(t *testing.T) {
 			assertAllServed(t, smp, prod)
 		})
 	}
+}
+
+// waitReach waits until slotd's /v1/health says backend (consul or nomad) is in state (a
+// Reach status), answering 503 while it is unreachable and 200 once both are reachable.
+func waitReach(t testing.TB, c *api.Client, backend, state string, timeout time.Duration) {
+	t.Helper()
+	WaitFor(t, timeout, "/v1/health saying "+backend+" is "+state, func() (bool, string) {
+		h, err := c.Health(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		reach := map[string]api.Reach{"consul": h.Consul, "nomad": h.Nomad}[backend]
+		want := map[string]string{api.Unreachable: api.HealthFailing, api.Reachable: api.HealthOK}[state]
+		return reach.Status == state && h.Status == want, fmt.Sprintf("status %s, %s %+v", h.Status, backend, reach)
+	})
 }
