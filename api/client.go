@@ -322,7 +322,7 @@ func (c *Client) History(ctx context.Context, site string, page HistoryPage) ([]
 // whether it reaches Consul and Nomad. The agent's 503 when it does not reach one of them is
 // answered as its Health (Status HealthFailing), not as an error: the agent did answer.
 func (c *Client) Health(ctx context.Context) (*Health, error) {
-	ans, err := c.send(ctx, http.MethodGet, "/v1/health", nil, nil)
+	ans, err := c.send(ctx, c.base, http.MethodGet, "/v1/health", nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -447,9 +447,14 @@ func (c *Client) do(ctx context.Context, method string, query url.Values, in, ou
 		query.Set("reveal", "true")
 	}
 	var giveUp time.Time
+	base := c.base
+	var refused *StatusError // by a standby, whose leader is asked instead
 	for {
-		ans, err := c.send(ctx, method, path, query, payload)
+		ans, err := c.send(ctx, base, method, path, query, payload)
 		if err != nil {
+			if refused != nil {
+				return refused // the leader it named cannot be reached from here
+			}
 			return err
 		}
 		if ans.ok() {
@@ -462,6 +467,11 @@ func (c *Client) do(ctx context.Context, method string, query url.Values, in, ou
 			return nil
 		}
 		se := ans.statusError()
+		if leader := leaderBase(se, base); leader != "" && refused == nil && method != http.MethodGet {
+			// A standby refused a write: nothing was done; the leader is asked instead, once.
+			base, refused = leader, se
+			continue
+		}
 		if se.Code != http.StatusServiceUnavailable || se.RetryAfter <= 0 || c.wait <= 0 {
 			return se
 		}
@@ -482,6 +492,23 @@ func (c *Client) do(ctx context.Context, method string, query url.Values, in, ou
 	}
 }
 
+// leaderBase is where to send a request that a standby refused, pointing at the leader: its
+// address as the standby knows it (scheme://host:port), when it is another agent than base.
+func leaderBase(se *StatusError, base string) string {
+	if se.Code != http.StatusServiceUnavailable || se.LeaderAddress == "" {
+		return ""
+	}
+	u, err := url.Parse(strings.TrimRight(se.LeaderAddress, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return ""
+	}
+	cur, err := url.Parse(base)
+	if err != nil || cur.Host == u.Host {
+		return ""
+	}
+	return u.Scheme + "://" + u.Host + cur.Path
+}
+
 // answer is a response, read whole.
 type answer struct {
 	code   int
@@ -493,7 +520,7 @@ func (a *answer) ok() bool { return a.code >= 200 && a.code <= 299 }
 
 // send sends one request to path (/v1/…) and reads its answer: a 2xx whole, any other up to
 // maxErrorBody.
-func (c *Client) send(ctx context.Context, method, path string, query url.Values, payload []byte) (*answer, error) {
+func (c *Client) send(ctx context.Context, base, method, path string, query url.Values, payload []byte) (*answer, error) {
 	timeout := requestTimeout
 	if query.Has("index") {
 		timeout = blockingTimeout
@@ -501,7 +528,7 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	u := c.base + path
+	u := base + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -656,4 +657,50 @@ func TestHealthWhenFailing(t *testing.T) {
 	c, _ = fakeAgent(t, 503, `{"error":"overloaded"}`)
 	_, err = c.Health(context.Background())
 	require.EqualError(t, err, "slotd: 503: overloaded")
+}
+
+// TestWritesFollowTheLeader: a standby's 503 that names the leader sends the write there, once,
+// with the same body; a leader that names itself, or a second standby, is not followed further.
+func TestWritesFollowTheLeader(t *testing.T) {
+	var leaderGot, standbyGot []string
+	var leaderURL string
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/sites/{site}/swap", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		leaderGot = append(leaderGot, string(b))
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = w.Write([]byte(`{"id":"op-1","state":"pending"}`))
+	})
+	leader := httptest.NewServer(mux)
+	defer leader.Close()
+	leaderURL = leader.URL
+	standby := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		standbyGot = append(standbyGot, string(b))
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = fmt.Fprintf(w, `{"error":"not the leader","leader_address":%q}`, leaderURL)
+	}))
+	defer standby.Close()
+
+	c, err := NewClient(Config{Address: standby.URL})
+	require.NoError(t, err)
+	op, err := c.Swap(context.Background(), "web", SwapRequest{Source: "staging", Target: "production"})
+	require.NoError(t, err)
+	assert.Equal(t, "op-1", op.ID)
+	require.Len(t, standbyGot, 1)
+	assert.Equal(t, standbyGot, leaderGot, "the leader gets the same body")
+
+	// A standby pointing at another standby: one hop, then its refusal.
+	leaderURL = standby.URL + "/"
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = fmt.Fprintf(w, `{"error":"not the leader","leader_address":%q}`, standby.URL)
+	}))
+	defer other.Close()
+	c, err = NewClient(Config{Address: other.URL})
+	require.NoError(t, err)
+	_, err = c.Swap(context.Background(), "web", SwapRequest{Source: "staging"})
+	var se *StatusError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, http.StatusServiceUnavailable, se.Code)
 }

@@ -372,8 +372,8 @@ func TestErrors(t *testing.T) {
 			"error: site web has no slot \"stagin\" (HTTP 404)\n"},
 		{"no token", 401, api.ErrorResponse{Error: "missing or wrong token"},
 			"error: missing or wrong token (HTTP 401); pass the agent's token with -token or SLOTD_TOKEN\n"},
-		{"not the leader", 503, api.ErrorResponse{Error: "not the leader", LeaderAddress: "http://10.0.0.2:4680"},
-			"error: not the leader (HTTP 503); the leader is at http://10.0.0.2:4680\n"},
+		{"not the leader, and the leader cannot be reached", 503, api.ErrorResponse{Error: "not the leader", LeaderAddress: "http://127.0.0.1:1"},
+			"error: not the leader (HTTP 503); the leader is at http://127.0.0.1:1\n"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,8 +2,9 @@ package e2e
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -44,7 +45,8 @@ func TestReloadAppliesNewRoutes(t *testing.T) {
 }
 
 // TestLeaderElection: two daemons on one KV prefix elect one leader; the other answers writes
-// with 503 and the leader's address, and takes over when the leader stops.
+// with 503 and the leader's address (which the client follows), and takes over when the leader
+// stops.
 func TestLeaderElection(t *testing.T) {
 	stack := Shared(t)
 	site := newSite()
@@ -66,15 +68,24 @@ func TestLeaderElection(t *testing.T) {
 		}
 		return !h.Leader && h.LeaderAddress != "", fmt.Sprintf("%+v", h)
 	})
-	_, err = client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
-	var se *api.StatusError
-	require.True(t, errors.As(err, &se), "%v", err)
-	assert.Equal(t, 503, se.Code)
-	assert.True(t, strings.Contains(se.LeaderAddress, first.addr), "leader address %q names %s", se.LeaderAddress, first.addr)
+	// The standby refuses a write with the leader's address; the client sends it there.
+	resp, err := http.Post("http://"+second.addr+"/v1/sites/"+site.name+"/swap", "application/json",
+		strings.NewReader(`{"source": "staging", "target": "production"}`))
+	require.NoError(t, err)
+	var refusal api.ErrorResponse
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&refusal))
+	_ = resp.Body.Close()
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	assert.True(t, strings.Contains(refusal.LeaderAddress, first.addr), "leader address %q names %s", refusal.LeaderAddress, first.addr)
+	op, err := client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
+	require.NoError(t, err, "a write sent to the standby reaches the leader")
+	op, err = first.client.Wait(ctx, op.ID, nil)
+	require.NoError(t, err)
+	assert.Equal(t, api.StateSucceeded, op.State, op.Error)
 
 	first.stop()
 	second.waitReady(site.name)
-	op := second.swap(site.name, "staging", "production")
+	op = second.swap(site.name, "staging", "production")
 	assert.Equal(t, api.StateSucceeded, op.State, op.Error)
 }
 
