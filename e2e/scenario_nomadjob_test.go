@@ -91,6 +91,37 @@ func TestSlotdOnNomad(t *testing.T) {
 	})
 	assert.Equal(t, before, runningAllocs(t, stack, "slotd"), "the reload restarted no allocation and no task")
 
+	// Declarations with a mistake: every instance keeps the ones it has and says why.
+	putVariable(t, stack, "nomad/jobs/slotd", map[string]string{"slots_hcl": slots + "\nsite {\n", "app": string(jobspec), "api_token": token})
+	for _, alloc := range before {
+		id, _, _ := strings.Cut(alloc, " ")
+		WaitFor(t, time.Minute, "alloc "+id+" to refuse the broken declarations", func() (bool, string) {
+			logs := allocLogs(t, stack, id, "slotd", "-stderr")
+			return strings.Contains(logs, "reload: keeping the old config"), lastLine(logs)
+		})
+	}
+	putVariable(t, stack, "nomad/jobs/slotd", map[string]string{"slots_hcl": slots, "app": string(jobspec), "api_token": token})
+	waitAnswers(t, stack, extra, 10*time.Second, "staging's lane on its route still", func(a appAnswer) bool {
+		return a.Lane == lanes["staging"]
+	})
+	assert.Equal(t, before, runningAllocs(t, stack, "slotd"), "no allocation restarted")
+
+	// The leader's allocation stops: the standby leads and tags itself, Nomad starts another.
+	first, _, _ := strings.Cut(allocAt(t, stack, "slotd", leader), " ")
+	_, err = stack.Nomad.Allocations().Stop(&nomadapi.Allocation{ID: first}, nil)
+	require.NoError(t, err)
+	stopped := time.Now()
+	WaitFor(t, 2*time.Minute, "the standby to lead", func() (bool, string) {
+		h, err := standbyClient(t, standby, token).Health(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		return h.Leader, fmt.Sprintf("%+v", h)
+	})
+	t.Logf("the standby leads %s after the leader's allocation was stopped", time.Since(stopped).Round(time.Millisecond))
+	leader, standby = waitRoles(t, stack)
+	t.Logf("leader %s, standby %s (%s after the stop)", leader, standby, time.Since(stopped).Round(time.Millisecond))
+
 	// The release pipeline.
 	nomadJob(t, stack, "run", "-detach", "-var", "driver=raw_exec", "-var", "artifact_url="+archive, deployFile("release.nomad.hcl"))
 	status, logs := dispatchRelease(t, stack, map[string]string{"site": site.name, "version": "v2", "var": "app_version"})
@@ -216,6 +247,46 @@ func runningAllocs(t *testing.T, stack *Stack, job string) []string {
 	return out
 }
 
+// allocAt is the running allocation of job whose service listens at addr.
+func allocAt(t *testing.T, stack *Stack, job, addr string) string {
+	t.Helper()
+	entries, _, err := stack.Consul.Health().Service(job, "", false, nil)
+	require.NoError(t, err)
+	for _, e := range entries {
+		if fmt.Sprintf("%s:%d", e.Service.Address, e.Service.Port) == addr {
+			rest, _ := strings.CutPrefix(e.Service.ID, "_nomad-task-")
+			return rest[:36]
+		}
+	}
+	t.Fatalf("no instance of %s at %s", job, addr)
+	return ""
+}
+
+func standbyClient(t *testing.T, addr, token string) *api.Client {
+	c, err := api.NewClient(api.Config{Address: "http://" + addr, Token: token})
+	require.NoError(t, err)
+	return c
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// allocLogs reads a task's output (stream -stdout or -stderr) with the nomad CLI.
+func allocLogs(t *testing.T, stack *Stack, alloc, task, stream string) string {
+	t.Helper()
+	bin, err := Binary("nomad")
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "alloc", "logs", stream, alloc, task)
+	cmd.Env = append(os.Environ(), "NOMAD_ADDR="+stack.NomadAddr)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "nomad alloc logs: %s", out)
+	return string(out)
+}
+
 // dispatchRelease dispatches the release job and waits for its allocation to end; it returns
 // the allocation's status and its task's output.
 func dispatchRelease(t *testing.T, stack *Stack, meta map[string]string) (status, logs string) {
@@ -231,16 +302,8 @@ func dispatchRelease(t *testing.T, stack *Stack, meta map[string]string) (status
 		alloc, status = allocs[0].ID, allocs[0].ClientStatus
 		return status == nomadapi.AllocClientStatusComplete || status == nomadapi.AllocClientStatusFailed, status
 	})
-	bin, err := Binary("nomad")
-	require.NoError(t, err)
 	for _, stream := range []string{"-stdout", "-stderr"} {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		cmd := exec.CommandContext(ctx, bin, "alloc", "logs", stream, alloc, "release")
-		cmd.Env = append(os.Environ(), "NOMAD_ADDR="+stack.NomadAddr)
-		out, err := cmd.CombinedOutput()
-		cancel()
-		require.NoError(t, err, "nomad alloc logs: %s", out)
-		logs += string(out)
+		logs += allocLogs(t, stack, alloc, "release", stream)
 	}
 	return status, logs
 }
