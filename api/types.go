@@ -47,13 +47,15 @@ const (
 
 // Phase names of a swap (DESIGN.md §3) and of a deploy.
 const (
-	PhaseApply   = "apply"
-	PhaseWarm    = "warm"
-	PhaseSwitch  = "switch"
-	PhaseSettle  = "settle"
-	PhaseMonitor = "monitor"
-	PhaseDeploy  = "deploy"
-	PhaseRollout = "rollout"
+	// PhasePreflight plans the candidate at the target's scale before anything moves.
+	PhasePreflight = "preflight"
+	PhaseApply     = "apply"
+	PhaseWarm      = "warm"
+	PhaseSwitch    = "switch"
+	PhaseSettle    = "settle"
+	PhaseMonitor   = "monitor"
+	PhaseDeploy    = "deploy"
+	PhaseRollout   = "rollout"
 )
 
 // Operation is one deploy, swap or rollback of a site, journaled in Consul KV.
