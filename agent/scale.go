@@ -11,6 +11,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
 	"github.com/slotd/slotd/jobspec"
 )
@@ -256,4 +257,72 @@ func countsText(m map[string]int) string {
 		parts[i] = fmt.Sprintf("%q on %d %s", k, m[k], unit)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// scaleOp changes the counts of task groups of a slot whose scale is not declared in HCL: a
+// pre-flight plans the slot's lane at the new counts, then KV takes them and the lane rolls
+// out, health-gated; a rollout that fails puts the lane and the counts back (failRollout).
+func (a *Agent) scaleOp(cfg *config.Site, slotName string, counts map[string]int) opFunc {
+	return func(ctx context.Context, r *run) error {
+		slot := cfg.Slot(slotName)
+		var ss *slotState
+		var want map[string]int
+		err := r.phase(api.PhasePreflight, api.StatePending, func() error {
+			st, err := a.store.loadSlots(cfg.Name, nil)
+			if err != nil {
+				return err
+			}
+			ss = st.slot(slotName)
+			if ss.Lane.Value == "" || ss.Version.Value == "" {
+				return fmt.Errorf("slot %s runs no lane yet", slotName)
+			}
+			set, err := a.slotSet(ctx, cfg, slot, ss)
+			if err != nil {
+				return err
+			}
+			if set.Scale == nil {
+				if set.Scale, _, err = a.lanes.laneCounts(ctx, cfg, ss.Lane.Value); err != nil {
+					return err
+				}
+			}
+			want = maps.Clone(set.Scale)
+			if want == nil {
+				want = map[string]int{}
+			}
+			maps.Copy(want, counts)
+			set.Scale = want
+			src, err := a.lanes.submission(ctx, cfg, ss.Lane.Value, ss.version(), true)
+			if err != nil {
+				return err
+			}
+			if err := a.lanes.planLane(ctx, cfg, ss.Lane.Value, src, steady(slot, set)); err != nil {
+				return fmt.Errorf("pre-flight: %w; nothing was changed", err)
+			}
+			r.note(api.PhasePreflight, fmt.Sprintf("lane %s places at %s", ss.Lane.Value, formatScale(want)))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return r.phase(api.PhaseRollout, api.StateDeploying, func() error {
+			if _, err := a.store.txn(a.store.scaleOps(cfg.Name, slotName, ss.Scale, want)); err != nil {
+				return fmt.Errorf("write the scale of %s: %w", slotName, err)
+			}
+			msgs, _, err := a.converge(ctx, cfg, []string{slotName})
+			r.note(api.PhaseRollout, strings.Join(msgs, "; "))
+			return err
+		})
+	}
+}
+
+// scaleSource says where a slot's scale comes from, for status.
+func scaleSource(slot *config.Slot) string {
+	switch {
+	case slot.ScaleLive:
+		return "live"
+	case slot.Scale != nil:
+		return "declared"
+	default:
+		return "kv"
+	}
 }

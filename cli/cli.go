@@ -83,6 +83,7 @@ func commands() []*command {
 		swapCommand(),
 		rollbackCommand(),
 		settingsCommand(),
+		scaleCommand(),
 		historyCommand(),
 		followCommand(),
 	}
