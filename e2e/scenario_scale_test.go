@@ -206,3 +206,60 @@ func nodeMemoryMB(t testing.TB, stack *Stack) int {
 	require.Positive(t, best, "no node offers memory")
 	return best
 }
+
+// TestScaleAPI: PUT …/scale changes an undeclared slot's counts as a scale operation (preflight,
+// then a health-gated rollout, in history); it is refused for a slot whose scale slots.hcl
+// declares; and a declared count changed by hand in Nomad is drift that the site puts back.
+func TestScaleAPI(t *testing.T) {
+	t.Parallel()
+	stack := Shared(t)
+	site := newSite(func(s *siteSpec) {
+		s.vars = map[string]string{"count": "1"}
+		s.scale = map[string]string{"production": "{ app = 1 }"}
+	})
+	d := startDaemon(t, stack, site)
+	lanes := d.laneJobs(site.name)
+	ctx := context.Background()
+
+	_, err := d.client.Scale(ctx, site.name, "production", map[string]int{"app": 2})
+	var se *api.StatusError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, 400, se.Code)
+	assert.Contains(t, se.Message, "declared in slots.hcl")
+
+	op := d.run(func(ctx context.Context) (*api.Operation, error) {
+		return d.client.Scale(ctx, site.name, "staging", map[string]int{"app": 2})
+	})
+	require.Equal(t, api.StateSucceeded, op.State, op.Error)
+	assert.Equal(t, api.KindScale, op.Kind)
+	assert.Equal(t, api.PhaseSucceeded, op.Phase(api.PhasePreflight).State)
+	waitSlot(t, d, site.name, "staging", lanes["staging"], 2)
+	count, _, meta := laneInNomad(t, stack, lanes["staging"])
+	assert.Equal(t, 2, count)
+	assert.Equal(t, "app=2", meta)
+	hist, err := d.client.History(ctx, site.name, api.HistoryPage{Limit: 1})
+	require.NoError(t, err)
+	require.Len(t, hist, 1)
+	assert.Equal(t, op.ID, hist[0].ID, "the scale operation is in the history")
+
+	_, err = d.client.Scale(ctx, site.name, "staging", map[string]int{"web": 2})
+	require.NoError(t, err, "an unknown group is known only to the jobspec: the operation says so")
+	WaitFor(t, time.Minute, "the scale operation with an unknown group failed", func() (bool, string) {
+		h, err := d.client.History(ctx, site.name, api.HistoryPage{Limit: 1})
+		if err != nil || len(h) == 0 || h[0].Kind != api.KindScale || h[0].ID == op.ID {
+			return false, fmt.Sprint(h, err)
+		}
+		return h[0].State == api.StateFailed && assert.Contains(t, h[0].Error, "names task group web"), h[0].Error
+	})
+	count, _, _ = laneInNomad(t, stack, lanes["staging"])
+	assert.Equal(t, 2, count, "a scale that failed its preflight changes nothing")
+
+	three := 3
+	_, _, err = stack.Nomad.Jobs().Scale(lanes["production"], "app", &three, "e2e: by hand", false, nil, nil)
+	require.NoError(t, err)
+	WaitFor(t, 2*time.Minute, "production's declared count put back", func() (bool, string) {
+		n, _, _ := laneInNomad(t, stack, lanes["production"])
+		return n == 1, fmt.Sprintf("count %d", n)
+	})
+	waitSlot(t, d, site.name, "production", lanes["production"], 1)
+}
