@@ -52,6 +52,11 @@ func (a *Agent) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation
 		}
 		ops = append(ops, a.store.seedOps(cfg.Name, slot.Name, kindSwappable, ss.Settings, slot.Settings)...)
 		ops = append(ops, a.store.seedOps(cfg.Name, slot.Name, kindSticky, ss.Sticky, slot.Sticky)...)
+		scale, err := a.seedScale(ctx, cfg, slot, ss, lanes[slot.Name])
+		if err != nil {
+			return nil, fmt.Errorf("scale of slot %s of site %s: %w", slot.Name, cfg.Name, err)
+		}
+		ops = append(ops, scale...)
 		if _, err := a.store.txn(ops); err != nil {
 			return nil, fmt.Errorf("bind and seed slot %s of site %s: %w", slot.Name, cfg.Name, err)
 		}
@@ -125,7 +130,11 @@ func (a *Agent) differing(ctx context.Context, cfg *config.Site) ([]string, erro
 		if err != nil {
 			return nil, err
 		}
-		job, err := a.render(cfg, ss.Lane.Value, src, steady(slot, ss.settings()))
+		set, err := a.slotSet(ctx, cfg, slot, ss)
+		if err != nil {
+			return nil, err
+		}
+		job, err := a.render(cfg, ss.Lane.Value, src, steady(slot, set))
 		if err != nil {
 			return nil, err
 		}
@@ -224,13 +233,18 @@ func (a *Agent) rollOut(ctx context.Context, cfg *config.Site, slot *config.Slot
 	if err != nil {
 		return rollout{}, err
 	}
+	set, err := a.slotSet(ctx, cfg, slot, ss)
+	if err != nil {
+		return rollout{}, err
+	}
 	dctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
-	ro, err := a.lanes.ensureLane(dctx, cfg, lane, src, steady(slot, ss.settings()), gateHealthy)
+	ro, err := a.lanes.ensureLane(dctx, cfg, lane, src, steady(slot, set), gateHealthy)
 	cancel()
 	if err != nil {
 		return ro, a.failRollout(ctx, cfg, slot, ss, src, err)
 	}
-	if _, err := a.store.txn(a.store.bindOps(cfg.Name, slot.Name, ss, lane, ro.Version)); err != nil {
+	ops := append(a.store.bindOps(cfg.Name, slot.Name, ss, lane, ro.Version), a.firstScale(ctx, cfg, slot, ss)...)
+	if _, err := a.store.txn(ops); err != nil {
 		return ro, fmt.Errorf("bind %s to lane %s version %d: %w", slot.Name, lane, ro.Version, err)
 	}
 	return ro, nil
@@ -259,11 +273,21 @@ func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.
 		return fmt.Errorf("%w; its settings stay as KV has them (not applied)", cause)
 	}
 	back, keys := putBack(ss.settings(), prevEnv, laneEnv(base, cfg.Service))
+	// A scale set through the API that could not roll out goes back to the bound version's
+	// counts too; a declared one stays as declared.
+	prevScale := groupCounts(prev)
+	scaleBack := !slot.ScaleDeclared() && ss.Scale.Index != 0 && !maps.Equal(ss.Scale.Values, prevScale)
+	if scaleBack {
+		keys = append(keys, "scale")
+	}
 	note := ""
 	if len(keys) > 0 {
 		var ops consulapi.KVTxnOps
 		ops = append(ops, a.store.docOps(cfg.Name, slot.Name, kindSwappable, ss.Settings, back.Settings)...)
 		ops = append(ops, a.store.docOps(cfg.Name, slot.Name, kindSticky, ss.Sticky, back.Sticky)...)
+		if scaleBack {
+			ops = append(ops, a.store.scaleOps(cfg.Name, slot.Name, ss.Scale, prevScale)...)
+		}
 		_, err := a.store.txn(ops)
 		switch {
 		case errors.Is(err, errConflict):
@@ -354,7 +378,11 @@ func (a *Agent) restoreSlot(ctx context.Context, cfg *config.Site, slotName stri
 	if err != nil {
 		return rollout{}, err
 	}
-	ro, err := a.lanes.ensureLane(ctx, cfg, ss.Lane.Value, src, steady(slot, ss.settings()), g)
+	set, err := a.slotSet(ctx, cfg, slot, ss)
+	if err != nil {
+		return rollout{}, err
+	}
+	ro, err := a.lanes.ensureLane(ctx, cfg, ss.Lane.Value, src, steady(slot, set), g)
 	if err != nil {
 		return ro, err
 	}

@@ -27,9 +27,19 @@ func (a *Agent) deployOp(cfg *config.Site, slotName string, vars map[string]stri
 			if err != nil {
 				return err
 			}
+			set, err := a.slotSet(ctx, cfg, slot, s)
+			if err != nil {
+				return err
+			}
+			want := steady(slot, set)
+			// Pre-flight, as a swap's: a version that cannot place at the slot's scale is refused
+			// before its lane moves.
+			if err := a.lanes.planLane(ctx, cfg, s.Lane.Value, app, want); err != nil {
+				return fmt.Errorf("pre-flight: %w; nothing was changed", err)
+			}
 			dctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
 			defer cancel()
-			ro, err := a.lanes.ensureLane(dctx, cfg, s.Lane.Value, app, steady(slot, s.settings()), gateHealthy)
+			ro, err := a.lanes.ensureLane(dctx, cfg, s.Lane.Value, app, want, gateHealthy)
 			if err != nil {
 				return a.putSlotBack(ctx, cfg, slotName, err)
 			}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"regexp"
 	"sort"
@@ -58,6 +59,7 @@ func (a *Agent) newServer() *http.Server {
 	route("GET /v1/sites/{site}/slots/{slot}/settings", false, a.handleSettings)
 	route("PUT /v1/sites/{site}/slots/{slot}/settings/{key}", true, a.handleSetSetting)
 	route("DELETE /v1/sites/{site}/slots/{slot}/settings/{key}", true, a.handleDeleteSetting)
+	route("PUT /v1/sites/{site}/slots/{slot}/scale", true, a.handleScale)
 	route("POST /v1/sites/{site}/swap", true, a.handleSwap)
 	route("POST /v1/sites/{site}/rollback", true, a.handleRollback)
 	route("GET /v1/sites/{site}/history", false, a.handleHistory)
@@ -354,6 +356,9 @@ func (a *Agent) siteView(ctx context.Context, s *site, detail bool) (*api.Site, 
 				})
 			}
 		}
+		if set, err := a.slotSet(ctx, cfg, slot, ss); err == nil {
+			v.Scale, v.ScaleSource = set.Scale, scaleSource(slot)
+		}
 		if detail {
 			set := ss.settings()
 			v.Settings = &api.Settings{Settings: set.Settings, Sticky: set.Sticky}
@@ -417,6 +422,34 @@ func (a *Agent) handleDeploy(r *http.Request) (int, any, error) {
 	}
 	op := &api.Operation{Kind: api.KindDeploy, Trigger: "api", Slot: slot.Name, Vars: hideVars(req.Vars, site.SensitiveVars)}
 	started, err := a.start(s, op, []string{api.PhaseDeploy}, a.deployOp(site, slot.Name, req.Vars))
+	return http.StatusAccepted, started, err
+}
+
+// handleScale changes the counts of task groups of a slot whose scale slots.hcl does not
+// declare, as an operation: body {"app": 3}; groups left out keep their counts.
+func (a *Agent) handleScale(r *http.Request) (int, any, error) {
+	s, site, slot, err := a.lookupSiteSlot(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	var counts map[string]int
+	if err := a.decodeWrite(r, &counts); err != nil {
+		return 0, nil, err
+	}
+	if slot.ScaleDeclared() {
+		return 0, nil, fmt.Errorf("%w: the scale of slot %s is declared in slots.hcl (%s): change it there and reload",
+			errBadRequest, slot.Name, slot.Range.String())
+	}
+	if len(counts) == 0 {
+		return 0, nil, fmt.Errorf(`%w: the body names no task group: send counts by group, such as {"app": 3}`, errBadRequest)
+	}
+	for g, n := range counts {
+		if err := checkCount(g, n); err != nil {
+			return 0, nil, fmt.Errorf("%w: %v", errBadRequest, err)
+		}
+	}
+	op := &api.Operation{Kind: api.KindScale, Trigger: "api", Slot: slot.Name, Scale: maps.Clone(counts)}
+	started, err := a.start(s, op, []string{api.PhasePreflight, api.PhaseRollout}, a.scaleOp(site, slot.Name, counts))
 	return http.StatusAccepted, started, err
 }
 

@@ -43,6 +43,11 @@ type laneOps interface {
 	ensureLane(ctx context.Context, site *config.Site, lane string, src source, want laneState, g gate) (rollout, error)
 	submission(ctx context.Context, site *config.Site, lane string, version uint64, bound bool) (source, error)
 	laneEntries(ctx context.Context, site *config.Site, lane string, index uint64, wait time.Duration) ([]*consulapi.ServiceEntry, uint64, error)
+	// laneCounts is the count of each task group the lane's job runs in Nomad (nil: no job)
+	// and the slot it runs as.
+	laneCounts(ctx context.Context, site *config.Site, lane string) (map[string]int, string, error)
+	// planLane says whether lane in state want would place, touching nothing (pre-flight).
+	planLane(ctx context.Context, site *config.Site, lane string, src source, want laneState) error
 }
 
 var _ laneOps = (*Agent)(nil)
@@ -110,6 +115,9 @@ func (a *Agent) render(site *config.Site, lane string, src source, want laneStat
 		Site: site.Name, Lane: lane, Slot: want.Slot, Service: site.Service,
 		SlotTags: want.Tags, Env: want.Env,
 	})
+	if err := applyScale(job, site.Job, want); err != nil {
+		return nil, err
+	}
 	for _, g := range job.TaskGroups {
 		for _, svc := range serviceBlocks(g) {
 			if svc.Name != site.Service {

@@ -10,6 +10,10 @@ import (
 type slotSettings struct {
 	Settings map[string]string
 	Sticky   map[string]string
+	// Scale is the slot's instance counts per task group: sticky, like Sticky. Nil leaves the
+	// jobspec's counts. Live marks a slot whose scale is "live" (what Nomad runs decides).
+	Scale map[string]int
+	Live  bool
 }
 
 // laneState is what a lane should run: which slot it believes it serves (SLOTD_SLOT), the
@@ -19,6 +23,10 @@ type laneState struct {
 	Slot string
 	Tags []string
 	Env  map[string]string
+	// Scale is the count of each task group it names (nil: the jobspec's); Live says the
+	// counts are a "live" slot's, which the lane's meta then shows as live.
+	Scale map[string]int
+	Live  bool
 }
 
 // effectiveEnv is swappable overlaid by sticky (DESIGN.md §2).
@@ -36,26 +44,29 @@ func slotTags(s *config.Slot) []string {
 
 // steady is a lane serving slot s with settings set: the state between operations.
 func steady(s *config.Slot, set slotSettings) laneState {
-	return laneState{Slot: s.Name, Tags: slotTags(s), Env: effectiveEnv(set.Settings, set.Sticky)}
+	return laneState{Slot: s.Name, Tags: slotTags(s), Env: effectiveEnv(set.Settings, set.Sticky), Scale: maps.Clone(set.Scale), Live: set.Live}
 }
 
 // The states of a swap of source into target. src and tgt are the settings of the two slots as
 // they were when the swap started; the source lane carries the app of src.
 
 // applied: the source lane off the source's routes, with the target's sticky settings and
-// identity, reachable only through the target's preview tags (phase 1).
+// identity and the target's scale, reachable only through the target's preview tags (phase 1).
 func applied(target *config.Slot, src, tgt slotSettings) laneState {
-	return laneState{Slot: target.Name, Tags: append([]string(nil), target.PreviewTags...), Env: effectiveEnv(src.Settings, tgt.Sticky)}
+	return laneState{Slot: target.Name, Tags: append([]string(nil), target.PreviewTags...), Env: effectiveEnv(src.Settings, tgt.Sticky),
+		Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
 }
 
 // switched: the source lane on the target's routes (phase 3, make).
 func switched(target *config.Slot, src, tgt slotSettings) laneState {
-	return laneState{Slot: target.Name, Tags: slotTags(target), Env: effectiveEnv(src.Settings, tgt.Sticky)}
+	return laneState{Slot: target.Name, Tags: slotTags(target), Env: effectiveEnv(src.Settings, tgt.Sticky),
+		Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
 }
 
-// drained: the target lane off every route, still with the target's settings (phase 3, break).
+// drained: the target lane off every route, still with the target's settings and scale
+// (phase 3, break).
 func drained(target *config.Slot, tgt slotSettings) laneState {
-	return laneState{Slot: target.Name, Tags: nil, Env: effectiveEnv(tgt.Settings, tgt.Sticky)}
+	return laneState{Slot: target.Name, Tags: nil, Env: effectiveEnv(tgt.Settings, tgt.Sticky), Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
 }
 
 // laneName is the name of lane i of a site: a, b, c, …, z, aa, ab, …

@@ -26,6 +26,8 @@ const maxTxnOps = 64
 const (
 	kindSwappable = "settings"
 	kindSticky    = "sticky"
+	// keyScale holds a slot's instance counts per task group, a JSON object such as {"app": 3}.
+	keyScale = "scale"
 )
 
 // errConflict is a check-and-set that lost: someone changed the keys since they were read.
@@ -113,6 +115,14 @@ type slotState struct {
 	Version  kvValue
 	Settings settingsDoc
 	Sticky   settingsDoc
+	// Scale is the slot's sticky instance counts per task group (nil Values: none stored yet).
+	Scale scaleDoc
+}
+
+// scaleDoc is a slot's scale document: task group → instance count.
+type scaleDoc struct {
+	Values map[string]int
+	Index  uint64
 }
 
 func newSlotState() *slotState {
@@ -122,9 +132,10 @@ func newSlotState() *slotState {
 	}
 }
 
-// settings returns the slot's swappable and sticky values.
+// settings returns the slot's swappable and sticky values and the scale KV stores for it
+// (resolveScale gives the scale the slot's declaration asks for).
 func (s *slotState) settings() slotSettings {
-	return slotSettings{Settings: maps.Clone(s.Settings.Values), Sticky: maps.Clone(s.Sticky.Values)}
+	return slotSettings{Settings: maps.Clone(s.Settings.Values), Sticky: maps.Clone(s.Sticky.Values), Scale: maps.Clone(s.Scale.Values)}
 }
 
 func (s *slotState) doc(kind string) *settingsDoc {
@@ -196,6 +207,13 @@ func (s *store) loadSlots(site string, q *consulapi.QueryOptions) (*siteState, e
 			}
 			d := sl.doc(parts[1])
 			d.Values, d.Index = values, p.ModifyIndex
+		case len(parts) == 2 && parts[1] == keyScale:
+			counts, err := decodeScale(p.Value)
+			if err != nil {
+				bad = append(bad, fmt.Errorf("%s: %w: fix or delete it in Consul KV", p.Key, err))
+				continue
+			}
+			sl.Scale = scaleDoc{Values: counts, Index: p.ModifyIndex}
 		case len(parts) == 3 && (parts[1] == kindSwappable || parts[1] == kindSticky) && parts[2] != "":
 			sl.doc(parts[1]).legacy[parts[2]] = v
 		}
@@ -222,6 +240,51 @@ func decodeSettings(b []byte) (map[string]string, error) {
 		}
 	}
 	return values, nil
+}
+
+// decodeScale reads a scale document: a JSON object of whole counts from 0 to config.MaxScale.
+func decodeScale(b []byte) (map[string]int, error) {
+	counts := map[string]int{}
+	if strings.TrimSpace(string(b)) == "" {
+		return nil, nil
+	}
+	if err := json.Unmarshal(b, &counts); err != nil {
+		return nil, fmt.Errorf(`not a JSON object of task group counts such as {"app": 3} (%v)`, err)
+	}
+	for g, n := range counts {
+		if err := checkCount(g, n); err != nil {
+			return nil, err
+		}
+	}
+	return counts, nil
+}
+
+// checkCount checks one task group's count, as KV and the API take it.
+func checkCount(group string, n int) error {
+	if strings.TrimSpace(group) == "" {
+		return errors.New("a task group name is empty")
+	}
+	if n < 0 || n > config.MaxScale {
+		return fmt.Errorf("count %d of task group %q is outside 0 to %d", n, group, config.MaxScale)
+	}
+	return nil
+}
+
+// encodeScale writes a scale document, one group a line, for the Consul UI.
+func encodeScale(counts map[string]int) string {
+	if counts == nil {
+		counts = map[string]int{}
+	}
+	b, _ := json.MarshalIndent(counts, "", "  ")
+	return string(b)
+}
+
+// scaleOps turns a slot's scale document from old into want: one operation, or none when equal.
+func (s *store) scaleOps(site, slot string, old scaleDoc, want map[string]int) consulapi.KVTxnOps {
+	if old.Index != 0 && maps.Equal(old.Values, want) {
+		return nil
+	}
+	return consulapi.KVTxnOps{casOp(s.slotKey(site, slot, keyScale), encodeScale(want), old.Index)}
 }
 
 // encodeSettings writes a settings document, one key a line in key order, for the Consul UI.

@@ -29,7 +29,7 @@ const (
 )
 
 // swapPhases are the phases of DESIGN.md §3, in order.
-var swapPhases = []string{api.PhaseApply, api.PhaseWarm, api.PhaseSwitch, api.PhaseSettle, api.PhaseMonitor}
+var swapPhases = []string{api.PhasePreflight, api.PhaseApply, api.PhaseWarm, api.PhaseSwitch, api.PhaseSettle, api.PhaseMonitor}
 
 // swap carries out one swap of source into target, phase after phase (DESIGN.md §3).
 type swap struct {
@@ -70,9 +70,24 @@ func (w *swap) load(ctx context.Context) error {
 	if w.op.Switched {
 		// A swap resumed after the switch: KV already holds the exchanged bindings.
 		s, t = t, s
-		w.src, w.tgt = swappedBack(s.settings(), t.settings())
+		sset, err := w.a.resolveScale(ctx, w.site, w.target, s.Lane.Value, s.settings())
+		if err != nil {
+			return err
+		}
+		tset, err := w.a.resolveScale(ctx, w.site, w.source, t.Lane.Value, t.settings())
+		if err != nil {
+			return err
+		}
+		w.src, w.tgt = swappedBack(sset, tset)
 	} else {
-		w.src, w.tgt = s.settings(), t.settings()
+		if w.src, err = w.a.slotSet(ctx, w.site, w.source, s); err != nil {
+			return err
+		}
+		if w.tgt, err = w.a.slotSet(ctx, w.site, w.target, t); err != nil {
+			return err
+		}
+		w.keepLiveScale(w.source, s, w.src)
+		w.keepLiveScale(w.target, t, w.tgt)
 	}
 	w.srcLane, w.tgtLane = s.Lane.Value, t.Lane.Value
 	if w.srcApp, err = w.a.lanes.submission(ctx, w.site, w.srcLane, s.version(), true); err != nil {
@@ -84,16 +99,30 @@ func (w *swap) load(ctx context.Context) error {
 	return nil
 }
 
+// keepLiveScale writes the counts a "live" slot runs into its scale document as the swap
+// takes them, so KV shows the scale the swap keeps; a lost race only leaves the older counts.
+func (w *swap) keepLiveScale(slot *config.Slot, ss *slotState, set slotSettings) {
+	if !slot.ScaleLive || set.Scale == nil {
+		return
+	}
+	_, _ = w.a.store.txn(w.a.store.scaleOps(w.site.Name, slot.Name, ss.Scale, set.Scale))
+}
+
 // swappedBack recovers the settings of source and target as they were before the exchange,
-// from the lanes' slots after it: sticky settings stayed, swappable ones travelled.
+// from the lanes' slots after it: sticky settings and scale stayed, swappable ones travelled.
 func swappedBack(srcLaneSlot, tgtLaneSlot slotSettings) (src, tgt slotSettings) {
 	// srcLaneSlot is the slot now served by the source lane (the target), tgtLaneSlot the source.
-	return slotSettings{Settings: srcLaneSlot.Settings, Sticky: tgtLaneSlot.Sticky},
-		slotSettings{Settings: tgtLaneSlot.Settings, Sticky: srcLaneSlot.Sticky}
+	return slotSettings{Settings: srcLaneSlot.Settings, Sticky: tgtLaneSlot.Sticky, Scale: tgtLaneSlot.Scale, Live: tgtLaneSlot.Live},
+		slotSettings{Settings: tgtLaneSlot.Settings, Sticky: srcLaneSlot.Sticky, Scale: srcLaneSlot.Scale, Live: srcLaneSlot.Live}
 }
 
 func (w *swap) runPhases(ctx context.Context) error {
 	if !w.op.Switched {
+		if w.preflightDue() {
+			if err := w.phase(api.PhasePreflight, api.StatePending, func() error { return w.preflight(ctx) }); err != nil {
+				return err // nothing moved
+			}
+		}
 		if !w.done(api.PhaseApply) {
 			if err := w.phase(api.PhaseApply, api.StateApplying, func() error { return w.apply(ctx) }); err != nil {
 				return w.undo(err)
@@ -124,6 +153,29 @@ func (w *swap) runPhases(ctx context.Context) error {
 // done reports whether a phase already succeeded: a swap resumed by a new leader goes on
 // from the first phase that did not.
 func (w *swap) done(name string) bool { return succeeded(w.op, name) }
+
+// preflightDue reports whether the pre-flight is still to run: before apply ever started. A
+// swap journaled by an older slotd, without the phase, goes on without it.
+func (w *swap) preflightDue() bool {
+	p, apply := w.op.Phase(api.PhasePreflight), w.op.Phase(api.PhaseApply)
+	return p != nil && p.State != api.PhaseSucceeded && (apply == nil || apply.StartedAt == nil)
+}
+
+// preflight plans the source lane as apply would register it, at the target's scale, with
+// Nomad's plan endpoint: when it would not place, the swap fails here with Nomad's reason,
+// before any lane moved or any job version was registered.
+func (w *swap) preflight(ctx context.Context) error {
+	want := applied(w.target, w.src, w.tgt)
+	if err := w.a.lanes.planLane(ctx, w.site, w.srcLane, w.srcApp, want); err != nil {
+		return fmt.Errorf("pre-flight: %w; nothing was changed", err)
+	}
+	msg := fmt.Sprintf("lane %s places as %s", w.srcLane, w.target.Name)
+	if want.Scale != nil {
+		msg += " at " + formatScale(want.Scale)
+	}
+	w.note(api.PhasePreflight, msg)
+	return nil
+}
 
 // apply takes the source lane off the source's routes and gives it the target's sticky
 // settings and identity, reachable only through the target's preview tags.
@@ -268,7 +320,11 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 		next.Index = resultIndex(resp, store.operationKey(w.site.Name), w.op.Index)
 		*w.op = next
 		w.a.ops.publish(w.op)
-		w.src, w.tgt = s.settings(), t.settings()
+		// Settings as KV has them now; the scales stay as the swap resolved them (a live
+		// slot's counts were read from its lane before this lane moved).
+		src, tgt := s.settings(), t.settings()
+		src.Scale, src.Live, tgt.Scale, tgt.Live = w.src.Scale, w.src.Live, w.tgt.Scale, w.tgt.Live
+		w.src, w.tgt = src, tgt
 		// Past the exchange the swap is done as far as routing goes: a failure here is the
 		// switch's, not a reason to undo it.
 		return failpoint.Inject(ctx, "switch.after-exchange")
@@ -287,7 +343,9 @@ func (w *swap) settle(ctx context.Context) error {
 		return err
 	}
 	s := st.slot(w.source.Name)
-	want := steady(w.source, s.settings())
+	set := s.settings()
+	set.Scale, set.Live = w.src.Scale, w.src.Live
+	want := steady(w.source, set)
 	g := gateHealthy
 	if w.tgtSick {
 		// The lane failed its checks before it left the target (a rollback away from a degraded

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -132,6 +133,37 @@ type fakeLanes struct {
 	keep bool
 	// instance is where every instance of every lane answers warm-up requests; "" for none.
 	instance string
+	// counts and serves are what each lane's job runs in Nomad: counts per group, as which slot.
+	counts map[string]map[string]int
+	serves map[string]string
+	// scales records the scale of every move, "<lane> as <slot> <scale>", and of every plan,
+	// "plan <lane> as <slot> <scale>"; planErr fails the plans.
+	scales  []string
+	planErr error
+}
+
+func scaleText(want laneState) string {
+	if want.Scale == nil {
+		return "jobspec"
+	}
+	s := formatScale(want.Scale)
+	if want.Live {
+		s += " live"
+	}
+	return s
+}
+
+func (f *fakeLanes) laneCounts(_ context.Context, _ *config.Site, lane string) (map[string]int, string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.counts[lane]), f.serves[lane], nil
+}
+
+func (f *fakeLanes) planLane(_ context.Context, _ *config.Site, lane string, _ source, want laneState) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.scales = append(f.scales, fmt.Sprintf("plan %s as %s %s", lane, want.Slot, scaleText(want)))
+	return f.planErr
 }
 
 var _ laneOps = (*fakeLanes)(nil)
@@ -145,11 +177,15 @@ func (f *fakeLanes) ensureLane(_ context.Context, _ *config.Site, lane string, _
 	defer f.mu.Unlock()
 	call := fmt.Sprintf("%s as %s [%s] DB=%s FEATURE=%s %s", lane, want.Slot, strings.Join(want.Tags, " "), want.Env["DB"], want.Env["FEATURE"], gateName(g))
 	f.calls = append(f.calls, call)
+	f.scales = append(f.scales, fmt.Sprintf("%s as %s %s", lane, want.Slot, scaleText(want)))
 	if f.fail != nil && f.fail(call) {
 		return rollout{}, errors.New("nomad says no")
 	}
 	if !f.keep {
 		f.versions[lane]++
+	}
+	if f.counts != nil && want.Scale != nil {
+		f.counts[lane], f.serves[lane] = maps.Clone(want.Scale), want.Slot
 	}
 	return rollout{Version: f.versions[lane]}, nil
 }
@@ -200,15 +236,26 @@ func kvSlots(kv *fakeKV, exchanged bool) {
 	kv.put("slotd/sites/web/slots/staging/sticky", `{"DB": "staging-db"}`)
 }
 
-// phased returns a swap operation whose phases have the given states, in swapPhases order.
+// phased returns a swap operation whose phases after preflight have the given states, in
+// swapPhases order; preflight succeeded when any state is given.
 func phased(states ...string) *api.Operation {
 	op := &api.Operation{ID: "op-test", Site: "web", Kind: api.KindSwap, Source: "staging", Target: "production", State: api.StatePending}
-	for i, p := range swapPhases {
+	pre := api.PhasePending
+	if len(states) > 0 {
+		pre = api.PhaseSucceeded
+	}
+	op.Phases = append(op.Phases, api.Phase{Name: api.PhasePreflight, State: pre})
+	for i, p := range swapPhases[1:] {
 		st := api.PhasePending
 		if i < len(states) {
 			st = states[i]
 		}
-		op.Phases = append(op.Phases, api.Phase{Name: p, State: st})
+		ph := api.Phase{Name: p, State: st}
+		if st != api.PhasePending {
+			now := time.Now()
+			ph.StartedAt = &now
+		}
+		op.Phases = append(op.Phases, ph)
 	}
 	return op
 }

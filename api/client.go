@@ -221,6 +221,16 @@ func (c *Client) Deploy(ctx context.Context, site, slot string, vars map[string]
 	return &out, nil
 }
 
+// Scale changes the instance counts of task groups of a slot (groups left out keep theirs)
+// and starts the operation that rolls them out.
+func (c *Client) Scale(ctx context.Context, site, slot string, counts map[string]int) (*Operation, error) {
+	var out Operation
+	if err := c.do(ctx, http.MethodPut, nil, counts, &out, "sites", site, "slots", slot, "scale"); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // Settings reads a slot's swappable and sticky settings.
 func (c *Client) Settings(ctx context.Context, site, slot string) (*Settings, error) {
 	var out Settings

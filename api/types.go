@@ -11,6 +11,8 @@ const (
 	KindRollback = "rollback"
 	// KindSettings rolls changed settings out to the lanes of a site's slots.
 	KindSettings = "settings"
+	// KindScale changes a slot's instance counts (PUT …/slots/{slot}/scale).
+	KindScale = "scale"
 )
 
 // Operation states (DESIGN.md §6).
@@ -47,13 +49,15 @@ const (
 
 // Phase names of a swap (DESIGN.md §3) and of a deploy.
 const (
-	PhaseApply   = "apply"
-	PhaseWarm    = "warm"
-	PhaseSwitch  = "switch"
-	PhaseSettle  = "settle"
-	PhaseMonitor = "monitor"
-	PhaseDeploy  = "deploy"
-	PhaseRollout = "rollout"
+	// PhasePreflight plans the candidate at the target's scale before anything moves.
+	PhasePreflight = "preflight"
+	PhaseApply     = "apply"
+	PhaseWarm      = "warm"
+	PhaseSwitch    = "switch"
+	PhaseSettle    = "settle"
+	PhaseMonitor   = "monitor"
+	PhaseDeploy    = "deploy"
+	PhaseRollout   = "rollout"
 )
 
 // Operation is one deploy, swap or rollback of a site, journaled in Consul KV.
@@ -68,6 +72,8 @@ type Operation struct {
 	// sensitive with the value Hidden.
 	Slot string            `json:"slot,omitempty"`
 	Vars map[string]string `json:"vars,omitempty"`
+	// Scale is the counts a scale operation sets, by task group.
+	Scale map[string]int `json:"scale,omitempty"`
 
 	// Swap and rollback: source and target slots.
 	Source  string `json:"source,omitempty"`
@@ -152,6 +158,11 @@ type Slot struct {
 	AutoSwap string   `json:"auto_swap,omitempty"`
 	Healthy  int      `json:"healthy"`
 	Total    int      `json:"total"`
+	// Scale is the slot's instance count per task group (sticky: it stays with the slot in a
+	// swap); ScaleSource says where it comes from: "declared" (slots.hcl), "live" (what Nomad
+	// runs), or "kv" (kept from the first bind or set through the API).
+	Scale       map[string]int `json:"scale,omitempty"`
+	ScaleSource string         `json:"scale_source,omitempty"`
 	// Instances and settings are filled by GET /v1/sites/{site} only.
 	Instances []Instance `json:"instances,omitempty"`
 	Settings  *Settings  `json:"settings,omitempty"`

@@ -84,6 +84,7 @@ func commands() []*command {
 		swapCommand(),
 		rollbackCommand(),
 		settingsCommand(),
+		scaleCommand(),
 		historyCommand(),
 		followCommand(),
 	}

@@ -33,6 +33,10 @@ func TestUsage(t *testing.T) {
 		{name: "status with two sites", args: []string{"status", "a", "b"}, code: 2, stderr: "want at most a site"},
 		{name: "deploy without a slot", args: []string{"deploy", "web"}, code: 2, stderr: "want a site and a slot, got 1"},
 		{name: "deploy with a bad var", args: []string{"deploy", "web", "staging", "-var", "image"}, code: 2, stderr: `"image" is not key=value`},
+		{name: "scale without counts", args: []string{"scale", "web", "production"}, code: 2, stderr: "at least one group=count"},
+		{name: "scale with a bad count", args: []string{"scale", "web", "production", "app=-1"}, code: 2, stderr: `such as app=3; got "app=-1"`},
+		{name: "scale without a group", args: []string{"scale", "web", "production", "=3"}, code: 2, stderr: `got "=3"`},
+		{name: "scale with a group twice", args: []string{"scale", "web", "production", "app=1", "app=2"}, code: 2, stderr: `group "app" given twice`},
 		{name: "swap without a source", args: []string{"swap", "web"}, code: 2, stderr: "usage: slotd swap"},
 		{name: "swap with four slots", args: []string{"swap", "web", "a", "b", "c"}, code: 2, stderr: "got 4 arguments"},
 		{name: "complete and cancel", args: []string{"swap", "-complete", "-cancel", "web"}, code: 2, stderr: "exclude each other"},
@@ -201,6 +205,11 @@ func TestCommandsCallTheAPI(t *testing.T) {
 			want: []seen{{Method: "POST", Path: "/v1/sites/web/slots/qa/deploy", Body: `{"vars":{"image":"web:3"}}`}},
 		},
 		{
+			name: "scale",
+			args: []string{"scale", "web", "production", "app=3", "worker=0", "-detach"},
+			want: []seen{{Method: "PUT", Path: "/v1/sites/web/slots/production/scale", Body: `{"app":3,"worker":0}`}},
+		},
+		{
 			name: "swap into production by default",
 			args: []string{"swap", "web", "staging", "-detach"},
 			want: []seen{{Method: "POST", Path: "/v1/sites/web/swap", Body: `{"source":"staging","target":"production","preview":false}`}},
@@ -312,6 +321,7 @@ func TestCommandsCallTheAPI(t *testing.T) {
 			f := newFakeAPI(t)
 			f.reply("POST /v1/sites/{site}/slots/{slot}/deploy", 202, started)
 			f.reply("POST /v1/sites/{site}/swap", 202, started)
+			f.reply("PUT /v1/sites/{site}/slots/{slot}/scale", 202, started)
 			f.reply("POST /v1/sites/{site}/rollback", 202, started)
 			f.reply("GET /v1/sites/{site}", 200, api.Site{Name: "web", Operation: &started})
 			f.reply("POST /v1/operations/{id}/complete", 200, started)
@@ -451,8 +461,8 @@ func TestStatusTable(t *testing.T) {
 	last := swapOp(3, api.StateSucceeded)
 	sites := []api.Site{
 		{Name: "web", Slots: []api.Slot{
-			{Name: "production", Lane: "web-a", Version: 12, Healthy: 3, Total: 3},
-			{Name: "staging", Lane: "web-b", Version: 7, Healthy: 1, Total: 2},
+			{Name: "production", Lane: "web-a", Version: 12, Healthy: 3, Total: 3, Scale: map[string]int{"worker": 1, "app": 3}, ScaleSource: "declared"},
+			{Name: "staging", Lane: "web-b", Version: 7, Healthy: 1, Total: 2, Scale: map[string]int{"app": 2}, ScaleSource: "kv"},
 		}, LastOperation: &last},
 		{Name: "api-gateway", Slots: []api.Slot{
 			{Name: "production", Lane: "api-gateway-a", Version: 1, Healthy: 0, Total: 0},
@@ -464,11 +474,11 @@ func TestStatusTable(t *testing.T) {
 	r := run(t, f.srv.URL, "status")
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Equal(t, strings.Join([]string{
-		"SITE         SLOT        LANE           VERSION  HEALTHY  LAST OPERATION",
-		"web          production  web-a          12       3/3      swap succeeded 1m ago",
-		"web          staging     web-b          7        1/2      ",
-		"api-gateway  production  api-gateway-a  1        0/0      swap warming for 12s",
-		"empty        -           -              -        -        -",
+		"SITE         SLOT        LANE           VERSION  HEALTHY  SCALE           LAST OPERATION",
+		"web          production  web-a          12       3/3      app=3,worker=1  swap succeeded 1m ago",
+		"web          staging     web-b          7        1/2      app=2           ",
+		"api-gateway  production  api-gateway-a  1        0/0      -               swap warming for 12s",
+		"empty        -           -              -        -        -               -",
 		"",
 	}, "\n"), r.stdout)
 }
@@ -476,7 +486,7 @@ func TestStatusTable(t *testing.T) {
 func TestStatusOfASite(t *testing.T) {
 	running := swapOp(4, api.StateWarming)
 	site := api.Site{Name: "web", Operation: &running, Slots: []api.Slot{
-		{Name: "production", Lane: "web-a", Version: 12, Healthy: 1, Total: 2, Instances: []api.Instance{
+		{Name: "production", Lane: "web-a", Version: 12, Healthy: 1, Total: 2, Scale: map[string]int{"app": 2}, ScaleSource: "live", Instances: []api.Instance{
 			{Alloc: "0b1c2d3e-aaaa-bbbb-cccc-000000000001", Address: "10.0.0.1", Port: 24567, Healthy: true, Status: "passing"},
 			{Alloc: "5f6a7b8c-aaaa-bbbb-cccc-000000000002", Address: "10.0.0.2", Port: 31001, Healthy: false},
 		}},
@@ -489,9 +499,9 @@ func TestStatusOfASite(t *testing.T) {
 	r := run(t, f.srv.URL, "status", "web")
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Equal(t, strings.Join([]string{
-		"SITE  SLOT        LANE   VERSION  HEALTHY  LAST OPERATION",
-		"web   production  web-a  12       1/2      swap warming for 1m",
-		"web   staging     web-b  7        1/1      ",
+		"SITE  SLOT        LANE   VERSION  HEALTHY  SCALE       LAST OPERATION",
+		"web   production  web-a  12       1/2      live app=2  swap warming for 1m",
+		"web   staging     web-b  7        1/1      -           ",
 		"",
 		"SLOT        ALLOC     ADDRESS         STATUS",
 		"production  0b1c2d3e  10.0.0.1:24567  passing",

@@ -227,6 +227,8 @@ func describe(op *api.Operation) string {
 		if len(op.Vars) > 0 {
 			fmt.Fprintf(&b, " with %s", varsFlag(op.Vars).String())
 		}
+	case api.KindScale:
+		fmt.Fprintf(&b, "/%s to %s", op.Slot, scaleText(api.Slot{Scale: op.Scale}))
 	default:
 		if op.Source != "" || op.Target != "" {
 			fmt.Fprintf(&b, " %s -> %s", op.Source, op.Target)

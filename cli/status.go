@@ -18,7 +18,8 @@ func statusCommand() *command {
 		usage:    "[site] [options]",
 		help: `
 Prints a table of every site's slots: the lane (Nomad job) serving each slot, its job
-version, its healthy and total instances, and the site's running or last operation. With a
+version, its healthy and total instances, its scale (instance counts per task group, sticky to
+the slot; "live" when Nomad's counts decide), and the site's running or last operation. With a
 site, also every instance of each slot; with -json, each slot's settings too, sticky values
 as <hidden> unless -reveal is given.
 
@@ -82,18 +83,18 @@ func runStatus(e *env, cmd *command, args []string) int {
 // printSlots prints one row per slot; the site's operation goes on its first row.
 func (e *env) printSlots(w io.Writer, sites []api.Site) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SITE\tSLOT\tLANE\tVERSION\tHEALTHY\tLAST OPERATION")
+	fmt.Fprintln(tw, "SITE\tSLOT\tLANE\tVERSION\tHEALTHY\tSCALE\tLAST OPERATION")
 	for _, s := range sites {
 		last := e.lastOperation(&s)
 		if len(s.Slots) == 0 {
-			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t%s\n", s.Name, last)
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t%s\n", s.Name, last)
 			continue
 		}
 		for i, sl := range s.Slots {
 			if i > 0 {
 				last = ""
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d\t%s\n", s.Name, sl.Name, orDash(sl.Lane), sl.Version, sl.Healthy, sl.Total, last)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d\t%s\t%s\n", s.Name, sl.Name, orDash(sl.Lane), sl.Version, sl.Healthy, sl.Total, scaleText(sl), last)
 		}
 	}
 	_ = tw.Flush()
@@ -231,7 +232,7 @@ func runHistory(e *env, cmd *command, args []string) int {
 
 // slots names the slots an operation touched.
 func slots(op *api.Operation) string {
-	if op.Kind == api.KindDeploy {
+	if op.Kind == api.KindDeploy || op.Kind == api.KindScale {
 		return orDash(op.Slot)
 	}
 	if op.Source == "" && op.Target == "" {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
 )
 
 // Defaults. Each is what an operator gets when the declaration leaves the field out.
@@ -193,9 +194,24 @@ type Slot struct {
 	Sticky      map[string]string `hcl:"sticky,optional"`
 	AutoSwap    string            `hcl:"auto_swap,optional"`
 
+	// ScaleRaw is scale as written: an object of task group counts, or "live". Scale and
+	// ScaleLive hold it checked; neither is set when the slot declares no scale.
+	ScaleRaw cty.Value `hcl:"scale,optional" json:"-"`
+	// Scale is the declared instance count of each task group of the site's job.
+	Scale map[string]int
+	// ScaleLive is scale = "live": the slot keeps the counts its lane runs in Nomad.
+	ScaleLive bool
+
 	// Range is where the slot is declared (its `slot "name"` header), for messages.
 	Range hcl.Range `hcl:",def_range"`
 }
+
+// ScaleDeclared reports whether the slot's scale is declared in HCL (counts or "live"): such a
+// scale is changed in the declarations, not through the API.
+func (sl *Slot) ScaleDeclared() bool { return sl.Scale != nil || sl.ScaleLive }
+
+// MaxScale bounds one task group's declared count.
+const MaxScale = 10000
 
 // Site returns the site with the given name, or nil.
 func (c *Config) Site(name string) *Site {

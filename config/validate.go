@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/big"
 	"net"
 	"net/url"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
 )
 
 var (
@@ -251,6 +253,7 @@ func (b *builder) validateSlot(sl *Slot) {
 	}
 	b.settingNames(sl, "settings", sl.Settings)
 	b.settingNames(sl, "sticky", sl.Sticky)
+	b.validateScale(sl)
 	for _, key := range sortedKeys(sl.Sticky) {
 		if _, ok := sl.Settings[key]; ok {
 			b.errorf(b.src.keyRange(sl.Range, "sticky", key), "Setting both swappable and sticky",
@@ -258,6 +261,70 @@ func (b *builder) validateSlot(sl *Slot) {
 				key, sl.Name)
 		}
 	}
+}
+
+// scaleRule is what scale may be, for messages.
+const scaleRule = `write an object of task group counts such as scale = { app = 3 }, or scale = "live" to keep the counts Nomad runs`
+
+// validateScale checks a slot's scale and fills Scale or ScaleLive from it. The task groups
+// are checked against the site's job when a lane is rendered: the jobspec is Nomad's to parse.
+func (b *builder) validateScale(sl *Slot) {
+	v := sl.ScaleRaw
+	if v == cty.NilVal || v.IsNull() || !b.src.set(sl.Range, "scale") {
+		return
+	}
+	at := b.src.attrRange(sl.Range, "scale")
+	if !v.IsWhollyKnown() {
+		return // an expression that failed, reported where it is written
+	}
+	t := v.Type()
+	switch {
+	case t == cty.String:
+		if v.AsString() != "live" {
+			b.errorf(at, "Invalid scale", "scale is %q; %s.", v.AsString(), scaleRule)
+			return
+		}
+		sl.ScaleLive = true
+		return
+	case !t.IsObjectType() && !t.IsMapType():
+		b.errorf(at, "Invalid scale", "scale is a %s; %s.", t.FriendlyName(), scaleRule)
+		return
+	}
+	b.duplicateKeys(sl.Range, "scale")
+	if v.LengthInt() == 0 {
+		b.errorf(at, "Invalid scale", "scale names no task group; %s, or leave scale out.", scaleRule)
+		return
+	}
+	counts := map[string]int{}
+	for it := v.ElementIterator(); it.Next(); {
+		k, c := it.Element()
+		group := k.AsString()
+		kat := b.src.keyRange(sl.Range, "scale", group)
+		n, ok := wholeCount(c)
+		if !ok {
+			b.errorf(kat, "Invalid scale count",
+				"scale of task group %q must be a whole number from 0 to %d (instances of the group), such as %s = 3.", group, MaxScale, group)
+			continue
+		}
+		counts[group] = n
+	}
+	sl.Scale = counts
+}
+
+// wholeCount reads a count: a number (not a string) that is whole, from 0 to MaxScale.
+func wholeCount(v cty.Value) (int, bool) {
+	if v.IsNull() || !v.IsKnown() || v.Type() != cty.Number {
+		return 0, false
+	}
+	bf := v.AsBigFloat()
+	if !bf.IsInt() {
+		return 0, false
+	}
+	n, acc := bf.Int64()
+	if acc != big.Exact || n < 0 || n > MaxScale {
+		return 0, false
+	}
+	return int(n), true
 }
 
 // settingNames checks the names of one settings map (attr is settings or sticky). Values are

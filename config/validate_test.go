@@ -117,6 +117,17 @@ func TestRules(t *testing.T) {
 		{name: "slot name empty", src: decl{site: `  slot "" {} ` + marker}.String(), summary: "Invalid slot name"},
 		{name: "slot name too long", src: decl{site: `  slot "` + long + `" {} ` + marker}.String(), summary: "Invalid slot name"},
 
+		// scale.
+		{name: "scale a word other than live", src: decl{prod: `    scale = "auto" ` + marker}.String(), summary: "Invalid scale", detail: `scale is "auto"`, col: 5},
+		{name: "scale a number", src: decl{prod: `    scale = 3 ` + marker}.String(), summary: "Invalid scale", detail: "scale is a number"},
+		{name: "scale a list", src: decl{prod: `    scale = [3] ` + marker}.String(), summary: "Invalid scale", detail: "scale is a tuple"},
+		{name: "scale empty", src: decl{prod: `    scale = {} ` + marker}.String(), summary: "Invalid scale", detail: "names no task group"},
+		{name: "scale count negative", src: decl{prod: `    scale = { app = -1 } ` + marker}.String(), summary: "Invalid scale count", detail: `task group "app"`, col: 15},
+		{name: "scale count fraction", src: decl{prod: `    scale = { app = 1.5 } ` + marker}.String(), summary: "Invalid scale count"},
+		{name: "scale count a string", src: decl{prod: `    scale = { web = 1, app = "3" } ` + marker}.String(), summary: "Invalid scale count", detail: `task group "app"`, col: 24},
+		{name: "scale count too large", src: decl{prod: `    scale = { app = 10001 } ` + marker}.String(), summary: "Invalid scale count", detail: "from 0 to 10000"},
+		{name: "scale group twice", src: decl{prod: "    scale = {\n      app = 1\n      app = 2 " + marker + "\n    }"}.String(), summary: "Duplicate key"},
+
 		// auto_swap.
 		{name: "auto_swap to a missing slot", src: decl{staging: `    auto_swap = "prod" ` + marker}.String(), summary: "Unknown auto_swap slot", detail: `names slot "prod", which site "web" does not declare; name one of: production.`},
 		{name: "auto_swap to itself", src: decl{staging: `    auto_swap = "staging" ` + marker}.String(), summary: "Invalid auto_swap"},
@@ -289,6 +300,7 @@ func TestValidEdges(t *testing.T) {
 		{name: "sensitive_vars", src: decl{site: `  sensitive_vars = ["db_password", "api-key", "_x"]`}.String()},
 		{name: "sensitive_vars empty", src: decl{site: `  sensitive_vars = []`}.String()},
 		{name: "no sites at all", src: `log_level = "warn"`},
+		{name: "scale counts and live", src: decl{prod: `    scale = { app = 10, worker = 0 }`, staging: `    scale = "live"`}.String()},
 		{name: "history_limit one", src: decl{daemon: `history_limit = 1`, site: `  history_limit = 1`}.String()},
 	}
 	for _, tc := range cases {
@@ -299,6 +311,24 @@ func TestValidEdges(t *testing.T) {
 			assert.NoError(t, err)
 		})
 	}
+}
+
+// TestScale checks what a declared scale decodes to.
+func TestScale(t *testing.T) {
+	clearTokenEnv(t)
+	src := decl{prod: `    scale = { app = 3, worker = 0 }`, staging: `    scale = "live"`, site: `  slot "qa" {}`}.String()
+	dir := writeDir(t, withCaseFiles(src))
+	cfg, err := Load(filepath.Join(dir, "slots.hcl"))
+	require.NoError(t, err)
+	site := cfg.Site("web")
+	prod, staging, qa := site.Slot("production"), site.Slot("staging"), site.Slot("qa")
+	assert.Equal(t, map[string]int{"app": 3, "worker": 0}, prod.Scale)
+	assert.False(t, prod.ScaleLive)
+	assert.True(t, prod.ScaleDeclared())
+	assert.Nil(t, staging.Scale)
+	assert.True(t, staging.ScaleLive)
+	assert.True(t, staging.ScaleDeclared())
+	assert.False(t, qa.ScaleDeclared())
 }
 
 // withCaseFiles is the files of a case: its declarations as slots.hcl, next to caseFiles.

@@ -37,6 +37,9 @@ type siteSpec struct {
 	settings map[string]map[string]string
 	sticky   map[string]map[string]string
 	slots    string // raw HCL of further slot blocks inside the site block
+	// scale declares the scale of production or staging, by slot name, as written in HCL:
+	// `{ app = 3 }` or `"live"`.
+	scale map[string]string
 	// historyLimit, when set, is the site's history_limit.
 	historyLimit int
 	// sensitiveVars is the site's sensitive_vars.
@@ -115,6 +118,12 @@ func (s siteSpec) siteHCL(t testing.TB, job string) string {
 		maps.Copy(m, kind[slot])
 		return hclObject(m)
 	}
+	scale := func(slot string) string {
+		if v := s.scale[slot]; v != "" {
+			return "scale = " + v
+		}
+		return ""
+	}
 	historyLimit := ""
 	if s.historyLimit != 0 {
 		historyLimit = fmt.Sprintf("history_limit = %d", s.historyLimit)
@@ -137,19 +146,21 @@ site %[1]q {
     preview_tags = ["urlprefix-%[1]s-production-preview.test/"]
     settings     = %[7]s
     sticky       = %[8]s
+    %[14]s
   }
   slot "staging" {
     tags     = ["urlprefix-%[1]s-staging.test/"]
     settings = %[9]s
     sticky   = %[10]s
     %[6]s
+    %[15]s
   }
   %[11]s
 }
 `, s.name, job, vb.String(), warmup, monitor, autoSwap,
 		declared(s.settings, "production", "FEATURE", "prod-feature"), declared(s.sticky, "production", "DB", "prod-db"),
 		declared(s.settings, "staging", "FEATURE", "staging-feature"), declared(s.sticky, "staging", "DB", "staging-db"),
-		s.slots, historyLimit, hclList(s.sensitiveVars))
+		s.slots, historyLimit, hclList(s.sensitiveVars), scale("production"), scale("staging"))
 }
 
 // hclList renders strings as an HCL list.

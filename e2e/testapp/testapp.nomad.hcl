@@ -16,6 +16,12 @@ variable "count" {
   default = 2
 }
 
+variable "memory" {
+  type        = number
+  default     = 32
+  description = "MB each instance asks of its node"
+}
+
 variable "service" {
   type    = string
   default = "web"
@@ -144,7 +150,7 @@ job "web" {
 
       resources {
         cpu    = 50
-        memory = 32
+        memory = var.memory
       }
     }
   }

@@ -1,0 +1,267 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
+)
+
+// TestSwapScale: the scale is sticky. The candidate is planned and applied at the target's
+// scale, the former target lane settles at the source's, and every path that puts a lane back
+// keeps it at its own slot's scale. Production's lane a runs app=3, staging's lane b app=1.
+func TestSwapScale(t *testing.T) {
+	tests := []struct {
+		name       string
+		op         *api.Operation
+		exchanged  bool
+		recover    bool
+		prod       func(*config.Slot) // the production slot's declaration
+		staging    func(*config.Slot)
+		liveA      int // lane a runs this many instances (scaled by hand), 0: as KV says
+		noWarm     bool
+		planErr    error
+		failLane   func(call string) bool
+		wantScales []string
+		wantErr    string
+		wantKVProd string // production's scale document afterwards, "" to skip
+	}{
+		{
+			name: "undeclared: each slot keeps the counts KV holds for it",
+			op:   phased(),
+			wantScales: []string{"plan b as production app=3", "b as production app=3", "b as production app=3",
+				"a as production app=3", "a as staging app=1"},
+			wantKVProd: `{"app": 3}`,
+		},
+		{
+			name: "declared in HCL: the declaration wins over KV",
+			op:   phased(),
+			prod: func(s *config.Slot) { s.Scale = map[string]int{"app": 5} },
+			wantScales: []string{"plan b as production app=5", "b as production app=5", "b as production app=5",
+				"a as production app=5", "a as staging app=1"},
+		},
+		{
+			name:  "live: production keeps what it runs in Nomad, scaled by hand to 4",
+			op:    phased(),
+			prod:  func(s *config.Slot) { s.ScaleLive = true },
+			liveA: 4,
+			wantScales: []string{"plan b as production app=4 live", "b as production app=4 live", "b as production app=4 live",
+				"a as production app=4 live", "a as staging app=1"},
+			wantKVProd: `{"app": 4}`,
+		},
+		{
+			name:       "the pre-flight fails: nothing moves",
+			op:         phased(),
+			planErr:    errors.New("nomad cannot place web-b"),
+			wantScales: []string{"plan b as production app=3"},
+			wantErr:    "pre-flight: nomad cannot place web-b",
+		},
+		{
+			name:       "warm-up fails: the source lane goes back to its own scale",
+			op:         phased(),
+			noWarm:     true,
+			wantScales: []string{"plan b as production app=3", "b as production app=3", "b as staging app=1"},
+			wantErr:    "no instances",
+		},
+		{
+			name:    "warm-up fails with a live source: its scale is what it ran before apply, not the target's",
+			op:      phased(),
+			staging: func(s *config.Slot) { s.ScaleLive = true },
+			noWarm:  true,
+			wantScales: []string{"plan b as production app=3", "b as production app=3",
+				"b as staging app=1 live"},
+			wantErr: "no instances",
+		},
+		{
+			name:     "the break fails: both lanes back at their own scales",
+			op:       phased(),
+			failLane: func(c string) bool { return c == breakA },
+			wantScales: []string{"plan b as production app=3", "b as production app=3", "b as production app=3",
+				"a as production app=3", "a as production app=3", "b as staging app=1"},
+			wantErr: "take the routes of production off lane a",
+		},
+		{
+			name: "resumed after the exchange: the former production lane settles at staging's scale",
+			op: func() *api.Operation {
+				o := phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseSucceeded)
+				o.Switched = true
+				return o
+			}(),
+			exchanged:  true,
+			recover:    true,
+			wantScales: []string{"a as staging app=1"},
+		},
+		{
+			name:       "a crash inside apply is undone: each lane at its slot's scale",
+			op:         phased(api.PhaseRunning),
+			recover:    true,
+			wantScales: []string{"a as production app=3", "b as staging app=1"},
+			wantErr:    "interrupted in state",
+		},
+		{
+			name: "a swap journaled before the pre-flight existed goes on without it",
+			op: func() *api.Operation {
+				o := phased()
+				o.Phases = o.Phases[1:]
+				return o
+			}(),
+			wantScales: []string{"b as production app=3", "b as production app=3", "a as production app=3", "a as staging app=1"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			app := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+			defer app.Close()
+			kv := newFakeKV()
+			kvSlots(kv, tc.exchanged)
+			kv.put("slotd/sites/web/slots/production/scale", `{"app": 3}`)
+			kv.put("slotd/sites/web/slots/staging/scale", `{"app": 1}`)
+			prodLane, stagingLane := "a", "b"
+			if tc.exchanged {
+				prodLane, stagingLane = "b", "a"
+			}
+			lanes := &fakeLanes{
+				versions: map[string]uint64{"a": 10, "b": 20}, fail: tc.failLane, planErr: tc.planErr,
+				counts: map[string]map[string]int{prodLane: {"app": 3}, stagingLane: {"app": 1}},
+				serves: map[string]string{prodLane: "production", stagingLane: "staging"},
+			}
+			if tc.liveA > 0 {
+				lanes.counts["a"] = map[string]int{"app": tc.liveA}
+			}
+			if !tc.noWarm {
+				lanes.instance = strings.TrimPrefix(app.URL, "http://")
+			}
+			a := testAgent(kv, lanes)
+			a.httpClient = app.Client()
+			cfg := testSite()
+			if tc.prod != nil {
+				tc.prod(cfg.Slot("production"))
+			}
+			if tc.staging != nil {
+				tc.staging(cfg.Slot("staging"))
+			}
+			require.NoError(t, a.store.createOperation(tc.op))
+			fn := a.swapOp(cfg, "staging", "production")
+			if tc.recover {
+				fn = a.recoverOp(cfg, tc.op)
+			}
+			err := fn(context.Background(), a.newRun(nil, context.Background(), tc.op))
+			if tc.wantErr == "" {
+				assert.NoError(t, err)
+			} else {
+				assert.ErrorContains(t, err, tc.wantErr)
+			}
+			assert.Equal(t, tc.wantScales, lanes.scales)
+			if tc.wantKVProd != "" {
+				assert.JSONEq(t, tc.wantKVProd, kv.value("slotd/sites/web/slots/production/scale"))
+			}
+			assert.JSONEq(t, `{"app": 1}`, kv.value("slotd/sites/web/slots/staging/scale"), "staging's scale stays")
+		})
+	}
+}
+
+// TestPlacementError: the pre-flight says what Nomad's scheduler said, per task group.
+func TestPlacementError(t *testing.T) {
+	want := laneState{Slot: "production", Scale: map[string]int{"app": 3}}
+	tests := []struct {
+		name string
+		plan *nomadapi.JobPlanResponse
+		want string
+	}{
+		{name: "places", plan: &nomadapi.JobPlanResponse{}},
+		{
+			name: "memory exhausted",
+			plan: &nomadapi.JobPlanResponse{FailedTGAllocs: map[string]*nomadapi.AllocationMetric{
+				"app": {NodesEvaluated: 1, NodesInPool: 1, NodesExhausted: 1, DimensionExhausted: map[string]int{"memory": 1}, CoalescedFailures: 1},
+			}},
+			want: `nomad cannot place web-b as production at scale app=3: task group "app": 2 allocations of 3 would not place: 1 node evaluated, 0 filtered, 1 exhausted (exhausted "memory" on 1 node)`,
+		},
+		{
+			name: "filtered by a constraint, two groups",
+			plan: &nomadapi.JobPlanResponse{FailedTGAllocs: map[string]*nomadapi.AllocationMetric{
+				"worker": {NodesEvaluated: 2, NodesFiltered: 2, NodesInPool: 2, ConstraintFiltered: map[string]int{"${attr.kernel.name} = windows": 2}},
+				"app":    {NodesEvaluated: 2, NodesExhausted: 2, DimensionExhausted: map[string]int{"cpu": 1, "memory": 1}},
+			}},
+			want: `task group "app": 1 allocation of 3 would not place: 2 nodes evaluated, 0 filtered, 2 exhausted (exhausted "cpu" on 1 node, "memory" on 1 node); ` +
+				`task group "worker": 1 allocation would not place: 2 nodes evaluated, 2 filtered, 0 exhausted (filtered by "${attr.kernel.name} = windows" on 2 nodes)`,
+		},
+		{
+			name: "no node at all",
+			plan: &nomadapi.JobPlanResponse{FailedTGAllocs: map[string]*nomadapi.AllocationMetric{"app": {}}},
+			want: `task group "app": 1 allocation of 3 would not place: 0 nodes evaluated, 0 filtered, 0 exhausted (no node in the node pool)`,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := placementError("web-b", want, tc.plan)
+			if tc.want == "" {
+				assert.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
+// TestApplyScale: a lane job takes its slot's counts and shows them in its meta; a group the
+// job lacks is an error that names it.
+func TestApplyScale(t *testing.T) {
+	job := func() *nomadapi.Job {
+		two := 2
+		return &nomadapi.Job{TaskGroups: []*nomadapi.TaskGroup{
+			{Name: new("app"), Count: &two}, {Name: new("worker")},
+		}}
+	}
+	tests := []struct {
+		name       string
+		want       laneState
+		wantCounts map[string]int
+		wantMeta   string
+		wantErr    string
+	}{
+		{name: "no scale: the jobspec's counts", want: laneState{Slot: "production"}, wantCounts: map[string]int{"app": 2, "worker": 1}},
+		{name: "counts", want: laneState{Slot: "production", Scale: map[string]int{"app": 5}}, wantCounts: map[string]int{"app": 5, "worker": 1}, wantMeta: "app=5,worker=1"},
+		{name: "live", want: laneState{Slot: "production", Scale: map[string]int{"app": 4, "worker": 0}, Live: true}, wantCounts: map[string]int{"app": 4, "worker": 0}, wantMeta: "live"},
+		{name: "unknown group", want: laneState{Slot: "production", Scale: map[string]int{"web": 5}}, wantErr: "the scale of slot production names task group web, which the job in jobs/web.nomad.hcl does not have (its groups: app, worker)"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			j := job()
+			err := applyScale(j, "jobs/web.nomad.hcl", tc.want)
+			if tc.wantErr != "" {
+				assert.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.wantCounts, groupCounts(j))
+			assert.Equal(t, tc.wantMeta, j.Meta[metaScale])
+		})
+	}
+}
+
+func TestDecodeScale(t *testing.T) {
+	counts, err := decodeScale([]byte(`{"app": 3, "worker": 0}`))
+	require.NoError(t, err)
+	assert.Equal(t, map[string]int{"app": 3, "worker": 0}, counts)
+	for doc, want := range map[string]string{
+		`{"app": "3"}`:    "not a JSON object of task group counts",
+		`{"app": 1.5}`:    "not a JSON object of task group counts",
+		`{"app": -1}`:     "outside 0 to 10000",
+		`{"": 1}`:         "name is empty",
+		`app=3`:           "not a JSON object",
+		`{"app": 100000}`: "outside 0 to 10000",
+	} {
+		_, err := decodeScale([]byte(doc))
+		assert.ErrorContains(t, err, want, doc)
+	}
+}
