@@ -85,6 +85,15 @@ func (s *site) autoSwap(source, target string) {
 // rollback swaps back the newest swap of the site whose switch happened, looking back
 // through the history newest first no further than it keeps. Runs on the owner.
 func (s *site) rollback(trigger string) (*api.Operation, error) {
+	if r := s.running; r != nil {
+		// A swap still monitoring its window is the one to roll back: starting the rollback
+		// ends the window (startOp), as any operation does. Anything else running is a
+		// conflict there.
+		if cur := s.a.ops.get(r.op.ID); cur != nil && cur.State == api.StateMonitoring && cur.Switched &&
+			(cur.Kind == api.KindSwap || cur.Kind == api.KindRollback) {
+			return s.rollbackOf(cur, trigger)
+		}
+	}
 	var last *api.Operation
 	err := s.a.store.walkHistory(s.name, 0, historyKeeps(s.cfg.HistoryLimit), func(h *api.Operation) bool {
 		if (h.Kind == api.KindSwap || h.Kind == api.KindRollback) && h.Switched {

@@ -387,7 +387,7 @@ func (w *swap) monitor(ctx context.Context) error {
 		err := w.watchHealth(ctx, m, window)
 		switch {
 		case errors.Is(err, errEndMonitor):
-			w.note(api.PhaseMonitor, fmt.Sprintf("ended early after %s: %v; no rollback", time.Since(started).Round(time.Second), err))
+			w.note(api.PhaseMonitor, fmt.Sprintf("ended early after %s: %v; no automatic rollback", time.Since(started).Round(time.Second), err))
 			return nil
 		case errors.Is(err, errStopping):
 			return err

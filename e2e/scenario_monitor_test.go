@@ -167,3 +167,38 @@ func assertAllServed(t testing.TB, smp *sampler, host string) {
 	assert.Empty(t, failed, "requests to %s that did not get a 200: %s", host, firstSamples(failed, 20))
 	t.Logf("%s: %d requests, %d not 200", host, len(samples), len(failed))
 }
+
+// TestRollbackDuringMonitor: `slotd rollback` while a swap monitors production (the moment a
+// problem shows) rolls that swap back instead of answering that there is nothing to roll back;
+// it ends the window early, and production is back on its lane, served all along.
+func TestRollbackDuringMonitor(t *testing.T) {
+	stack := Shared(t)
+	t.Parallel()
+	site := monitoredSite()
+	d := startDaemon(t, stack, site)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	prod := site.host("production")
+	lanes := d.laneJobs(site.name)
+	waitServes(t, stack, prod, lanes["production"])
+
+	smp := startSampler(t, stack, prod, 2, 10*time.Minute)
+	swap := swapUntilMonitoring(ctx, t, d, site)
+
+	rb, err := d.client.Rollback(ctx, site.name)
+	require.NoError(t, err, "a rollback while the swap %s monitors must be accepted", swap.ID)
+	assert.Equal(t, swap.ID, rb.RollbackOf, "the rollback reverses the monitoring swap")
+	rb, err = d.client.Wait(ctx, rb.ID, nil)
+	require.NoError(t, err)
+	require.Equal(t, api.StateSucceeded, rb.State, "rollback: %s (%s)", rb.Error, phaseTimes(rb))
+	t.Logf("rollback: %s", phaseTimes(rb))
+
+	swap = waitTerminal(ctx, t, d, swap)
+	checkEndedEarly(t, swap)
+	assert.Equal(t, lanes["production"], d.laneJobs(site.name)["production"], "production is back on its lane")
+	waitAnswers(t, stack, prod, 30*time.Second, "v1 from "+lanes["production"]+" with production's settings", func(a appAnswer) bool {
+		return a.Lane == lanes["production"] && a.Env["DB"] == "prod-db"
+	})
+	waitIdle(t, d, site.name)
+	assertAllServed(t, smp, prod)
+}
