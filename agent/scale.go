@@ -95,6 +95,9 @@ func formatScale(counts map[string]int) string {
 // wrong, and rendering the lane without it would change its size silently.
 func applyScale(job *nomadapi.Job, jobFile string, want laneState) error {
 	if want.Scale == nil {
+		// No counts known yet (a slot's first lane): the jobspec's own, which the slot keeps
+		// from now on; the meta says so from the first version, so keeping them restarts nothing.
+		scaleMeta(job, want)
 		return nil
 	}
 	byName := map[string]*nomadapi.TaskGroup{}
@@ -119,6 +122,12 @@ func applyScale(job *nomadapi.Job, jobFile string, want laneState) error {
 		return fmt.Errorf("the scale of slot %s names task group %s, which the job in %s does not have (its groups: %s): change the slot's scale",
 			want.Slot, strings.Join(missing, ", "), jobFile, strings.Join(names, ", "))
 	}
+	scaleMeta(job, want)
+	return nil
+}
+
+// scaleMeta shows the counts of the slot a lane serves in the job's meta.
+func scaleMeta(job *nomadapi.Job, want laneState) {
 	if job.Meta == nil {
 		job.Meta = map[string]string{}
 	}
@@ -127,7 +136,6 @@ func applyScale(job *nomadapi.Job, jobFile string, want laneState) error {
 	} else {
 		job.Meta[metaScale] = formatScale(groupCounts(job))
 	}
-	return nil
 }
 
 // seedScale is what a slot's scale document needs at start: the declared counts (a changed

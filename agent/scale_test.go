@@ -229,7 +229,7 @@ func TestApplyScale(t *testing.T) {
 		wantMeta   string
 		wantErr    string
 	}{
-		{name: "no scale: the jobspec's counts", want: laneState{Slot: "production"}, wantCounts: map[string]int{"app": 2, "worker": 1}},
+		{name: "no scale yet: the jobspec's counts, shown in the meta from the first version", want: laneState{Slot: "production"}, wantCounts: map[string]int{"app": 2, "worker": 1}, wantMeta: "app=2,worker=1"},
 		{name: "counts", want: laneState{Slot: "production", Scale: map[string]int{"app": 5}}, wantCounts: map[string]int{"app": 5, "worker": 1}, wantMeta: "app=5,worker=1"},
 		{name: "live", want: laneState{Slot: "production", Scale: map[string]int{"app": 4, "worker": 0}, Live: true}, wantCounts: map[string]int{"app": 4, "worker": 0}, wantMeta: "live"},
 		{name: "unknown group", want: laneState{Slot: "production", Scale: map[string]int{"web": 5}}, wantErr: "the scale of slot production names task group web, which the job in jobs/web.nomad.hcl does not have (its groups: app, worker)"},

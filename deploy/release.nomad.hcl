@@ -93,9 +93,12 @@ job "release" {
         }
       }
 
+      # A release runs once: a template that changes while it runs (the leader moves) must not
+      # restart it halfway.
       template {
         destination = "secrets/slotd.env"
         env         = true
+        change_mode = "noop"
         data        = <<-EOT
           {{- $addr := "" }}
           {{- range service "slotd" }}{{ if not $addr }}{{ $addr = printf "http://%s:%d" .Address .Port }}{{ end }}{{ end }}
@@ -110,6 +113,7 @@ job "release" {
 
       template {
         destination = "local/release.sh"
+        change_mode = "noop"
         data        = <<-EOT
           set -eu
           slotd="$1"

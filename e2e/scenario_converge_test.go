@@ -413,7 +413,7 @@ func TestReloadStopsRemovedSiteAddsSlot(t *testing.T) {
 		return false, fmt.Sprintf("no slot qa in %d slots", len(s.Slots))
 	})
 	waitAnswers(t, stack, first.host("qa"), 2*time.Minute, "slot qa with its settings", func(a appAnswer) bool {
-		return a.Lane == first.name+"-"+qaLane && a.Slot == "qa" && a.Env["DB"] == "qa-db" && a.Env["FEATURE"] == "qa-feature"
+		return a.Lane == qaLane && a.Slot == "qa" && a.Env["DB"] == "qa-db" && a.Env["FEATURE"] == "qa-feature"
 	})
 
 	// Nothing of the removed site is watched any more: a change in its KV tree and in one of

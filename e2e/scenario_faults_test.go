@@ -272,7 +272,7 @@ func assertSlotsRouted(t testing.TB, stack *Stack, client *api.Client, site stri
 		entries, _, err := stack.Consul.Health().Service(site, sl.Name, false, nil)
 		require.NoError(t, err, "instances of %s tagged %s in Consul", site, sl.Name)
 		for _, e := range entries {
-			assert.Equal(t, sl.Lane, e.Service.Meta["slotd_lane"], "lane of Consul instance %s tagged %s", e.Service.ID, sl.Name)
+			assert.Equal(t, sl.Lane, site+"-"+e.Service.Meta["slotd_lane"], "lane job of Consul instance %s tagged %s", e.Service.ID, sl.Name)
 		}
 	}
 }
@@ -326,7 +326,7 @@ func siteFingerprint(t testing.TB, stack *Stack, client *api.Client, site string
 	s, err := client.Site(context.Background(), site)
 	require.NoError(t, err, "read site %s", site)
 	for _, sl := range s.Slots {
-		id := site + "-" + sl.Lane
+		id := sl.Lane // the lane's job ID
 		job, _, err := stack.Nomad.Jobs().Info(id, nil)
 		require.NoError(t, err, "read job %s", id)
 		out["job "+id+" version"] = *job.Version
