@@ -93,6 +93,7 @@ func BenchmarkSideBySide(b *testing.B) {
 			return *op.FinishedAt
 		})
 		slotdSwitch = append(slotdSwitch, max(0, r.lastOld.Sub(warmEnd)))
+		b.Logf("slotd swap %d: %s after the end of warm-up", i+1, slotdSwitch[i])
 	}
 	for i := range swaps {
 		old, next := "v"+strconv.Itoa(nj.app), "v"+strconv.Itoa(nj.app+1)
@@ -275,7 +276,7 @@ func sideBySideTable(swaps int, swap, promote, rollback, revert result, slotdSwi
 	row := func(what string, s, n float64, format func(float64) string) {
 		ratio := "—"
 		if n != 0 {
-			ratio = fmt.Sprintf("%.2f", s/n)
+			ratio = fmt.Sprintf("%.3g", s/n)
 		}
 		fmt.Fprintf(&t, "| %s | %s | %s | %s |\n", what, format(s), format(n), ratio)
 	}
