@@ -1,0 +1,308 @@
+package e2e
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	nomadapi "github.com/hashicorp/nomad/api"
+	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/api"
+)
+
+// Bounds of BenchmarkSideBySide: its load, and how long one measured operation may take.
+const (
+	sbsClients   = 8
+	sbsMaxOp     = 5 * time.Minute
+	sbsConverge  = 30 * time.Second // for every answer to come from the new version
+	sbsTail      = time.Second      // the load goes on this long after the new version serves alone
+	sbsDefaultN  = 20
+	sbsDefaultMD = "bench-side-by-side.md"
+)
+
+// BenchmarkSideBySide puts slotd next to Nomad's own blue/green on the same stack, with the same
+// test app (2 instances a version) and the same load (8 clients through Fabio on the production
+// host): a swap against a canary deployment with canary = count and a promote; a rollback
+// against `job revert` (canaries and a promote again); and the switch as the router sees it
+// over SLOTD_BENCH_SWAPS (default 20) of each. It prints one table with the ratios and writes
+// it to SLOTD_BENCH_OUT (default bin/bench-side-by-side.md).
+func BenchmarkSideBySide(b *testing.B) {
+	stack := Shared(b)
+	swaps := sbsDefaultN
+	if v, err := strconv.Atoi(os.Getenv("SLOTD_BENCH_SWAPS")); err == nil && v > 0 {
+		swaps = v
+	}
+	out := cmp.Or(os.Getenv("SLOTD_BENCH_OUT"), filepath.Join(filepath.Dir(sourceDir()), "bin", sbsDefaultMD))
+
+	site := newSite()
+	d := startDaemon(b, stack, site)
+	nj := startNativeJob(b, stack)
+	host := site.host("production")
+	lanes := d.laneJobs(site.name)
+	waitServes(b, stack, host, lanes["production"])
+
+	b.ResetTimer()
+	// 1. A new version into production.
+	slotdSwap := measure(b, stack, host, lanes["production"], lanes["staging"], laneOf, func() time.Time {
+		op := d.swap(site.name, "staging", "production")
+		require.Equal(b, api.StateSucceeded, op.State, "slotd swap: %s", op.Error)
+		return *op.FinishedAt
+	})
+	b.Logf("slotd swap: %s", slotdSwap)
+	nomadPromote := measure(b, stack, nj.host, "v1", "v2", versionOf, func() time.Time {
+		return nj.rollout(func() uint64 { return nj.register("v2") }, nil)
+	})
+	b.Logf("nomad blue/green: %s", nomadPromote)
+
+	// 2. Back to the previous version.
+	slotdRollback := measure(b, stack, host, lanes["staging"], lanes["production"], laneOf, func() time.Time {
+		op := d.run(func(ctx context.Context) (*api.Operation, error) { return d.client.Rollback(ctx, site.name) })
+		require.Equal(b, api.StateSucceeded, op.State, "slotd rollback: %s", op.Error)
+		return *op.FinishedAt
+	})
+	b.Logf("slotd rollback: %s", slotdRollback)
+	nomadRevert := measure(b, stack, nj.host, "v2", "v1", versionOf, func() time.Time {
+		return nj.rollout(func() uint64 {
+			_, _, err := stack.Nomad.Jobs().Revert(nj.id, nj.first, nil, nil, "", "")
+			require.NoError(b, err, "nomad job revert %s to version %d", nj.id, nj.first)
+			nj.app = 1
+			return nj.liveVersion()
+		}, nil)
+	})
+	b.Logf("nomad job revert: %s", nomadRevert)
+
+	// 3. The switch as the router sees it: slotd from the end of warm-up, Nomad from the promote
+	// call, to the last answer from the old version.
+	var slotdSwitch, nomadSwitch []time.Duration
+	for i := range swaps {
+		cur := d.laneJobs(site.name)
+		var warmEnd time.Time
+		r := measure(b, stack, host, cur["production"], cur["staging"], laneOf, func() time.Time {
+			op := d.swap(site.name, "staging", "production")
+			require.Equal(b, api.StateSucceeded, op.State, "slotd swap %d: %s", i, op.Error)
+			warm := op.Phase(api.PhaseWarm)
+			require.True(b, warm != nil && warm.EndedAt != nil, "slotd swap %d has no ended warm-up", i)
+			warmEnd = *warm.EndedAt
+			return *op.FinishedAt
+		})
+		slotdSwitch = append(slotdSwitch, max(0, r.lastOld.Sub(warmEnd)))
+		b.Logf("slotd swap %d: %s after the end of warm-up", i+1, slotdSwitch[i])
+	}
+	for i := range swaps {
+		old, next := "v"+strconv.Itoa(nj.app), "v"+strconv.Itoa(nj.app+1)
+		var promoted time.Time
+		r := measure(b, stack, nj.host, old, next, versionOf, func() time.Time {
+			return nj.rollout(func() uint64 { return nj.register(next) }, &promoted)
+		})
+		nomadSwitch = append(nomadSwitch, max(0, r.lastOld.Sub(promoted)))
+		b.Logf("nomad promote %d: %s after the promote call", i+1, nomadSwitch[i])
+	}
+	b.StopTimer()
+
+	table := sideBySideTable(swaps, slotdSwap, nomadPromote, slotdRollback, nomadRevert, slotdSwitch, nomadSwitch)
+	require.NoError(b, os.MkdirAll(filepath.Dir(out), 0o755))
+	require.NoError(b, os.WriteFile(out, []byte(table), 0o644))
+	fmt.Fprintf(os.Stderr, "\n%s\nwritten to %s\n", table, out)
+	b.ReportMetric(float64(percentile(slotdSwitch, 50).Milliseconds()), "slotd-switch-median-ms")
+	b.ReportMetric(float64(percentile(nomadSwitch, 50).Milliseconds()), "nomad-switch-median-ms")
+	b.ReportMetric(float64(slotdRollback.failed), "slotd-rollback-non200")
+	b.ReportMetric(float64(nomadRevert.failed), "nomad-revert-non200")
+}
+
+// laneOf and versionOf tell which version answered: a slotd lane is its Nomad job, a Nomad-native
+// version is the app's APP_VERSION.
+func laneOf(a appAnswer) string    { return a.Lane }
+func versionOf(a appAnswer) string { return a.Version }
+
+// result is what one measured operation did to the requests of the load.
+type result struct {
+	requests, failed int
+	toAllNew         time.Duration // from the call to the last answer from the old version
+	cutover          time.Duration // from the first answer from the new version to the last from the old
+	mixed            int           // answers, from either version, inside the cutover
+	operation        time.Duration // from the call to the operation's end
+	lastOld          time.Time
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("%d requests, %d not 200, call → last old answer %s, cutover %s (%d answers mixed), operation %s",
+		r.requests, r.failed, r.toAllNew.Round(time.Millisecond), r.cutover.Round(time.Millisecond), r.mixed,
+		r.operation.Round(time.Millisecond))
+}
+
+// measure runs op (which returns when the operation ended) under the load on host, waits until
+// every answer comes from newV, and sums up the answers: which(answer) names the version.
+func measure(b *testing.B, stack *Stack, host, oldV, newV string, which func(appAnswer) string, op func() time.Time) result {
+	b.Helper()
+	smp := startSampler(b, stack, host, sbsClients, sbsMaxOp+sbsConverge+sbsTail)
+	time.Sleep(sbsTail) // the load runs on the old version first
+	called := time.Now()
+	ended := op()
+	waitAnswers(b, stack, host, sbsConverge, "version "+newV, func(a appAnswer) bool { return which(a) == newV })
+	time.Sleep(sbsTail)
+	samples := smp.stop()
+	require.False(b, smp.capped.Load(), "the load ran out of its bounds before %s → %s ended", oldV, newV)
+
+	r := result{requests: len(samples), operation: ended.Sub(called)}
+	var firstNew time.Time
+	for _, s := range samples {
+		switch {
+		case s.err != nil || s.status != 200:
+			r.failed++
+		case which(s.ans) == newV && firstNew.IsZero():
+			firstNew = s.at
+		case which(s.ans) == oldV:
+			r.lastOld = s.at
+		}
+	}
+	require.False(b, firstNew.IsZero(), "no answer from %s on %s", newV, host)
+	require.False(b, r.lastOld.IsZero(), "no answer from %s on %s", oldV, host)
+	r.toAllNew = r.lastOld.Sub(called)
+	r.cutover = max(0, r.lastOld.Sub(firstNew))
+	for _, s := range samples {
+		if s.err == nil && s.status == 200 && !s.at.Before(firstNew) && !s.at.After(r.lastOld) {
+			r.mixed++
+		}
+	}
+	return r
+}
+
+// nativeJob is the test app as a plain Nomad job, not managed by slotd, with Nomad's own
+// blue/green: canary = count = 2, max_parallel = 2, no auto-promote, routed by Fabio on host.
+type nativeJob struct {
+	b     *testing.B
+	stack *Stack
+	id    string
+	host  string
+	first uint64 // the job version that runs v1
+	app   int    // the app version of the job's latest registration
+}
+
+// startNativeJob registers v1 and waits until Fabio sends every request to it. The job is
+// purged when the benchmark ends, however it ends.
+func startNativeJob(b *testing.B, stack *Stack) *nativeJob {
+	b.Helper()
+	suffix := Suffix()
+	nj := &nativeJob{b: b, stack: stack, id: "native-" + suffix, host: "native-" + suffix + ".test"}
+	b.Cleanup(func() {
+		if _, _, err := stack.Nomad.Jobs().Deregister(nj.id, true, nil); err != nil {
+			b.Logf("purge job %s: %v", nj.id, err)
+		}
+	})
+	nj.first = nj.register("v1")
+	nj.waitDeployment(nj.first, func(d *nomadapi.Deployment) bool { return d.Status == nomadapi.DeploymentStatusSuccessful })
+	waitAnswers(b, stack, nj.host, sbsConverge, "v1", func(a appAnswer) bool { return a.Version == "v1" })
+	return nj
+}
+
+// register registers the job with the app at version appVersion ("v<n>") and returns the job
+// version Nomad gave it.
+func (nj *nativeJob) register(appVersion string) uint64 {
+	nj.b.Helper()
+	n, err := strconv.Atoi(strings.TrimPrefix(appVersion, "v"))
+	require.NoError(nj.b, err, "app version %q", appVersion)
+	job := nj.stack.TestAppJob(nj.b, nj.id, map[string]string{
+		"service": nj.id, "count": "2", "app_version": appVersion,
+	})
+	tg := job.TaskGroups[0]
+	tg.Services[0].Tags = append(tg.Services[0].Tags, "urlprefix-"+nj.host+"/")
+	tg.Update.Canary = new(2)
+	tg.Update.MaxParallel = new(2)
+	tg.Update.AutoPromote = new(false)
+	_, _, err = nj.stack.Nomad.Jobs().Register(job, nil)
+	require.NoError(nj.b, err, "register %s %s", nj.id, appVersion)
+	nj.app = n
+	return nj.liveVersion()
+}
+
+func (nj *nativeJob) liveVersion() uint64 {
+	nj.b.Helper()
+	live, _, err := nj.stack.Nomad.Jobs().Info(nj.id, nil)
+	require.NoError(nj.b, err, "read %s", nj.id)
+	return *live.Version
+}
+
+// rollout runs start (a register or a revert that returns the job version it made), waits for
+// the canaries to be healthy, promotes them, and returns when the deployment succeeded. When
+// promoted is set, it gets the time of the promote call.
+func (nj *nativeJob) rollout(start func() uint64, promoted *time.Time) time.Time {
+	nj.b.Helper()
+	version := start()
+	dep := nj.waitDeployment(version, func(d *nomadapi.Deployment) bool {
+		tg := d.TaskGroups["app"]
+		return tg != nil && tg.DesiredCanaries > 0 && tg.HealthyAllocs >= tg.DesiredCanaries
+	})
+	if promoted != nil {
+		*promoted = time.Now()
+	}
+	_, _, err := nj.stack.Nomad.Deployments().PromoteAll(dep.ID, nil)
+	require.NoError(nj.b, err, "promote deployment %s of %s", dep.ID, nj.id)
+	nj.waitDeployment(version, func(d *nomadapi.Deployment) bool { return d.Status == nomadapi.DeploymentStatusSuccessful })
+	return time.Now()
+}
+
+// waitDeployment waits until the latest deployment of the job is of version and satisfies ok;
+// a failed or cancelled one fails the benchmark.
+func (nj *nativeJob) waitDeployment(version uint64, ok func(*nomadapi.Deployment) bool) *nomadapi.Deployment {
+	nj.b.Helper()
+	var last *nomadapi.Deployment
+	WaitFor(nj.b, sbsMaxOp, fmt.Sprintf("the deployment of %s version %d", nj.id, version), func() (bool, string) {
+		d, _, err := nj.stack.Nomad.Jobs().LatestDeployment(nj.id, nil)
+		switch {
+		case err != nil:
+			return false, err.Error()
+		case d == nil || d.JobVersion != version:
+			return false, "no deployment of that version yet"
+		case d.Status == nomadapi.DeploymentStatusFailed || d.Status == nomadapi.DeploymentStatusCancelled:
+			nj.b.Fatalf("the deployment of %s version %d: %s (%s)", nj.id, version, d.Status, d.StatusDescription)
+		}
+		last = d
+		return ok(d), fmt.Sprintf("%s (%s) %+v", d.Status, d.StatusDescription, d.TaskGroups["app"])
+	})
+	return last
+}
+
+// sideBySideTable renders the figures as one Markdown table.
+func sideBySideTable(swaps int, swap, promote, rollback, revert result, slotdSwitch, nomadSwitch []time.Duration) string {
+	var t strings.Builder
+	fmt.Fprintf(&t, "| measure | slotd | Nomad | slotd / Nomad |\n|---|---|---|---|\n")
+	row := func(what string, s, n float64, format func(float64) string) {
+		ratio := "—"
+		if n != 0 {
+			ratio = fmt.Sprintf("%.3g", s/n)
+		}
+		fmt.Fprintf(&t, "| %s | %s | %s | %s |\n", what, format(s), format(n), ratio)
+	}
+	count := func(v float64) string { return strconv.Itoa(int(v)) }
+	dur := func(v float64) string { return fmtDuration(time.Duration(v)) }
+	rows := func(title string, s, n result) {
+		row(title+": requests", float64(s.requests), float64(n.requests), count)
+		row(title+": non-200", float64(s.failed), float64(n.failed), count)
+		row(title+": call → last answer from the old version", float64(s.toAllNew), float64(n.toAllNew), dur)
+		row(title+": cutover (first answer from the new version → last from the old)", float64(s.cutover), float64(n.cutover), dur)
+		row(title+": mixed window (answers inside the cutover)", float64(s.mixed), float64(n.mixed), count)
+		row(title+": call → operation done", float64(s.operation), float64(n.operation), dur)
+	}
+	rows("new version (slotd swap / Nomad canary = count + promote)", swap, promote)
+	rows("back (slotd rollback, a full swap / Nomad job revert + promote)", rollback, revert)
+	for _, p := range []int{50, 90, 99} {
+		row(fmt.Sprintf("switch as the router sees it, %d each (slotd: end of warm-up, Nomad: promote call → last answer from the old version): p%d", swaps, p),
+			float64(percentile(slotdSwitch, p)), float64(percentile(nomadSwitch, p)), dur)
+	}
+	return t.String()
+}
+
+// fmtDuration shows a duration in ms below 10 s, in seconds with one decimal above.
+func fmtDuration(d time.Duration) string {
+	if d < 10*time.Second {
+		return fmt.Sprintf("%d ms", d.Milliseconds())
+	}
+	return fmt.Sprintf("%.1f s", d.Seconds())
+}
