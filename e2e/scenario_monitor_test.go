@@ -68,18 +68,8 @@ func TestMonitorEndsEarlyOnDeploy(t *testing.T) {
 // TestMonitorEndsEarlyOnCancel: cancelling a swap while it monitors ends the monitor early; the
 // swap succeeds, production stays on the lane swapped in, and no rollback follows.
 func TestMonitorEndsEarlyOnCancel(t *testing.T) {
-	stack := Shared(t)
-	t.Parallel()
-	site := monitoredSite()
-	d := startDaemon(t, stack, site)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+	stack, site, d, ctx, lanes, smp, swap := monitoringSwap(t)
 	prod := site.host("production")
-	lanes := d.laneJobs(site.name)
-	waitServes(t, stack, prod, lanes["production"])
-
-	smp := startSampler(t, stack, prod, 2, 10*time.Minute)
-	swap := swapUntilMonitoring(ctx, t, d, site)
 
 	_, err := d.client.Cancel(ctx, swap.ID)
 	require.NoError(t, err, "cancel the swap %s while it monitors", swap.ID)
@@ -172,18 +162,8 @@ func assertAllServed(t testing.TB, smp *sampler, host string) {
 // problem shows) rolls that swap back instead of answering that there is nothing to roll back;
 // it ends the window early, and production is back on its lane, served all along.
 func TestRollbackDuringMonitor(t *testing.T) {
-	stack := Shared(t)
-	t.Parallel()
-	site := monitoredSite()
-	d := startDaemon(t, stack, site)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+	stack, site, d, ctx, lanes, smp, swap := monitoringSwap(t)
 	prod := site.host("production")
-	lanes := d.laneJobs(site.name)
-	waitServes(t, stack, prod, lanes["production"])
-
-	smp := startSampler(t, stack, prod, 2, 10*time.Minute)
-	swap := swapUntilMonitoring(ctx, t, d, site)
 
 	rb, err := d.client.Rollback(ctx, site.name)
 	require.NoError(t, err, "a rollback while the swap %s monitors must be accepted", swap.ID)
@@ -201,4 +181,22 @@ func TestRollbackDuringMonitor(t *testing.T) {
 	})
 	waitIdle(t, d, site.name)
 	assertAllServed(t, smp, prod)
+}
+
+// monitoringSwap starts a monitored site, samples production and swaps staging into it, and
+// returns once the swap monitors.
+func monitoringSwap(t *testing.T) (*Stack, siteSpec, *daemon, context.Context, map[string]string, *sampler, *api.Operation) {
+	t.Helper()
+	stack := Shared(t)
+	t.Parallel()
+	site := monitoredSite()
+	d := startDaemon(t, stack, site)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	t.Cleanup(cancel)
+	prod := site.host("production")
+	lanes := d.laneJobs(site.name)
+	waitServes(t, stack, prod, lanes["production"])
+
+	smp := startSampler(t, stack, prod, 2, 10*time.Minute)
+	return stack, site, d, ctx, lanes, smp, swapUntilMonitoring(ctx, t, d, site)
 }
