@@ -215,10 +215,10 @@ func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) 
 	return msgs, changed, nil
 }
 
-// routeTag reports whether t is a route slotd moves: a slot's name, tags or preview tags.
+// routeTag reports whether t is a route slotd moves: a slot's name, tags, preview or previous tags.
 func routeTag(cfg *config.Site, t string) bool {
 	for _, s := range cfg.Slots {
-		if t == s.Name || slices.Contains(s.Tags, t) || slices.Contains(s.PreviewTags, t) {
+		if t == s.Name || slices.Contains(s.Tags, t) || slices.Contains(s.PreviewTags, t) || slices.Contains(s.PreviousTags, t) {
 			return true
 		}
 	}

@@ -34,7 +34,7 @@ func (a *Agent) deployOp(cfg *config.Site, slotName string, vars map[string]stri
 			want := steady(slot, set)
 			// Pre-flight, as a swap's: a version that cannot place at the slot's scale is refused
 			// before its lane moves.
-			if err := a.lanes.planLane(ctx, cfg, s.Lane.Value, app, want); err != nil {
+			if _, err := a.lanes.planLane(ctx, cfg, s.Lane.Value, app, want); err != nil {
 				return fmt.Errorf("pre-flight: %w; nothing was changed", err)
 			}
 			dctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
@@ -86,10 +86,10 @@ func (s *site) autoSwap(source, target string) {
 // through the history newest first no further than it keeps. Runs on the owner.
 func (s *site) rollback(trigger string) (*api.Operation, error) {
 	if r := s.running; r != nil {
-		// A swap still monitoring its window is the one to roll back: starting the rollback
-		// ends the window (startOp), as any operation does. Anything else running is a
-		// conflict there.
-		if cur := s.a.ops.get(r.op.ID); cur != nil && cur.State == api.StateMonitoring && cur.Switched &&
+		// A swap still monitoring its window, or holding its former target lane, is the one to
+		// roll back: starting the rollback ends the window (startOp), and the rollback takes
+		// the held lane back with a switch only. Anything else running is a conflict there.
+		if cur := s.a.ops.get(r.op.ID); cur != nil && (cur.State == api.StateMonitoring || cur.State == api.StateHolding) && cur.Switched &&
 			(cur.Kind == api.KindSwap || cur.Kind == api.KindRollback) {
 			return s.rollbackOf(cur, trigger)
 		}

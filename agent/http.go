@@ -62,6 +62,7 @@ func (a *Agent) newServer() *http.Server {
 	route("PUT /v1/sites/{site}/slots/{slot}/scale", true, a.handleScale)
 	route("POST /v1/sites/{site}/swap", true, a.handleSwap)
 	route("POST /v1/sites/{site}/rollback", true, a.handleRollback)
+	route("POST /v1/sites/{site}/settle", true, a.handleSettle)
 	route("GET /v1/sites/{site}/history", false, a.handleHistory)
 	route("GET /v1/operations/{id}", false, a.handleOperation)
 	route("POST /v1/operations/{id}/complete", true, a.handleComplete)
@@ -374,6 +375,13 @@ func (a *Agent) siteView(ctx context.Context, s *site, detail bool) (*api.Site, 
 			running = mem
 		}
 		view.Operation = running
+		if slot, until, ok := holding(cfg, running); ok {
+			for i := range view.Slots {
+				if view.Slots[i].Name == slot {
+					view.Slots[i].HeldFor, view.Slots[i].HeldUntil = running.Target, &until
+				}
+			}
+		}
 	}
 	last, err := a.store.historyPage(cfg.Name, 1, 0)
 	if err != nil {
@@ -383,6 +391,36 @@ func (a *Agent) siteView(ctx context.Context, s *site, detail bool) (*api.Site, 
 		view.LastOperation = &last[0]
 	}
 	return view, nil
+}
+
+// holding reports whether op is a swap that holds its former target lane now: the slot that
+// lane is bound to (the swap's source), and when the hold ends at the latest.
+func holding(cfg *config.Site, op *api.Operation) (string, time.Time, bool) {
+	sw, settle := op.Phase(api.PhaseSwitch), op.Phase(api.PhaseSettle)
+	if (op.Kind != api.KindSwap && op.Kind != api.KindRollback) || !op.Switched || api.Terminal(op.State) ||
+		sw == nil || sw.EndedAt == nil || settle == nil || settle.State != api.PhasePending || cfg.Monitor == nil {
+		return "", time.Time{}, false
+	}
+	return op.Source, sw.EndedAt.Add(cfg.Monitor.RollbackWindow), true
+}
+
+// handleSettle ends the hold of the swap that holds its former target lane now (slotd
+// settle): that lane takes the source's settings and routes, and the monitor goes on.
+func (a *Agent) handleSettle(r *http.Request) (int, any, error) {
+	s, site, err := a.lookupSite(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := a.leading(); err != nil {
+		return 0, nil, err
+	}
+	if run := s.snapshot().running; run != nil {
+		cur := a.ops.get(run.op.ID)
+		if _, _, ok := holding(site, cur); ok && (cur.State == api.StateMonitoring || cur.State == api.StateHolding) {
+			return a.signal(r.Context(), run, ctlSettle, cur.Index)
+		}
+	}
+	return 0, nil, fmt.Errorf("%w: site %s holds no lane: only a swap that is monitoring or holding its former target lane can settle", errBadRequest, site.Name)
 }
 
 // allocOf takes the allocation ID out of a Nomad service ID: _nomad-task-<alloc>-<...>.
@@ -754,8 +792,8 @@ func (a *Agent) handleCancel(r *http.Request) (int, any, error) {
 	switch cur.State {
 	case api.StatePreviewing:
 		return a.signal(r.Context(), run, ctlCancel, cur.Index)
-	case api.StateMonitoring:
-		return a.signal(r.Context(), run, ctlEndMonitor, cur.Index)
+	case api.StateMonitoring, api.StateHolding:
+		return a.signal(r.Context(), run, ctlFinish, cur.Index)
 	case api.StateSwitching, api.StateSettling:
 		return 0, nil, fmt.Errorf("%w: operation %s is %s and cannot stop half-way; roll back after it ends", errBusy, id, cur.State)
 	}

@@ -46,8 +46,9 @@ type laneOps interface {
 	// laneCounts is the count of each task group the lane's job runs in Nomad (nil: no job)
 	// and the slot it runs as.
 	laneCounts(ctx context.Context, site *config.Site, lane string) (map[string]int, string, error)
-	// planLane says whether lane in state want would place, touching nothing (pre-flight).
-	planLane(ctx context.Context, site *config.Site, lane string, src source, want laneState) error
+	// planLane says whether lane in state want would place, touching nothing (pre-flight), and
+	// what registering it would do to the lane's running allocations.
+	planLane(ctx context.Context, site *config.Site, lane string, src source, want laneState) (jobspec.Change, error)
 }
 
 var _ laneOps = (*Agent)(nil)

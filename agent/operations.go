@@ -32,7 +32,9 @@ var (
 const (
 	ctlComplete    = "complete"
 	ctlCancel      = "cancel"
-	ctlEndMonitor  = "end-monitor"
+	ctlEndMonitor  = "end-monitor" // another operation starts: end the monitor, leave the hold to it
+	ctlSettle      = "settle"      // end the hold now; the monitor goes on
+	ctlFinish      = "finish"      // a cancel: end the monitor and settle now
 	endMonitorWait = 30 * time.Second
 )
 
@@ -92,8 +94,9 @@ func (a *Agent) newRun(s *site, lead context.Context, op *api.Operation) *run {
 	return r
 }
 
-// endMonitor ends the monitor phase of a swap that does nothing else any more, so another
-// operation can start; any other running operation is a conflict.
+// endMonitor ends the monitor phase of a swap that does nothing else any more (it monitors, or
+// holds the former target lane), so another operation can start; any other running operation
+// is a conflict. A held lane stays held: the operation that starts settles it (site.startOp).
 func (r *run) endMonitor() error {
 	cur := r.a.ops.get(r.op.ID)
 	select {
@@ -109,7 +112,7 @@ func (r *run) endMonitor() error {
 		case <-time.After(endMonitorWait):
 		}
 	}
-	if cur == nil || cur.State != api.StateMonitoring {
+	if cur == nil || (cur.State != api.StateMonitoring && cur.State != api.StateHolding) {
 		state := "running"
 		if cur != nil {
 			state = cur.State

@@ -64,9 +64,13 @@ func switched(target *config.Slot, src, tgt slotSettings) laneState {
 }
 
 // drained: the target lane off every route, still with the target's settings and scale
-// (phase 3, break).
-func drained(target *config.Slot, tgt slotSettings) laneState {
-	return laneState{Slot: target.Name, Tags: nil, Env: effectiveEnv(tgt.Settings, tgt.Sticky), Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
+// (phase 3, break). A lane that will be held keeps the target's previous_tags.
+func drained(target *config.Slot, tgt slotSettings, hold bool) laneState {
+	var tags []string
+	if hold {
+		tags = append(tags, target.PreviousTags...)
+	}
+	return laneState{Slot: target.Name, Tags: tags, Env: effectiveEnv(tgt.Settings, tgt.Sticky), Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
 }
 
 // laneName is the name of lane i of a site: a, b, c, …, z, aa, ab, …

@@ -41,7 +41,8 @@ func TestAssignLanes(t *testing.T) {
 // a lane that carries the target's sticky settings never carries the source's routes, and the
 // source lane gets the target's routes only with the target's sticky settings.
 func TestSwapStates(t *testing.T) {
-	prod := &config.Slot{Name: "production", Tags: []string{"urlprefix-www/"}, PreviewTags: []string{"urlprefix-preview/"}}
+	prod := &config.Slot{Name: "production", Tags: []string{"urlprefix-www/"}, PreviewTags: []string{"urlprefix-preview/"},
+		PreviousTags: []string{"urlprefix-previous/"}}
 	staging := &config.Slot{Name: "staging", Tags: []string{"urlprefix-staging/"}}
 	src := slotSettings{Settings: map[string]string{"FEATURE": "on"}, Sticky: map[string]string{"DB": "staging-db"}}
 	tgt := slotSettings{Settings: map[string]string{"FEATURE": "off"}, Sticky: map[string]string{"DB": "prod-db"}}
@@ -55,16 +56,23 @@ func TestSwapStates(t *testing.T) {
 	assert.Equal(t, []string{"production", "urlprefix-www/"}, s.Tags)
 	assert.Equal(t, a.Env, s.Env, "switch is tags-only for the source lane")
 
-	d := drained(prod, tgt)
+	d := drained(prod, tgt, false)
 	assert.Empty(t, d.Tags, "the target lane leaves every route")
 	assert.Equal(t, map[string]string{"FEATURE": "off", "DB": "prod-db"}, d.Env, "switch is tags-only for the target lane")
+
+	h := drained(prod, tgt, true)
+	assert.Equal(t, []string{"urlprefix-previous/"}, h.Tags, "a held lane keeps only the target's previous_tags")
+	assert.Equal(t, d.Env, h.Env, "a held lane keeps the target's settings")
+	// A swap back inside the hold: the held lane as apply would have it differs in tags only.
+	back := applied(prod, slotSettings{Settings: tgt.Settings, Sticky: src.Sticky}, tgt)
+	assert.Equal(t, h.Env, back.Env, "an instant swap back is tags-only for the held lane")
 
 	// After the exchange the source slot holds the target's swappable settings.
 	settled := steady(staging, slotSettings{Settings: tgt.Settings, Sticky: src.Sticky})
 	assert.Equal(t, []string{"staging", "urlprefix-staging/"}, settled.Tags)
 	assert.Equal(t, map[string]string{"FEATURE": "off", "DB": "staging-db"}, settled.Env)
 
-	for _, st := range []laneState{a, s, d, settled} {
+	for _, st := range []laneState{a, s, d, h, settled} {
 		if st.Env["DB"] == "prod-db" {
 			assert.NotContains(t, st.Tags, "urlprefix-staging/", "production secrets under a staging route in %+v", st)
 		}

@@ -9,7 +9,8 @@ import (
 )
 
 // recoverOp takes over an operation that a stopped daemon left journaled. A swap rolls forward
-// once its warm-up succeeded (the candidate is warm and health-gated): it goes on from the
+// once its warm-up succeeded, or at once when its candidate is a held lane (the candidate is
+// warm and health-gated): it goes on from the
 // phase it stopped in, which is safe to run again. A swap that a daemon handed off when it
 // stopped gracefully between two phases goes on from the next one, and a previewing swap waits
 // again for complete or cancel. Any other swap stopped before its warm-up succeeded (a crash,
@@ -19,7 +20,7 @@ import (
 func (a *Agent) recoverOp(cfg *config.Site, op *api.Operation) opFunc {
 	swap := op.Kind == api.KindSwap || op.Kind == api.KindRollback
 	if swap && cfg.Slot(op.Source) != nil && cfg.Slot(op.Target) != nil {
-		forward := op.State == api.StatePreviewing || op.Switched || op.HandedOff || succeeded(op, api.PhaseWarm)
+		forward := op.State == api.StatePreviewing || op.Switched || op.HandedOff || op.Instant || succeeded(op, api.PhaseWarm)
 		if forward && !ended(op) {
 			op.HandedOff = false
 			return a.swapOp(cfg, op.Source, op.Target)

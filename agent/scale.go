@@ -174,19 +174,20 @@ func (a *Agent) firstScale(ctx context.Context, cfg *config.Site, slot *config.S
 }
 
 // planLane asks Nomad's scheduler whether lane in state want would place, touching nothing:
-// the pre-flight of a swap and a deploy. An error says which groups would not place and why.
-func (a *Agent) planLane(ctx context.Context, site *config.Site, lane string, src source, want laneState) error {
+// the pre-flight of a swap and a deploy. An error says which groups would not place and why;
+// the change says what registering it would do to the running allocations.
+func (a *Agent) planLane(ctx context.Context, site *config.Site, lane string, src source, want laneState) (jobspec.Change, error) {
 	job, err := a.render(site, lane, src, want)
 	if err != nil {
-		return err
+		return jobspec.Restart, err
 	}
 	cctx, cancel := callCtx(ctx)
 	plan, _, err := a.nomad.Jobs().Plan(job, true, (&nomadapi.WriteOptions{}).WithContext(cctx))
 	cancel()
 	if err != nil {
-		return fmt.Errorf("plan job %s: %w", jobID(site.Name, lane), err)
+		return jobspec.Restart, fmt.Errorf("plan job %s: %w", jobID(site.Name, lane), err)
 	}
-	return placementError(jobID(site.Name, lane), want, plan)
+	return classify(plan), placementError(jobID(site.Name, lane), want, plan)
 }
 
 // placementError reads the allocations a plan could not place, nil when it places all.
@@ -303,7 +304,7 @@ func (a *Agent) scaleOp(cfg *config.Site, slotName string, counts map[string]int
 			if err != nil {
 				return err
 			}
-			if err := a.lanes.planLane(ctx, cfg, ss.Lane.Value, src, steady(slot, set)); err != nil {
+			if _, err := a.lanes.planLane(ctx, cfg, ss.Lane.Value, src, steady(slot, set)); err != nil {
 				return fmt.Errorf("pre-flight: %w; nothing was changed", err)
 			}
 			r.note(api.PhasePreflight, fmt.Sprintf("lane %s places at %s", ss.Lane.Value, formatScale(want)))

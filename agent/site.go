@@ -352,14 +352,20 @@ func (s *site) startOp(op *api.Operation, phases []string, fn opFunc) (*api.Oper
 		// the site up.
 		return nil, fmt.Errorf("site %s is %w; nothing was started, retry in a few seconds", s.name, errStarting)
 	}
+	var held *api.Operation
 	if r := s.running; r != nil {
 		if err := r.endMonitor(); err != nil {
 			return nil, err
 		}
 		s.running = nil
+		held = leftHeld(r.op)
 	}
 	if err := s.moveUnmoved(); err != nil {
 		return nil, fmt.Errorf("%w: operation %s ended but could not be recorded in history yet: %v", errBusy, s.unmoved.ID, err)
+	}
+	if held != nil && !touchesHeld(op, held.Source) {
+		phases = append([]string{api.PhaseSettle}, phases...)
+		fn = s.a.settleFirst(s.cfg, held, fn)
 	}
 	now := time.Now().UTC()
 	op.ID, op.Site, op.State = newID(), s.name, api.StatePending

@@ -16,6 +16,7 @@ import (
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
 	"github.com/slotd/slotd/internal/failpoint"
+	"github.com/slotd/slotd/jobspec"
 )
 
 const (
@@ -123,7 +124,11 @@ func (w *swap) runPhases(ctx context.Context) error {
 				return err // nothing moved
 			}
 		}
-		if !w.done(api.PhaseApply) {
+		if w.op.Instant {
+			w.skipHeld(api.PhaseApply)
+			w.skipHeld(api.PhaseWarm)
+		}
+		if !w.done(api.PhaseApply) && !w.op.Instant {
 			if err := w.phase(api.PhaseApply, api.StateApplying, func() error { return w.apply(ctx) }); err != nil {
 				return w.undo(err)
 			}
@@ -133,7 +138,7 @@ func (w *swap) runPhases(ctx context.Context) error {
 				return w.undo(err)
 			}
 		}
-		if !w.done(api.PhaseWarm) {
+		if !w.done(api.PhaseWarm) && !w.op.Instant {
 			if err := w.phase(api.PhaseWarm, api.StateWarming, func() error { return w.warm(ctx) }); err != nil {
 				return w.undo(err)
 			}
@@ -142,12 +147,15 @@ func (w *swap) runPhases(ctx context.Context) error {
 			return err
 		}
 	}
-	if !w.done(api.PhaseSettle) {
-		if err := w.phase(api.PhaseSettle, api.StateSettling, func() error { return w.settle(ctx) }); err != nil {
-			return err
-		}
+	return w.afterSwitch(ctx)
+}
+
+// skipHeld marks a phase that an instant swap does not need.
+func (w *swap) skipHeld(name string) {
+	if p := w.op.Phase(name); p != nil && p.State == api.PhasePending {
+		p.State = api.PhaseSkipped
+		p.Message = fmt.Sprintf("lane %s is held warm as %s: switch only", w.srcLane, w.target.Name)
 	}
-	return w.monitor(ctx)
 }
 
 // done reports whether a phase already succeeded: a swap resumed by a new leader goes on
@@ -164,14 +172,23 @@ func (w *swap) preflightDue() bool {
 // preflight plans the source lane as apply would register it, at the target's scale, with
 // Nomad's plan endpoint: when it would not place, the swap fails here with Nomad's reason,
 // before any lane moved or any job version was registered.
+//
+// The plan also shows whether the source lane is held (DESIGN.md §3, step 4): when it already
+// runs the target's identity, settings and scale, apply would change its tags only, and the
+// swap is instant: it goes straight to the switch. A preview swap still stops after apply.
 func (w *swap) preflight(ctx context.Context) error {
 	want := applied(w.target, w.src, w.tgt)
-	if err := w.a.lanes.planLane(ctx, w.site, w.srcLane, w.srcApp, want); err != nil {
+	change, err := w.a.lanes.planLane(ctx, w.site, w.srcLane, w.srcApp, want)
+	if err != nil {
 		return fmt.Errorf("pre-flight: %w; nothing was changed", err)
 	}
 	msg := fmt.Sprintf("lane %s places as %s", w.srcLane, w.target.Name)
 	if want.Scale != nil {
 		msg += " at " + formatScale(want.Scale)
+	}
+	if change != jobspec.Restart && !w.op.Preview {
+		w.op.Instant = true
+		msg = fmt.Sprintf("lane %s is held warm as %s: switch only", w.srcLane, w.target.Name)
 	}
 	w.note(api.PhasePreflight, msg)
 	return nil
@@ -249,7 +266,7 @@ func (w *swap) switchSlots(ctx context.Context) error {
 		return w.restoreBoth(fmt.Errorf("give lane %s the routes of %s: %w", w.srcLane, w.target.Name, err))
 	}
 	w.tgtSick = w.a.laneSick(ctx, w.site, w.tgtLane)
-	broken, err := w.a.lanes.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt), gateTags)
+	broken, err := w.a.lanes.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt, w.holdFor() > 0), gateTags)
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-break")
 	}
@@ -331,11 +348,144 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 	}
 }
 
+// holdFor is how long the former target lane is held after the switch: the site's rollback
+// window, unless the lane was failing its checks as it left (nothing to roll back to).
+func (w *swap) holdFor() time.Duration {
+	if w.tgtSick || w.site.Monitor == nil {
+		return 0
+	}
+	return w.site.Monitor.RollbackWindow
+}
+
+// afterSwitch is DESIGN.md §3 steps 4 and 5. The target's health is watched for the monitor
+// window while the former target lane holds, warm with the target's settings and no public
+// route, for the rollback window; it settles into the source when the hold ends, at once
+// when there is none. Both are counted from the journal, so a daemon that takes the swap over
+// only waits out what is left.
+func (w *swap) afterSwitch(ctx context.Context) error {
+	switchEnd := time.Now()
+	if p := w.op.Phase(api.PhaseSwitch); p != nil && p.EndedAt != nil {
+		switchEnd = *p.EndedAt
+	}
+	holdEnd := switchEnd.Add(w.holdFor())
+	if !w.done(api.PhaseSettle) && !time.Now().Before(holdEnd) {
+		if err := w.settlePhase(ctx); err != nil {
+			return err
+		}
+	}
+	m := w.site.Monitor
+	if (m == nil || m.Window <= 0) && w.done(api.PhaseSettle) {
+		w.skip(api.PhaseMonitor, "no monitor window")
+		return nil
+	}
+	monStart := switchEnd
+	if p := w.op.Phase(api.PhaseSettle); w.holdFor() == 0 && p != nil && p.EndedAt != nil {
+		monStart = *p.EndedAt // no hold: the window starts once the swap has settled
+	}
+	var monEnd time.Time
+	if m != nil {
+		monEnd = monStart.Add(m.Window)
+	}
+	started := time.Now()
+	return w.phase(api.PhaseMonitor, api.StateMonitoring, func() error {
+		return w.monitorAndHold(ctx, m, monEnd, holdEnd, started)
+	})
+}
+
+// monitorAndHold runs until both the monitor window and the hold are over. What ends them
+// early: another operation starting (the hold is left to it), slotd settle (the hold only), a
+// cancel (both, settled now), the target degrading (with auto_rollback: the swap ends and a
+// rollback takes the held lane back, instantly; without: the monitor reports it and the hold
+// goes on, so a rollback by hand is still instant).
+func (w *swap) monitorAndHold(ctx context.Context, m *config.Monitor, monEnd, holdEnd, started time.Time) error {
+	want := w.instanceCount(ctx)
+	var degraded error
+	watching := time.Now().Before(monEnd)
+	for {
+		holding := !w.done(api.PhaseSettle)
+		if holding && !time.Now().Before(holdEnd) {
+			if err := w.settleDuringMonitor(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		watching = watching && time.Now().Before(monEnd)
+		if !watching && !holding {
+			break
+		}
+		deadline, state := holdEnd, api.StateHolding
+		if watching {
+			deadline, state = monEnd, api.StateMonitoring
+			if holding && holdEnd.Before(monEnd) {
+				deadline = holdEnd
+			}
+		}
+		if w.op.State != state {
+			w.op.State, w.op.UpdatedAt = state, time.Now().UTC()
+			_ = w.journal()
+		}
+		ev, err := w.await(ctx, deadline, watching, m, want)
+		switch {
+		case err != nil:
+			return err
+		case ev.degraded != nil:
+			watching = false
+			if m.AutoRollback {
+				if holding {
+					w.skip(api.PhaseSettle, fmt.Sprintf("lane %s stays held for the rollback", w.tgtLane))
+				}
+				swapped := *w.op
+				w.after = func(s *site) {
+					if _, err := s.rollbackOf(&swapped, "monitor"); err != nil {
+						s.log.Error("auto-rollback did not start", "swap", w.op.ID, "error", err)
+					}
+				}
+				return fmt.Errorf("%w: rolling back", ev.degraded)
+			}
+			degraded = ev.degraded
+			w.note(api.PhaseMonitor, fmt.Sprintf("%v; no automatic rollback (auto_rollback is off)", degraded))
+		case ev.control == ctlEndMonitor:
+			msg := fmt.Sprintf("ended early after %s: another operation started; no automatic rollback", time.Since(started).Round(time.Second))
+			if holding {
+				w.skip(api.PhaseSettle, fmt.Sprintf("lane %s left held for the next operation, which settles it", w.tgtLane))
+			}
+			w.note(api.PhaseMonitor, msg)
+			return degraded
+		case ev.control == ctlFinish:
+			watching = false
+			w.note(api.PhaseMonitor, fmt.Sprintf("ended early after %s: the swap was cancelled; no automatic rollback", time.Since(started).Round(time.Second)))
+			holdEnd = time.Now()
+		case ev.control == ctlSettle:
+			holdEnd = time.Now()
+		}
+	}
+	return degraded
+}
+
+// settleDuringMonitor settles the held lane while the swap's state is monitoring or holding,
+// and puts that state back after.
+func (w *swap) settleDuringMonitor(ctx context.Context) error {
+	state := w.op.State
+	if err := w.settlePhase(ctx); err != nil {
+		return err
+	}
+	w.op.State = state
+	return w.journal()
+}
+
+func (w *swap) settlePhase(ctx context.Context) error {
+	return w.phase(api.PhaseSettle, api.StateSettling, func() error { return w.settle(ctx) })
+}
+
 // settle gives the former target lane the source's sticky settings and routes, in one rollout.
 func (w *swap) settle(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
-	if err := sleepCtx(ctx, routerDrain); err != nil {
+	drain := routerDrain
+	if p := w.op.Phase(api.PhaseSwitch); p != nil && p.EndedAt != nil {
+		drain -= time.Since(*p.EndedAt) // held: routers dropped it long ago
+	}
+	if err := sleepCtx(ctx, max(drain, 0)); err != nil {
 		return err
 	}
 	st, err := w.a.store.loadSlots(w.site.Name, nil)
@@ -368,66 +518,100 @@ func (w *swap) settle(ctx context.Context) error {
 	return nil
 }
 
-// monitor watches the target's health for the site's window and rolls back when it degrades.
-// Only measured degradation rolls back: another operation or a cancel ends the window early,
-// and a daemon that stops leaves the rest of the window to the next leader.
-func (w *swap) monitor(ctx context.Context) error {
-	m := w.site.Monitor
-	if m == nil || m.Window <= 0 {
-		w.skip(api.PhaseMonitor, "no monitor window")
+// leftHeld returns the swap that ended leaving its former target lane held for the next
+// operation, or nil.
+func leftHeld(op *api.Operation) *api.Operation {
+	p := op.Phase(api.PhaseSettle)
+	if (op.Kind != api.KindSwap && op.Kind != api.KindRollback) || !op.Switched || p == nil || p.State != api.PhaseSkipped {
 		return nil
 	}
-	window := m.Window
-	if p := w.op.Phase(api.PhaseMonitor); p != nil && p.StartedAt != nil {
-		// Resumed by a new leader: only what is left of the window.
-		window = max(m.Window-time.Since(*p.StartedAt), 0)
-	}
-	started := time.Now()
-	return w.phase(api.PhaseMonitor, api.StateMonitoring, func() error {
-		err := w.watchHealth(ctx, m, window)
-		switch {
-		case errors.Is(err, errEndMonitor):
-			w.note(api.PhaseMonitor, fmt.Sprintf("ended early after %s: %v; no automatic rollback", time.Since(started).Round(time.Second), err))
-			return nil
-		case errors.Is(err, errStopping):
-			return err
-		case err != nil && m.AutoRollback:
-			swapped := *w.op
-			w.after = func(s *site) {
-				if _, err := s.rollbackOf(&swapped, "monitor"); err != nil {
-					s.log.Error("auto-rollback did not start", "swap", w.op.ID, "error", err)
-				}
-			}
-			return fmt.Errorf("%w: rolling back", err)
-		}
-		return err
-	})
+	return op
 }
 
-var errEndMonitor = errors.New("another operation started or the swap was cancelled")
+// touchesHeld reports whether op moves the lane of the slot whose lane is held anyway: a swap
+// from or into it (an instant swap back, or one that moves the lane through its own phases),
+// a deploy or scale of it (its rollout gives the lane the slot's settings). Any other
+// operation settles the held lane first.
+func touchesHeld(op *api.Operation, slot string) bool {
+	switch op.Kind {
+	case api.KindSwap, api.KindRollback:
+		return op.Source == slot || op.Target == slot
+	case api.KindDeploy, api.KindScale:
+		return op.Slot == slot
+	}
+	return false
+}
 
-// watchHealth blocks until the window ends (nil) or the target lane's passing fraction stays
-// below the threshold for the grace period (an error that says what was seen).
-func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, window time.Duration) error {
-	want := w.instanceCount(ctx)
-	wctx, cancel := context.WithTimeout(ctx, window)
-	defer cancel()
-	ended := make(chan error, 1)
+// settleFirst runs the settle that a swap left to the next operation (the hold ended because
+// this operation started) as this operation's first phase, then the operation itself.
+func (a *Agent) settleFirst(cfg *config.Site, swap *api.Operation, fn opFunc) opFunc {
+	return func(ctx context.Context, r *run) error {
+		err := r.phase(api.PhaseSettle, api.StateSettling, func() error {
+			sctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
+			defer cancel()
+			ro, err := a.restoreSlot(sctx, cfg, swap.Source, gateHealthy)
+			if err != nil {
+				return fmt.Errorf("settle the lane held by swap %s into %s: %w", swap.ID, swap.Source, err)
+			}
+			r.note(api.PhaseSettle, fmt.Sprintf("lane held by swap %s: version %d serves %s", swap.ID, ro.Version, swap.Source))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return fn(ctx, r)
+	}
+}
+
+// holdEvent is what ended a wait of the monitor and hold: a control sent to the run, or the
+// target's degradation; neither on the deadline.
+type holdEvent struct {
+	control  string
+	degraded error
+}
+
+// await blocks until deadline, a control that the monitor and hold act on, the daemon
+// stopping, or, when watch is set, the target degrading past the threshold for the grace
+// period.
+func (w *swap) await(ctx context.Context, deadline time.Time, watch bool, m *config.Monitor, want int) (holdEvent, error) {
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	degraded := make(chan error, 1)
+	watched := make(chan struct{})
 	go func() {
+		defer close(watched)
+		if watch {
+			if err := w.watchHealth(wctx, m, want); err != nil {
+				degraded <- err
+			}
+		}
+	}()
+	defer func() { cancel(); <-watched }() // the watch journals notes: it ends before the run goes on
+	for {
 		select {
 		case c := <-w.control:
-			if c == ctlEndMonitor {
-				ended <- errEndMonitor
+			switch c {
+			case ctlEndMonitor, ctlSettle, ctlFinish:
+				return holdEvent{control: c}, nil
 			}
+		case err := <-degraded:
+			return holdEvent{degraded: err}, nil
 		case <-w.a.stopCh:
-			ended <- errStopping
+			return holdEvent{}, errStopping
 		case <-wctx.Done():
+			if err := ctx.Err(); err != nil {
+				return holdEvent{}, err
+			}
+			return holdEvent{}, nil
 		}
-		cancel()
-	}()
+	}
+}
+
+// watchHealth blocks until ctx ends (nil) or the target lane's passing fraction stays below
+// the threshold for the grace period (an error that says what was seen).
+func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, want int) error {
 	var badSince time.Time
 	var degraded error
-	_ = w.a.follow(wctx, followOpts{backend: "consul", wait: blockingWait, always: true},
+	_ = w.a.follow(ctx, followOpts{backend: "consul", wait: blockingWait, always: true},
 		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 			if !badSince.IsZero() {
 				wait = time.Second // look again when the grace period may have run out
@@ -457,12 +641,7 @@ func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, window time.D
 			return idx, nil
 		},
 		func(uint64) bool { return degraded != nil })
-	select {
-	case err := <-ended:
-		return err
-	default:
-		return degraded
-	}
+	return degraded
 }
 
 // instanceCount is how many instances the target lane has as the monitor starts; fewer

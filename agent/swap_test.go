@@ -22,6 +22,7 @@ import (
 
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
+	"github.com/slotd/slotd/jobspec"
 )
 
 // fakeKV is Consul's KV in memory: check-and-set transactions, all or nothing.
@@ -140,6 +141,8 @@ type fakeLanes struct {
 	// "plan <lane> as <slot> <scale>"; planErr fails the plans.
 	scales  []string
 	planErr error
+	// last is the state each lane was last moved to, for plans.
+	last map[string]laneState
 }
 
 func scaleText(want laneState) string {
@@ -159,11 +162,15 @@ func (f *fakeLanes) laneCounts(_ context.Context, _ *config.Site, lane string) (
 	return maps.Clone(f.counts[lane]), f.serves[lane], nil
 }
 
-func (f *fakeLanes) planLane(_ context.Context, _ *config.Site, lane string, _ source, want laneState) error {
+func (f *fakeLanes) planLane(_ context.Context, _ *config.Site, lane string, _ source, want laneState) (jobspec.Change, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.scales = append(f.scales, fmt.Sprintf("plan %s as %s %s", lane, want.Slot, scaleText(want)))
-	return f.planErr
+	cur, ok := f.last[lane]
+	if ok && cur.Slot == want.Slot && maps.Equal(cur.Env, want.Env) && maps.Equal(cur.Scale, want.Scale) {
+		return jobspec.TagsOnly, f.planErr
+	}
+	return jobspec.Restart, f.planErr
 }
 
 var _ laneOps = (*fakeLanes)(nil)
@@ -184,6 +191,10 @@ func (f *fakeLanes) ensureLane(_ context.Context, _ *config.Site, lane string, _
 	if !f.keep {
 		f.versions[lane]++
 	}
+	if f.last == nil {
+		f.last = map[string]laneState{}
+	}
+	f.last[lane] = want
 	if f.counts != nil && want.Scale != nil {
 		f.counts[lane], f.serves[lane] = maps.Clone(want.Scale), want.Slot
 	}

@@ -269,6 +269,16 @@ func (c *Client) Rollback(ctx context.Context, site string) (*Operation, error) 
 	return &out, nil
 }
 
+// Settle ends the hold of the site's last swap now: the held lane takes its own slot's
+// settings and routes. It answers the swap, whose settle phase then runs.
+func (c *Client) Settle(ctx context.Context, site string) (*Operation, error) {
+	var out Operation
+	if err := c.do(ctx, http.MethodPost, nil, nil, &out, "sites", site, "settle"); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // Operation reads an operation. With index > 0 the server holds the request until the
 // operation's Index differs from index, or 5 minutes pass; then it answers the operation as it is.
 func (c *Client) Operation(ctx context.Context, id string, index uint64) (*Operation, error) {

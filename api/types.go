@@ -24,9 +24,12 @@ const (
 	StateSwitching  = "switching"
 	StateSettling   = "settling"
 	StateMonitoring = "monitoring"
-	StateSucceeded  = "succeeded"
-	StateFailed     = "failed"
-	StateCancelled  = "cancelled"
+	// StateHolding: a swap's monitor window is over, and the former target lane is still held
+	// warm with the target's settings for an instant rollback (DESIGN.md §3, step 4).
+	StateHolding   = "holding"
+	StateSucceeded = "succeeded"
+	StateFailed    = "failed"
+	StateCancelled = "cancelled"
 
 	// StateDeploying is the state of a deploy operation while Nomad rolls the new version out.
 	StateDeploying = "deploying"
@@ -86,6 +89,10 @@ type Operation struct {
 	// operation to the next leader, which goes on from there; an operation interrupted any
 	// other way is finished only past its warm-up, and undone before.
 	HandedOff bool `json:"handed_off,omitempty"`
+	// Instant is set on a swap (a rollback, mostly) whose source lane was held warm with the
+	// target's settings since the swap before: it went straight to the switch, with no
+	// restart and no warm-up.
+	Instant bool `json:"instant,omitempty"`
 	// RollbackOf names the swap that a rollback reverses.
 	RollbackOf string `json:"rollback_of,omitempty"`
 	// Unchanged is set on a settings rollout that found every lane already running what KV
@@ -163,6 +170,12 @@ type Slot struct {
 	// runs), or "kv" (kept from the first bind or set through the API).
 	Scale       map[string]int `json:"scale,omitempty"`
 	ScaleSource string         `json:"scale_source,omitempty"`
+	// HeldFor is set while the slot's lane is held after a swap: the lane still runs the
+	// settings of the slot named here (the one it served before the swap), with no route of
+	// this slot, so that a rollback is a switch only. The slot has no lane of its own until
+	// the hold ends at HeldUntil (or earlier: the next operation, or slotd settle).
+	HeldFor   string     `json:"held_for,omitempty"`
+	HeldUntil *time.Time `json:"held_until,omitempty"`
 	// Instances and settings are filled by GET /v1/sites/{site} only.
 	Instances []Instance `json:"instances,omitempty"`
 	Settings  *Settings  `json:"settings,omitempty"`

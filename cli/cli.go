@@ -83,6 +83,7 @@ func commands() []*command {
 		deployCommand(),
 		swapCommand(),
 		rollbackCommand(),
+		settleCommand(),
 		settingsCommand(),
 		scaleCommand(),
 		historyCommand(),

@@ -145,7 +145,9 @@ func rollbackCommand() *command {
 		usage:    "<site> [options]",
 		help: `
 Swaps back the site's last completed swap: the version that production had before it
-returns to production, through the same phases as any swap.
+returns to production. Inside the site's monitor.rollback_window the lane that served
+production is still held warm with production's settings, and the rollback is a switch
+only (no restart, no warm-up); after it, the rollback is a full swap.
 ` + followHelp + `
 
 Example:
@@ -162,6 +164,41 @@ func runRollback(e *env, cmd *command, args []string) int {
 	return e.startAndFollow(cf, func(ctx context.Context, c *api.Client) (*api.Operation, error) {
 		return c.Rollback(ctx, pos)
 	})
+}
+
+func settleCommand() *command {
+	return &command{
+		name:     "settle",
+		synopsis: "end the hold of the last swap now",
+		usage:    "<site> [options]",
+		help: `
+After a swap's switch, the lane that served the target before is held for the site's
+monitor.rollback_window: warm, with the target's settings and no public route, so that
+'slotd rollback' is a switch only. Meanwhile the source slot has no lane of its own.
+Settle ends the hold now: the held lane takes the source slot's settings and routes. The
+swap's monitor window goes on. The command follows the swap until the settle phase ended.
+` + followHelp + `
+
+Example:
+  slotd settle web`,
+		run: runSettle,
+	}
+}
+
+func runSettle(e *env, cmd *command, args []string) int {
+	cf, pos, code, ok := e.parseOne(cmd, args, true, "a site")
+	if !ok {
+		return code
+	}
+	return e.startAndFollowUntil(cf, settled, func(ctx context.Context, c *api.Client) (*api.Operation, error) {
+		return c.Settle(ctx, pos)
+	})
+}
+
+// settled reports whether a swap's settle phase has ended, or the swap has.
+func settled(op *api.Operation) bool {
+	p := op.Phase(api.PhaseSettle)
+	return api.Terminal(op.State) || p == nil || (p.State != api.PhasePending && p.State != api.PhaseRunning)
 }
 
 // parseOne parses the client flags of a command that takes exactly one argument, what.
@@ -208,6 +245,11 @@ func runFollow(e *env, cmd *command, args []string) int {
 
 // startAndFollow starts an operation (or reads one) and follows it until it stops.
 func (e *env) startAndFollow(cf *clientFlags, start func(context.Context, *api.Client) (*api.Operation, error)) int {
+	return e.startAndFollowUntil(cf, api.Stopped, start)
+}
+
+// startAndFollowUntil is startAndFollow, following until done says so.
+func (e *env) startAndFollowUntil(cf *clientFlags, done func(*api.Operation) bool, start func(context.Context, *api.Client) (*api.Operation, error)) int {
 	c, err := e.client(cf)
 	if err != nil {
 		return e.fail(err)
@@ -218,7 +260,7 @@ func (e *env) startAndFollow(cf *clientFlags, start func(context.Context, *api.C
 	if err != nil {
 		return e.fail(err)
 	}
-	return e.follow(ctx, cf, c, op, api.Stopped, false)
+	return e.follow(ctx, cf, c, op, done, false)
 }
 
 // follow prints op's progress until done, unless -detach, and returns the exit code.

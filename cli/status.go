@@ -94,10 +94,19 @@ func (e *env) printSlots(w io.Writer, sites []api.Site) {
 			if i > 0 {
 				last = ""
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d\t%s\t%s\n", s.Name, sl.Name, orDash(sl.Lane), sl.Version, sl.Healthy, sl.Total, scaleText(sl), last)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d\t%s\t%s\n", s.Name, sl.Name, laneText(sl), sl.Version, sl.Healthy, sl.Total, scaleText(sl), last)
 		}
 	}
 	_ = tw.Flush()
+}
+
+// laneText is a slot's lane for the table; a held lane says that it still runs another slot's
+// settings (the one it served before the swap), so the slot has no lane of its own until then.
+func laneText(sl api.Slot) string {
+	if sl.HeldFor == "" || sl.HeldUntil == nil {
+		return orDash(sl.Lane)
+	}
+	return fmt.Sprintf("%s (held as %s until %s)", sl.Lane, sl.HeldFor, sl.HeldUntil.Local().Format(time.TimeOnly))
 }
 
 func (e *env) printInstances(w io.Writer, site *api.Site) {

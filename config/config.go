@@ -180,6 +180,11 @@ type Monitor struct {
 	Threshold    float64 `hcl:"threshold,optional"`
 	GraceRaw     string  `hcl:"grace,optional"`
 	Grace        time.Duration
+	// RollbackWindow is how long the former target lane is held after a switch, warm with the
+	// target's settings and no route, so a rollback is a switch only: rollback_window as
+	// written, or Window when left out; 0 settles at once.
+	RollbackWindowRaw string `hcl:"rollback_window,optional"`
+	RollbackWindow    time.Duration
 
 	// Range is where the block is declared, for messages; zero when it was left out.
 	Range hcl.Range `hcl:",def_range"`
@@ -187,12 +192,15 @@ type Monitor struct {
 
 // Slot is one named environment of a site.
 type Slot struct {
-	Name        string            `hcl:"name,label"`
-	Tags        []string          `hcl:"tags,optional"`
-	PreviewTags []string          `hcl:"preview_tags,optional"`
-	Settings    map[string]string `hcl:"settings,optional"`
-	Sticky      map[string]string `hcl:"sticky,optional"`
-	AutoSwap    string            `hcl:"auto_swap,optional"`
+	Name        string   `hcl:"name,label"`
+	Tags        []string `hcl:"tags,optional"`
+	PreviewTags []string `hcl:"preview_tags,optional"`
+	// PreviousTags route to the lane that served this slot before a swap, while it is held
+	// (monitor.rollback_window): where testers still reach the previous version.
+	PreviousTags []string          `hcl:"previous_tags,optional"`
+	Settings     map[string]string `hcl:"settings,optional"`
+	Sticky       map[string]string `hcl:"sticky,optional"`
+	AutoSwap     string            `hcl:"auto_swap,optional"`
 
 	// ScaleRaw is scale as written: an object of task group counts, or "live". Scale and
 	// ScaleLive hold it checked; neither is set when the slot declares no scale.

@@ -177,6 +177,7 @@ func (b *builder) completeMonitor(m *Monitor) {
 	}
 	m.Window = b.duration(m.Range, "window", m.WindowRaw, DefaultMonitorWindow, true)
 	m.Grace = b.duration(m.Range, "grace", m.GraceRaw, DefaultMonitorGrace, false)
+	m.RollbackWindow = b.duration(m.Range, "rollback_window", m.RollbackWindowRaw, m.Window, false)
 }
 
 // duration parses the duration attribute name of the block, or returns def when it is not

@@ -243,7 +243,7 @@ func (b *builder) validateSlot(sl *Slot) {
 	for _, attr := range []struct {
 		name string
 		tags []string
-	}{{"tags", sl.Tags}, {"preview_tags", sl.PreviewTags}} {
+	}{{"tags", sl.Tags}, {"preview_tags", sl.PreviewTags}, {"previous_tags", sl.PreviousTags}} {
 		for i, tag := range attr.tags {
 			if strings.TrimSpace(tag) == "" {
 				b.errorf(b.src.itemRange(sl.Range, attr.name, i), "Empty tag",
