@@ -30,7 +30,7 @@ const (
 )
 
 // swapPhases are the phases of DESIGN.md §3, in order.
-var swapPhases = []string{api.PhasePreflight, api.PhaseApply, api.PhaseWarm, api.PhaseSwitch, api.PhaseSettle, api.PhaseMonitor}
+var swapPhases = []string{api.PhasePreflight, api.PhaseApply, api.PhaseWarm, api.PhaseSwitch, api.PhaseMonitor, api.PhaseSettle}
 
 // swap carries out one swap of source into target, phase after phase (DESIGN.md §3).
 type swap struct {

@@ -375,7 +375,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 		{
 			name: "a crash inside settle settles again",
 			op: func() *api.Operation {
-				o := phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseRunning)
+				o := phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseSucceeded, api.PhasePending, api.PhaseRunning)
 				o.Switched = true
 				return o
 			}(),
@@ -458,6 +458,118 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			assert.JSONEq(t, `{"FEATURE": "`+feature+`"}`, kv.value("slotd/sites/web/slots/production/settings"), "production's swappable settings")
 			assert.JSONEq(t, `{"DB": "prod-db"}`, kv.value("slotd/sites/web/slots/production/sticky"), "production's sticky settings stay")
 		})
+	}
+}
+
+// TestHoldAndInstantRollback: after the switch the former production lane holds production's
+// settings with only its previous_tags until the rollback window ends, then settles; a
+// swap back while it holds goes straight to the switch, and a swap that ends because another
+// operation starts leaves the lane held for it.
+func TestHoldAndInstantRollback(t *testing.T) {
+	const (
+		holdA   = "a as production [urlprefix-previous/] DB=prod-db FEATURE=prod-feature tags"
+		makeA   = "a as production [production urlprefix-www/] DB=prod-db FEATURE=prod-feature healthy"
+		breakB  = "b as production [] DB=prod-db FEATURE=staging-feature tags"
+		settleB = "b as staging [staging urlprefix-staging/] DB=staging-db FEATURE=staging-feature healthy"
+	)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	defer app.Close()
+	setup := func(window time.Duration) (*Agent, *fakeLanes, *config.Site, *fakeKV) {
+		kv := newFakeKV()
+		kvSlots(kv, false)
+		lanes := &fakeLanes{versions: map[string]uint64{"a": 10, "b": 20}, instance: strings.TrimPrefix(app.URL, "http://")}
+		a := testAgent(kv, lanes)
+		a.httpClient = app.Client()
+		cfg := testSite()
+		cfg.Slots[0].PreviousTags = []string{"urlprefix-previous/"}
+		cfg.Monitor = &config.Monitor{RollbackWindow: window, Threshold: 1}
+		return a, lanes, cfg, kv
+	}
+	// swapOnce runs op as a swap; during gets the run and the operation's ID (the run owns op).
+	swapOnce := func(a *Agent, cfg *config.Site, op *api.Operation, during func(r *run, id string)) error {
+		require.NoError(t, a.store.createOperation(op))
+		r := a.newRun(nil, context.Background(), op)
+		if during != nil {
+			go during(r, op.ID)
+		}
+		return a.swapOp(cfg, op.Source, op.Target)(context.Background(), r)
+	}
+
+	t.Run("the hold ends with the window, then the lane settles", func(t *testing.T) {
+		a, lanes, cfg, _ := setup(300 * time.Millisecond)
+		op := phased()
+		start := time.Now()
+		require.NoError(t, swapOnce(a, cfg, op, nil))
+		assert.Equal(t, []string{applyB, makeB, holdA, settleA}, lanes.calls)
+		sw, settle := op.Phase(api.PhaseSwitch), op.Phase(api.PhaseSettle)
+		require.NotNil(t, settle.StartedAt)
+		assert.GreaterOrEqual(t, settle.StartedAt.Sub(*sw.EndedAt), 300*time.Millisecond, "settle waits for the rollback window")
+		assert.Less(t, time.Since(start), 10*time.Second)
+		assert.Equal(t, api.PhaseSucceeded, settle.State)
+	})
+
+	t.Run("the next operation ends the hold and leaves the lane held; a swap back is instant", func(t *testing.T) {
+		a, lanes, cfg, kv := setup(time.Minute)
+		op := phased()
+		err := swapOnce(a, cfg, op, sendWhenHolding(a, ctlEndMonitor))
+		require.NoError(t, err)
+		assert.Equal(t, []string{applyB, makeB, holdA}, lanes.calls, "the held lane is not settled by the swap")
+		assert.Equal(t, api.PhaseSkipped, op.Phase(api.PhaseSettle).State)
+		assert.Same(t, op, leftHeld(op))
+		assert.Equal(t, "web-a", strings.TrimSpace(kv.value("slotd/sites/web/slots/staging/lane")), "KV binds staging to the held lane")
+
+		lanes.calls = nil
+		cfg.Monitor.RollbackWindow = 0
+		back := phased()
+		back.ID, back.Kind, back.RollbackOf = "op-back", api.KindRollback, op.ID
+		require.NoError(t, a.store.finishOperation(op, 0))
+		require.NoError(t, swapOnce(a, cfg, back, nil))
+		assert.True(t, back.Instant, "a swap back onto the held lane is instant")
+		assert.Equal(t, api.PhaseSkipped, back.Phase(api.PhaseApply).State)
+		assert.Equal(t, api.PhaseSkipped, back.Phase(api.PhaseWarm).State)
+		assert.Equal(t, []string{makeA, breakB, settleB}, lanes.calls, "switch only: make, break, then the other lane settles")
+		assert.Equal(t, "web-a", kv.value("slotd/sites/web/slots/production/lane"))
+	})
+
+	t.Run("settle ends the hold now, a cancel ends the monitor and settles", func(t *testing.T) {
+		for _, c := range []string{ctlSettle, ctlFinish} {
+			a, lanes, cfg, _ := setup(time.Minute)
+			op := phased()
+			start := time.Now()
+			err := swapOnce(a, cfg, op, sendWhenHolding(a, c))
+			require.NoError(t, err, c)
+			assert.Equal(t, []string{applyB, makeB, holdA, settleA}, lanes.calls, c)
+			assert.Less(t, time.Since(start), 30*time.Second, c)
+		}
+	})
+}
+
+// sendWhenHolding sends control c to a run once its operation holds.
+func sendWhenHolding(a *Agent, c string) func(r *run, id string) {
+	return func(r *run, id string) {
+		for cur := a.ops.get(id); cur == nil || cur.State != api.StateHolding; cur = a.ops.get(id) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		r.control <- c
+	}
+}
+
+// TestTouchesHeld: which operations settle a lane that a swap left held before they run.
+func TestTouchesHeld(t *testing.T) {
+	tests := []struct {
+		op   api.Operation
+		want bool
+	}{
+		{api.Operation{Kind: api.KindRollback, Source: "staging", Target: "production"}, true},
+		{api.Operation{Kind: api.KindSwap, Source: "qa", Target: "staging"}, true},
+		{api.Operation{Kind: api.KindSwap, Source: "qa", Target: "production"}, false},
+		{api.Operation{Kind: api.KindDeploy, Slot: "staging"}, true},
+		{api.Operation{Kind: api.KindDeploy, Slot: "production"}, false},
+		{api.Operation{Kind: api.KindScale, Slot: "production"}, false},
+		{api.Operation{Kind: api.KindSettings}, false},
+	}
+	for _, tc := range tests {
+		assert.Equal(t, tc.want, touchesHeld(&tc.op, "staging"), "%+v", tc.op)
 	}
 }
 
