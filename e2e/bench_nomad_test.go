@@ -41,19 +41,25 @@ func BenchmarkSideBySide(b *testing.B) {
 	}
 	out := cmp.Or(os.Getenv("SLOTD_BENCH_OUT"), filepath.Join(filepath.Dir(sourceDir()), "bin", sbsDefaultMD))
 
-	site := newSite()
-	d := startDaemon(b, stack, site)
+	// The site holds the former production lane for the whole run (rollback_window = the
+	// window): a rollback inside it is a switch only. Swaps are measured until they switched;
+	// their monitor goes on and ends when the next operation starts.
+	site := newSite(func(s *siteSpec) { s.monitor = `window = "30m"` })
+	// The switch distribution runs on a site that settles at once, so every swap is a full one.
+	flow := newSite(func(s *siteSpec) { s.monitor = "window = \"1s\"\n    rollback_window = \"0s\"" })
+	d := startDaemonSites(b, stack, site, flow)
 	nj := startNativeJob(b, stack)
 	host := site.host("production")
 	lanes := d.laneJobs(site.name)
 	waitServes(b, stack, host, lanes["production"])
+	waitServes(b, stack, flow.host("production"), d.laneJobs(flow.name)["production"])
 
 	b.ResetTimer()
 	// 1. A new version into production.
 	slotdSwap := measure(b, stack, host, lanes["production"], lanes["staging"], laneOf, func() time.Time {
-		op := d.swap(site.name, "staging", "production")
-		require.Equal(b, api.StateSucceeded, op.State, "slotd swap: %s", op.Error)
-		return *op.FinishedAt
+		return switchedAt(b, d, func(ctx context.Context) (*api.Operation, error) {
+			return d.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
+		}, false)
 	})
 	b.Logf("slotd swap: %s", slotdSwap)
 	nomadPromote := measure(b, stack, nj.host, "v1", "v2", versionOf, func() time.Time {
@@ -61,13 +67,22 @@ func BenchmarkSideBySide(b *testing.B) {
 	})
 	b.Logf("nomad blue/green: %s", nomadPromote)
 
-	// 2. Back to the previous version.
-	slotdRollback := measure(b, stack, host, lanes["staging"], lanes["production"], laneOf, func() time.Time {
-		op := d.run(func(ctx context.Context) (*api.Operation, error) { return d.client.Rollback(ctx, site.name) })
-		require.Equal(b, api.StateSucceeded, op.State, "slotd rollback: %s", op.Error)
-		return *op.FinishedAt
+	// 2. Back to the previous version: inside the rollback window (the former production lane is
+	// held warm), after it (a full swap: the swap is settled first), and Nomad's job revert.
+	rollback := func(ctx context.Context) (*api.Operation, error) { return d.client.Rollback(ctx, site.name) }
+	slotdInstant := measure(b, stack, host, lanes["staging"], lanes["production"], laneOf, func() time.Time {
+		return switchedAt(b, d, rollback, true)
 	})
-	b.Logf("slotd rollback: %s", slotdRollback)
+	b.Logf("slotd instant rollback: %s", slotdInstant)
+	settleNow(b, d, site.name) // the rollback's own hold: the next swap is a full one
+	switchedAt(b, d, func(ctx context.Context) (*api.Operation, error) {
+		return d.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
+	}, false)
+	settleNow(b, d, site.name)
+	slotdFull := measure(b, stack, host, lanes["staging"], lanes["production"], laneOf, func() time.Time {
+		return switchedAt(b, d, rollback, false)
+	})
+	b.Logf("slotd full rollback: %s", slotdFull)
 	nomadRevert := measure(b, stack, nj.host, "v2", "v1", versionOf, func() time.Time {
 		return nj.rollout(func() uint64 {
 			_, _, err := stack.Nomad.Jobs().Revert(nj.id, nj.first, nil, nil, "", "")
@@ -81,11 +96,12 @@ func BenchmarkSideBySide(b *testing.B) {
 	// 3. The switch as the router sees it: slotd from the end of warm-up, Nomad from the promote
 	// call, to the last answer from the old version.
 	var slotdSwitch, nomadSwitch []time.Duration
+	fhost := flow.host("production")
 	for i := range swaps {
-		cur := d.laneJobs(site.name)
+		cur := d.laneJobs(flow.name)
 		var warmEnd time.Time
-		r := measure(b, stack, host, cur["production"], cur["staging"], laneOf, func() time.Time {
-			op := d.swap(site.name, "staging", "production")
+		r := measure(b, stack, fhost, cur["production"], cur["staging"], laneOf, func() time.Time {
+			op := d.swap(flow.name, "staging", "production")
 			require.Equal(b, api.StateSucceeded, op.State, "slotd swap %d: %s", i, op.Error)
 			warm := op.Phase(api.PhaseWarm)
 			require.True(b, warm != nil && warm.EndedAt != nil, "slotd swap %d has no ended warm-up", i)
@@ -106,14 +122,51 @@ func BenchmarkSideBySide(b *testing.B) {
 	}
 	b.StopTimer()
 
-	table := sideBySideTable(swaps, slotdSwap, nomadPromote, slotdRollback, nomadRevert, slotdSwitch, nomadSwitch)
+	table := sideBySideTable(swaps, []comparison{
+		{"new version (slotd swap / Nomad canary = count + promote)", slotdSwap, nomadPromote},
+		{"back inside the rollback window (slotd instant rollback / Nomad job revert + promote)", slotdInstant, nomadRevert},
+		{"back after the window (slotd full rollback / Nomad job revert + promote)", slotdFull, nomadRevert},
+	}, slotdSwitch, nomadSwitch)
 	require.NoError(b, os.MkdirAll(filepath.Dir(out), 0o755))
 	require.NoError(b, os.WriteFile(out, []byte(table), 0o644))
 	fmt.Fprintf(os.Stderr, "\n%s\nwritten to %s\n", table, out)
 	b.ReportMetric(float64(percentile(slotdSwitch, 50).Milliseconds()), "slotd-switch-median-ms")
+	b.ReportMetric(float64(percentile(slotdSwitch, 90).Milliseconds()), "slotd-switch-p90-ms")
 	b.ReportMetric(float64(percentile(nomadSwitch, 50).Milliseconds()), "nomad-switch-median-ms")
-	b.ReportMetric(float64(slotdRollback.failed), "slotd-rollback-non200")
+	b.ReportMetric(float64(slotdInstant.toAllNew.Milliseconds()), "slotd-instant-rollback-ms")
+	b.ReportMetric(float64(slotdInstant.failed), "slotd-rollback-non200")
 	b.ReportMetric(float64(nomadRevert.failed), "nomad-revert-non200")
+}
+
+// settleNow ends the hold of the site's running swap and returns once its lane settled.
+func settleNow(b *testing.B, d *daemon, site string) {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), sbsMaxOp)
+	defer cancel()
+	op, err := d.client.Settle(ctx, site)
+	require.NoError(b, err, "settle %s", site)
+	op, err = d.client.Follow(ctx, op, func(o *api.Operation) bool {
+		p := o.Phase(api.PhaseSettle)
+		return api.Terminal(o.State) || p == nil || p.State == api.PhaseSucceeded || p.State == api.PhaseFailed
+	}, nil)
+	require.NoError(b, err, "follow %s", op.ID)
+	p := op.Phase(api.PhaseSettle)
+	require.True(b, p != nil && p.State == api.PhaseSucceeded, "%s %s did not settle: %s %s", op.Kind, op.ID, op.State, op.Error)
+}
+
+// switchedAt starts a swap or rollback through start and returns when it has switched (its
+// monitor and hold go on); instant says whether it must have gone straight to the switch.
+func switchedAt(b *testing.B, d *daemon, start func(context.Context) (*api.Operation, error), instant bool) time.Time {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), sbsMaxOp)
+	defer cancel()
+	op, err := start(ctx)
+	require.NoError(b, err)
+	op, err = d.client.Follow(ctx, op, func(o *api.Operation) bool { return o.Switched || api.Terminal(o.State) }, nil)
+	require.NoError(b, err, "follow %s", op.ID)
+	require.True(b, op.Switched, "%s %s did not switch: %s %s", op.Kind, op.ID, op.State, op.Error)
+	require.Equal(b, instant, op.Instant, "%s %s: instant (switch only)", op.Kind, op.ID)
+	return time.Now()
 }
 
 // laneOf and versionOf tell which version answered: a slotd lane is its Nomad job, a Nomad-native
@@ -269,8 +322,14 @@ func (nj *nativeJob) waitDeployment(version uint64, ok func(*nomadapi.Deployment
 	return last
 }
 
+// comparison is one slotd operation next to Nomad's nearest equivalent.
+type comparison struct {
+	title        string
+	slotd, nomad result
+}
+
 // sideBySideTable renders the figures as one Markdown table.
-func sideBySideTable(swaps int, swap, promote, rollback, revert result, slotdSwitch, nomadSwitch []time.Duration) string {
+func sideBySideTable(swaps int, cs []comparison, slotdSwitch, nomadSwitch []time.Duration) string {
 	var t strings.Builder
 	fmt.Fprintf(&t, "| measure | slotd | Nomad | slotd / Nomad |\n|---|---|---|---|\n")
 	row := func(what string, s, n float64, format func(float64) string) {
@@ -282,16 +341,15 @@ func sideBySideTable(swaps int, swap, promote, rollback, revert result, slotdSwi
 	}
 	count := func(v float64) string { return strconv.Itoa(int(v)) }
 	dur := func(v float64) string { return fmtDuration(time.Duration(v)) }
-	rows := func(title string, s, n result) {
-		row(title+": requests", float64(s.requests), float64(n.requests), count)
-		row(title+": non-200", float64(s.failed), float64(n.failed), count)
-		row(title+": call → last answer from the old version", float64(s.toAllNew), float64(n.toAllNew), dur)
-		row(title+": cutover (first answer from the new version → last from the old)", float64(s.cutover), float64(n.cutover), dur)
-		row(title+": mixed window (answers inside the cutover)", float64(s.mixed), float64(n.mixed), count)
-		row(title+": call → operation done", float64(s.operation), float64(n.operation), dur)
+	for _, c := range cs {
+		s, n := c.slotd, c.nomad
+		row(c.title+": requests", float64(s.requests), float64(n.requests), count)
+		row(c.title+": non-200", float64(s.failed), float64(n.failed), count)
+		row(c.title+": call → last answer from the old version", float64(s.toAllNew), float64(n.toAllNew), dur)
+		row(c.title+": cutover (first answer from the new version → last from the old)", float64(s.cutover), float64(n.cutover), dur)
+		row(c.title+": mixed window (answers inside the cutover)", float64(s.mixed), float64(n.mixed), count)
+		row(c.title+": call → switched (slotd; its monitor goes on) / deployment done (Nomad)", float64(s.operation), float64(n.operation), dur)
 	}
-	rows("new version (slotd swap / Nomad canary = count + promote)", swap, promote)
-	rows("back (slotd rollback, a full swap / Nomad job revert + promote)", rollback, revert)
 	for _, p := range []int{50, 90, 99} {
 		row(fmt.Sprintf("switch as the router sees it, %d each (slotd: end of warm-up, Nomad: promote call → last answer from the old version): p%d", swaps, p),
 			float64(percentile(slotdSwitch, p)), float64(percentile(nomadSwitch, p)), dur)

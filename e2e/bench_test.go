@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httputil"
@@ -132,11 +133,16 @@ func newCountingProxy(b testing.TB, target string) *countingProxy {
 	return p
 }
 
-// BenchmarkIdleAgent runs bin-built slotd with 20 sites (one instance per lane) and measures,
-// over a minute of idleness: its RSS, its CPU time, and its requests to Consul and Nomad.
+// BenchmarkIdleAgent runs bin-built slotd with 100 sites (SLOTD_BENCH_SITES; 2 lanes of one
+// instance each) and measures, over a minute of idleness: its RSS, its CPU time, and its
+// requests to Consul and Nomad. Then it starts 20 swaps on 20 different sites at once: all
+// must succeed, and it reports the slowest.
 func BenchmarkIdleAgent(b *testing.B) {
 	stack := Shared(b)
-	const sites = 20
+	sites := 100
+	if v, err := strconv.Atoi(os.Getenv("SLOTD_BENCH_SITES")); err == nil && v > 0 {
+		sites = v
+	}
 	window := time.Minute
 	if v, err := time.ParseDuration(os.Getenv("SLOTD_BENCH_IDLE")); err == nil && v > 0 {
 		window = v
@@ -162,6 +168,10 @@ site %[1]q {
   job = %[2]q
   service = %[1]q
   vars = { binary = %[3]q, service = %[1]q, count = "1" }
+  monitor {
+    window          = "1s"
+    rollback_window = "0s"
+  }
   slot "production" { tags = ["urlprefix-%[1]s.test/"] }
   slot "staging" { tags = ["urlprefix-%[1]s-staging.test/"] }
 }
@@ -185,7 +195,7 @@ site %[1]q {
 	})
 	client, err := api.NewClient(api.Config{Address: "http://" + addr})
 	require.NoError(b, err)
-	WaitFor(b, 10*time.Minute, "20 sites ready", func() (bool, string) {
+	WaitFor(b, 20*time.Minute, fmt.Sprintf("%d sites ready", sites), func() (bool, string) {
 		all, err := client.Sites(context.Background())
 		if err != nil {
 			return false, err.Error()
@@ -215,6 +225,35 @@ site %[1]q {
 	b.Logf("idle agent, %d sites, %s: RSS %.1f MiB, CPU %s (%.2f%%), %.0f consul and %.0f nomad requests/min",
 		sites, window, float64(rss)/(1<<20), cpu1-cpu0, (cpu1-cpu0).Seconds()/window.Seconds()*100,
 		perMin(consul.n.Load()-c0), perMin(nomad.n.Load()-n0))
+
+	// Swaps on different sites run side by side.
+	together := min(20, sites)
+	durations := make([]time.Duration, together)
+	errs := make([]error, together)
+	var wg sync.WaitGroup
+	for i := range together {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+			defer cancel()
+			start := time.Now()
+			op, err := client.Swap(ctx, fmt.Sprintf("%s-%02d", prefix, i), api.SwapRequest{Source: "staging", Target: "production"})
+			if err == nil {
+				op, err = client.Wait(ctx, op.ID, nil)
+			}
+			if err == nil && op.State != api.StateSucceeded {
+				err = fmt.Errorf("swap %s %s: %s", op.ID, op.State, op.Error)
+			}
+			durations[i], errs[i] = time.Since(start), err
+		}()
+	}
+	wg.Wait()
+	require.NoError(b, errors.Join(errs...), "%d swaps on %d sites at once", together, together)
+	b.ReportMetric(percentile(durations, 100).Seconds(), "slowest-of-20-swaps-s")
+	b.Logf("%d swaps on %d sites started together: all succeeded; fastest %s, median %s, slowest %s",
+		together, together, percentile(durations, 0).Round(time.Millisecond), percentile(durations, 50).Round(time.Millisecond),
+		percentile(durations, 100).Round(time.Millisecond))
 }
 
 // procCPU is the user+system CPU time of a process, from /proc.
