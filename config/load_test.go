@@ -95,11 +95,13 @@ func TestLoadExample(t *testing.T) {
 	assert.True(t, web.Monitor.AutoRollback)
 	assert.Equal(t, DefaultMonitorThreshold, web.Monitor.Threshold)
 	assert.Equal(t, DefaultMonitorGrace, web.Monitor.Grace)
+	assert.Equal(t, time.Minute, web.Monitor.RollbackWindow)
 
 	assert.Equal(t, []string{"production", "staging"}, web.SlotNames())
 	prod, staging := web.Slot("production"), web.Slot("staging")
 	assert.Equal(t, []string{"urlprefix-www.example.com/"}, prod.Tags)
 	assert.Equal(t, []string{"urlprefix-preview.example.com/"}, prod.PreviewTags)
+	assert.Equal(t, []string{"urlprefix-previous.example.com/"}, prod.PreviousTags)
 	assert.Equal(t, map[string]string{"FEATURE_X": "off", "SHOW_ENV": "FEATURE_X,DATABASE_URL"}, prod.Settings)
 	assert.Equal(t, map[string]string{"DATABASE_URL": "postgres://prod-db/app"}, prod.Sticky)
 	assert.Empty(t, prod.AutoSwap)
@@ -161,6 +163,7 @@ func TestSiteDefaults(t *testing.T) {
 	assert.Equal(t, DefaultMonitorWindow, s.Monitor.Window)
 	assert.Equal(t, DefaultMonitorThreshold, s.Monitor.Threshold)
 	assert.Equal(t, DefaultMonitorGrace, s.Monitor.Grace)
+	assert.Equal(t, DefaultMonitorWindow, s.Monitor.RollbackWindow, "the hold lasts the monitor window by default")
 	assert.False(t, s.Monitor.AutoRollback)
 
 	for _, sl := range s.Slots {
@@ -188,6 +191,7 @@ site "web" {
     threshold = 0.5
     grace     = "0s"
     window    = "30s"
+    rollback_window = "0s"
   }
   slot "production" {}
   slot "staging" {}
@@ -204,6 +208,7 @@ site "web" {
 	assert.Equal(t, 0.5, s.Monitor.Threshold)
 	assert.Equal(t, time.Duration(0), s.Monitor.Grace)
 	assert.Equal(t, 30*time.Second, s.Monitor.Window)
+	assert.Equal(t, time.Duration(0), s.Monitor.RollbackWindow, "0s settles at once")
 }
 
 // TestHistoryLimit: a site keeps the top-level history_limit unless it sets its own.

@@ -199,6 +199,7 @@ func TestRules(t *testing.T) {
 		{name: "interval negative", src: decl{site: "  warmup {\n    interval = \"-1s\" " + marker + "\n  }"}.String(), summary: "Invalid duration", detail: "must not be negative"},
 		{name: "window zero", src: decl{site: "  monitor {\n    window = \"0s\" " + marker + "\n  }"}.String(), summary: "Invalid duration"},
 		{name: "window negative", src: decl{site: "  monitor {\n    window = \"-1m\" " + marker + "\n  }"}.String(), summary: "Invalid duration"},
+		{name: "rollback_window negative", src: decl{site: "  monitor {\n    rollback_window = \"-5s\" " + marker + "\n  }"}.String(), summary: "Invalid duration"},
 		{name: "grace negative", src: decl{site: "  monitor {\n    grace = \"-5s\" " + marker + "\n  }"}.String(), summary: "Invalid duration"},
 
 		// Warm-up.
