@@ -185,6 +185,9 @@ func instanceCount(job *nomadapi.Job, service string) int {
 type rollout struct {
 	Version uint64
 	Change  jobspec.Change
+	// Registered is how long ensureLane took until Nomad took the new version (render, plan,
+	// register): the rest of its time was the wait for Nomad's deployment and Consul.
+	Registered time.Duration
 }
 
 // gate is what ensureLane waits for after it registered a lane.
@@ -207,6 +210,7 @@ const (
 // must still not be there), then waits as g says.
 func (a *Agent) ensureLane(ctx context.Context, site *config.Site, lane string, src source, want laneState, g gate) (rollout, error) {
 	id := jobID(site.Name, lane)
+	start := time.Now()
 	job, err := a.render(site, lane, src, want)
 	if err != nil {
 		return rollout{}, err
@@ -254,15 +258,16 @@ func (a *Agent) ensureLane(ctx context.Context, site *config.Site, lane string, 
 	if err != nil {
 		return rollout{}, err
 	}
+	ro := rollout{Version: version, Change: change, Registered: time.Since(start)}
 	if g == gateNone {
-		return rollout{Version: version, Change: change}, nil
+		return ro, nil
 	}
 	if change == jobspec.Restart && g == gateHealthy {
 		if err := a.waitDeployment(ctx, id, version); err != nil {
-			return rollout{Version: version, Change: change}, err
+			return ro, err
 		}
 	}
-	return rollout{Version: version, Change: change}, a.waitInstances(ctx, site, lane, job, g)
+	return ro, a.waitInstances(ctx, site, lane, job, g)
 }
 
 // registeredVersion is the version a register created: the job's version as of its modify

@@ -255,7 +255,9 @@ func (w *swap) warm(ctx context.Context) error {
 func (w *swap) switchSlots(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
+	t0 := time.Now()
 	made, err := w.a.lanes.ensureLane(ctx, w.site, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt), gateHealthy)
+	t1 := time.Now()
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-make")
 	}
@@ -276,6 +278,7 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	if err != nil {
 		return w.restoreBoth(fmt.Errorf("take the routes of %s off lane %s: %w", w.target.Name, w.tgtLane, err))
 	}
+	t2 := time.Now()
 	if err := w.exchange(ctx, made.Version, broken.Version); err != nil {
 		if w.op.Switched || errors.Is(err, errStopping) {
 			return err // after the exchange the site converges what is left; deposed: nothing
@@ -284,8 +287,15 @@ func (w *swap) switchSlots(ctx context.Context) error {
 		// source lane loses them.
 		return w.restoreBoth(err)
 	}
+	// Where the switch's time went: what is ours (render, plan, register: "registered") and
+	// what is Nomad's and Consul's (the rest of make and break, until Consul shows the tags).
+	w.note(api.PhaseSwitch, fmt.Sprintf("%s; make %s (registered after %s), break %s (registered after %s), exchange %s",
+		w.op.Phase(api.PhaseSwitch).Message, ms(t1.Sub(t0)), ms(made.Registered), ms(t2.Sub(t1)), ms(broken.Registered), ms(time.Since(t2))))
 	return nil
 }
+
+// ms rounds a duration to the millisecond, for messages.
+func ms(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 
 // exchange binds the target to the source lane and the source to the target lane, and swaps
 // their swappable settings, in one transaction together with the journal entry that says so:

@@ -99,17 +99,19 @@ func BenchmarkSideBySide(b *testing.B) {
 	fhost := flow.host("production")
 	for i := range swaps {
 		cur := d.laneJobs(flow.name)
-		var warmEnd time.Time
+		var warmEnd, switchEnd time.Time
+		var how string
 		r := measure(b, stack, fhost, cur["production"], cur["staging"], laneOf, func() time.Time {
 			op := d.swap(flow.name, "staging", "production")
 			require.Equal(b, api.StateSucceeded, op.State, "slotd swap %d: %s", i, op.Error)
-			warm := op.Phase(api.PhaseWarm)
-			require.True(b, warm != nil && warm.EndedAt != nil, "slotd swap %d has no ended warm-up", i)
-			warmEnd = *warm.EndedAt
+			warm, sw := op.Phase(api.PhaseWarm), op.Phase(api.PhaseSwitch)
+			require.True(b, warm != nil && warm.EndedAt != nil && sw.EndedAt != nil, "slotd swap %d has no ended warm-up or switch", i)
+			warmEnd, switchEnd, how = *warm.EndedAt, *sw.EndedAt, sw.Message
 			return *op.FinishedAt
 		})
 		slotdSwitch = append(slotdSwitch, max(0, r.lastOld.Sub(warmEnd)))
-		b.Logf("slotd swap %d: %s after the end of warm-up", i+1, slotdSwitch[i])
+		b.Logf("slotd swap %d: %s after the end of warm-up; switch phase %s, router's last old answer %s after it; %s",
+			i+1, slotdSwitch[i], switchEnd.Sub(warmEnd).Round(time.Millisecond), r.lastOld.Sub(switchEnd).Round(time.Millisecond), how)
 	}
 	for i := range swaps {
 		old, next := "v"+strconv.Itoa(nj.app), "v"+strconv.Itoa(nj.app+1)
