@@ -23,21 +23,28 @@ const (
 	sbsMaxOp     = 5 * time.Minute
 	sbsConverge  = 30 * time.Second // for every answer to come from the new version
 	sbsTail      = time.Second      // the load goes on this long after the new version serves alone
-	sbsDefaultN  = 20
+	sbsDefaultN  = 100
+	sbsNomadN    = 20
 	sbsDefaultMD = "bench-side-by-side.md"
 )
 
 // BenchmarkSideBySide puts slotd next to Nomad's own blue/green on the same stack, with the same
 // test app (2 instances a version) and the same load (8 clients through Fabio on the production
-// host): a swap against a canary deployment with canary = count and a promote; a rollback
-// against `job revert` (canaries and a promote again); and the switch as the router sees it
-// over SLOTD_BENCH_SWAPS (default 20) of each. It prints one table with the ratios and writes
-// it to SLOTD_BENCH_OUT (default bin/bench-side-by-side.md).
+// host): a swap against a canary deployment with canary = count and a promote; an instant and
+// a full rollback against `job revert` (canaries and a promote again); and the switch as the
+// router sees it over SLOTD_BENCH_SWAPS (default 100) slotd swaps and SLOTD_BENCH_PROMOTES
+// (default 20) Nomad promotes. It prints one table with the ratios and writes it to
+// SLOTD_BENCH_OUT (default bin/bench-side-by-side.md).
 func BenchmarkSideBySide(b *testing.B) {
 	stack := Shared(b)
 	swaps := sbsDefaultN
 	if v, err := strconv.Atoi(os.Getenv("SLOTD_BENCH_SWAPS")); err == nil && v > 0 {
 		swaps = v
+	}
+	// Nomad's promotes take seconds each: fewer of them show its distribution well enough.
+	promotes := min(swaps, sbsNomadN)
+	if v, err := strconv.Atoi(os.Getenv("SLOTD_BENCH_PROMOTES")); err == nil && v > 0 {
+		promotes = v
 	}
 	out := cmp.Or(os.Getenv("SLOTD_BENCH_OUT"), filepath.Join(filepath.Dir(sourceDir()), "bin", sbsDefaultMD))
 
@@ -45,14 +52,11 @@ func BenchmarkSideBySide(b *testing.B) {
 	// window): a rollback inside it is a switch only. Swaps are measured until they switched;
 	// their monitor goes on and ends when the next operation starts.
 	site := newSite(func(s *siteSpec) { s.monitor = `window = "30m"` })
-	// The switch distribution runs on a site that settles at once, so every swap is a full one.
-	flow := newSite(func(s *siteSpec) { s.monitor = "window = \"1s\"\n    rollback_window = \"0s\"" })
-	d := startDaemonSites(b, stack, site, flow)
+	d := startDaemon(b, stack, site)
 	nj := startNativeJob(b, stack)
 	host := site.host("production")
 	lanes := d.laneJobs(site.name)
 	waitServes(b, stack, host, lanes["production"])
-	waitServes(b, stack, flow.host("production"), d.laneJobs(flow.name)["production"])
 
 	b.ResetTimer()
 	// 1. A new version into production.
@@ -93,27 +97,26 @@ func BenchmarkSideBySide(b *testing.B) {
 	})
 	b.Logf("nomad job revert: %s", nomadRevert)
 
-	// 3. The switch as the router sees it: slotd from the end of warm-up, Nomad from the promote
-	// call, to the last answer from the old version.
+	// 3. The switch as the router sees it: slotd from the start of its switch phase, Nomad from
+	// the promote call, to the last answer from the old version. Each slotd swap goes back to
+	// the lane the one before held (a switch only), so a hundred of them take minutes.
 	var slotdSwitch, nomadSwitch []time.Duration
-	fhost := flow.host("production")
 	for i := range swaps {
-		cur := d.laneJobs(flow.name)
-		var warmEnd, switchEnd time.Time
-		var how string
-		r := measure(b, stack, fhost, cur["production"], cur["staging"], laneOf, func() time.Time {
-			op := d.swap(flow.name, "staging", "production")
-			require.Equal(b, api.StateSucceeded, op.State, "slotd swap %d: %s", i, op.Error)
-			warm, sw := op.Phase(api.PhaseWarm), op.Phase(api.PhaseSwitch)
-			require.True(b, warm != nil && warm.EndedAt != nil && sw.EndedAt != nil, "slotd swap %d has no ended warm-up or switch", i)
-			warmEnd, switchEnd, how = *warm.EndedAt, *sw.EndedAt, sw.Message
-			return *op.FinishedAt
+		cur := d.laneJobs(site.name)
+		var op *api.Operation
+		r := measure(b, stack, host, cur["production"], cur["staging"], laneOf, func() time.Time {
+			op = switched(b, d, func(ctx context.Context) (*api.Operation, error) {
+				return d.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
+			}, true)
+			return time.Now()
 		})
-		slotdSwitch = append(slotdSwitch, max(0, r.lastOld.Sub(warmEnd)))
-		b.Logf("slotd swap %d: %s after the end of warm-up; switch phase %s, router's last old answer %s after it; %s",
-			i+1, slotdSwitch[i], switchEnd.Sub(warmEnd).Round(time.Millisecond), r.lastOld.Sub(switchEnd).Round(time.Millisecond), how)
+		sw := op.Phase(api.PhaseSwitch)
+		require.True(b, sw != nil && sw.StartedAt != nil && sw.EndedAt != nil, "slotd swap %d: no switch phase", i)
+		slotdSwitch = append(slotdSwitch, max(0, r.lastOld.Sub(*sw.StartedAt)))
+		b.Logf("slotd swap %d: %s after the switch started; switch phase %s, router's last old answer %s after its end; %s",
+			i+1, slotdSwitch[i], sw.Duration().Round(time.Millisecond), r.lastOld.Sub(*sw.EndedAt).Round(time.Millisecond), sw.Message)
 	}
-	for i := range swaps {
+	for i := range promotes {
 		old, next := "v"+strconv.Itoa(nj.app), "v"+strconv.Itoa(nj.app+1)
 		var promoted time.Time
 		r := measure(b, stack, nj.host, old, next, versionOf, func() time.Time {
@@ -124,7 +127,7 @@ func BenchmarkSideBySide(b *testing.B) {
 	}
 	b.StopTimer()
 
-	table := sideBySideTable(swaps, []comparison{
+	table := sideBySideTable([]comparison{
 		{"new version (slotd swap / Nomad canary = count + promote)", slotdSwap, nomadPromote},
 		{"back inside the rollback window (slotd instant rollback / Nomad job revert + promote)", slotdInstant, nomadRevert},
 		{"back after the window (slotd full rollback / Nomad job revert + promote)", slotdFull, nomadRevert},
@@ -160,6 +163,13 @@ func settleNow(b *testing.B, d *daemon, site string) {
 // monitor and hold go on); instant says whether it must have gone straight to the switch.
 func switchedAt(b *testing.B, d *daemon, start func(context.Context) (*api.Operation, error), instant bool) time.Time {
 	b.Helper()
+	switched(b, d, start, instant)
+	return time.Now()
+}
+
+// switched is switchedAt's operation, as it was once it had switched.
+func switched(b *testing.B, d *daemon, start func(context.Context) (*api.Operation, error), instant bool) *api.Operation {
+	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), sbsMaxOp)
 	defer cancel()
 	op, err := start(ctx)
@@ -168,7 +178,7 @@ func switchedAt(b *testing.B, d *daemon, start func(context.Context) (*api.Opera
 	require.NoError(b, err, "follow %s", op.ID)
 	require.True(b, op.Switched, "%s %s did not switch: %s %s", op.Kind, op.ID, op.State, op.Error)
 	require.Equal(b, instant, op.Instant, "%s %s: instant (switch only)", op.Kind, op.ID)
-	return time.Now()
+	return op
 }
 
 // laneOf and versionOf tell which version answered: a slotd lane is its Nomad job, a Nomad-native
@@ -331,7 +341,7 @@ type comparison struct {
 }
 
 // sideBySideTable renders the figures as one Markdown table.
-func sideBySideTable(swaps int, cs []comparison, slotdSwitch, nomadSwitch []time.Duration) string {
+func sideBySideTable(cs []comparison, slotdSwitch, nomadSwitch []time.Duration) string {
 	var t strings.Builder
 	fmt.Fprintf(&t, "| measure | slotd | Nomad | slotd / Nomad |\n|---|---|---|---|\n")
 	row := func(what string, s, n float64, format func(float64) string) {
@@ -353,7 +363,7 @@ func sideBySideTable(swaps int, cs []comparison, slotdSwitch, nomadSwitch []time
 		row(c.title+": call → switched (slotd; its monitor goes on) / deployment done (Nomad)", float64(s.operation), float64(n.operation), dur)
 	}
 	for _, p := range []int{50, 90, 99} {
-		row(fmt.Sprintf("switch as the router sees it, %d each (slotd: end of warm-up, Nomad: promote call → last answer from the old version): p%d", swaps, p),
+		row(fmt.Sprintf("switch as the router sees it (slotd: %d swaps, from the switch phase's start; Nomad: %d promotes, from the promote call; to the last answer from the old version): p%d", len(slotdSwitch), len(nomadSwitch), p),
 			float64(percentile(slotdSwitch, p)), float64(percentile(nomadSwitch, p)), dur)
 	}
 	return t.String()
