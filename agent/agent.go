@@ -21,6 +21,7 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/slotd/slotd/config"
+	"github.com/slotd/slotd/jobspec"
 )
 
 // Version is the daemon's version, shown by /v1/health.
@@ -41,11 +42,13 @@ const (
 
 // Agent is the long-running daemon.
 type Agent struct {
-	logger     hclog.Logger
-	consul     *consulapi.Client
-	nomad      *nomadapi.Client
-	store      *store
-	lanes      laneOps
+	logger hclog.Logger
+	consul *consulapi.Client
+	nomad  *nomadapi.Client
+	store  *store
+	lanes  laneOps
+	// parser parses jobspecs through Nomad, remembering the answers (render).
+	parser     jobspec.Parser
 	metrics    *metrics
 	probes     *probes
 	ops        *opRegistry
@@ -129,6 +132,7 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 		a.sites[sc.Name] = newSite(a, sc)
 	}
 	a.lanes = a
+	a.parser = &jobspec.CachingParser{P: a.nomad.Jobs(), Max: parseCacheSize}
 	a.runs = map[string]*run{}
 	a.deposed = make(chan struct{}, 1)
 	a.role = make(chan struct{}, 1)

@@ -451,7 +451,7 @@ func (a *Agent) handleDeploy(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	base, err := jobspec.Parse(a.nomad.Jobs(), site.Job, app.Source, app.Vars)
+	base, err := jobspec.Parse(a.parser, site.Job, app.Source, app.Vars)
 	if err != nil {
 		return 0, nil, fmt.Errorf("%w: %v", errBadRequest, err)
 	}

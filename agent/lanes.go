@@ -103,9 +103,12 @@ func isNotFound(err error) bool {
 	return errors.As(err, &e) && e.StatusCode() == http.StatusNotFound
 }
 
+// parseCacheSize bounds the jobspec parses kept: a few per lane and version in use.
+const parseCacheSize = 256
+
 // render parses src through Nomad and renders it as lane with state want.
 func (a *Agent) render(site *config.Site, lane string, src source, want laneState) (*nomadapi.Job, error) {
-	base, err := jobspec.Parse(a.nomad.Jobs(), site.Job, src.Source, src.Vars)
+	base, err := jobspec.Parse(a.parser, site.Job, src.Source, src.Vars)
 	if err != nil {
 		return nil, err
 	}

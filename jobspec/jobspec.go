@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/hashicorp/hcl/v2/hclwrite"
@@ -87,4 +88,39 @@ func VarFile(vars map[string]string) string {
 
 func sortedKeys(m map[string]string) []string {
 	return slices.Sorted(maps.Keys(m))
+}
+
+// CachingParser remembers what the Nomad server parsed, by jobspec and variables: a swap
+// renders the same lane several times within a second (pre-flight, make, break), and each
+// parse is a round trip to the server. The jobs it returns are shared: callers must not
+// change them (Render copies).
+type CachingParser struct {
+	P Parser
+	// Max bounds how many parses are kept; when full, the cache starts over.
+	Max int
+
+	mu   sync.Mutex
+	jobs map[string]*nomadapi.Job
+}
+
+// ParseHCLOpts answers from the cache, or asks P and keeps a successful answer.
+func (c *CachingParser) ParseHCLOpts(req *nomadapi.JobsParseRequest) (*nomadapi.Job, error) {
+	key := fmt.Sprintf("%t\x00%s\x00%s", req.Canonicalize, req.Variables, req.JobHCL)
+	c.mu.Lock()
+	job, ok := c.jobs[key]
+	c.mu.Unlock()
+	if ok {
+		return job, nil
+	}
+	job, err := c.P.ParseHCLOpts(req)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.jobs == nil || len(c.jobs) >= c.Max {
+		c.jobs = map[string]*nomadapi.Job{}
+	}
+	c.jobs[key] = job
+	return job, nil
 }
