@@ -323,9 +323,10 @@ func (s *site) check() {
 
 // convergeNow compares the lanes with KV at once, on the owner, and starts converging them when
 // the site is idle: a settings change made through the API is running when its answer leaves.
+// A comparison that a watch started meanwhile finds the operation running and starts nothing.
 func (s *site) convergeNow() (*api.Operation, error) {
 	s.dirty = true
-	if s.lead == nil || !s.ready || s.running != nil || s.checking || s.unmoved != nil {
+	if s.lead == nil || !s.ready || s.running != nil || s.unmoved != nil {
 		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(s.lead, checkTimeout)
