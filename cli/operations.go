@@ -195,10 +195,11 @@ func runSettle(e *env, cmd *command, args []string) int {
 	})
 }
 
-// settled reports whether a swap's settle phase has ended, or the swap has.
+// settled reports whether a swap's settle phase has ended (and the swap went back to its
+// monitor), or the swap has.
 func settled(op *api.Operation) bool {
 	p := op.Phase(api.PhaseSettle)
-	return api.Terminal(op.State) || p == nil || (p.State != api.PhasePending && p.State != api.PhaseRunning)
+	return api.Terminal(op.State) || p == nil || (p.State != api.PhasePending && p.State != api.PhaseRunning && op.State != api.StateSettling)
 }
 
 // parseOne parses the client flags of a command that takes exactly one argument, what.
