@@ -212,15 +212,15 @@ func TestHoldSurvivesRestart(t *testing.T) {
 	stack, site, d, ctx, lanes := h.stack, h.site, h.d, h.ctx, h.lanes
 	prod, staging := h.prod, h.staging
 	swap := swapUntilMonitoring(ctx, t, d, site)
-	p.kill()
-	p.restart()
-	swap = waitTakenOver(ctx, t, p, site.name, swap.ID)
-	t.Logf("swap %s taken over %s after its switch ended: %s", swap.ID, time.Since(*swap.Phase(api.PhaseSwitch).EndedAt).Round(time.Millisecond), phaseTimes(swap))
+	swap = killAndTakeOver(ctx, t, p, site.name, swap)
 	assertHolds(ctx, t, d.client, site.name, swap, hold)
 	if ph := swap.Phase(api.PhaseSettle); assert.NotNil(t, ph) {
 		assert.Equal(t, api.PhasePending, ph.State, "the settle phase of the swap taken over")
 	}
+	require.Equal(t, lanes["staging"], d.laneJobs(site.name)["production"], "production is still the lane swapped in after the restart")
+	waitServes(t, stack, prod, lanes["staging"])
 
+	rbCalled := time.Now()
 	rb, err := d.client.Rollback(ctx, site.name)
 	require.NoError(t, err, "a rollback after the restart, while the swap %s holds, must be accepted", swap.ID)
 	assert.Equal(t, swap.ID, rb.RollbackOf, "the rollback reverses the swap taken over")
@@ -235,15 +235,22 @@ func TestHoldSurvivesRestart(t *testing.T) {
 	waitServes(t, stack, prod, lanes["production"])
 
 	time.Sleep(5 * time.Second)
-	p.kill()
 	restarted := time.Now()
-	p.restart()
-	rb = waitTakenOver(ctx, t, p, site.name, rb.ID)
+	rb = killAndTakeOver(ctx, t, p, site.name, rb)
 	rb = p.waitOp(rb.ID, 5*time.Minute)
 	t.Logf("rollback: %s", phaseTimes(rb))
 	require.Equal(t, api.StateSucceeded, rb.State, "rollback %s: %s", rb.ID, rb.Error)
-	sw := rb.Phase(api.PhaseSwitch)
-	assertSettledAtHoldEnd(t, rb, hold, restarted.Sub(*sw.EndedAt))
+	assertSettledAtHoldEnd(t, rb, hold, restarted.Sub(*rb.Phase(api.PhaseSwitch).EndedAt))
+
+	// From the swap's switch to the rollback, across the restart, production was the lane
+	// swapped in.
+	var moved []sample
+	for _, s := range h.prodSmp.snapshot() {
+		if !s.at.Before(swap.Phase(api.PhaseSwitch).EndedAt.Add(routerLag)) && s.at.Before(rbCalled) && s.ans.Lane != lanes["staging"] {
+			moved = append(moved, s)
+		}
+	}
+	assert.Empty(t, moved, "answers on %s between the swap and the rollback not from %s: %s", prod, lanes["staging"], firstSamples(moved, 10))
 
 	assert.Equal(t, lanes, d.laneJobs(site.name), "every slot is back on its original lane")
 	waitAnswers(t, stack, staging, time.Minute, lanes["staging"]+" with staging's settings", func(a appAnswer) bool {
@@ -266,9 +273,10 @@ func TestSettleCommand(t *testing.T) {
 	settled, err := d.client.Settle(ctx, site.name)
 	require.NoError(t, err, "settle while the swap %s holds", swap.ID)
 	assert.Equal(t, swap.ID, settled.ID, "settle answers the swap that holds")
+	// The settle phase ends, then the swap's state is monitoring again.
 	settled, err = d.client.Follow(ctx, settled, func(o *api.Operation) bool {
 		p := o.Phase(api.PhaseSettle)
-		return p != nil && p.State != api.PhasePending && p.State != api.PhaseRunning || api.Terminal(o.State)
+		return p != nil && p.State != api.PhasePending && p.State != api.PhaseRunning && o.State != api.StateSettling || api.Terminal(o.State)
 	}, nil)
 	require.NoError(t, err, "follow the swap %s until it settled", swap.ID)
 	t.Logf("swap after settle: %s", phaseTimes(settled))
@@ -421,6 +429,26 @@ func assertSettledAtHoldEnd(t testing.TB, op *api.Operation, hold, slack time.Du
 		op.Kind, op.ID, settle.StartedAt.Sub(*sw.EndedAt).Round(time.Millisecond), hold, settle.Duration().Round(time.Millisecond))
 	assert.GreaterOrEqual(t, late, time.Duration(0), "the settle of %s %s started before its hold was over", op.Kind, op.ID)
 	assert.Less(t, late, slack, "the settle of %s %s started late after its hold was over", op.Kind, op.ID)
+}
+
+// killAndTakeOver kills slotd (SIGKILL) while op runs, starts it again and waits until the new
+// run has taken op over; it returns op as the new run has it, with the switch as journaled
+// before the kill.
+func killAndTakeOver(ctx context.Context, t testing.TB, p *procDaemon, site string, op *api.Operation) *api.Operation {
+	t.Helper()
+	sw := op.Phase(api.PhaseSwitch)
+	require.True(t, sw != nil && sw.EndedAt != nil, "%s %s has switched before the kill: %s", op.Kind, op.ID, phaseTimes(op))
+	p.kill()
+	killed := time.Now()
+	p.restart()
+	taken := waitTakenOver(ctx, t, p, site, op.ID)
+	t.Logf("%s %s taken over %s after slotd was killed, %s after its switch ended: %s", op.Kind, op.ID,
+		time.Since(killed).Round(time.Millisecond), time.Since(*sw.EndedAt).Round(time.Millisecond), phaseTimes(taken))
+	tsw := taken.Phase(api.PhaseSwitch)
+	require.True(t, tsw != nil && tsw.State == api.PhaseSucceeded && tsw.EndedAt != nil, "the switch of %s %s taken over: %s", op.Kind, op.ID, phaseTimes(taken))
+	require.WithinDuration(t, *sw.EndedAt, *tsw.EndedAt, time.Millisecond,
+		"the switch of %s %s ended when it was journaled before the kill: it must not run again", op.Kind, op.ID)
+	return taken
 }
 
 // waitTakenOver waits until a restarted slotd leads, the site is ready and runs operation id
