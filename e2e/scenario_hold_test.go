@@ -131,7 +131,7 @@ func TestAutoRollbackIsInstant(t *testing.T) {
 		}
 	}
 	assert.Empty(t, failed, "requests to %s that did not get a 200 before production degraded or after the rollback's switch: %s", prod, firstSamples(failed, 20))
-	t.Logf("%s: %d requests, %d not 200 while degraded (from the monitor's start to the rollback's switch), %d not 200 otherwise",
+	t.Logf("%s: %d requests, %d not 200 while degraded (from production turning sick to the rollback's switch), %d not 200 otherwise",
 		prod, len(samples), len(degraded), len(failed))
 	assertNoProductionSecrets(t, h.stagingSmp, site)
 }
