@@ -2,9 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -64,71 +61,12 @@ func TestMonitorRollback(t *testing.T) {
 	defer cancel()
 	prod := site.host("production")
 	lanes := d.laneJobs(site.name)
-	sick := filepath.Join(t.TempDir(), "sick")
-	// Registered after startDaemon, so it runs before the daemon stops: a daemon stuck waiting
-	// for the sick lane to pass its checks can then finish.
-	t.Cleanup(func() { _ = os.Remove(sick) })
-
-	deploy := d.run(func(ctx context.Context) (*api.Operation, error) {
-		return d.client.Deploy(ctx, site.name, "staging", map[string]string{"fail_healthz_file": sick, "app_version": "v2"})
-	})
-	require.Equal(t, api.StateSucceeded, deploy.State, "deploy into staging: %s", deploy.Error)
-	waitServes(t, stack, prod, lanes["production"])
-
-	swap, err := d.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
-	require.NoError(t, err)
-	swap, err = d.client.Follow(ctx, swap, func(o *api.Operation) bool {
-		return o.State == api.StateMonitoring || api.Terminal(o.State)
-	}, nil)
-	require.NoError(t, err, "follow the swap until it monitors")
-	require.Equal(t, api.StateMonitoring, swap.State, "swap: %s", swap.Error)
-	waitAnswers(t, stack, prod, 30*time.Second, "v2 from "+lanes["staging"], func(a appAnswer) bool {
-		return a.Lane == lanes["staging"] && a.Version == "v2"
-	})
-
-	// The new production turns sick without a restart.
-	sickAt := time.Now()
-	require.NoError(t, os.WriteFile(sick, []byte("sick\n"), 0o644))
-	swap, err = d.client.Follow(ctx, swap, func(o *api.Operation) bool { return api.Terminal(o.State) }, nil)
-	require.NoError(t, err, "follow the swap until it ends")
-	t.Logf("swap ended %s after production turned sick: %s %q; %s",
-		time.Since(sickAt).Round(time.Millisecond), swap.State, swap.Error, phaseTimes(swap))
-	require.Equal(t, api.StateFailed, swap.State, "the swap whose production degraded")
-	assert.Contains(t, strings.ToLower(swap.Error), "degraded", "the swap's error says production degraded")
-	if m := swap.Phase(api.PhaseMonitor); assert.NotNil(t, m) {
-		assert.Equal(t, api.PhaseFailed, m.State, "monitor phase")
-	}
-
-	var rb *api.Operation
-	WaitFor(t, time.Minute, "a rollback with trigger monitor", func() (bool, string) {
-		seen := ""
-		if s, err := d.client.Site(ctx, site.name); err == nil && s.Operation != nil {
-			if s.Operation.Kind == api.KindRollback && s.Operation.Trigger == "monitor" {
-				rb = s.Operation
-				return true, ""
-			}
-			seen = fmt.Sprintf("running: %s %s/%s/%s; ", s.Operation.ID, s.Operation.Kind, s.Operation.Trigger, s.Operation.State)
-		}
-		hist, err := d.client.History(ctx, site.name, api.HistoryPage{})
-		if err != nil {
-			return false, err.Error()
-		}
-		for i := range hist {
-			if hist[i].Kind == api.KindRollback && hist[i].Trigger == "monitor" {
-				rb = &hist[i]
-				return true, ""
-			}
-		}
-		if len(hist) > 0 {
-			seen += fmt.Sprintf("newest in history: %s %s/%s/%s", hist[0].ID, hist[0].Kind, hist[0].Trigger, hist[0].State)
-		}
-		return false, seen
-	})
-	assert.Equal(t, swap.ID, rb.RollbackOf, "the rollback names the failed swap")
+	dg := degradeAfterSwap(ctx, t, stack, d, site)
+	swap, rb, sickAt := dg.swap, dg.rollback, dg.sickAt
 	// A rollback takes about as long as a swap (~25 s here); 3 minutes is generous.
 	rctx, rcancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer rcancel()
-	rb, err = d.client.Follow(rctx, rb, func(o *api.Operation) bool { return api.Terminal(o.State) }, nil)
+	rb, err := d.client.Follow(rctx, rb, func(o *api.Operation) bool { return api.Terminal(o.State) }, nil)
 	require.NoError(t, err, "follow the rollback by the monitor: it did not end within 3m (last seen %s %q: %s)", rb.State, rb.Error, phaseTimes(rb))
 	t.Logf("rollback ended %s after production turned sick: %s %q; %s",
 		time.Since(sickAt).Round(time.Millisecond), rb.State, rb.Error, phaseTimes(rb))
