@@ -200,7 +200,7 @@ func (r *run) finish(err error) {
 	op.FinishedAt, op.UpdatedAt = &now, now
 	// The outcome goes into the journal first: should the move into history fail, whoever
 	// reads the journal next moves it, and never runs it again.
-	if jerr := r.journal(); jerr != nil {
+	if jerr := r.write(); jerr != nil {
 		a.logger.Warn("cannot journal the outcome", "site", op.Site, "op", op.ID, "error", jerr)
 	}
 	for attempt := 1; ; attempt++ {
@@ -295,16 +295,22 @@ func (r *run) note(name, msg string) {
 }
 
 func (r *run) journal() error {
+	if err := r.write(); err != nil {
+		return err
+	}
+	r.a.ops.publish(r.op)
+	return nil
+}
+
+// write journals the operation without telling its followers: an outcome is told only once
+// it is in history, where a rollback that follows looks for it.
+func (r *run) write() error {
 	if r.lead.Err() != nil {
 		// Deposed: even should this daemon lead again, its new session must not carry the
 		// writes of a run that belongs to the old leadership.
 		return errStopping
 	}
-	if err := r.a.store.updateOperation(r.op); err != nil {
-		return err
-	}
-	r.a.ops.publish(r.op)
-	return nil
+	return r.a.store.updateOperation(r.op)
 }
 
 // opRegistry keeps the operations this daemon has seen, for reads that block until a change.
