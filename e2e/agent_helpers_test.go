@@ -31,6 +31,8 @@ type siteSpec struct {
 	warmup   string            // the body of the warmup block
 	monitor  string            // the body of the monitor block; empty: a 1s window
 	autoSwap bool              // staging auto-swaps into production
+	// previousTags routes the host previous("production") to production's held lane (previous_tags).
+	previousTags bool
 	token    string
 	// settings and sticky declare further swappable and sticky settings, by slot name, besides
 	// each slot's FEATURE and DB.
@@ -52,6 +54,9 @@ type siteSpec struct {
 // hosts of a site's slots, as Fabio routes them.
 func (s siteSpec) host(slot string) string    { return s.name + "-" + slot + ".test" }
 func (s siteSpec) preview(slot string) string { return s.name + "-" + slot + "-preview.test" }
+func (s siteSpec) previous(slot string) string {
+	return s.name + "-" + slot + "-previous.test"
+}
 
 func newSite(opts ...func(*siteSpec)) siteSpec {
 	s := siteSpec{name: "s" + Suffix()}
@@ -124,6 +129,10 @@ func (s siteSpec) siteHCL(t testing.TB, job string) string {
 		}
 		return ""
 	}
+	previous := ""
+	if s.previousTags {
+		previous = fmt.Sprintf("previous_tags = [\"urlprefix-%s/\"]", s.previous("production"))
+	}
 	historyLimit := ""
 	if s.historyLimit != 0 {
 		historyLimit = fmt.Sprintf("history_limit = %d", s.historyLimit)
@@ -144,6 +153,7 @@ site %[1]q {
   slot "production" {
     tags         = ["urlprefix-%[1]s-production.test/"]
     preview_tags = ["urlprefix-%[1]s-production-preview.test/"]
+    %[16]s
     settings     = %[7]s
     sticky       = %[8]s
     %[14]s
@@ -160,7 +170,7 @@ site %[1]q {
 `, s.name, job, vb.String(), warmup, monitor, autoSwap,
 		declared(s.settings, "production", "FEATURE", "prod-feature"), declared(s.sticky, "production", "DB", "prod-db"),
 		declared(s.settings, "staging", "FEATURE", "staging-feature"), declared(s.sticky, "staging", "DB", "staging-db"),
-		s.slots, historyLimit, hclList(s.sensitiveVars), scale("production"), scale("staging"))
+		s.slots, historyLimit, hclList(s.sensitiveVars), scale("production"), scale("staging"), previous)
 }
 
 // hclList renders strings as an HCL list.

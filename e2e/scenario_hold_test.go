@@ -143,7 +143,9 @@ func TestAutoRollbackIsInstant(t *testing.T) {
 // there with staging's settings.
 func TestHoldSettlesAtWindowEnd(t *testing.T) {
 	const hold = 20 * time.Second
-	h := startHoldSetup(t, holdSite("10s", hold), nil, 2, map[string]string{"app_version": "v2"})
+	site := holdSite("10s", hold)
+	site.previousTags = true
+	h := startHoldSetup(t, site, nil, 2, map[string]string{"app_version": "v2"})
 	stack, site, d, ctx, lanes := h.stack, h.site, h.d, h.ctx, h.lanes
 	prod, staging, stagingSmp := h.prod, h.staging, h.stagingSmp
 	swap := swapUntilMonitoring(ctx, t, d, site)
@@ -162,6 +164,10 @@ func TestHoldSettlesAtWindowEnd(t *testing.T) {
 		status, ans, err := get(ctx, stack, staging)
 		assert.False(t, err == nil && status == 200, "the staging host answered during the hold: %+v", ans)
 	}
+	// Testers still reach the previous production on its previous_tags route, as it was.
+	waitAnswers(t, stack, site.previous("production"), 10*time.Second, "v1 from "+lanes["production"]+" with production's settings", func(a appAnswer) bool {
+		return a.Lane == lanes["production"] && a.Version == "v1" && a.Env["DB"] == "prod-db"
+	})
 
 	swap = waitTerminal(ctx, t, d, swap)
 	t.Logf("swap: %s", phaseTimes(swap))
