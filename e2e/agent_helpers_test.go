@@ -33,7 +33,7 @@ type siteSpec struct {
 	autoSwap bool              // staging auto-swaps into production
 	// previousTags routes the host previous("production") to production's held lane (previous_tags).
 	previousTags bool
-	token    string
+	token        string
 	// settings and sticky declare further swappable and sticky settings, by slot name, besides
 	// each slot's FEATURE and DB.
 	settings map[string]map[string]string
