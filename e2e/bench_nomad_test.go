@@ -152,7 +152,8 @@ func settleNow(b *testing.B, d *daemon, site string) {
 	require.NoError(b, err, "settle %s", site)
 	op, err = d.client.Follow(ctx, op, func(o *api.Operation) bool {
 		p := o.Phase(api.PhaseSettle)
-		return api.Terminal(o.State) || p == nil || p.State == api.PhaseSucceeded || p.State == api.PhaseFailed
+		ended := p == nil || p.State == api.PhaseSucceeded || p.State == api.PhaseFailed
+		return api.Terminal(o.State) || ended && o.State != api.StateSettling // back to its monitor
 	}, nil)
 	require.NoError(b, err, "follow %s", op.ID)
 	p := op.Phase(api.PhaseSettle)
