@@ -472,15 +472,15 @@ func (w *swap) monitorAndHold(ctx context.Context, m *config.Monitor, monEnd, ho
 	return degraded
 }
 
-// settleDuringMonitor settles the held lane while the swap's state is monitoring or holding,
-// and puts that state back after.
+// settleDuringMonitor settles the held lane while the swap's state is monitoring or holding;
+// the end of the settle phase is journaled with that state back, in one write.
 func (w *swap) settleDuringMonitor(ctx context.Context) error {
 	state := w.op.State
-	if err := w.settlePhase(ctx); err != nil {
+	return w.phase(api.PhaseSettle, api.StateSettling, func() error {
+		err := w.settle(ctx)
+		w.op.State = state
 		return err
-	}
-	w.op.State = state
-	return w.journal()
+	})
 }
 
 func (w *swap) settlePhase(ctx context.Context) error {
