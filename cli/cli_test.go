@@ -225,6 +225,11 @@ func TestCommandsCallTheAPI(t *testing.T) {
 			want: []seen{{Method: "POST", Path: "/v1/sites/web/swap", Body: `{"source":"-staging","target":"production","preview":false}`}},
 		},
 		{
+			name: "settle",
+			args: []string{"settle", "web", "-detach"},
+			want: []seen{{Method: "POST", Path: "/v1/sites/web/settle"}},
+		},
+		{
 			name: "rollback",
 			args: []string{"rollback", "web", "-detach"},
 			want: []seen{{Method: "POST", Path: "/v1/sites/web/rollback"}},
@@ -323,6 +328,7 @@ func TestCommandsCallTheAPI(t *testing.T) {
 			f.reply("POST /v1/sites/{site}/swap", 202, started)
 			f.reply("PUT /v1/sites/{site}/slots/{slot}/scale", 202, started)
 			f.reply("POST /v1/sites/{site}/rollback", 202, started)
+			f.reply("POST /v1/sites/{site}/settle", 200, started)
 			f.reply("GET /v1/sites/{site}", 200, api.Site{Name: "web", Operation: &started})
 			f.reply("POST /v1/operations/{id}/complete", 200, started)
 			f.reply("POST /v1/operations/{id}/cancel", 200, started)
@@ -481,6 +487,14 @@ func TestStatusTable(t *testing.T) {
 		"empty        -           -              -        -        -               -",
 		"",
 	}, "\n"), r.stdout)
+}
+
+// TestLaneText: a held slot's lane says whose settings it still runs, and until when.
+func TestLaneText(t *testing.T) {
+	until := time.Date(2026, 11, 30, 12, 3, 4, 0, time.Local)
+	assert.Equal(t, "web-a", laneText(api.Slot{Lane: "web-a"}))
+	assert.Equal(t, "-", laneText(api.Slot{}))
+	assert.Equal(t, "web-a (held as production until 12:03:04)", laneText(api.Slot{Lane: "web-a", HeldFor: "production", HeldUntil: &until}))
 }
 
 func TestStatusOfASite(t *testing.T) {

@@ -175,7 +175,9 @@ func switched(b *testing.B, d *daemon, start func(context.Context) (*api.Operati
 	defer cancel()
 	op, err := start(ctx)
 	require.NoError(b, err)
-	op, err = d.client.Follow(ctx, op, func(o *api.Operation) bool { return o.Switched && o.State != api.StateSwitching || api.Terminal(o.State) }, nil)
+	op, err = d.client.Follow(ctx, op, func(o *api.Operation) bool {
+		return o.Switched && o.State != api.StateSwitching || api.Terminal(o.State)
+	}, nil)
 	require.NoError(b, err, "follow %s", op.ID)
 	require.True(b, op.Switched, "%s %s did not switch: %s %s", op.Kind, op.ID, op.State, op.Error)
 	require.Equal(b, instant, op.Instant, "%s %s: instant (switch only)", op.Kind, op.ID)
