@@ -25,7 +25,7 @@ import (
 )
 
 // Version is the daemon's version, shown by /v1/health.
-var Version = "0.3.0"
+var Version = "0.4.0"
 
 const (
 	// shutdownGrace is how long a stopping daemon lets running phases finish before cancelling them.
