@@ -146,8 +146,29 @@ func (w *swap) runPhases(ctx context.Context) error {
 		if err := w.phase(api.PhaseSwitch, api.StateSwitching, func() error { return w.switchSlots(ctx) }); err != nil {
 			return err
 		}
+	} else if !w.done(api.PhaseSwitch) {
+		if err := w.endTakenOverSwitch(); err != nil {
+			return err
+		}
 	}
 	return w.afterSwitch(ctx)
+}
+
+// endTakenOverSwitch ends the switch of a swap whose daemon stopped after the exchange but
+// before the phase's end reached the journal. Make and break come before the exchange, so
+// routing is done; the switch ends now, and the hold and the monitor count from here.
+func (w *swap) endTakenOverSwitch() error {
+	p := w.op.Phase(api.PhaseSwitch)
+	if p == nil {
+		return nil
+	}
+	now := time.Now().UTC()
+	if p.StartedAt == nil {
+		p.StartedAt = &now
+	}
+	p.State, p.EndedAt = api.PhaseSucceeded, &now
+	p.Message = strings.TrimPrefix(p.Message+"; taken over after the exchange", "; ")
+	return w.journal()
 }
 
 // skipHeld marks a phase that an instant swap does not need.

@@ -334,6 +334,18 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			wantProd:  "b",
 		},
 		{
+			name: "killed after the exchange, before the switch's end was journaled: the switch ends, settle is left",
+			op: func() *api.Operation {
+				o := phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseRunning)
+				o.Switched = true
+				return o
+			}(),
+			exchanged: true,
+			recover:   true,
+			wantCalls: []string{settleA},
+			wantProd:  "b",
+		},
+		{
 			name:      "a crash inside apply is undone, the target's lane first",
 			op:        phased(api.PhaseRunning),
 			recover:   true,
@@ -451,6 +463,10 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			require.NotNil(t, journaled)
 			swapped := tc.wantProd == "b"
 			assert.Equal(t, swapped, journaled.Switched, "switched in the journal is the exchange")
+			if swapped {
+				sw := journaled.Phase(api.PhaseSwitch)
+				assert.Equal(t, api.PhaseSucceeded, sw.State, "a switched swap's switch phase ended: %+v", sw)
+			}
 			feature := "prod-feature"
 			if swapped {
 				feature = "staging-feature"

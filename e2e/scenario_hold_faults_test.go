@@ -81,8 +81,9 @@ func TestKilledInInstantRollback(t *testing.T) {
 	}
 }
 
-// waitSwitched follows operation id until it switched; errors while the daemon restarts count
-// as not yet, and an operation that ended without switching fails the test.
+// waitSwitched follows operation id until its switch ended (it is monitoring or holding from
+// then on, where a cancel or a kill finds it); errors while the daemon restarts count as not
+// yet, and an operation that ended without switching fails the test.
 func waitSwitched(ctx context.Context, t testing.TB, c *api.Client, id string) *api.Operation {
 	t.Helper()
 	var op *api.Operation
@@ -93,7 +94,8 @@ func waitSwitched(ctx context.Context, t testing.TB, c *api.Client, id string) *
 		}
 		op = cur
 		require.False(t, api.Terminal(op.State) && !op.Switched, "%s %s ended without switching: %s %s (%s)", op.Kind, op.ID, op.State, op.Error, phaseTimes(op))
-		return op.Switched, op.State
+		sw := op.Phase(api.PhaseSwitch)
+		return op.Switched && sw != nil && sw.EndedAt != nil && op.State != api.StateSwitching, op.State
 	})
 	return op
 }
