@@ -296,6 +296,7 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		a.mu.Lock()
 		a.leaderCtx = leadCtx
 		a.mu.Unlock()
+		a.watchShared(leadCtx)
 		for _, s := range a.siteList() {
 			s.setLead(leadCtx)
 		}

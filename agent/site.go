@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
-	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
@@ -478,51 +476,20 @@ func (s *site) retryMove() {
 	})
 }
 
-// watch follows, while the site leads, everything its lanes depend on: the slots in KV, the
-// lane jobs in Nomad and the instances in Consul. Each change pokes the owner.
+// watch follows the site's slots in KV while the site leads; each change pokes the owner. Its
+// lanes in Nomad and Consul are followed for all sites together (watchShared).
 func (s *site) watch(ctx context.Context) {
 	a, name := s.a, s.name
-	count := func(w string) func() {
-		c := a.metrics.watchRequests.WithLabelValues(name, w)
-		return c.Inc
-	}
-	warn := func(w string) func(error) {
-		return func(err error) { s.log.Warn("watch failed", "watch", w, "error", err) }
-	}
-	changed := func(uint64) bool { s.poke(); return false }
-	lanesSeen := ""
-	go a.follow(ctx, followOpts{backend: "consul", wait: idleWait, gap: watchGap, count: count("kv"), onError: warn("kv")},
+	go a.follow(ctx, followOpts{backend: "consul", wait: idleWait, gap: watchGap,
+		count:   a.metrics.watchRequests.WithLabelValues(name, "kv").Inc,
+		onError: func(err error) { s.log.Warn("watch failed", "watch", "kv", "error", err) }},
 		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 			st, err := a.store.loadSlots(name, (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx))
 			if err != nil {
 				return 0, err
 			}
 			return st.Index, nil
-		}, changed)
-	go a.follow(ctx, followOpts{backend: "nomad", wait: idleWait, gap: watchGap, count: count("nomad"), onError: warn("nomad")},
-		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
-			q := (&nomadapi.QueryOptions{Prefix: name + "-", WaitIndex: index, WaitTime: wait}).WithContext(ctx)
-			stubs, meta, err := a.nomad.Jobs().List(q)
-			if err != nil {
-				return 0, err
-			}
-			// The index is Nomad's whole job table: poke only when this site's lanes changed.
-			if sum := jobsDigest(stubs); sum != lanesSeen {
-				lanesSeen = sum
-				s.poke()
-			}
-			return meta.LastIndex, nil
-		}, func(uint64) bool { return false })
-	go a.follow(ctx, followOpts{backend: "consul", wait: idleWait, gap: watchGap, count: count("consul"), onError: warn("consul")},
-		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
-			cfg := s.config()
-			entries, idx, err := a.siteEntries(ctx, cfg, index, wait)
-			if err != nil {
-				return 0, err
-			}
-			a.countInstances(cfg, entries)
-			return idx, nil
-		}, changed)
+		}, func(uint64) bool { s.poke(); return false })
 }
 
 // countInstances keeps the per-slot instance gauges current.
@@ -547,14 +514,4 @@ func (a *Agent) countInstances(cfg *config.Site, entries []*consulapi.ServiceEnt
 		a.metrics.instances.WithLabelValues(cfg.Name, slot.Name, "passing").Set(float64(pass))
 		a.metrics.instances.WithLabelValues(cfg.Name, slot.Name, "failing").Set(float64(fail))
 	}
-}
-
-// jobsDigest sums up what of a list of jobs matters to a site: which exist, in which
-// version and status.
-func jobsDigest(stubs []*nomadapi.JobListStub) string {
-	var b strings.Builder
-	for _, j := range stubs {
-		fmt.Fprintf(&b, "%s/%d/%s/%t;", j.ID, j.JobModifyIndex, j.Status, j.Stop)
-	}
-	return b.String()
 }

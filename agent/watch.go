@@ -3,8 +3,17 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/slotd/slotd/config"
 )
 
 // The blocking-query rules of STYLE.md, written once: every watch and every wait of slotd asks
@@ -110,5 +119,141 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 		return ctx.Err()
 	case <-t.C:
 		return nil
+	}
+}
+
+// watchShared follows, for every site while this daemon leads, their lanes in Nomad (the job
+// list) and in Consul (the health checks of their services, which carry the instances' tags):
+// one blocking query each, whatever the number of sites, and a site is poked only when its own
+// part of the answer changed. Every blocking query holds a connection, and Consul and Nomad
+// limit those per client address (http_max_conns_per_client, 200 and 100 by default): only
+// the KV watch, which has no shared form that does not read every site's history, is per site.
+func (a *Agent) watchShared(ctx context.Context) {
+	opts := func(w string) followOpts {
+		return followOpts{
+			backend: map[string]string{"jobs": "nomad", "checks": "consul"}[w],
+			wait:    idleWait, gap: watchGap,
+			count:   a.metrics.watchRequests.WithLabelValues(allSites, w).Inc,
+			onError: func(err error) { a.logger.Warn("watch failed", "watch", w, "error", err) },
+		}
+	}
+	never := func(uint64) bool { return false }
+	jobs, checks := lastSums{}, lastSums{}
+	go a.follow(ctx, opts("jobs"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+		q := (&nomadapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+		stubs, meta, err := a.nomad.Jobs().List(q)
+		if err != nil {
+			return 0, err
+		}
+		sites := a.siteList()
+		jobs.poke(sites, jobSums(siteNames(sites), stubs))
+		return meta.LastIndex, nil
+	}, never)
+	var filter string
+	go a.follow(ctx, opts("checks"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+		sites := a.siteList()
+		services := map[string][]string{} // service name → sites
+		for _, s := range sites {
+			svc := s.config().Service
+			services[svc] = append(services[svc], s.name)
+		}
+		if f := servicesFilter(services); f != filter {
+			filter, index = f, 0 // other services: the answer to wait on is a new one
+		}
+		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait, Filter: filter}).WithContext(ctx)
+		hcs, meta, err := a.consul.Health().State(consulapi.HealthAny, q)
+		if err != nil {
+			return 0, fmt.Errorf("read consul health checks: %w", err)
+		}
+		for _, s := range checks.poke(sites, checkSums(services, hcs)) {
+			a.refreshInstances(ctx, s.config())
+		}
+		return meta.LastIndex, nil
+	}, never)
+}
+
+// allSites is the site label of the shared watches' request metric.
+const allSites = "*"
+
+// lastSums remembers, per site, the digest of its part of a shared watch's last answer.
+type lastSums map[string]string
+
+// poke pokes the sites whose digest differs from the last one seen (each site once at first),
+// and returns them.
+func (l lastSums) poke(sites []*site, sums map[string]string) []*site {
+	var changed []*site
+	for _, s := range sites {
+		sum := sums[s.name]
+		if last, seen := l[s.name]; seen && last == sum {
+			continue
+		}
+		l[s.name] = sum
+		s.poke()
+		changed = append(changed, s)
+	}
+	return changed
+}
+
+func siteNames(sites []*site) []string {
+	names := make([]string, len(sites))
+	for i, s := range sites {
+		names[i] = s.name
+	}
+	return names
+}
+
+// jobSums is the digest of each site's lane jobs in a job list: which exist, in which
+// version and status. A site's lane jobs are named after it (site-a, site-b).
+func jobSums(sites []string, stubs []*nomadapi.JobListStub) map[string]string {
+	sums := make(map[string]string, len(sites))
+	for _, name := range sites {
+		var b strings.Builder
+		for _, j := range stubs {
+			if strings.HasPrefix(j.ID, name+"-") {
+				fmt.Fprintf(&b, "%s/%d/%s/%t;", j.ID, j.JobModifyIndex, j.Status, j.Stop)
+			}
+		}
+		sums[name] = b.String()
+	}
+	return sums
+}
+
+// checkSums is the digest of each site's instances in a list of health checks: which exist,
+// with which tags and status. Sites that share a service share its digest.
+func checkSums(services map[string][]string, hcs consulapi.HealthChecks) map[string]string {
+	lines := map[string][]string{}
+	for _, hc := range hcs {
+		if hc.ServiceID == "" {
+			continue // a node check
+		}
+		lines[hc.ServiceName] = append(lines[hc.ServiceName], fmt.Sprintf("%s/%s/%s/%s/%s;",
+			hc.Node, hc.ServiceID, hc.CheckID, hc.Status, strings.Join(hc.ServiceTags, ",")))
+	}
+	sums := map[string]string{}
+	for svc, sites := range services {
+		l := lines[svc]
+		slices.Sort(l)
+		for _, name := range sites {
+			sums[name] = strings.Join(l, "")
+		}
+	}
+	return sums
+}
+
+// servicesFilter is the Consul filter that keeps the health checks of these services.
+func servicesFilter(services map[string][]string) string {
+	names := make([]string, 0, len(services))
+	for svc := range services {
+		names = append(names, "ServiceName == "+strconv.Quote(svc))
+	}
+	slices.Sort(names)
+	return strings.Join(names, " or ")
+}
+
+// refreshInstances updates the per-slot instance gauges of a site from Consul.
+func (a *Agent) refreshInstances(ctx context.Context, cfg *config.Site) {
+	entries, _, err := a.siteEntries(ctx, cfg, 0, 0)
+	if err == nil {
+		a.countInstances(cfg, entries)
 	}
 }
