@@ -90,12 +90,8 @@ func TestSwapScale(t *testing.T) {
 			wantErr: "take the routes of production off lane a",
 		},
 		{
-			name: "resumed after the exchange: the former production lane settles at staging's scale",
-			op: func() *api.Operation {
-				o := phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseSucceeded)
-				o.Switched = true
-				return o
-			}(),
+			name:       "resumed after the exchange: the former production lane settles at staging's scale",
+			op:         exchanged(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseSucceeded),
 			exchanged:  true,
 			recover:    true,
 			wantScales: []string{"a as staging app=1"},

@@ -271,6 +271,13 @@ func phased(states ...string) *api.Operation {
 	return op
 }
 
+// exchanged is phased with the exchange journaled: KV binds the slots the other way round.
+func exchanged(states ...string) *api.Operation {
+	op := phased(states...)
+	op.Switched = true
+	return op
+}
+
 // The lane moves of a swap of staging (lane b) into production (lane a), by name.
 const (
 	applyB   = "b as production [urlprefix-preview/] DB=prod-db FEATURE=staging-feature healthy"
@@ -322,24 +329,16 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			wantProd:  "a",
 		},
 		{
-			name: "resumed after the exchange: only settle is left",
-			op: func() *api.Operation {
-				o := phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseSucceeded)
-				o.Switched = true
-				return o
-			}(),
+			name:      "resumed after the exchange: only settle is left",
+			op:        exchanged(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseSucceeded),
 			exchanged: true,
 			recover:   true,
 			wantCalls: []string{settleA},
 			wantProd:  "b",
 		},
 		{
-			name: "killed after the exchange, before the switch's end was journaled: the switch ends, settle is left",
-			op: func() *api.Operation {
-				o := phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseRunning)
-				o.Switched = true
-				return o
-			}(),
+			name:      "killed after the exchange, before the switch's end was journaled: the switch ends, settle is left",
+			op:        exchanged(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseRunning),
 			exchanged: true,
 			recover:   true,
 			wantCalls: []string{settleA},
@@ -385,12 +384,8 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			wantProd:  "b",
 		},
 		{
-			name: "a crash inside settle settles again",
-			op: func() *api.Operation {
-				o := phased(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseSucceeded, api.PhasePending, api.PhaseRunning)
-				o.Switched = true
-				return o
-			}(),
+			name:      "a crash inside settle settles again",
+			op:        exchanged(api.PhaseSucceeded, api.PhaseSucceeded, api.PhaseSucceeded, api.PhasePending, api.PhaseRunning),
 			exchanged: true,
 			recover:   true,
 			wantCalls: []string{settleA},
