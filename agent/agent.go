@@ -77,10 +77,19 @@ type Agent struct {
 	opsCancel context.CancelFunc
 }
 
+// maxConns is the most connections slotd opens to Consul and to Nomad each; more requests at
+// once wait for one to be free. Both count the connections of a client address against a
+// limit (http_max_conns_per_client: 200 for Consul, 100 for Nomad, by default) that slotd
+// shares with whatever else runs on its host (Nomad's own client, Fabio, consul-template), and
+// answer 429 past it. slotd's watches hold three connections whatever the number of sites; the
+// rest serves operations, whose blocking queries wait at most blockingWait.
+const maxConns = 64
+
 // New builds the clients and binds the HTTP listener, so a bad address fails at start.
 func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 	ccfg := consulapi.DefaultConfig()
 	ccfg.Address = cfg.Consul.Address
+	ccfg.Transport.MaxConnsPerHost, ccfg.Transport.MaxIdleConnsPerHost = maxConns, maxConns
 	if cfg.Consul.Token != "" {
 		ccfg.Token = cfg.Consul.Token
 	}
@@ -92,7 +101,9 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 	ncfg.Address = cfg.Nomad.Address
 	// A Nomad that hangs must not hold a call forever, even one that takes no context (the
 	// jobspec parse): no call waits longer than the longest blocking query and its grace.
-	ncfg.HttpClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone(), Timeout: idleWait + 2*queryGrace}
+	nt := http.DefaultTransport.(*http.Transport).Clone()
+	nt.MaxConnsPerHost, nt.MaxIdleConnsPerHost = maxConns, maxConns
+	ncfg.HttpClient = &http.Client{Transport: nt, Timeout: idleWait + 2*queryGrace}
 	if cfg.Nomad.Token != "" {
 		ncfg.SecretID = cfg.Nomad.Token
 	}

@@ -51,17 +51,16 @@ type site struct {
 	stopped chan struct{}
 
 	// Owned by run.
-	cfg         *config.Site
-	lead        context.Context // nil while this daemon does not lead
-	watchCancel context.CancelFunc
-	ready       bool
-	booting     bool
-	checking    bool
-	dirty       bool
-	running     *run
-	reboot      bool // the declarations changed while booting: boot again
-	bootTimer   *time.Timer
-	checkTimer  *time.Timer
+	cfg        *config.Site
+	lead       context.Context // nil while this daemon does not lead
+	ready      bool
+	booting    bool
+	checking   bool
+	dirty      bool
+	running    *run
+	reboot     bool // the declarations changed while booting: boot again
+	bootTimer  *time.Timer
+	checkTimer *time.Timer
 	// failures counts converge operations that failed in a row; holdUntil is when the next
 	// may start.
 	failures  int
@@ -172,20 +171,14 @@ func (s *site) setLead(lead context.Context) {
 	s.post(func() {
 		s.unlead()
 		s.lead = lead
-		var wctx context.Context
-		wctx, s.watchCancel = context.WithCancel(lead)
-		s.watch(wctx)
 		s.boot()
 	})
 }
 
-// unlead stops the site's watches; its running operation stops at its next phase boundary
-// (run.phase checks the leadership).
+// unlead forgets the leadership and stops the site's timers; its running operation stops at
+// its next phase boundary (run.phase checks the leadership). The watches are the daemon's
+// (watchShared): they end with the leadership.
 func (s *site) unlead() {
-	if s.watchCancel != nil {
-		s.watchCancel()
-		s.watchCancel = nil
-	}
 	s.lead, s.ready, s.booting, s.checking, s.reboot = nil, false, false, false, false
 	for _, t := range []*time.Timer{s.bootTimer, s.checkTimer} {
 		if t != nil {
@@ -474,22 +467,6 @@ func (s *site) retryMove() {
 			s.check()
 		})
 	})
-}
-
-// watch follows the site's slots in KV while the site leads; each change pokes the owner. Its
-// lanes in Nomad and Consul are followed for all sites together (watchShared).
-func (s *site) watch(ctx context.Context) {
-	a, name := s.a, s.name
-	go a.follow(ctx, followOpts{backend: "consul", wait: idleWait, gap: watchGap,
-		count:   a.metrics.watchRequests.WithLabelValues(name, "kv").Inc,
-		onError: func(err error) { s.log.Warn("watch failed", "watch", "kv", "error", err) }},
-		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
-			st, err := a.store.loadSlots(name, (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx))
-			if err != nil {
-				return 0, err
-			}
-			return st.Index, nil
-		}, func(uint64) bool { s.poke(); return false })
 }
 
 // countInstances keeps the per-slot instance gauges current.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -85,7 +86,40 @@ func bounded(q *consulapi.QueryOptions) (*consulapi.QueryOptions, context.Cancel
 }
 
 func (s *store) siteKey(site string, parts ...string) string {
-	return s.prefix + "/sites/" + site + "/" + strings.Join(parts, "/")
+	return s.sitesPrefix() + site + "/" + strings.Join(parts, "/")
+}
+
+// sitesPrefix is the KV folder of all sites.
+func (s *store) sitesPrefix() string { return s.prefix + "/sites/" }
+
+// slotSums reads the slots of these sites, as many sites to a transaction as Consul takes, and
+// sums each site's up: its keys and their modify indexes, so that any key of a site's slots
+// written or deleted changes that site's sum, and nothing else (its operation and history) does.
+func (s *store) slotSums(ctx context.Context, sites []string) (map[string]string, error) {
+	sums := make(map[string]string, len(sites))
+	for batch := range slices.Chunk(sites, maxTxnOps) {
+		ops := make(consulapi.KVTxnOps, 0, len(batch))
+		for _, site := range batch {
+			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVGetTree, Key: s.siteKey(site, "slots") + "/"})
+		}
+		q, cancel := bounded((&consulapi.QueryOptions{}).WithContext(ctx))
+		ok, resp, _, err := s.kv.Txn(ops, q)
+		cancel()
+		if err == nil && !ok {
+			err = fmt.Errorf("%d errors, the first: %s", len(resp.Errors), resp.Errors[0].What)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the slots of %d sites: %w", len(batch), err)
+		}
+		for _, site := range batch {
+			sums[site] = ""
+		}
+		for _, p := range resp.Results {
+			site, _, _ := strings.Cut(strings.TrimPrefix(p.Key, s.sitesPrefix()), "/")
+			sums[site] += p.Key + "@" + strconv.FormatUint(p.ModifyIndex, 10) + ";"
+		}
+	}
+	return sums, nil
 }
 
 func (s *store) slotKey(site, slot string, parts ...string) string {

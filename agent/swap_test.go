@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -106,6 +107,12 @@ func (f *fakeKV) Txn(ops consulapi.KVTxnOps, _ *consulapi.QueryOptions) (bool, *
 			resp.Results = append(resp.Results, &consulapi.KVPair{Key: op.Key, ModifyIndex: f.index})
 		case consulapi.KVDeleteCAS, consulapi.KVDelete:
 			delete(f.pairs, op.Key)
+		case consulapi.KVGetTree:
+			for _, k := range slices.Sorted(maps.Keys(f.pairs)) {
+				if strings.HasPrefix(k, op.Key) {
+					resp.Results = append(resp.Results, f.pairs[k])
+				}
+			}
 		}
 	}
 	return true, resp, &consulapi.QueryMeta{}, nil

@@ -122,23 +122,40 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// watchShared follows, for every site while this daemon leads, their lanes in Nomad (the job
-// list) and in Consul (the health checks of their services, which carry the instances' tags):
-// one blocking query each, whatever the number of sites, and a site is poked only when its own
-// part of the answer changed. Every blocking query holds a connection, and Consul and Nomad
-// limit those per client address (http_max_conns_per_client, 200 and 100 by default): only
-// the KV watch, which has no shared form that does not read every site's history, is per site.
+// watchShared follows, for every site while this daemon leads, all that its lanes depend on:
+// its slots in KV, its lane jobs in Nomad and its service's health checks in Consul (they
+// carry the instances' tags). It is one blocking query for each of the three, whatever the
+// number of sites, and a site is poked only when its own part changed. Each blocking query
+// holds a connection, and Consul and Nomad limit the connections of one client address
+// (http_max_conns_per_client, 200 and 100 by default): what slotd holds open while idle does
+// not grow with its sites.
 func (a *Agent) watchShared(ctx context.Context) {
 	opts := func(w string) followOpts {
 		return followOpts{
-			backend: map[string]string{"jobs": "nomad", "checks": "consul"}[w],
+			backend: map[string]string{"kv": "consul", "jobs": "nomad", "checks": "consul"}[w],
 			wait:    idleWait, gap: watchGap,
 			count:   a.metrics.watchRequests.WithLabelValues(allSites, w).Inc,
 			onError: func(err error) { a.logger.Warn("watch failed", "watch", w, "error", err) },
 		}
 	}
 	never := func(uint64) bool { return false }
-	jobs, checks := lastSums{}, lastSums{}
+	slots, jobs, checks := lastSums{}, lastSums{}, lastSums{}
+	// KV: the keys of the sites folder, one level deep, answer when anything below it changed;
+	// then the slots of every site are read in a transaction or a few, and compared.
+	go a.follow(ctx, opts("kv"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+		_, meta, err := a.store.kv.Keys(a.store.sitesPrefix(), "/", q)
+		if err != nil {
+			return 0, fmt.Errorf("watch consul kv %s: %w", a.store.sitesPrefix(), err)
+		}
+		sites := a.siteList()
+		sums, err := a.store.slotSums(ctx, siteNames(sites))
+		if err != nil {
+			return 0, err
+		}
+		slots.poke(sites, sums)
+		return meta.LastIndex, nil
+	}, never)
 	go a.follow(ctx, opts("jobs"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 		q := (&nomadapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
 		stubs, meta, err := a.nomad.Jobs().List(q)

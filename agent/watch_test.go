@@ -1,11 +1,16 @@
 package agent
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestJobSums(t *testing.T) {
@@ -85,4 +90,54 @@ func TestLastSumsPokeOnlyChanged(t *testing.T) {
 
 	assert.Empty(t, l.poke([]*site{web, shop}, map[string]string{"web": "2"}))
 	assert.False(t, poked(web))
+}
+
+func TestSlotSums(t *testing.T) {
+	kv := newFakeKV()
+	st := &store{kv: kv, prefix: "slotd"}
+	var sites []string
+	for i := range maxTxnOps + 6 { // more sites than one transaction reads
+		site := fmt.Sprintf("s%03d", i)
+		sites = append(sites, site)
+		kv.put(st.slotKey(site, "production", "lane"), site+"-a")
+		kv.put(st.slotKey(site, "production", "settings"), `{"FEATURE":"x"}`)
+	}
+	sites = append(sites, "empty")
+	sums, err := st.slotSums(context.Background(), sites)
+	require.NoError(t, err)
+	require.Len(t, sums, len(sites))
+	assert.Equal(t, "", sums["empty"], "a site without slots in KV")
+	for _, site := range sites[:len(sites)-1] {
+		assert.Contains(t, sums[site], st.slotKey(site, "production", "lane")+"@", "site %s", site)
+		assert.Equal(t, 2, strings.Count(sums[site], "/sites/"+site+"/slots/"), "the site's own two keys in %s's sum: %s", site, sums[site])
+		assert.Equal(t, 2, strings.Count(sums[site], ";"), "and no other: %s", sums[site])
+	}
+
+	changed := func(what string, fn func()) {
+		t.Helper()
+		fn()
+		next, err := st.slotSums(context.Background(), sites)
+		require.NoError(t, err)
+		for _, site := range sites {
+			if site == "s070" {
+				assert.NotEqual(t, sums[site], next[site], "%s changes the sum of s070", what)
+			} else {
+				assert.Equal(t, sums[site], next[site], "%s leaves the sum of %s", what, site)
+			}
+		}
+		sums = next
+	}
+	changed("a setting written", func() { kv.put(st.slotKey("s070", "production", "settings"), `{"FEATURE":"y"}`) })
+	changed("a slot key deleted", func() {
+		_, _, _, _ = kv.Txn(consulapi.KVTxnOps{{Verb: consulapi.KVDelete, Key: st.slotKey("s070", "production", "settings")}}, nil)
+	})
+	kv.put(st.siteKey("s070", "operation"), `{"id":"op-1"}`)
+	kv.put(st.siteKey("s070", "history", "0001"), `{"id":"op-0"}`)
+	next, err := st.slotSums(context.Background(), sites)
+	require.NoError(t, err)
+	assert.Equal(t, sums, next, "the journal and the history are not the slots")
+
+	kv.fail = func(consulapi.KVTxnOps) error { return errors.New("consul is away") }
+	_, err = st.slotSums(context.Background(), sites)
+	assert.ErrorContains(t, err, "consul is away")
 }

@@ -366,8 +366,8 @@ func TestFailedSettingNotReplayed(t *testing.T) {
 }
 
 // TestReloadStopsRemovedSiteAddsSlot: a reload that removes a site and adds a slot to another
-// starts the new slot on a lane of its own, served with its settings, and stops every watch of
-// the removed site.
+// starts the new slot on a lane of its own, served with its settings, and stops managing the
+// removed site: a change to its KV tree or its lanes starts nothing.
 func TestReloadStopsRemovedSiteAddsSlot(t *testing.T) {
 	stack := Shared(t)
 	t.Parallel()
@@ -376,8 +376,8 @@ func TestReloadStopsRemovedSiteAddsSlot(t *testing.T) {
 	ctx := context.Background()
 	removedLanes := d.laneJobs(removed.name)
 
-	WaitFor(t, 30*time.Second, "watch requests counted for site "+removed.name, func() (bool, string) {
-		n, lines, err := watchRequests(d.addr, removed.name)
+	WaitFor(t, 30*time.Second, "the watches shared by all sites counted", func() (bool, string) {
+		n, lines, err := watchRequests(d.addr, "*")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -416,11 +416,12 @@ func TestReloadStopsRemovedSiteAddsSlot(t *testing.T) {
 		return a.Lane == qaLane && a.Slot == "qa" && a.Env["DB"] == "qa-db" && a.Env["FEATURE"] == "qa-feature"
 	})
 
-	// Nothing of the removed site is watched any more: a change in its KV tree and in one of
-	// its lanes asks nothing of Consul or Nomad.
-	watched, lines, err := watchRequests(d.addr, removed.name)
+	// The removed site is not managed any more: a change in its KV tree and in one of its lanes
+	// starts no operation on it, and the daemon watches nothing of its own for it.
+	prefix := "slotd-" + first.name + "/sites/" + removed.name
+	history, _, err := stack.Consul.KV().Keys(prefix+"/history/", "", nil)
 	require.NoError(t, err)
-	key := "slotd-" + first.name + "/sites/" + removed.name + "/slots/production/settings"
+	key := prefix + "/slots/production/settings"
 	_, err = stack.Consul.KV().Put(&consulapi.KVPair{Key: key, Value: []byte(`{"FEATURE":"x"}`)}, nil)
 	require.NoError(t, err, "write %s", key)
 	stopped := removedLanes["staging"]
@@ -429,9 +430,15 @@ func TestReloadStopsRemovedSiteAddsSlot(t *testing.T) {
 		require.NoError(t, err, "stop the job of %s", stopped)
 	}
 	time.Sleep(5 * time.Second)
-	after, afterLines, err := watchRequests(d.addr, removed.name)
+	journaled, _, err := stack.Consul.KV().Get(prefix+"/operation", nil)
 	require.NoError(t, err)
-	assert.Equal(t, watched, after, "watch requests of the removed site %s 5 s after a change in its KV tree and lanes:\nbefore %q\nafter  %q", removed.name, lines, afterLines)
+	assert.Nil(t, journaled, "no operation journaled for the removed site %s", removed.name)
+	after, _, err := stack.Consul.KV().Keys(prefix+"/history/", "", nil)
+	require.NoError(t, err)
+	assert.Equal(t, history, after, "the history of the removed site %s", removed.name)
+	own, lines, err := watchRequests(d.addr, removed.name)
+	require.NoError(t, err)
+	assert.Zero(t, own, "watch requests of the removed site's own: %q", lines)
 	if job, _, err := stack.Nomad.Jobs().Info(stopped, nil); err == nil {
 		assert.True(t, job.Stop != nil && *job.Stop, "the stopped lane %s of the removed site stays stopped", stopped)
 	}
