@@ -72,18 +72,16 @@ func TestInstantRollback(t *testing.T) {
 	took := back.Sub(called)
 	t.Logf("rollback: production answered only v1 from %s for every request sent from %s after the rollback was called",
 		lanes["production"], took.Round(time.Millisecond))
-	// The promise is "about as fast as the switch": production follows the rollback's switch
-	// (no restart, no warm-up before it). The figure itself is the benchmark's to measure
-	// (STYLE.md): 43 ms there, 102-126 ms here alone; under the whole suite's load, once, the
-	// switch itself took 19.7 s, waiting for Nomad's client and Consul.
+	// Production follows the rollback's switch (no restart, no warm-up before it), and that is
+	// within the second the issue promises. Once, under the whole suite, the switch took 19.7 s:
+	// Nomad's client applied the in-place updates only after garbage-collecting allocations
+	// past gc_max_allocs, which the harness now raises (README, "Running slotd on Nomad").
 	sw := rb.Phase(api.PhaseSwitch)
 	require.True(t, sw != nil && sw.EndedAt != nil, "rollback %s has an ended switch", rb.ID)
 	t.Logf("rollback switch: %s in %s (%s)", sw.State, sw.Duration().Round(time.Millisecond), sw.Message)
 	assert.LessOrEqual(t, took, sw.EndedAt.Sub(called)+routerLag,
 		"production serves the previous version as soon as the rollback's switch ended (plus the router's lag)")
-	if took >= time.Second {
-		t.Logf("note: %s is over the 1 s the issue aims at", took.Round(time.Millisecond))
-	}
+	assert.Less(t, took, time.Second, "production serves the previous version within 1 s of the rollback call")
 
 	hist, err := d.client.History(ctx, site.name, api.HistoryPage{})
 	require.NoError(t, err, "read the history of %s", site.name)

@@ -345,6 +345,11 @@ client {
   network_interface = "lo"
   min_dynamic_port  = %d
   max_dynamic_port  = %d
+  # Past gc_max_allocs (50 by default), each new allocation first garbage-collects terminal
+  # ones, one after the other, and every allocation update of the client waits behind that,
+  # in-place updates of service tags included: a swap's switch waited up to 20 s for it
+  # while the tests ran side by side. A client that runs lanes wants room (see README).
+  gc_max_allocs     = 1000
 
   options = {
     # The cloud fingerprinters probe 169.254.169.254 and cloud metadata host names.
