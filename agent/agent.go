@@ -45,8 +45,12 @@ type Agent struct {
 	logger hclog.Logger
 	consul *consulapi.Client
 	nomad  *nomadapi.Client
-	store  *store
-	lanes  laneOps
+	// ctlConsul and ctlNomad are the same agents through connections that operations and
+	// watches do not use (New).
+	ctlConsul *consulapi.Client
+	ctlNomad  *nomadapi.Client
+	store     *store
+	lanes     laneOps
 	// parser parses jobspecs through Nomad, remembering the answers (render).
 	parser     jobspec.Parser
 	metrics    *metrics
@@ -77,32 +81,25 @@ type Agent struct {
 	opsCancel context.CancelFunc
 }
 
-// maxConns is the most connections slotd opens to Consul and to Nomad each; more requests at
-// once wait for one to be free. Both count the connections of a client address against a
-// limit (http_max_conns_per_client: 200 for Consul, 100 for Nomad, by default) that slotd
-// shares with whatever else runs on its host (Nomad's own client, Fabio, consul-template), and
-// answer 429 past it. slotd's watches hold three connections whatever the number of sites; the
-// rest serves operations, whose blocking queries wait at most blockingWait.
-const maxConns = 64
-
-// New builds the clients and binds the HTTP listener, so a bad address fails at start.
-func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
+// newClients builds the Consul and Nomad clients of cfg, each opening at most conns
+// connections at once (0: no limit).
+func newClients(cfg *config.Config, conns int) (*consulapi.Client, *nomadapi.Client, error) {
 	ccfg := consulapi.DefaultConfig()
 	ccfg.Address = cfg.Consul.Address
-	ccfg.Transport.MaxConnsPerHost, ccfg.Transport.MaxIdleConnsPerHost = maxConns, maxConns
+	ccfg.Transport.MaxConnsPerHost, ccfg.Transport.MaxIdleConnsPerHost = conns, max(conns, 2)
 	if cfg.Consul.Token != "" {
 		ccfg.Token = cfg.Consul.Token
 	}
 	consul, err := consulapi.NewClient(ccfg)
 	if err != nil {
-		return nil, fmt.Errorf("consul client: %w", err)
+		return nil, nil, fmt.Errorf("consul client: %w", err)
 	}
 	ncfg := nomadapi.DefaultConfig()
 	ncfg.Address = cfg.Nomad.Address
 	// A Nomad that hangs must not hold a call forever, even one that takes no context (the
 	// jobspec parse): no call waits longer than the longest blocking query and its grace.
 	nt := http.DefaultTransport.(*http.Transport).Clone()
-	nt.MaxConnsPerHost, nt.MaxIdleConnsPerHost = maxConns, maxConns
+	nt.MaxConnsPerHost, nt.MaxIdleConnsPerHost = conns, max(conns, 2)
 	ncfg.HttpClient = &http.Client{Transport: nt, Timeout: idleWait + 2*queryGrace}
 	if cfg.Nomad.Token != "" {
 		ncfg.SecretID = cfg.Nomad.Token
@@ -115,7 +112,30 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 	}
 	nomad, err := nomadapi.NewClient(ncfg)
 	if err != nil {
-		return nil, fmt.Errorf("nomad client: %w", err)
+		return nil, nil, fmt.Errorf("nomad client: %w", err)
+	}
+	return consul, nomad, nil
+}
+
+// maxConns is the most connections slotd opens to Consul and to Nomad each; more requests at
+// once wait for one to be free. Both count the connections of a client address against a
+// limit (http_max_conns_per_client: 200 for Consul, 100 for Nomad, by default) that slotd
+// shares with whatever else runs on its host (Nomad's own client, Fabio, consul-template), and
+// answer 429 past it. slotd's watches hold three connections whatever the number of sites; the
+// rest serves operations, whose blocking queries wait at most blockingWait.
+const maxConns = 64
+
+// New builds the clients and binds the HTTP listener, so a bad address fails at start.
+func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
+	consul, nomad, err := newClients(cfg, maxConns)
+	if err != nil {
+		return nil, err
+	}
+	// The leader session and lock, the role tag and the probes have connections of their own:
+	// a pool busy with operations never delays a session renewal or reads as an outage.
+	ctlConsul, ctlNomad, err := newClients(cfg, 0)
+	if err != nil {
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", cfg.HTTP.Address)
 	if err != nil {
@@ -126,6 +146,8 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 		logger:     logger.Named("agent"),
 		consul:     consul,
 		nomad:      nomad,
+		ctlConsul:  ctlConsul,
+		ctlNomad:   ctlNomad,
 		store:      &store{kv: consul.KV(), prefix: cfg.KVPrefix, logger: logger.Named("store")},
 		metrics:    newMetrics(),
 		probes:     newProbes(),
@@ -266,8 +288,8 @@ func (a *Agent) leadLoop(ctx context.Context) {
 			continue
 		}
 		renewDone := make(chan struct{})
-		go func() { _ = a.consul.Session().RenewPeriodic(leaderSessionTTL, session, nil, renewDone) }()
-		lock, err := a.consul.LockOpts(&consulapi.LockOptions{
+		go func() { _ = a.ctlConsul.Session().RenewPeriodic(leaderSessionTTL, session, nil, renewDone) }()
+		lock, err := a.ctlConsul.LockOpts(&consulapi.LockOptions{
 			Key:            a.store.leaderKey(),
 			Value:          []byte(a.advertise()),
 			Session:        session,
@@ -350,7 +372,7 @@ const lostSession = "00000000-0000-0000-0000-000000000000"
 
 // newSession creates the session the leader lock is held with and remembers it in data_dir.
 func (a *Agent) newSession() (string, error) {
-	id, _, err := a.consul.Session().Create(&consulapi.SessionEntry{
+	id, _, err := a.ctlConsul.Session().Create(&consulapi.SessionEntry{
 		Name: "slotd leader",
 		TTL:  leaderSessionTTL,
 		// Every write of a leader checks its session, so Consul's lock-delay (which the
@@ -385,7 +407,7 @@ func (a *Agent) dropPreviousSession() {
 	if id == "" {
 		return
 	}
-	if _, err := a.consul.Session().Destroy(id, nil); err != nil {
+	if _, err := a.ctlConsul.Session().Destroy(id, nil); err != nil {
 		a.logger.Warn("cannot destroy the previous leader session", "session", id, "error", err)
 		return
 	}
@@ -515,7 +537,7 @@ func (a *Agent) isLeader() bool { return a.leader.Load() && !a.stopping.Load() }
 func (a *Agent) leaderAddress() string {
 	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 	defer cancel()
-	p, _, err := a.consul.KV().Get(a.store.leaderKey(), (&consulapi.QueryOptions{}).WithContext(ctx))
+	p, _, err := a.ctlConsul.KV().Get(a.store.leaderKey(), (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil || p == nil || p.Session == "" {
 		return ""
 	}

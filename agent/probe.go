@@ -62,14 +62,14 @@ func (a *Agent) probe(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		a.record("consul", &a.probes.consul, probeCall(ctx, func(ctx context.Context) (string, error) {
-			return a.consul.Status().LeaderWithQueryOptions((&consulapi.QueryOptions{}).WithContext(ctx))
+			return a.ctlConsul.Status().LeaderWithQueryOptions((&consulapi.QueryOptions{}).WithContext(ctx))
 		}))
 	})
 	wg.Go(func() {
 		a.record("nomad", &a.probes.nomad, probeCall(ctx, func(ctx context.Context) (string, error) {
 			// Status().Leader() takes no context; this is the same request with one.
 			var leader string
-			_, err := a.nomad.Raw().Query("/v1/status/leader", &leader, (&nomadapi.QueryOptions{}).WithContext(ctx))
+			_, err := a.ctlNomad.Raw().Query("/v1/status/leader", &leader, (&nomadapi.QueryOptions{}).WithContext(ctx))
 			return leader, err
 		}))
 	})

@@ -45,7 +45,7 @@ func (a *Agent) roleLoop(ctx context.Context, service string) {
 		_ = a.follow(ctx, followOpts{backend: "consul", wait: idleWait, gap: time.Second},
 			func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 				q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
-				_, meta, err := a.consul.Catalog().Service(service, "", q)
+				_, meta, err := a.ctlConsul.Catalog().Service(service, "", q)
 				if err != nil {
 					return 0, err
 				}
@@ -90,7 +90,7 @@ func (a *Agent) tagRole(ctx context.Context, service string, warned *bool) (done
 	}
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	entries, _, err := a.consul.Catalog().Service(service, "", (&consulapi.QueryOptions{}).WithContext(ctx))
+	entries, _, err := a.ctlConsul.Catalog().Service(service, "", (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return false, err
 	}
@@ -118,20 +118,20 @@ func (a *Agent) tagRole(ctx context.Context, service string, warned *bool) (done
 // state is what it syncs to the catalog, and its checks stay as they are. Else in the catalog,
 // which enable_tag_override keeps from being overwritten.
 func (a *Agent) retag(ctx context.Context, e *consulapi.CatalogService, tags []string) error {
-	svc, _, err := a.consul.Agent().Service(e.ServiceID, (&consulapi.QueryOptions{}).WithContext(ctx))
+	svc, _, err := a.ctlConsul.Agent().Service(e.ServiceID, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err == nil {
 		reg := &consulapi.AgentServiceRegistration{
 			ID: svc.ID, Name: svc.Service, Tags: tags, Port: svc.Port, Address: svc.Address, Meta: svc.Meta,
 			TaggedAddresses: svc.TaggedAddresses, EnableTagOverride: svc.EnableTagOverride, Weights: &svc.Weights,
 			Namespace: svc.Namespace, Partition: svc.Partition,
 		}
-		return a.consul.Agent().ServiceRegisterOpts(reg, consulapi.ServiceRegisterOpts{}.WithContext(ctx))
+		return a.ctlConsul.Agent().ServiceRegisterOpts(reg, consulapi.ServiceRegisterOpts{}.WithContext(ctx))
 	}
 	var status consulapi.StatusError
 	if !errors.As(err, &status) || status.Code != http.StatusNotFound {
 		return err
 	}
-	_, err = a.consul.Catalog().Register(&consulapi.CatalogRegistration{
+	_, err = a.ctlConsul.Catalog().Register(&consulapi.CatalogRegistration{
 		ID: e.ID, Node: e.Node, Address: e.Address, Datacenter: e.Datacenter,
 		TaggedAddresses: e.TaggedAddresses, NodeMeta: e.NodeMeta, SkipNodeUpdate: true,
 		Service: &consulapi.AgentService{
