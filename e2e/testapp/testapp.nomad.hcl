@@ -16,6 +16,12 @@ variable "count" {
   default = 2
 }
 
+variable "cpu" {
+  type        = number
+  default     = 50
+  description = "MHz each instance asks of its node"
+}
+
 variable "memory" {
   type        = number
   default     = 32
@@ -149,7 +155,7 @@ job "web" {
       }
 
       resources {
-        cpu    = 50
+        cpu    = var.cpu
         memory = var.memory
       }
     }
