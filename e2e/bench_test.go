@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/slotd/slotd/api"
@@ -109,11 +110,13 @@ func percentile(ds []time.Duration, p int) time.Duration {
 	return s[(len(s)-1)*p/100]
 }
 
-// countingProxy forwards to target and counts the requests, excluding nothing.
+// countingProxy forwards to target and counts the requests, excluding nothing, the most that
+// were in flight at once (each holds a connection to the agent), and the answers 429 (the
+// agent's limit of connections per client).
 type countingProxy struct {
-	n   atomic.Int64
-	srv *http.Server
-	url string
+	n, inflight, peak, refused atomic.Int64
+	srv                        *http.Server
+	url                        string
 }
 
 func newCountingProxy(b testing.TB, target string) *countingProxy {
@@ -125,8 +128,22 @@ func newCountingProxy(b testing.TB, target string) *countingProxy {
 	addr := freeAddr(b)
 	p.srv = &http.Server{Addr: addr, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.n.Add(1)
+		now := p.inflight.Add(1)
+		defer p.inflight.Add(-1)
+		for {
+			peak := p.peak.Load()
+			if now <= peak || p.peak.CompareAndSwap(peak, now) {
+				break
+			}
+		}
 		rp.ServeHTTP(w, r)
 	})}
+	rp.ModifyResponse = func(r *http.Response) error {
+		if r.StatusCode == http.StatusTooManyRequests {
+			p.refused.Add(1)
+		}
+		return nil
+	}
 	go func() { _ = p.srv.ListenAndServe() }()
 	b.Cleanup(func() { _ = p.srv.Close() })
 	p.url = "http://" + addr
@@ -251,6 +268,11 @@ site %[1]q {
 	}
 	wg.Wait()
 	require.NoError(b, errors.Join(errs...), "%d swaps on %d sites at once", together, together)
+	b.ReportMetric(float64(consul.peak.Load()), "consul-peak-conns")
+	b.ReportMetric(float64(nomad.peak.Load()), "nomad-peak-conns")
+	b.Logf("requests in flight at once, at the most, from start to end: %d to Consul, %d to Nomad; answered 429: %d and %d",
+		consul.peak.Load(), nomad.peak.Load(), consul.refused.Load(), nomad.refused.Load())
+	assert.Zero(b, consul.refused.Load()+nomad.refused.Load(), "answers 429 (too many connections from one client)")
 	b.ReportMetric(percentile(durations, 100).Seconds(), "slowest-of-20-swaps-s")
 	b.Logf("%d swaps on %d sites started together: all succeeded; fastest %s, median %s, slowest %s",
 		together, together, percentile(durations, 0).Round(time.Millisecond), percentile(durations, 50).Round(time.Millisecond),
