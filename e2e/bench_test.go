@@ -125,6 +125,12 @@ func newCountingProxy(b testing.TB, target string) *countingProxy {
 	p := &countingProxy{}
 	rp := httputil.NewSingleHostReverseProxy(u)
 	rp.FlushInterval = -1
+	// Keep the upstream connections as slotd keeps its own: with http.DefaultTransport's 2 idle
+	// ones, the proxy would open and close connections all the time, and the agent would count
+	// closing ones against its per-client limit.
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 256
+	rp.Transport = t
 	addr := freeAddr(b)
 	p.srv = &http.Server{Addr: addr, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.n.Add(1)
