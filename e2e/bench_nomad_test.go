@@ -98,7 +98,7 @@ func BenchmarkSideBySide(b *testing.B) {
 	b.Logf("nomad job revert: %s", nomadRevert)
 
 	// 3. The switch as the router sees it: slotd from the start of its switch phase, Nomad from
-	// the promote call, to the last answer from the old version. Each slotd swap goes back to
+	// its canaries' first answer, to the last answer from the old version. Each slotd swap goes back to
 	// the lane the one before held (a switch only), so a hundred of them take minutes.
 	var slotdSwitch, nomadSwitch []time.Duration
 	for i := range swaps {
@@ -122,8 +122,12 @@ func BenchmarkSideBySide(b *testing.B) {
 		r := measure(b, stack, nj.host, old, next, versionOf, func() time.Time {
 			return nj.rollout(func() uint64 { return nj.register(next) }, &promoted)
 		})
-		nomadSwitch = append(nomadSwitch, max(0, r.lastOld.Sub(promoted)))
-		b.Logf("nomad promote %d: %s after the promote call", i+1, nomadSwitch[i])
+		// Nomad's canaries take traffic as soon as they are registered, next to the old
+		// version, until the promote stops it: its switch as the router sees it is that mixed
+		// window, from the first answer from the new version to the last from the old.
+		nomadSwitch = append(nomadSwitch, r.cutover)
+		b.Logf("nomad promote %d: mixed for %s; the first new answer %s before the promote call, the last old %s after it",
+			i+1, r.cutover, promoted.Sub(r.firstNew).Round(time.Millisecond), r.lastOld.Sub(promoted).Round(time.Millisecond))
 	}
 	b.StopTimer()
 
@@ -196,6 +200,7 @@ type result struct {
 	cutover          time.Duration // from the first answer from the new version to the last from the old
 	mixed            int           // answers, from either version, inside the cutover
 	operation        time.Duration // from the call to the operation's end
+	firstNew         time.Time
 	lastOld          time.Time
 }
 
@@ -231,6 +236,7 @@ func measure(b *testing.B, stack *Stack, host, oldV, newV string, which func(app
 		}
 	}
 	require.False(b, firstNew.IsZero(), "no answer from %s on %s", newV, host)
+	r.firstNew = firstNew
 	require.False(b, r.lastOld.IsZero(), "no answer from %s on %s", oldV, host)
 	r.toAllNew = r.lastOld.Sub(called)
 	r.cutover = max(0, r.lastOld.Sub(firstNew))
@@ -366,7 +372,7 @@ func sideBySideTable(cs []comparison, slotdSwitch, nomadSwitch []time.Duration) 
 		row(c.title+": call → switched (slotd; its monitor goes on) / deployment done (Nomad)", float64(s.operation), float64(n.operation), dur)
 	}
 	for _, p := range []int{50, 90, 99} {
-		row(fmt.Sprintf("switch as the router sees it (slotd: %d swaps, from the switch phase's start; Nomad: %d promotes, from the promote call; to the last answer from the old version): p%d", len(slotdSwitch), len(nomadSwitch), p),
+		row(fmt.Sprintf("switch as the router sees it (slotd: %d swaps, from the switch phase's start; Nomad: %d promotes, from its canaries' first answer; to the last answer from the old version): p%d", len(slotdSwitch), len(nomadSwitch), p),
 			float64(percentile(slotdSwitch, p)), float64(percentile(nomadSwitch, p)), dur)
 	}
 	return t.String()
