@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/slotd/slotd/api"
@@ -467,28 +466,4 @@ func (s *site) retryMove() {
 			s.check()
 		})
 	})
-}
-
-// countInstances keeps the per-slot instance gauges current.
-func (a *Agent) countInstances(cfg *config.Site, entries []*consulapi.ServiceEntry) {
-	st, err := a.store.loadSlots(cfg.Name, nil)
-	if err != nil {
-		return
-	}
-	for _, slot := range cfg.Slots {
-		lane := st.slot(slot.Name).Lane.Value
-		pass, fail := 0, 0
-		for _, e := range entries {
-			if e.Service.Meta[metaLane] != lane {
-				continue
-			}
-			if e.Checks.AggregatedStatus() == consulapi.HealthPassing {
-				pass++
-			} else {
-				fail++
-			}
-		}
-		a.metrics.instances.WithLabelValues(cfg.Name, slot.Name, "passing").Set(float64(pass))
-		a.metrics.instances.WithLabelValues(cfg.Name, slot.Name, "failing").Set(float64(fail))
-	}
 }

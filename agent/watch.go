@@ -130,10 +130,9 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // (http_max_conns_per_client, 200 and 100 by default): what slotd holds open while idle does
 // not grow with its sites.
 func (a *Agent) watchShared(ctx context.Context) {
-	opts := func(w string) followOpts {
+	opts := func(backend, w string) followOpts {
 		return followOpts{
-			backend: map[string]string{"kv": "consul", "jobs": "nomad", "checks": "consul"}[w],
-			wait:    idleWait, gap: watchGap,
+			backend: backend, wait: idleWait, gap: watchGap,
 			count:   a.metrics.watchRequests.WithLabelValues(allSites, w).Inc,
 			onError: func(err error) { a.logger.Warn("watch failed", "watch", w, "error", err) },
 		}
@@ -142,7 +141,7 @@ func (a *Agent) watchShared(ctx context.Context) {
 	slots, jobs, checks := lastSums{}, lastSums{}, lastSums{}
 	// KV: the keys of the sites folder, one level deep, answer when anything below it changed;
 	// then the slots of every site are read in a transaction or a few, and compared.
-	go a.follow(ctx, opts("kv"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+	go a.follow(ctx, opts("consul", "kv"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
 		_, meta, err := a.store.kv.Keys(a.store.sitesPrefix(), "/", q)
 		if err != nil {
@@ -156,7 +155,7 @@ func (a *Agent) watchShared(ctx context.Context) {
 		slots.poke(sites, sums)
 		return meta.LastIndex, nil
 	}, never)
-	go a.follow(ctx, opts("jobs"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+	go a.follow(ctx, opts("nomad", "jobs"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 		q := (&nomadapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
 		stubs, meta, err := a.nomad.Jobs().List(q)
 		if err != nil {
@@ -167,7 +166,7 @@ func (a *Agent) watchShared(ctx context.Context) {
 		return meta.LastIndex, nil
 	}, never)
 	var filter string
-	go a.follow(ctx, opts("checks"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+	go a.follow(ctx, opts("consul", "checks"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 		sites := a.siteList()
 		services := map[string][]string{} // service name → sites
 		for _, s := range sites {
@@ -226,7 +225,7 @@ func jobSums(sites []string, stubs []*nomadapi.JobListStub) map[string]string {
 	for _, name := range sites {
 		var b strings.Builder
 		for _, j := range stubs {
-			if strings.HasPrefix(j.ID, name+"-") {
+			if strings.HasPrefix(j.ID, jobID(name, "")) {
 				fmt.Fprintf(&b, "%s/%d/%s/%t;", j.ID, j.JobModifyIndex, j.Status, j.Stop)
 			}
 		}
@@ -267,10 +266,31 @@ func servicesFilter(services map[string][]string) string {
 	return strings.Join(names, " or ")
 }
 
-// refreshInstances updates the per-slot instance gauges of a site from Consul.
+// refreshInstances updates the per-slot instance gauges of a site from Consul: passing or not,
+// per slot, by the lane KV binds it to.
 func (a *Agent) refreshInstances(ctx context.Context, cfg *config.Site) {
 	entries, _, err := a.siteEntries(ctx, cfg, 0, 0)
-	if err == nil {
-		a.countInstances(cfg, entries)
+	if err != nil {
+		return
+	}
+	st, err := a.store.loadSlots(cfg.Name, nil)
+	if err != nil {
+		return
+	}
+	for _, slot := range cfg.Slots {
+		lane := st.slot(slot.Name).Lane.Value
+		pass, fail := 0, 0
+		for _, e := range entries {
+			if e.Service.Meta[metaLane] != lane {
+				continue
+			}
+			if e.Checks.AggregatedStatus() == consulapi.HealthPassing {
+				pass++
+			} else {
+				fail++
+			}
+		}
+		a.metrics.instances.WithLabelValues(cfg.Name, slot.Name, "passing").Set(float64(pass))
+		a.metrics.instances.WithLabelValues(cfg.Name, slot.Name, "failing").Set(float64(fail))
 	}
 }

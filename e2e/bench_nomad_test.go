@@ -98,8 +98,8 @@ func BenchmarkSideBySide(b *testing.B) {
 	b.Logf("nomad job revert: %s", nomadRevert)
 
 	// 3. The switch as the router sees it: slotd from the start of its switch phase, Nomad from
-	// its canaries' first answer, to the last answer from the old version. Each slotd swap goes back to
-	// the lane the one before held (a switch only), so a hundred of them take minutes.
+	// its canaries' first answer, to the last answer from the old version. Each slotd swap goes
+	// back to the lane the one before held (a switch only), so a hundred of them take minutes.
 	var slotdSwitch, nomadSwitch []time.Duration
 	for i := range swaps {
 		cur := d.laneJobs(site.name)
