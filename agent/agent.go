@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 	"net"
 	"net/http"
 	"os"
@@ -49,7 +50,7 @@ type Agent struct {
 	// watches do not use (New).
 	ctlConsul *consulapi.Client
 	ctlNomad  *nomadapi.Client
-	store     *store
+	store     *store.Store
 	lanes     laneOps
 	// parser parses jobspecs through Nomad, remembering the answers (render).
 	parser     jobspec.Parser
@@ -148,7 +149,7 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 		nomad:      nomad,
 		ctlConsul:  ctlConsul,
 		ctlNomad:   ctlNomad,
-		store:      &store{kv: consul.KV(), prefix: cfg.KVPrefix, logger: logger.Named("store")},
+		store:      &store.Store{KV: consul.KV(), Prefix: cfg.KVPrefix, Logger: logger.Named("store")},
 		metrics:    newMetrics(),
 		probes:     newProbes(),
 		ops:        newOpRegistry(),
@@ -169,8 +170,8 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 	a.runs = map[string]*run{}
 	a.deposed = make(chan struct{}, 1)
 	a.role = make(chan struct{}, 1)
-	a.store.deposed = func(session string) {
-		if cur, _ := a.store.session.Load().(string); cur == session {
+	a.store.OnDeposed = func(session string) {
+		if a.store.FencedBy() == session {
 			// At once, not when the lead loop gets to it: no run of this leadership may
 			// start another write, to Consul or to Nomad.
 			if cancel, ok := a.leadCancel.Load().(context.CancelFunc); ok {
@@ -290,7 +291,7 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		renewDone := make(chan struct{})
 		go func() { _ = a.ctlConsul.Session().RenewPeriodic(leaderSessionTTL, session, nil, renewDone) }()
 		lock, err := a.ctlConsul.LockOpts(&consulapi.LockOptions{
-			Key:            a.store.leaderKey(),
+			Key:            a.store.LeaderKey(),
 			Value:          []byte(a.advertise()),
 			Session:        session,
 			MonitorRetries: 5,
@@ -318,7 +319,7 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		default:
 		}
 		a.logger.Info("leading", "session", session)
-		a.store.fence(session)
+		a.store.Fence(session)
 		a.leader.Store(true)
 		a.metrics.leader.Set(1)
 		a.roleChanged()
@@ -355,7 +356,7 @@ func (a *Agent) leadLoop(ctx context.Context) {
 			}
 		}
 		cancel()
-		a.store.fence(lostSession)
+		a.store.Fence(lostSession)
 		_ = lock.Unlock()
 		close(renewDone)
 		if ctx.Err() == nil {
@@ -425,7 +426,7 @@ func (a *Agent) sessionFile() string {
 		}
 		dir = filepath.Join(cache, "slotd")
 	}
-	sum := sha256.Sum256([]byte(a.store.prefix + "\x00" + a.Addr()))
+	sum := sha256.Sum256([]byte(a.store.Prefix + "\x00" + a.Addr()))
 	return filepath.Join(dir, "leader-session-"+hex.EncodeToString(sum[:6]))
 }
 
@@ -537,7 +538,7 @@ func (a *Agent) isLeader() bool { return a.leader.Load() && !a.stopping.Load() }
 func (a *Agent) leaderAddress() string {
 	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 	defer cancel()
-	p, _, err := a.ctlConsul.KV().Get(a.store.leaderKey(), (&consulapi.QueryOptions{}).WithContext(ctx))
+	p, _, err := a.ctlConsul.KV().Get(a.store.LeaderKey(), (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil || p == nil || p.Session == "" {
 		return ""
 	}

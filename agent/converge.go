@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 	"maps"
 	"slices"
 	"sort"
@@ -30,7 +31,7 @@ func (a *Agent) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation
 	if err := failpoint.Inject(ctx, "site.boot"); err != nil {
 		return nil, err
 	}
-	st, err := a.store.loadSlots(cfg.Name, (&consulapi.QueryOptions{}).WithContext(ctx))
+	st, err := a.store.LoadSlots(cfg.Name, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, err
 	}
@@ -41,28 +42,28 @@ func (a *Agent) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation
 	lanes := assignLanes(cfg.SlotNames(), bound)
 	seeded := 0
 	for _, slot := range cfg.Slots {
-		ss := st.slot(slot.Name)
+		ss := st.Slot(slot.Name)
 		var ops consulapi.KVTxnOps
 		switch {
 		case ss.Lane.Value == "":
-			ops = append(ops, casOp(a.store.slotKey(cfg.Name, slot.Name, "lane"), jobID(cfg.Name, lanes[slot.Name]), 0))
-		case ss.laneKV != jobID(cfg.Name, ss.Lane.Value):
+			ops = append(ops, store.CASOp(a.store.SlotKey(cfg.Name, slot.Name, "lane"), jobID(cfg.Name, lanes[slot.Name]), 0))
+		case ss.LaneKV != jobID(cfg.Name, ss.Lane.Value):
 			// Written by an older slotd as the lane's short name: KV holds the job ID.
-			ops = append(ops, casOp(a.store.slotKey(cfg.Name, slot.Name, "lane"), jobID(cfg.Name, ss.Lane.Value), ss.Lane.Index))
+			ops = append(ops, store.CASOp(a.store.SlotKey(cfg.Name, slot.Name, "lane"), jobID(cfg.Name, ss.Lane.Value), ss.Lane.Index))
 		}
-		ops = append(ops, a.store.seedOps(cfg.Name, slot.Name, kindSwappable, ss.Settings, slot.Settings)...)
-		ops = append(ops, a.store.seedOps(cfg.Name, slot.Name, kindSticky, ss.Sticky, slot.Sticky)...)
+		ops = append(ops, a.store.SeedOps(cfg.Name, slot.Name, store.KindSwappable, ss.Settings, slot.Settings)...)
+		ops = append(ops, a.store.SeedOps(cfg.Name, slot.Name, store.KindSticky, ss.Sticky, slot.Sticky)...)
 		scale, err := a.seedScale(ctx, cfg, slot, ss, lanes[slot.Name])
 		if err != nil {
 			return nil, fmt.Errorf("scale of slot %s of site %s: %w", slot.Name, cfg.Name, err)
 		}
 		ops = append(ops, scale...)
-		if _, err := a.store.txn(ops); err != nil {
+		if _, err := a.store.Txn(ops); err != nil {
 			return nil, fmt.Errorf("bind and seed slot %s of site %s: %w", slot.Name, cfg.Name, err)
 		}
 		seeded += len(ops)
-		for _, dels := range a.store.legacyDeletes(cfg.Name, slot.Name, ss) {
-			if _, err := a.store.txn(dels); err != nil {
+		for _, dels := range a.store.LegacyDeletes(cfg.Name, slot.Name, ss) {
+			if _, err := a.store.Txn(dels); err != nil {
 				return nil, fmt.Errorf("migrate the settings of slot %s of site %s: %w", slot.Name, cfg.Name, err)
 			}
 			seeded += len(dels)
@@ -71,7 +72,7 @@ func (a *Agent) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation
 	if seeded > 0 {
 		a.logger.Info("bound and seeded site", "site", cfg.Name, "keys", seeded)
 	}
-	op, err := a.store.pendingOperation(cfg.Name, cfg.HistoryLimit)
+	op, err := a.store.PendingOperation(cfg.Name, cfg.HistoryLimit)
 	if err != nil || op != nil {
 		return op, err
 	}
@@ -82,14 +83,14 @@ func (a *Agent) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation
 // site, or a slot added by a reload) as part of bringing the site up, not as an operation:
 // until they run, the site is still starting.
 func (a *Agent) startLanes(ctx context.Context, cfg *config.Site) error {
-	st, err := a.store.loadSlots(cfg.Name, nil)
+	st, err := a.store.LoadSlots(cfg.Name, nil)
 	if err != nil {
 		return err
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(cfg.Slots))
 	for i, slot := range cfg.Slots {
-		ss := st.slot(slot.Name)
+		ss := st.Slot(slot.Name)
 		if ss.Version.Value != "" {
 			continue
 		}
@@ -112,13 +113,13 @@ func (a *Agent) startLanes(ctx context.Context, cfg *config.Site) error {
 // Nomad's own plan of the job slotd would register, and returns the slots whose lanes differ
 // (a lane changed or deleted by hand, a setting edited, a route changed by a reload).
 func (a *Agent) differing(ctx context.Context, cfg *config.Site) ([]string, error) {
-	st, err := a.store.loadSlots(cfg.Name, (&consulapi.QueryOptions{}).WithContext(ctx))
+	st, err := a.store.LoadSlots(cfg.Name, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	for _, slot := range cfg.Slots {
-		ss := st.slot(slot.Name)
+		ss := st.Slot(slot.Name)
 		if ss.Lane.Value == "" {
 			return nil, fmt.Errorf("slot %s is bound to no lane", slot.Name)
 		}
@@ -126,7 +127,7 @@ func (a *Agent) differing(ctx context.Context, cfg *config.Site) ([]string, erro
 			out = append(out, slot.Name)
 			continue
 		}
-		src, err := a.lanes.submission(ctx, cfg, ss.Lane.Value, ss.version(), true)
+		src, err := a.lanes.submission(ctx, cfg, ss.Lane.Value, ss.BoundVersion(), true)
 		if err != nil {
 			return nil, err
 		}
@@ -171,13 +172,13 @@ func (a *Agent) convergeOp(cfg *config.Site, slots []string) opFunc {
 // settings that it could not take are put back in KV to what it ran, so that no restart or
 // failover replays them. changed reports whether any lane or binding was written.
 func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) (msgs []string, changed bool, err error) {
-	st, err := a.store.loadSlots(cfg.Name, nil)
+	st, err := a.store.LoadSlots(cfg.Name, nil)
 	if err != nil {
 		return nil, false, err
 	}
 	type step struct {
 		slot  *config.Slot
-		ss    *slotState
+		ss    *store.SlotState
 		loses bool
 	}
 	var steps []step
@@ -186,8 +187,8 @@ func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) 
 		if slot == nil {
 			continue
 		}
-		ss := st.slot(name)
-		want := steady(slot, ss.settings())
+		ss := st.Slot(name)
+		want := steady(slot, ss.Values())
 		cur, err := a.laneJob(ctx, cfg, ss.Lane.Value)
 		if err != nil {
 			return nil, false, err
@@ -209,7 +210,7 @@ func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) 
 			// A failed rollout may have moved a lane before it was put back: never "unchanged".
 			return msgs, true, err
 		}
-		changed = changed || ro.Change != jobspec.NoChange || !s.ss.boundTo(ro.Version)
+		changed = changed || ro.Change != jobspec.NoChange || !s.ss.BoundTo(ro.Version)
 		msgs = append(msgs, fmt.Sprintf("%s: lane %s version %d (%s)", s.slot.Name, s.ss.Lane.Value, ro.Version, ro.Change))
 	}
 	return msgs, changed, nil
@@ -227,9 +228,9 @@ func routeTag(cfg *config.Site, t string) bool {
 
 // rollOut makes one slot's lane run what KV says (ss, read when the operation started) and
 // binds the slot to the version that does.
-func (a *Agent) rollOut(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *slotState) (rollout, error) {
+func (a *Agent) rollOut(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState) (rollout, error) {
 	lane := ss.Lane.Value
-	src, err := a.lanes.submission(ctx, cfg, lane, ss.version(), ss.Version.Value != "")
+	src, err := a.lanes.submission(ctx, cfg, lane, ss.BoundVersion(), ss.Version.Value != "")
 	if err != nil {
 		return rollout{}, err
 	}
@@ -243,8 +244,8 @@ func (a *Agent) rollOut(ctx context.Context, cfg *config.Site, slot *config.Slot
 	if err != nil {
 		return ro, a.failRollout(ctx, cfg, slot, ss, src, err)
 	}
-	ops := append(a.store.bindOps(cfg.Name, slot.Name, ss, lane, ro.Version), a.firstScale(ctx, cfg, slot, ss)...)
-	if _, err := a.store.txn(ops); err != nil {
+	ops := append(a.store.BindOps(cfg.Name, slot.Name, ss, lane, ro.Version), a.firstScale(ctx, cfg, slot, ss)...)
+	if _, err := a.store.Txn(ops); err != nil {
 		return ro, fmt.Errorf("bind %s to lane %s version %d: %w", slot.Name, lane, ro.Version, err)
 	}
 	return ro, nil
@@ -253,12 +254,12 @@ func (a *Agent) rollOut(ctx context.Context, cfg *config.Site, slot *config.Slot
 // failRollout handles a rollout of KV's settings that Nomad could not finish: the settings
 // that differ from what the slot's bound version runs are put back in KV (unless someone
 // changed them again meanwhile), and the lane is put back.
-func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *slotState, src source, cause error) error {
+func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState, src source, cause error) error {
 	cause = fmt.Errorf("roll out %s to lane %s: %w", slot.Name, ss.Lane.Value, cause)
 	if ss.Version.Value == "" {
 		return cause
 	}
-	prev, err := a.jobVersion(ctx, jobID(cfg.Name, ss.Lane.Value), ss.version())
+	prev, err := a.jobVersion(ctx, jobID(cfg.Name, ss.Lane.Value), ss.BoundVersion())
 	if err != nil {
 		return fmt.Errorf("%w; its settings were not put back: %v", cause, err)
 	}
@@ -272,7 +273,7 @@ func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.
 		// its settings are not this slot's to take.
 		return fmt.Errorf("%w; its settings stay as KV has them (not applied)", cause)
 	}
-	back, keys := putBack(ss.settings(), prevEnv, laneEnv(base, cfg.Service))
+	back, keys := putBack(ss.Values(), prevEnv, laneEnv(base, cfg.Service))
 	// A scale set through the API that could not roll out goes back to the bound version's
 	// counts too; a declared one stays as declared.
 	prevScale := groupCounts(prev)
@@ -283,14 +284,14 @@ func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.
 	note := ""
 	if len(keys) > 0 {
 		var ops consulapi.KVTxnOps
-		ops = append(ops, a.store.docOps(cfg.Name, slot.Name, kindSwappable, ss.Settings, back.Settings)...)
-		ops = append(ops, a.store.docOps(cfg.Name, slot.Name, kindSticky, ss.Sticky, back.Sticky)...)
+		ops = append(ops, a.store.DocOps(cfg.Name, slot.Name, store.KindSwappable, ss.Settings, back.Settings)...)
+		ops = append(ops, a.store.DocOps(cfg.Name, slot.Name, store.KindSticky, ss.Sticky, back.Sticky)...)
 		if scaleBack {
-			ops = append(ops, a.store.scaleOps(cfg.Name, slot.Name, ss.Scale, prevScale)...)
+			ops = append(ops, a.store.ScaleOps(cfg.Name, slot.Name, ss.Scale, prevScale)...)
 		}
-		_, err := a.store.txn(ops)
+		_, err := a.store.Txn(ops)
 		switch {
-		case errors.Is(err, errConflict):
+		case errors.Is(err, store.ErrConflict):
 			note = fmt.Sprintf("; settings %s were changed again meanwhile and are rolled out next", strings.Join(keys, ", "))
 		case err != nil:
 			note = fmt.Sprintf("; putting settings %s back failed: %v", strings.Join(keys, ", "), err)
@@ -311,8 +312,8 @@ func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.
 // a key whose previous value is the jobspec's own was no setting, so it goes.
 // A key that prev has from a setting but cur lacks (a deleted setting) comes back as sticky:
 // which kind it was is not known, and a sticky value never travels to another slot.
-func putBack(cur slotSettings, prev, base map[string]string) (slotSettings, []string) {
-	out := slotSettings{Settings: maps.Clone(cur.Settings), Sticky: maps.Clone(cur.Sticky)}
+func putBack(cur store.SlotSettings, prev, base map[string]string) (store.SlotSettings, []string) {
+	out := store.SlotSettings{Settings: maps.Clone(cur.Settings), Sticky: maps.Clone(cur.Sticky)}
 	if out.Settings == nil {
 		out.Settings = map[string]string{}
 	}
@@ -369,12 +370,12 @@ func (a *Agent) restoreSlot(ctx context.Context, cfg *config.Site, slotName stri
 	if slot == nil {
 		return rollout{}, fmt.Errorf("slot %s is no longer declared", slotName)
 	}
-	st, err := a.store.loadSlots(cfg.Name, nil)
+	st, err := a.store.LoadSlots(cfg.Name, nil)
 	if err != nil {
 		return rollout{}, err
 	}
-	ss := st.slot(slotName)
-	src, err := a.lanes.submission(ctx, cfg, ss.Lane.Value, ss.version(), ss.Version.Value != "")
+	ss := st.Slot(slotName)
+	src, err := a.lanes.submission(ctx, cfg, ss.Lane.Value, ss.BoundVersion(), ss.Version.Value != "")
 	if err != nil {
 		return rollout{}, err
 	}
@@ -386,7 +387,7 @@ func (a *Agent) restoreSlot(ctx context.Context, cfg *config.Site, slotName stri
 	if err != nil {
 		return ro, err
 	}
-	if _, err := a.store.txn(a.store.bindOps(cfg.Name, slotName, ss, ss.Lane.Value, ro.Version)); err != nil {
+	if _, err := a.store.Txn(a.store.BindOps(cfg.Name, slotName, ss, ss.Lane.Value, ro.Version)); err != nil {
 		return ro, fmt.Errorf("bind %s to lane %s version %d: %w", slotName, ss.Lane.Value, ro.Version, err)
 	}
 	return ro, nil

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
@@ -15,11 +16,11 @@ func (a *Agent) deployOp(cfg *config.Site, slotName string, vars map[string]stri
 	return func(ctx context.Context, r *run) error {
 		slot := cfg.Slot(slotName)
 		err := r.phase(api.PhaseDeploy, api.StateDeploying, func() error {
-			st, err := a.store.loadSlots(cfg.Name, nil)
+			st, err := a.store.LoadSlots(cfg.Name, nil)
 			if err != nil {
 				return err
 			}
-			s := st.slot(slotName)
+			s := st.Slot(slotName)
 			if s.Lane.Value == "" {
 				return fmt.Errorf("slot %s is not bound to a lane", slotName)
 			}
@@ -43,7 +44,7 @@ func (a *Agent) deployOp(cfg *config.Site, slotName string, vars map[string]stri
 			if err != nil {
 				return a.putSlotBack(ctx, cfg, slotName, err)
 			}
-			if _, err := a.store.txn(a.store.bindOps(cfg.Name, slotName, s, s.Lane.Value, ro.Version)); err != nil {
+			if _, err := a.store.Txn(a.store.BindOps(cfg.Name, slotName, s, s.Lane.Value, ro.Version)); err != nil {
 				return fmt.Errorf("bind %s to lane %s version %d: %w", slotName, s.Lane.Value, ro.Version, err)
 			}
 			r.note(api.PhaseDeploy, fmt.Sprintf("lane %s version %d (%s)", s.Lane.Value, ro.Version, ro.Change))
@@ -62,11 +63,11 @@ func (a *Agent) deployOp(cfg *config.Site, slotName string, vars map[string]stri
 func (a *Agent) putSlotBack(ctx context.Context, cfg *config.Site, slotName string, cause error) error {
 	ctx, cancel := a.restoreContext(ctx)
 	defer cancel()
-	st, err := a.store.loadSlots(cfg.Name, nil)
+	st, err := a.store.LoadSlots(cfg.Name, nil)
 	if err != nil {
 		return fmt.Errorf("%w; restoring %s failed: %v", cause, slotName, err)
 	}
-	lane := st.slot(slotName).Lane.Value
+	lane := st.Slot(slotName).Lane.Value
 	ro, err := a.restoreSlot(ctx, cfg, slotName, gateHealthy)
 	if err != nil {
 		return fmt.Errorf("%w; restoring lane %s for %s failed too: %v", cause, lane, slotName, err)
@@ -95,7 +96,7 @@ func (s *site) rollback(trigger string) (*api.Operation, error) {
 		}
 	}
 	var last *api.Operation
-	err := s.a.store.walkHistory(s.name, 0, historyKeeps(s.cfg.HistoryLimit), func(h *api.Operation) bool {
+	err := s.a.store.WalkHistory(s.name, 0, store.HistoryKeeps(s.cfg.HistoryLimit), func(h *api.Operation) bool {
 		if (h.Kind == api.KindSwap || h.Kind == api.KindRollback) && h.Switched {
 			last = h
 		}
@@ -105,7 +106,7 @@ func (s *site) rollback(trigger string) (*api.Operation, error) {
 		return nil, err
 	}
 	if last == nil {
-		return nil, fmt.Errorf("%w: site %s has no completed swap to roll back", errBadRequest, s.name)
+		return nil, fmt.Errorf("%w: site %s has no completed swap to roll back", store.ErrBadRequest, s.name)
 	}
 	return s.rollbackOf(last, trigger)
 }
@@ -113,7 +114,7 @@ func (s *site) rollback(trigger string) (*api.Operation, error) {
 // rollbackOf swaps back the given swap. Runs on the owner.
 func (s *site) rollbackOf(last *api.Operation, trigger string) (*api.Operation, error) {
 	if s.cfg.Slot(last.Source) == nil || s.cfg.Slot(last.Target) == nil {
-		return nil, fmt.Errorf("%w: the last swap of site %s moved slots %s and %s, which are no longer both declared", errBadRequest, s.name, last.Source, last.Target)
+		return nil, fmt.Errorf("%w: the last swap of site %s moved slots %s and %s, which are no longer both declared", store.ErrBadRequest, s.name, last.Source, last.Target)
 	}
 	op := &api.Operation{Kind: api.KindRollback, Trigger: trigger, Source: last.Source, Target: last.Target, RollbackOf: last.ID}
 	return s.startOp(op, swapPhases, s.a.swapOp(s.cfg, last.Source, last.Target))

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -30,11 +31,11 @@ func finished(t testing.TB, kv *fakeKV, n int) {
 // historySeqs lists the seqs the history of site web holds, oldest first.
 func historySeqs(t testing.TB, kv *fakeKV) []uint64 {
 	t.Helper()
-	refs, err := (&store{kv: kv, prefix: "slotd"}).historyRefs("web")
+	refs, err := (&store.Store{KV: kv, Prefix: "slotd"}).HistoryRefs("web")
 	require.NoError(t, err)
 	seqs := make([]uint64, len(refs))
 	for i, r := range refs {
-		seqs[i] = r.seq
+		seqs[i] = r.Seq
 	}
 	return seqs
 }
@@ -72,10 +73,10 @@ func TestHistoryPruning(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			kv := newFakeKV()
 			finished(t, kv, tc.existing)
-			st := &store{kv: kv, prefix: "slotd"}
-			st.fence("session")
+			st := &store.Store{KV: kv, Prefix: "slotd"}
+			st.Fence("session")
 			op := &api.Operation{ID: "op-new", Site: "web", Kind: api.KindSwap, State: api.StatePending}
-			require.NoError(t, st.createOperation(op))
+			require.NoError(t, st.CreateOperation(op))
 			op.State = api.StateSucceeded
 
 			var sizes []int
@@ -87,23 +88,23 @@ func TestHistoryPruning(t *testing.T) {
 				}
 				return nil
 			}
-			require.NoError(t, st.finishOperation(op, tc.limit), "a prune left for later does not fail the move")
+			require.NoError(t, st.FinishOperation(op, tc.limit), "a prune left for later does not fail the move")
 			kv.fail = nil
 
 			assert.Len(t, sizes, tc.wantTxns, "transactions")
 			for i, n := range sizes {
-				assert.LessOrEqual(t, n, maxTxnOps, "transaction %d", i)
+				assert.LessOrEqual(t, n, store.MaxTxnOps, "transaction %d", i)
 			}
 			assert.Equal(t, append(tc.wantOld, op.Seq), historySeqs(t, kv), "the history: the newest ones and the new one")
-			journaled, err := st.runningOperation("web")
+			journaled, err := st.RunningOperation("web")
 			require.NoError(t, err)
 			assert.Nil(t, journaled, "the journal is cleared")
 
 			if tc.refuse {
 				next := &api.Operation{ID: "op-next", Site: "web", Kind: api.KindSwap, State: api.StatePending}
-				require.NoError(t, st.createOperation(next))
+				require.NoError(t, st.CreateOperation(next))
 				next.State = api.StateFailed
-				require.NoError(t, st.finishOperation(next, tc.limit))
+				require.NoError(t, st.FinishOperation(next, tc.limit))
 				assert.Equal(t, []uint64{op.Seq, next.Seq}, historySeqs(t, kv)[3:], "the next finished operation prunes the rest")
 				assert.Len(t, historySeqs(t, kv), tc.limit)
 			}
@@ -117,7 +118,7 @@ func TestHistoryPage(t *testing.T) {
 	kv := newFakeKV()
 	finished(t, kv, 12)
 	kv.put(historyPrefix+"notes", "written by hand")
-	st := &store{kv: kv, prefix: "slotd"}
+	st := &store.Store{KV: kv, Prefix: "slotd"}
 
 	seqs := func(ops []api.Operation) []uint64 {
 		out := []uint64{}
@@ -126,26 +127,26 @@ func TestHistoryPage(t *testing.T) {
 		}
 		return out
 	}
-	page, err := st.historyPage("web", 5, 0)
+	page, err := st.HistoryPage("web", 5, 0)
 	require.NoError(t, err)
 	assert.Equal(t, []uint64{12, 11, 10, 9, 8}, seqs(page))
 	assert.Equal(t, "op-12", page[0].ID)
 
-	page, err = st.historyPage("web", 5, page[len(page)-1].Seq)
+	page, err = st.HistoryPage("web", 5, page[len(page)-1].Seq)
 	require.NoError(t, err)
 	assert.Equal(t, []uint64{7, 6, 5, 4, 3}, seqs(page))
 
-	page, err = st.historyPage("web", 5, 3)
+	page, err = st.HistoryPage("web", 5, 3)
 	require.NoError(t, err)
 	assert.Equal(t, []uint64{2, 1}, seqs(page), "the last page is short")
 
-	page, err = st.historyPage("web", 5, 1)
+	page, err = st.HistoryPage("web", 5, 1)
 	require.NoError(t, err)
 	assert.Empty(t, page, "nothing is older than the oldest")
 
 	// An entry pruned between the listing of keys and the read of its value is left out.
 	reads := 0
-	err = st.walkHistory("web", 0, 3, func(op *api.Operation) bool {
+	err = st.WalkHistory("web", 0, 3, func(op *api.Operation) bool {
 		if reads == 0 {
 			_, _, _, _ = kv.Txn(consulapi.KVTxnOps{{Verb: consulapi.KVDelete, Key: fmt.Sprintf("%s%020d", historyPrefix, 11)}}, nil)
 		}
@@ -153,7 +154,7 @@ func TestHistoryPage(t *testing.T) {
 		return true
 	})
 	require.NoError(t, err)
-	assert.Equal(t, 2, reads, "a walk reads at most as many entries as it is bounded to")
+	assert.Equal(t, 2, reads, "a walk reads at most as many entries as it is store.Bounded to")
 }
 
 // TestUnchangedConvergeIsNotKept: a settings rollout that found every lane running what KV
@@ -189,7 +190,7 @@ func TestUnchangedConvergeIsNotKept(t *testing.T) {
 			require.NoError(t, err)
 			op := &api.Operation{ID: "op-converge", Site: "web", Kind: api.KindSettings, Trigger: triggerConverge,
 				State: api.StatePending, Phases: []api.Phase{{Name: api.PhaseRollout, State: api.PhasePending}}}
-			require.NoError(t, a.store.createOperation(op))
+			require.NoError(t, a.store.CreateOperation(op))
 
 			r := a.newRun(nil, context.Background(), op)
 			r.historyLimit = 10
@@ -199,10 +200,10 @@ func TestUnchangedConvergeIsNotKept(t *testing.T) {
 			require.NotNil(t, seen)
 			assert.Equal(t, tc.wantState, seen.State, seen.Error)
 			assert.Equal(t, tc.wantUnchanged, seen.Unchanged, "what a client following the operation sees")
-			journaled, err := a.store.runningOperation("web")
+			journaled, err := a.store.RunningOperation("web")
 			require.NoError(t, err)
 			assert.Nil(t, journaled, "the journal is cleared either way")
-			hist, err := a.store.historyPage("web", 10, 0)
+			hist, err := a.store.HistoryPage("web", 10, 0)
 			require.NoError(t, err)
 			if tc.wantKept {
 				require.Len(t, hist, 1)

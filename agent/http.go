@@ -6,10 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 	"io"
 	"maps"
 	"net/http"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -42,8 +42,6 @@ var errUnauthorized = errors.New("missing or wrong bearer token: send Authorizat
 
 // errTooLarge is a request body over maxBody.
 var errTooLarge = errors.New("request body over 1 MiB")
-
-var envKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // handlerFunc is what every route implements: a value to encode as JSON, or a typed error.
 type handlerFunc func(r *http.Request) (status int, body any, err error)
@@ -190,11 +188,11 @@ func (a *Agent) errorResponse(err error) (code int, resp api.ErrorResponse, retr
 		return http.StatusRequestEntityTooLarge, api.ErrorResponse{Error: errTooLarge.Error()}, 0
 	case errors.Is(err, errRevealNeedsToken):
 		return http.StatusUnauthorized, api.ErrorResponse{Error: err.Error()}, 0
-	case errors.Is(err, errBadRequest):
+	case errors.Is(err, store.ErrBadRequest):
 		return http.StatusBadRequest, api.ErrorResponse{Error: err.Error()}, 0
-	case errors.Is(err, errNotFound):
+	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound, api.ErrorResponse{Error: err.Error()}, 0
-	case errors.Is(err, errBusy):
+	case errors.Is(err, store.ErrBusy):
 		return http.StatusConflict, api.ErrorResponse{Error: err.Error()}, 0
 	case errors.Is(err, errStarting):
 		return http.StatusServiceUnavailable, api.ErrorResponse{Error: err.Error()}, retryAfter
@@ -233,12 +231,12 @@ func decode(r *http.Request, v any) error {
 			return errTooLarge
 		}
 		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w: empty body: send a JSON object", errBadRequest)
+			return fmt.Errorf("%w: empty body: send a JSON object", store.ErrBadRequest)
 		}
-		return fmt.Errorf("%w: malformed JSON body: %v", errBadRequest, err)
+		return fmt.Errorf("%w: malformed JSON body: %v", store.ErrBadRequest, err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: malformed JSON body: data after the object", errBadRequest)
+		return fmt.Errorf("%w: malformed JSON body: data after the object", store.ErrBadRequest)
 	}
 	return nil
 }
@@ -263,7 +261,7 @@ func (a *Agent) lookupSite(r *http.Request) (*site, *config.Site, error) {
 	name := r.PathValue("site")
 	s := a.site(name)
 	if s == nil {
-		return nil, nil, fmt.Errorf("%w: no site %q", errNotFound, name)
+		return nil, nil, fmt.Errorf("%w: no site %q", ErrNotFound, name)
 	}
 	return s, s.config(), nil
 }
@@ -285,13 +283,13 @@ func (a *Agent) lookupSetting(r *http.Request) (*config.Site, *config.Slot, stri
 		return nil, nil, "", err
 	}
 	key := r.PathValue("key")
-	return site, slot, key, checkSettingKey(key)
+	return site, slot, key, store.CheckSettingKey(key)
 }
 
 func lookupSlot(site *config.Site, name string) (*config.Slot, error) {
 	slot := site.Slot(name)
 	if slot == nil {
-		return nil, fmt.Errorf("%w: site %s has no slot %q (slots: %s)", errNotFound, site.Name, name, strings.Join(site.SlotNames(), ", "))
+		return nil, fmt.Errorf("%w: site %s has no slot %q (slots: %s)", ErrNotFound, site.Name, name, strings.Join(site.SlotNames(), ", "))
 	}
 	return slot, nil
 }
@@ -322,7 +320,7 @@ func (a *Agent) handleSite(r *http.Request) (int, any, error) {
 // siteView assembles a site's status from KV (bindings, operations) and Consul (instances).
 func (a *Agent) siteView(ctx context.Context, s *site, detail bool) (*api.Site, error) {
 	cfg := s.config()
-	st, err := a.store.loadSlots(cfg.Name, nil)
+	st, err := a.store.LoadSlots(cfg.Name, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -332,8 +330,8 @@ func (a *Agent) siteView(ctx context.Context, s *site, detail bool) (*api.Site, 
 	}
 	view := &api.Site{Name: cfg.Name, Service: cfg.Service, Ready: s.snapshot().ready && a.isLeader(), Slots: []api.Slot{}}
 	for _, slot := range cfg.Slots {
-		ss := st.slot(slot.Name)
-		v := api.Slot{Name: slot.Name, Version: ss.version(), Tags: slotTags(slot), AutoSwap: slot.AutoSwap}
+		ss := st.Slot(slot.Name)
+		v := api.Slot{Name: slot.Name, Version: ss.BoundVersion(), Tags: slotTags(slot), AutoSwap: slot.AutoSwap}
 		if ss.Lane.Value != "" {
 			v.Lane = jobID(cfg.Name, ss.Lane.Value)
 		}
@@ -361,12 +359,12 @@ func (a *Agent) siteView(ctx context.Context, s *site, detail bool) (*api.Site, 
 			v.Scale, v.ScaleSource = set.Scale, scaleSource(slot)
 		}
 		if detail {
-			set := ss.settings()
+			set := ss.Values()
 			v.Settings = &api.Settings{Settings: set.Settings, Sticky: set.Sticky}
 		}
 		view.Slots = append(view.Slots, v)
 	}
-	running, err := a.store.runningOperation(cfg.Name)
+	running, err := a.store.RunningOperation(cfg.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -383,7 +381,7 @@ func (a *Agent) siteView(ctx context.Context, s *site, detail bool) (*api.Site, 
 			}
 		}
 	}
-	last, err := a.store.historyPage(cfg.Name, 1, 0)
+	last, err := a.store.HistoryPage(cfg.Name, 1, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -420,7 +418,7 @@ func (a *Agent) handleSettle(r *http.Request) (int, any, error) {
 			return a.signal(r.Context(), run, ctlSettle, cur.Index)
 		}
 	}
-	return 0, nil, fmt.Errorf("%w: site %s holds no lane: only a swap that is monitoring or holding its former target lane can settle", errBadRequest, site.Name)
+	return 0, nil, fmt.Errorf("%w: site %s holds no lane: only a swap that is monitoring or holding its former target lane can settle", store.ErrBadRequest, site.Name)
 }
 
 // allocOf takes the allocation ID out of a Nomad service ID: _nomad-task-<alloc>-<...>.
@@ -442,8 +440,8 @@ func (a *Agent) handleDeploy(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	for k := range req.Vars {
-		if !envKey.MatchString(k) {
-			return 0, nil, fmt.Errorf("%w: job variable name %q: use letters, digits and _, not starting with a digit", errBadRequest, k)
+		if !store.EnvName(k) {
+			return 0, nil, fmt.Errorf("%w: job variable name %q: use letters, digits and _, not starting with a digit", store.ErrBadRequest, k)
 		}
 	}
 	// Parse before anything starts, so a bad variable is a 400 and changes nothing.
@@ -453,10 +451,10 @@ func (a *Agent) handleDeploy(r *http.Request) (int, any, error) {
 	}
 	base, err := jobspec.Parse(a.parser, site.Job, app.Source, app.Vars)
 	if err != nil {
-		return 0, nil, fmt.Errorf("%w: %v", errBadRequest, err)
+		return 0, nil, fmt.Errorf("%w: %v", store.ErrBadRequest, err)
 	}
 	if err := jobspec.CheckLane(base, site.Job, site.Service); err != nil {
-		return 0, nil, fmt.Errorf("%w: %v", errBadRequest, err)
+		return 0, nil, fmt.Errorf("%w: %v", store.ErrBadRequest, err)
 	}
 	op := &api.Operation{Kind: api.KindDeploy, Trigger: "api", Slot: slot.Name, Vars: hideVars(req.Vars, site.SensitiveVars)}
 	started, err := a.start(s, op, []string{api.PhaseDeploy}, a.deployOp(site, slot.Name, req.Vars))
@@ -476,14 +474,14 @@ func (a *Agent) handleScale(r *http.Request) (int, any, error) {
 	}
 	if slot.ScaleDeclared() {
 		return 0, nil, fmt.Errorf("%w: the scale of slot %s is declared in slots.hcl (%s): change it there and reload",
-			errBadRequest, slot.Name, slot.Range.String())
+			store.ErrBadRequest, slot.Name, slot.Range.String())
 	}
 	if len(counts) == 0 {
-		return 0, nil, fmt.Errorf(`%w: the body names no task group: send counts by group, such as {"app": 3}`, errBadRequest)
+		return 0, nil, fmt.Errorf(`%w: the body names no task group: send counts by group, such as {"app": 3}`, store.ErrBadRequest)
 	}
 	for g, n := range counts {
-		if err := checkCount(g, n); err != nil {
-			return 0, nil, fmt.Errorf("%w: %v", errBadRequest, err)
+		if err := store.CheckCount(g, n); err != nil {
+			return 0, nil, fmt.Errorf("%w: %v", store.ErrBadRequest, err)
 		}
 	}
 	op := &api.Operation{Kind: api.KindScale, Trigger: "api", Slot: slot.Name, Scale: maps.Clone(counts)}
@@ -496,22 +494,12 @@ func (a *Agent) handleSettings(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	st, err := a.store.loadSlots(site.Name, nil)
+	st, err := a.store.LoadSlots(site.Name, nil)
 	if err != nil {
 		return 0, nil, err
 	}
-	set := st.slot(slot.Name).settings()
+	set := st.Slot(slot.Name).Values()
 	return http.StatusOK, api.Settings{Settings: set.Settings, Sticky: set.Sticky}, nil
-}
-
-func checkSettingKey(key string) error {
-	if !envKey.MatchString(key) {
-		return fmt.Errorf("%w: setting key %q is not an environment variable name: use letters, digits and _, not starting with a digit", errBadRequest, key)
-	}
-	if strings.HasPrefix(key, "SLOTD_") {
-		return fmt.Errorf("%w: setting key %q: the SLOTD_ prefix is reserved for slotd's own variables", errBadRequest, key)
-	}
-	return nil
 }
 
 // handleSetSetting writes one setting; a key that changes kind (swappable ↔ sticky) moves in
@@ -525,12 +513,12 @@ func (a *Agent) handleSetSetting(r *http.Request) (int, any, error) {
 	if err := a.decodeWrite(r, &req); err != nil {
 		return 0, nil, err
 	}
-	kind, other := kindSwappable, kindSticky
+	kind, other := store.KindSwappable, store.KindSticky
 	if req.Sticky {
 		kind, other = other, kind
 	}
-	return a.changeSetting(site, slot.Name, func(ss *slotState) map[string]map[string]string {
-		into, from := ss.doc(kind).Values, ss.doc(other).Values
+	return a.changeSetting(site, slot.Name, func(ss *store.SlotState) map[string]map[string]string {
+		into, from := ss.Doc(kind).Values, ss.Doc(other).Values
 		into[key] = req.Value
 		delete(from, key)
 		return map[string]map[string]string{kind: into, other: from}
@@ -546,16 +534,16 @@ func (a *Agent) handleDeleteSetting(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	found := false
-	status, body, err := a.changeSetting(site, slot.Name, func(ss *slotState) map[string]map[string]string {
+	status, body, err := a.changeSetting(site, slot.Name, func(ss *store.SlotState) map[string]map[string]string {
 		_, inSet := ss.Settings.Values[key]
 		_, inSticky := ss.Sticky.Values[key]
 		found = inSet || inSticky
 		delete(ss.Settings.Values, key)
 		delete(ss.Sticky.Values, key)
-		return map[string]map[string]string{kindSwappable: ss.Settings.Values, kindSticky: ss.Sticky.Values}
+		return map[string]map[string]string{store.KindSwappable: ss.Settings.Values, store.KindSticky: ss.Sticky.Values}
 	})
 	if err == nil && !found {
-		return 0, nil, fmt.Errorf("%w: slot %s has no setting %q", errNotFound, slot.Name, key)
+		return 0, nil, fmt.Errorf("%w: slot %s has no setting %q", ErrNotFound, slot.Name, key)
 	}
 	return status, body, err
 }
@@ -563,22 +551,22 @@ func (a *Agent) handleDeleteSetting(r *http.Request) (int, any, error) {
 // changeSetting applies a change to one slot's settings documents, check-and-set against the
 // documents as read, retrying on a race. change edits the values it is given (copies) and
 // returns the documents by kind.
-func (a *Agent) changeSetting(site *config.Site, slot string, change func(*slotState) map[string]map[string]string) (int, any, error) {
+func (a *Agent) changeSetting(site *config.Site, slot string, change func(*store.SlotState) map[string]map[string]string) (int, any, error) {
 	for attempt := 0; ; attempt++ {
-		st, err := a.store.loadSlots(site.Name, nil)
+		st, err := a.store.LoadSlots(site.Name, nil)
 		if err != nil {
 			return 0, nil, err
 		}
-		ss := st.slot(slot)
-		old := map[string]settingsDoc{kindSwappable: ss.Settings, kindSticky: ss.Sticky}
-		edit := newSlotState()
-		edit.Settings.Values, edit.Sticky.Values = ss.settings().Settings, ss.settings().Sticky
+		ss := st.Slot(slot)
+		old := map[string]store.SettingsDoc{store.KindSwappable: ss.Settings, store.KindSticky: ss.Sticky}
+		edit := store.NewSlotState()
+		edit.Settings.Values, edit.Sticky.Values = ss.Values().Settings, ss.Values().Sticky
 		var ops consulapi.KVTxnOps
 		for kind, values := range change(edit) {
-			ops = append(ops, a.store.docOps(site.Name, slot, kind, old[kind], values)...)
+			ops = append(ops, a.store.DocOps(site.Name, slot, kind, old[kind], values)...)
 		}
-		_, err = a.store.txn(ops)
-		if errors.Is(err, errConflict) && attempt < 5 {
+		_, err = a.store.Txn(ops)
+		if errors.Is(err, store.ErrConflict) && attempt < 5 {
 			continue
 		}
 		if err != nil {
@@ -589,11 +577,11 @@ func (a *Agent) changeSetting(site *config.Site, slot string, change func(*slotS
 				a.logger.Warn("settings changed; rolling them out waits for the next look", "site", site.Name, "error", err)
 			}
 		}
-		st, err = a.store.loadSlots(site.Name, nil)
+		st, err = a.store.LoadSlots(site.Name, nil)
 		if err != nil {
 			return 0, nil, err
 		}
-		set := st.slot(slot).settings()
+		set := st.Slot(slot).Values()
 		return http.StatusOK, api.Settings{Settings: set.Settings, Sticky: set.Sticky}, nil
 	}
 }
@@ -608,7 +596,7 @@ func (a *Agent) handleSwap(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	if req.Source == "" {
-		return 0, nil, fmt.Errorf("%w: source is required: the slot to swap in (slots: %s)", errBadRequest, strings.Join(site.SlotNames(), ", "))
+		return 0, nil, fmt.Errorf("%w: source is required: the slot to swap in (slots: %s)", store.ErrBadRequest, strings.Join(site.SlotNames(), ", "))
 	}
 	if req.Target == "" {
 		req.Target = "production"
@@ -620,7 +608,7 @@ func (a *Agent) handleSwap(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	if req.Source == req.Target {
-		return 0, nil, fmt.Errorf("%w: source and target are both %q: swap two different slots", errBadRequest, req.Source)
+		return 0, nil, fmt.Errorf("%w: source and target are both %q: swap two different slots", store.ErrBadRequest, req.Source)
 	}
 	if err := a.leading(); err != nil {
 		return 0, nil, err
@@ -639,7 +627,7 @@ func (a *Agent) handleRollback(r *http.Request) (int, any, error) {
 	}
 	s := a.site(r.PathValue("site"))
 	if s == nil {
-		return 0, nil, fmt.Errorf("%w: no site %q", errNotFound, r.PathValue("site"))
+		return 0, nil, fmt.Errorf("%w: no site %q", ErrNotFound, r.PathValue("site"))
 	}
 	op, err := s.do(func() (*api.Operation, error) { return s.rollback("api") })
 	return http.StatusAccepted, op, err
@@ -653,14 +641,14 @@ func (a *Agent) handleHistory(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	keeps := historyKeeps(site.HistoryLimit)
+	keeps := store.HistoryKeeps(site.HistoryLimit)
 	limit := min(defaultHistoryPage, keeps)
 	q := r.URL.Query()
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
 			return 0, nil, fmt.Errorf("%w: limit %q is not a whole number of 1 or more: ask for 1 to %d operations (site %s keeps %d)",
-				errBadRequest, v, keeps, site.Name, keeps)
+				store.ErrBadRequest, v, keeps, site.Name, keeps)
 		}
 		limit = min(n, keeps)
 	}
@@ -669,11 +657,11 @@ func (a *Agent) handleHistory(r *http.Request) (int, any, error) {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil || n == 0 {
 			return 0, nil, fmt.Errorf("%w: before %q is not an operation's seq: pass the seq of the oldest operation of the page before, such as before=1234",
-				errBadRequest, v)
+				store.ErrBadRequest, v)
 		}
 		before = n
 	}
-	hist, err := a.store.historyPage(site.Name, limit, before)
+	hist, err := a.store.HistoryPage(site.Name, limit, before)
 	return http.StatusOK, hist, err
 }
 
@@ -685,7 +673,7 @@ func (a *Agent) handleOperation(r *http.Request) (int, any, error) {
 	if v := q.Get("index"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
-			return 0, nil, fmt.Errorf("%w: index %q is not a number", errBadRequest, v)
+			return 0, nil, fmt.Errorf("%w: index %q is not a number", store.ErrBadRequest, v)
 		}
 		index = n
 	}
@@ -693,7 +681,7 @@ func (a *Agent) handleOperation(r *http.Request) (int, any, error) {
 	if v := q.Get("wait"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
-			return 0, nil, fmt.Errorf("%w: wait %q is not a positive duration such as 30s", errBadRequest, v)
+			return 0, nil, fmt.Errorf("%w: wait %q is not a positive duration such as 30s", store.ErrBadRequest, v)
 		}
 		wait = min(d, maxBlock)
 	}
@@ -716,14 +704,14 @@ func (a *Agent) handleOperation(r *http.Request) (int, any, error) {
 // operation, then its history newest first, no further back than the site keeps.
 func (a *Agent) findOperation(id string) (*api.Operation, error) {
 	if !strings.HasPrefix(id, "op-") {
-		return nil, fmt.Errorf("%w: no operation %q", errNotFound, id)
+		return nil, fmt.Errorf("%w: no operation %q", ErrNotFound, id)
 	}
 	for _, s := range a.siteList() {
-		if op, err := a.store.runningOperation(s.name); err == nil && op != nil && op.ID == id {
+		if op, err := a.store.RunningOperation(s.name); err == nil && op != nil && op.ID == id {
 			return op, nil
 		}
 		var found *api.Operation
-		err := a.store.walkHistory(s.name, 0, historyKeeps(s.config().HistoryLimit), func(op *api.Operation) bool {
+		err := a.store.WalkHistory(s.name, 0, store.HistoryKeeps(s.config().HistoryLimit), func(op *api.Operation) bool {
 			if op.ID == id {
 				found = op
 			}
@@ -736,7 +724,7 @@ func (a *Agent) findOperation(id string) (*api.Operation, error) {
 			return found, nil
 		}
 	}
-	return nil, fmt.Errorf("%w: no operation %q", errNotFound, id)
+	return nil, fmt.Errorf("%w: no operation %q", ErrNotFound, id)
 }
 
 // runningRun finds the run of an operation in flight in this daemon.
@@ -749,7 +737,7 @@ func (a *Agent) runningRun(id string) (*run, error) {
 	if _, err := a.findOperation(id); err != nil {
 		return nil, err
 	}
-	return nil, fmt.Errorf("%w: operation %s is not running", errBusy, id)
+	return nil, fmt.Errorf("%w: operation %s is not running", store.ErrBusy, id)
 }
 
 // runningOp resolves the {id} of a request that controls an operation in flight here.
@@ -764,7 +752,7 @@ func (a *Agent) runningOp(r *http.Request) (*run, *api.Operation, error) {
 	}
 	cur := a.ops.get(id)
 	if cur == nil {
-		return nil, nil, fmt.Errorf("%w: no operation %q", errNotFound, id)
+		return nil, nil, fmt.Errorf("%w: no operation %q", ErrNotFound, id)
 	}
 	return run, cur, nil
 }
@@ -775,7 +763,7 @@ func (a *Agent) handleComplete(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	if cur.State != api.StatePreviewing {
-		return 0, nil, fmt.Errorf("%w: operation %s is not previewing", errBusy, cur.ID)
+		return 0, nil, fmt.Errorf("%w: operation %s is not previewing", store.ErrBusy, cur.ID)
 	}
 	return a.signal(r.Context(), run, ctlComplete, cur.Index)
 }
@@ -795,7 +783,7 @@ func (a *Agent) handleCancel(r *http.Request) (int, any, error) {
 	case api.StateMonitoring, api.StateHolding:
 		return a.signal(r.Context(), run, ctlFinish, cur.Index)
 	case api.StateSwitching, api.StateSettling:
-		return 0, nil, fmt.Errorf("%w: operation %s is %s and cannot stop half-way; roll back after it ends", errBusy, id, cur.State)
+		return 0, nil, fmt.Errorf("%w: operation %s is %s and cannot stop half-way; roll back after it ends", store.ErrBusy, id, cur.State)
 	}
 	run.cancelled.Store(true)
 	run.cancel()
@@ -809,7 +797,7 @@ func (a *Agent) signal(ctx context.Context, r *run, c string, index uint64) (int
 	select {
 	case r.control <- c:
 	default:
-		return 0, nil, fmt.Errorf("%w: operation %s is already handling a request", errBusy, r.op.ID)
+		return 0, nil, fmt.Errorf("%w: operation %s is already handling a request", store.ErrBusy, r.op.ID)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/slotd/slotd/agent/store"
 	"context"
 	"errors"
 	"fmt"
@@ -27,15 +28,6 @@ const (
 )
 
 func jobID(site, lane string) string { return site + "-" + lane }
-
-// laneOf is the lane whose job ID KV holds for a slot of site. A value without the site's
-// prefix is the short name older versions wrote, migrated at start.
-func laneOf(site, value string) string {
-	if lane, ok := strings.CutPrefix(value, site+"-"); ok && lane != "" {
-		return lane
-	}
-	return value
-}
 
 // laneOps is what operations need of Nomad and Consul to move lanes: the seam where unit
 // tests of the swap, its resume and its restore paths put a fake.
@@ -295,7 +287,7 @@ func (a *Agent) registeredVersion(ctx context.Context, id string, modifyIndex ui
 
 // callCtx bounds one call that does not block on purpose.
 func callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, callTimeout)
+	return context.WithTimeout(ctx, store.CallTimeout)
 }
 
 // classify reads Nomad's plan: nothing to do, an in-place update, or allocations replaced.
@@ -479,5 +471,3 @@ func short(id string) string {
 	}
 	return id
 }
-
-var errBusy = errors.New("an operation already runs on this site")

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -17,15 +18,11 @@ import (
 
 // Typed errors that the HTTP layer maps to status codes.
 var (
-	errNotFound   = errors.New("not found")
-	errBadRequest = errors.New("bad request")
-	errNotLeader  = errors.New("this daemon is not the leader")
+	ErrNotFound  = errors.New("not found")
+	errNotLeader = errors.New("this daemon is not the leader")
 	// errStarting refuses an operation on a site that this daemon leads but has not brought up
 	// yet (just started, failed over, reloaded): nothing was started, and a retry soon works.
 	errStarting = errors.New("starting")
-	// errStopping ends an operation at a phase boundary when the daemon stops: the operation
-	// stays journaled in its state, and the next leader picks it up.
-	errStopping = errors.New("daemon stopping")
 )
 
 // controls sent to a running operation.
@@ -117,7 +114,7 @@ func (r *run) endMonitor() error {
 		if cur != nil {
 			state = cur.State
 		}
-		return fmt.Errorf("%w: %s %s is %s", errBusy, r.op.Kind, r.op.ID, state)
+		return fmt.Errorf("%w: %s %s is %s", store.ErrBusy, r.op.Kind, r.op.ID, state)
 	}
 	select {
 	case r.control <- ctlEndMonitor:
@@ -127,7 +124,7 @@ func (r *run) endMonitor() error {
 	case <-r.done:
 		return nil
 	case <-time.After(endMonitorWait):
-		return fmt.Errorf("%w: the monitor of %s did not end", errBusy, r.op.ID)
+		return fmt.Errorf("%w: the monitor of %s did not end", store.ErrBusy, r.op.ID)
 	}
 }
 
@@ -140,7 +137,7 @@ func (r *run) execute(fn opFunc) {
 	if err != nil && r.cancelled.Load() {
 		err = fmt.Errorf("%w: %v", errCancelled, err)
 	}
-	if errors.Is(err, errStopping) || r.lead.Err() != nil {
+	if errors.Is(err, store.ErrStopping) || r.lead.Err() != nil {
 		if a.stopping.Load() && r.lead.Err() == nil {
 			// A graceful stop between phases: the next leader goes on from here.
 			r.op.HandedOff = true
@@ -204,7 +201,7 @@ func (r *run) finish(err error) {
 		a.logger.Warn("cannot journal the outcome", "site", op.Site, "op", op.ID, "error", jerr)
 	}
 	for attempt := 1; ; attempt++ {
-		jerr := a.store.moveToHistory(op, r.historyLimit)
+		jerr := a.store.MoveToHistory(op, r.historyLimit)
 		if jerr == nil {
 			break
 		}
@@ -234,7 +231,7 @@ func (r *run) phase(name, state string, fn func() error) error {
 	a := r.a
 	if a.stopping.Load() || r.lead.Err() != nil {
 		// Stopping, or the leader lock was lost: the next leader goes on from here.
-		return errStopping
+		return store.ErrStopping
 	}
 	p := r.op.Phase(name)
 	if p == nil {
@@ -252,7 +249,7 @@ func (r *run) phase(name, state string, fn func() error) error {
 		err = fn()
 	}
 	p = r.op.Phase(name)
-	if errors.Is(err, errStopping) {
+	if errors.Is(err, store.ErrStopping) {
 		// Not run to its end: the next leader runs it again (a monitor only what is left of
 		// its window, counted from StartedAt).
 		p.State = api.PhasePending
@@ -270,7 +267,7 @@ func (r *run) phase(name, state string, fn func() error) error {
 		p.State, p.Message = api.PhaseFailed, err.Error()
 	}
 	a.metrics.phaseSeconds.WithLabelValues(r.op.Site, r.op.Kind, name, p.State).Observe(end.Sub(*p.StartedAt).Seconds())
-	if jerr := r.journal(); jerr != nil && (err == nil || errors.Is(jerr, errStopping)) {
+	if jerr := r.journal(); jerr != nil && (err == nil || errors.Is(jerr, store.ErrStopping)) {
 		return jerr // deposed: that, not the phase's own outcome, decides what happens next
 	}
 	if ferr := failpoint.Inject(r.ctx, name+".end"); ferr != nil && err == nil {
@@ -308,9 +305,9 @@ func (r *run) write() error {
 	if r.lead.Err() != nil {
 		// Deposed: even should this daemon lead again, its new session must not carry the
 		// writes of a run that belongs to the old leadership.
-		return errStopping
+		return store.ErrStopping
 	}
-	return r.a.store.updateOperation(r.op)
+	return r.a.store.UpdateOperation(r.op)
 }
 
 // opRegistry keeps the operations this daemon has seen, for reads that block until a change.

@@ -1,20 +1,11 @@
 package agent
 
 import (
+	"github.com/slotd/slotd/agent/store"
 	"maps"
 
 	"github.com/slotd/slotd/config"
 )
-
-// slotSettings are one slot's swappable and sticky settings.
-type slotSettings struct {
-	Settings map[string]string
-	Sticky   map[string]string
-	// Scale is the slot's instance counts per task group: sticky, like Sticky. Nil leaves the
-	// jobspec's counts. Live marks a slot whose scale is "live" (what Nomad runs decides).
-	Scale map[string]int
-	Live  bool
-}
 
 // laneState is what a lane should run: which slot it believes it serves (SLOTD_SLOT), the
 // routes it carries (slot tags) and the settings in its environment. Every phase of an operation
@@ -43,7 +34,7 @@ func slotTags(s *config.Slot) []string {
 }
 
 // steady is a lane serving slot s with settings set: the state between operations.
-func steady(s *config.Slot, set slotSettings) laneState {
+func steady(s *config.Slot, set store.SlotSettings) laneState {
 	return laneState{Slot: s.Name, Tags: slotTags(s), Env: effectiveEnv(set.Settings, set.Sticky), Scale: maps.Clone(set.Scale), Live: set.Live}
 }
 
@@ -52,20 +43,20 @@ func steady(s *config.Slot, set slotSettings) laneState {
 
 // applied: the source lane off the source's routes, with the target's sticky settings and
 // identity and the target's scale, reachable only through the target's preview tags (phase 1).
-func applied(target *config.Slot, src, tgt slotSettings) laneState {
+func applied(target *config.Slot, src, tgt store.SlotSettings) laneState {
 	return laneState{Slot: target.Name, Tags: append([]string(nil), target.PreviewTags...), Env: effectiveEnv(src.Settings, tgt.Sticky),
 		Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
 }
 
 // switched: the source lane on the target's routes (phase 3, make).
-func switched(target *config.Slot, src, tgt slotSettings) laneState {
+func switched(target *config.Slot, src, tgt store.SlotSettings) laneState {
 	return laneState{Slot: target.Name, Tags: slotTags(target), Env: effectiveEnv(src.Settings, tgt.Sticky),
 		Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
 }
 
 // drained: the target lane off every route, still with the target's settings and scale
 // (phase 3, break). A lane that will be held keeps the target's previous_tags.
-func drained(target *config.Slot, tgt slotSettings, hold bool) laneState {
+func drained(target *config.Slot, tgt store.SlotSettings, hold bool) laneState {
 	var tags []string
 	if hold {
 		tags = append(tags, target.PreviousTags...)

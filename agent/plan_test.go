@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/slotd/slotd/agent/store"
 	"testing"
 	"time"
 
@@ -44,8 +45,8 @@ func TestSwapStates(t *testing.T) {
 	prod := &config.Slot{Name: "production", Tags: []string{"urlprefix-www/"}, PreviewTags: []string{"urlprefix-preview/"},
 		PreviousTags: []string{"urlprefix-previous/"}}
 	staging := &config.Slot{Name: "staging", Tags: []string{"urlprefix-staging/"}}
-	src := slotSettings{Settings: map[string]string{"FEATURE": "on"}, Sticky: map[string]string{"DB": "staging-db"}}
-	tgt := slotSettings{Settings: map[string]string{"FEATURE": "off"}, Sticky: map[string]string{"DB": "prod-db"}}
+	src := store.SlotSettings{Settings: map[string]string{"FEATURE": "on"}, Sticky: map[string]string{"DB": "staging-db"}}
+	tgt := store.SlotSettings{Settings: map[string]string{"FEATURE": "off"}, Sticky: map[string]string{"DB": "prod-db"}}
 
 	a := applied(prod, src, tgt)
 	assert.Equal(t, []string{"urlprefix-preview/"}, a.Tags, "apply: only the target's preview route")
@@ -64,11 +65,11 @@ func TestSwapStates(t *testing.T) {
 	assert.Equal(t, []string{"urlprefix-previous/"}, h.Tags, "a held lane keeps only the target's previous_tags")
 	assert.Equal(t, d.Env, h.Env, "a held lane keeps the target's settings")
 	// A swap back inside the hold: the held lane as apply would have it differs in tags only.
-	back := applied(prod, slotSettings{Settings: tgt.Settings, Sticky: src.Sticky}, tgt)
+	back := applied(prod, store.SlotSettings{Settings: tgt.Settings, Sticky: src.Sticky}, tgt)
 	assert.Equal(t, h.Env, back.Env, "an instant swap back is tags-only for the held lane")
 
 	// After the exchange the source slot holds the target's swappable settings.
-	settled := steady(staging, slotSettings{Settings: tgt.Settings, Sticky: src.Sticky})
+	settled := steady(staging, store.SlotSettings{Settings: tgt.Settings, Sticky: src.Sticky})
 	assert.Equal(t, []string{"staging", "urlprefix-staging/"}, settled.Tags)
 	assert.Equal(t, map[string]string{"FEATURE": "off", "DB": "staging-db"}, settled.Env)
 
@@ -88,58 +89,58 @@ func TestPutBack(t *testing.T) {
 	base := map[string]string{"APP_VERSION": "v1", "SLOTD_SLOT": "staging"}
 	tests := []struct {
 		name       string
-		cur        slotSettings
+		cur        store.SlotSettings
 		prev       map[string]string
-		want       slotSettings
+		want       store.SlotSettings
 		wantChange []string
 	}{
 		{
 			name:       "a new setting is removed",
-			cur:        slotSettings{Settings: map[string]string{"A": "1", "BAD": "x"}, Sticky: map[string]string{}},
+			cur:        store.SlotSettings{Settings: map[string]string{"A": "1", "BAD": "x"}, Sticky: map[string]string{}},
 			prev:       map[string]string{"A": "1", "APP_VERSION": "v1", "SLOTD_SLOT": "staging"},
-			want:       slotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{}},
+			want:       store.SlotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{}},
 			wantChange: []string{"BAD"},
 		},
 		{
 			name:       "a changed sticky value gets its old value",
-			cur:        slotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"DB": "new"}},
+			cur:        store.SlotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"DB": "new"}},
 			prev:       map[string]string{"A": "1", "DB": "old"},
-			want:       slotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"DB": "old"}},
+			want:       store.SlotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"DB": "old"}},
 			wantChange: []string{"DB"},
 		},
 		{
 			name:       "a swappable value shadowed by a sticky one is left alone",
-			cur:        slotSettings{Settings: map[string]string{"DB": "swap"}, Sticky: map[string]string{"DB": "new"}},
+			cur:        store.SlotSettings{Settings: map[string]string{"DB": "swap"}, Sticky: map[string]string{"DB": "new"}},
 			prev:       map[string]string{"DB": "old"},
-			want:       slotSettings{Settings: map[string]string{"DB": "swap"}, Sticky: map[string]string{"DB": "old"}},
+			want:       store.SlotSettings{Settings: map[string]string{"DB": "swap"}, Sticky: map[string]string{"DB": "old"}},
 			wantChange: []string{"DB"},
 		},
 		{
 			name:       "a deleted setting comes back as sticky",
-			cur:        slotSettings{Settings: map[string]string{}, Sticky: map[string]string{}},
+			cur:        store.SlotSettings{Settings: map[string]string{}, Sticky: map[string]string{}},
 			prev:       map[string]string{"GONE": "v", "APP_VERSION": "v1", "SLOTD_SITE": "web"},
-			want:       slotSettings{Settings: map[string]string{}, Sticky: map[string]string{"GONE": "v"}},
+			want:       store.SlotSettings{Settings: map[string]string{}, Sticky: map[string]string{"GONE": "v"}},
 			wantChange: []string{"GONE"},
 		},
 		{
 			name:       "a setting that overrode the jobspec's own variable comes back",
-			cur:        slotSettings{Settings: map[string]string{}, Sticky: map[string]string{}},
+			cur:        store.SlotSettings{Settings: map[string]string{}, Sticky: map[string]string{}},
 			prev:       map[string]string{"APP_VERSION": "v2"},
-			want:       slotSettings{Settings: map[string]string{}, Sticky: map[string]string{"APP_VERSION": "v2"}},
+			want:       store.SlotSettings{Settings: map[string]string{}, Sticky: map[string]string{"APP_VERSION": "v2"}},
 			wantChange: []string{"APP_VERSION"},
 		},
 		{
 			name:       "a new setting over the jobspec's own variable is removed",
-			cur:        slotSettings{Settings: map[string]string{"APP_VERSION": "bad"}, Sticky: map[string]string{}},
+			cur:        store.SlotSettings{Settings: map[string]string{"APP_VERSION": "bad"}, Sticky: map[string]string{}},
 			prev:       map[string]string{"APP_VERSION": "v1"},
-			want:       slotSettings{Settings: map[string]string{}, Sticky: map[string]string{}},
+			want:       store.SlotSettings{Settings: map[string]string{}, Sticky: map[string]string{}},
 			wantChange: []string{"APP_VERSION"},
 		},
 		{
 			name:       "nothing to put back",
-			cur:        slotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"B": "2"}},
+			cur:        store.SlotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"B": "2"}},
 			prev:       map[string]string{"A": "1", "B": "2", "APP_VERSION": "v1"},
-			want:       slotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"B": "2"}},
+			want:       store.SlotSettings{Settings: map[string]string{"A": "1"}, Sticky: map[string]string{"B": "2"}},
 			wantChange: []string{},
 		},
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"github.com/slotd/slotd/agent/store"
 	"net"
 	"net/http"
 	"os"
@@ -88,7 +89,7 @@ func (a *Agent) tagRole(ctx context.Context, service string, warned *bool) (done
 	if a.isLeader() {
 		want, other = tagLeader, tagStandby
 	}
-	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	ctx, cancel := context.WithTimeout(ctx, store.CallTimeout)
 	defer cancel()
 	entries, _, err := a.ctlConsul.Catalog().Service(service, "", (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {

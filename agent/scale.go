@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 	"maps"
 	"sort"
 	"strconv"
@@ -26,7 +27,7 @@ const metaScale = "slotd_scale"
 
 // resolveScale gives set the scale of slot: the declared counts, or for "live" the counts the
 // slot's lane runs in Nomad now, or else the counts KV stores (set.Scale as read).
-func (a *Agent) resolveScale(ctx context.Context, cfg *config.Site, slot *config.Slot, lane string, set slotSettings) (slotSettings, error) {
+func (a *Agent) resolveScale(ctx context.Context, cfg *config.Site, slot *config.Slot, lane string, set store.SlotSettings) (store.SlotSettings, error) {
 	switch {
 	case slot.Scale != nil:
 		set.Scale = maps.Clone(slot.Scale)
@@ -46,8 +47,8 @@ func (a *Agent) resolveScale(ctx context.Context, cfg *config.Site, slot *config
 }
 
 // slotSet is a slot's settings and resolved scale, from what KV holds for it.
-func (a *Agent) slotSet(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *slotState) (slotSettings, error) {
-	return a.resolveScale(ctx, cfg, slot, ss.Lane.Value, ss.settings())
+func (a *Agent) slotSet(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState) (store.SlotSettings, error) {
+	return a.resolveScale(ctx, cfg, slot, ss.Lane.Value, ss.Values())
 }
 
 // laneCounts is the count of every task group of a lane's job in Nomad (nil when it has none)
@@ -143,9 +144,9 @@ func scaleMeta(job *nomadapi.Job, want laneState) {
 // so an undeclared slot keeps the size it had when it was first bound; a "live" slot's document
 // follows what its lane runs. A lane not started yet gets its jobspec's counts, recorded when
 // it starts (firstScale).
-func (a *Agent) seedScale(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *slotState, lane string) (consulapi.KVTxnOps, error) {
+func (a *Agent) seedScale(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState, lane string) (consulapi.KVTxnOps, error) {
 	if slot.Scale != nil {
-		return a.store.scaleOps(cfg.Name, slot.Name, ss.Scale, slot.Scale), nil
+		return a.store.ScaleOps(cfg.Name, slot.Name, ss.Scale, slot.Scale), nil
 	}
 	if ss.Scale.Index != 0 && !slot.ScaleLive {
 		return nil, nil
@@ -158,11 +159,11 @@ func (a *Agent) seedScale(ctx context.Context, cfg *config.Site, slot *config.Sl
 		// No lane yet, or one that runs as another slot (a swap under way): nothing to learn.
 		return nil, nil
 	}
-	return a.store.scaleOps(cfg.Name, slot.Name, ss.Scale, counts), nil
+	return a.store.ScaleOps(cfg.Name, slot.Name, ss.Scale, counts), nil
 }
 
 // firstScale records the counts a lane started with as its slot's scale, when KV holds none.
-func (a *Agent) firstScale(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *slotState) consulapi.KVTxnOps {
+func (a *Agent) firstScale(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState) consulapi.KVTxnOps {
 	if slot.ScaleDeclared() || ss.Scale.Index != 0 {
 		return nil
 	}
@@ -170,7 +171,7 @@ func (a *Agent) firstScale(ctx context.Context, cfg *config.Site, slot *config.S
 	if err != nil || counts == nil {
 		return nil // recorded at the next start
 	}
-	return a.store.scaleOps(cfg.Name, slot.Name, ss.Scale, counts)
+	return a.store.ScaleOps(cfg.Name, slot.Name, ss.Scale, counts)
 }
 
 // planLane asks Nomad's scheduler whether lane in state want would place, touching nothing:
@@ -274,14 +275,14 @@ func countsText(m map[string]int) string {
 func (a *Agent) scaleOp(cfg *config.Site, slotName string, counts map[string]int) opFunc {
 	return func(ctx context.Context, r *run) error {
 		slot := cfg.Slot(slotName)
-		var ss *slotState
+		var ss *store.SlotState
 		var want map[string]int
 		err := r.phase(api.PhasePreflight, api.StatePending, func() error {
-			st, err := a.store.loadSlots(cfg.Name, nil)
+			st, err := a.store.LoadSlots(cfg.Name, nil)
 			if err != nil {
 				return err
 			}
-			ss = st.slot(slotName)
+			ss = st.Slot(slotName)
 			if ss.Lane.Value == "" || ss.Version.Value == "" {
 				return fmt.Errorf("slot %s runs no lane yet", slotName)
 			}
@@ -300,7 +301,7 @@ func (a *Agent) scaleOp(cfg *config.Site, slotName string, counts map[string]int
 			}
 			maps.Copy(want, counts)
 			set.Scale = want
-			src, err := a.lanes.submission(ctx, cfg, ss.Lane.Value, ss.version(), true)
+			src, err := a.lanes.submission(ctx, cfg, ss.Lane.Value, ss.BoundVersion(), true)
 			if err != nil {
 				return err
 			}
@@ -314,7 +315,7 @@ func (a *Agent) scaleOp(cfg *config.Site, slotName string, counts map[string]int
 			return err
 		}
 		return r.phase(api.PhaseRollout, api.StateDeploying, func() error {
-			if _, err := a.store.txn(a.store.scaleOps(cfg.Name, slotName, ss.Scale, want)); err != nil {
+			if _, err := a.store.Txn(a.store.ScaleOps(cfg.Name, slotName, ss.Scale, want)); err != nil {
 				return fmt.Errorf("write the scale of %s: %w", slotName, err)
 			}
 			msgs, _, err := a.converge(ctx, cfg, []string{slotName})

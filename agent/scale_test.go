@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"github.com/slotd/slotd/agent/store"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -145,7 +146,7 @@ func TestSwapScale(t *testing.T) {
 			if tc.staging != nil {
 				tc.staging(cfg.Slot("staging"))
 			}
-			require.NoError(t, a.store.createOperation(tc.op))
+			require.NoError(t, a.store.CreateOperation(tc.op))
 			fn := a.swapOp(cfg, "staging", "production")
 			if tc.recover {
 				fn = a.recoverOp(cfg, tc.op)
@@ -246,7 +247,7 @@ func TestApplyScale(t *testing.T) {
 }
 
 func TestDecodeScale(t *testing.T) {
-	counts, err := decodeScale([]byte(`{"app": 3, "worker": 0}`))
+	counts, err := store.DecodeScale([]byte(`{"app": 3, "worker": 0}`))
 	require.NoError(t, err)
 	assert.Equal(t, map[string]int{"app": 3, "worker": 0}, counts)
 	for doc, want := range map[string]string{
@@ -257,7 +258,7 @@ func TestDecodeScale(t *testing.T) {
 		`app=3`:           "not a JSON object",
 		`{"app": 100000}`: "outside 0 to 10000",
 	} {
-		_, err := decodeScale([]byte(doc))
+		_, err := store.DecodeScale([]byte(doc))
 		assert.ErrorContains(t, err, want, doc)
 	}
 }

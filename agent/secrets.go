@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 	"maps"
 	"net/http"
 	"strconv"
@@ -39,7 +40,7 @@ func (a *Agent) reveal(r *http.Request) (bool, error) {
 	v := q.Get("reveal")
 	reveal, err := strconv.ParseBool(v)
 	if err != nil {
-		return false, fmt.Errorf("%w: reveal=%q: write reveal=true to get sticky values in clear, or leave it out", errBadRequest, v)
+		return false, fmt.Errorf("%w: reveal=%q: write reveal=true to get sticky values in clear, or leave it out", store.ErrBadRequest, v)
 	}
 	if reveal && !hasToken(r, a.config().HTTP.Token) {
 		a.logger.Warn("unauthorized reveal", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)

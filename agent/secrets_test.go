@@ -57,7 +57,7 @@ func secretsAgent(t testing.TB, token string, readRequiresToken *bool) *Agent {
 	}
 	kv.put("slotd/sites/web/history/00000000000000000001", deploy("op-old", api.StateSucceeded, historyPassword))
 	kv.put("slotd/sites/web/operation", deploy("op-now", api.StateDeploying, runningPassword))
-	a.store.kv = kv
+	a.store.KV = kv
 	return a
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 	"sync"
 	"time"
 
@@ -121,7 +122,7 @@ func (s *site) do(fn func() (*api.Operation, error)) (*api.Operation, error) {
 	}
 	ch := make(chan answer, 1)
 	if !s.post(func() { op, err := fn(); ch <- answer{op, err} }) {
-		return nil, fmt.Errorf("%w: site %s is no longer managed", errNotFound, s.name)
+		return nil, fmt.Errorf("%w: site %s is no longer managed", ErrNotFound, s.name)
 	}
 	a := <-ch
 	return a.op, a.err
@@ -352,7 +353,7 @@ func (s *site) startOp(op *api.Operation, phases []string, fn opFunc) (*api.Oper
 		held = leftHeld(r.op)
 	}
 	if err := s.moveUnmoved(); err != nil {
-		return nil, fmt.Errorf("%w: operation %s ended but could not be recorded in history yet: %v", errBusy, s.unmoved.ID, err)
+		return nil, fmt.Errorf("%w: operation %s ended but could not be recorded in history yet: %v", store.ErrBusy, s.unmoved.ID, err)
 	}
 	if held != nil && !touchesHeld(op, held.Source) {
 		phases = append([]string{api.PhaseSettle}, phases...)
@@ -364,16 +365,16 @@ func (s *site) startOp(op *api.Operation, phases []string, fn opFunc) (*api.Oper
 	for _, p := range phases {
 		op.Phases = append(op.Phases, api.Phase{Name: p, State: api.PhasePending})
 	}
-	err := a.store.createOperation(op)
-	if errors.Is(err, errBusy) {
+	err := a.store.CreateOperation(op)
+	if errors.Is(err, store.ErrBusy) {
 		// An operation that ended but was never moved into history is moved now.
-		if pending, perr := a.store.pendingOperation(s.name, s.cfg.HistoryLimit); perr == nil && pending == nil {
-			err = a.store.createOperation(op)
+		if pending, perr := a.store.PendingOperation(s.name, s.cfg.HistoryLimit); perr == nil && pending == nil {
+			err = a.store.CreateOperation(op)
 		}
 	}
 	if err != nil {
-		if errors.Is(err, errBusy) {
-			return nil, fmt.Errorf("%w: another operation is journaled in consul for site %s", errBusy, s.name)
+		if errors.Is(err, store.ErrBusy) {
+			return nil, fmt.Errorf("%w: another operation is journaled in consul for site %s", store.ErrBusy, s.name)
 		}
 		return nil, err
 	}
@@ -442,7 +443,7 @@ func (s *site) moveUnmoved() error {
 	if s.unmoved == nil {
 		return nil
 	}
-	if err := s.a.store.moveToHistory(s.unmoved, s.cfg.HistoryLimit); err != nil {
+	if err := s.a.store.MoveToHistory(s.unmoved, s.cfg.HistoryLimit); err != nil {
 		return err
 	}
 	s.log.Info("finished operation taken out of the journal", "op", s.unmoved.ID, "in_history", !s.unmoved.Unchanged)

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 	"strings"
 	"testing"
 
@@ -36,9 +37,9 @@ func TestBootstrapSeedsAndMigrates(t *testing.T) {
 	require.NoError(t, err)
 	assert.Nil(t, op)
 
-	st, err := a.store.loadSlots("web", nil)
+	st, err := a.store.LoadSlots("web", nil)
 	require.NoError(t, err)
-	prod, staging := st.slot("production"), st.slot("staging")
+	prod, staging := st.Slot("production"), st.Slot("staging")
 	assert.Equal(t, "a", prod.Lane.Value)
 	assert.Equal(t, "b", staging.Lane.Value, "an unbound slot gets the first free lane")
 	assert.Equal(t, "web-a", kv.value("slotd/sites/web/slots/production/lane"), "a short lane name is migrated to the job ID")
@@ -73,7 +74,7 @@ func TestLoadSlotsRefusesABadDocument(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			kv := newFakeKV()
 			kv.put("slotd/sites/web/slots/production/sticky", tc.doc)
-			_, err := (&store{kv: kv, prefix: "slotd"}).loadSlots("web", nil)
+			_, err := (&store.Store{KV: kv, Prefix: "slotd"}).LoadSlots("web", nil)
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.want)
 			assert.Contains(t, err.Error(), "slotd/sites/web/slots/production/sticky", "the error names the key to fix")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 	"net"
 	"net/http"
 	"strconv"
@@ -42,7 +43,7 @@ type swap struct {
 	srcApp, tgtApp   source
 	// The settings of the two slots when the swap started (after the exchange: as they were
 	// before it); the lanes are rendered from them until the site converges to KV after.
-	src, tgt slotSettings
+	src, tgt store.SlotSettings
 	// tgtSick is set when the target lane failed its checks as it left the target's routes.
 	tgtSick bool
 }
@@ -60,7 +61,7 @@ func (a *Agent) swapOp(site *config.Site, sourceName, targetName string) opFunc 
 
 // load reads both slots' bindings and settings, and the app each lane runs.
 func (w *swap) load(ctx context.Context) error {
-	st, err := w.a.store.loadSlots(w.site.Name, nil)
+	st, err := w.a.store.LoadSlots(w.site.Name, nil)
 	if err != nil {
 		return err
 	}
@@ -71,11 +72,11 @@ func (w *swap) load(ctx context.Context) error {
 	if w.op.Switched {
 		// A swap resumed after the switch: KV already holds the exchanged bindings.
 		s, t = t, s
-		sset, err := w.a.resolveScale(ctx, w.site, w.target, s.Lane.Value, s.settings())
+		sset, err := w.a.resolveScale(ctx, w.site, w.target, s.Lane.Value, s.Values())
 		if err != nil {
 			return err
 		}
-		tset, err := w.a.resolveScale(ctx, w.site, w.source, t.Lane.Value, t.settings())
+		tset, err := w.a.resolveScale(ctx, w.site, w.source, t.Lane.Value, t.Values())
 		if err != nil {
 			return err
 		}
@@ -91,10 +92,10 @@ func (w *swap) load(ctx context.Context) error {
 		w.keepLiveScale(w.target, t, w.tgt)
 	}
 	w.srcLane, w.tgtLane = s.Lane.Value, t.Lane.Value
-	if w.srcApp, err = w.a.lanes.submission(ctx, w.site, w.srcLane, s.version(), true); err != nil {
+	if w.srcApp, err = w.a.lanes.submission(ctx, w.site, w.srcLane, s.BoundVersion(), true); err != nil {
 		return err
 	}
-	if w.tgtApp, err = w.a.lanes.submission(ctx, w.site, w.tgtLane, t.version(), true); err != nil {
+	if w.tgtApp, err = w.a.lanes.submission(ctx, w.site, w.tgtLane, t.BoundVersion(), true); err != nil {
 		return err
 	}
 	return nil
@@ -102,19 +103,19 @@ func (w *swap) load(ctx context.Context) error {
 
 // keepLiveScale writes the counts a "live" slot runs into its scale document as the swap
 // takes them, so KV shows the scale the swap keeps; a lost race only leaves the older counts.
-func (w *swap) keepLiveScale(slot *config.Slot, ss *slotState, set slotSettings) {
+func (w *swap) keepLiveScale(slot *config.Slot, ss *store.SlotState, set store.SlotSettings) {
 	if !slot.ScaleLive || set.Scale == nil {
 		return
 	}
-	_, _ = w.a.store.txn(w.a.store.scaleOps(w.site.Name, slot.Name, ss.Scale, set.Scale))
+	_, _ = w.a.store.Txn(w.a.store.ScaleOps(w.site.Name, slot.Name, ss.Scale, set.Scale))
 }
 
 // swappedBack recovers the settings of source and target as they were before the exchange,
 // from the lanes' slots after it: sticky settings and scale stayed, swappable ones travelled.
-func swappedBack(srcLaneSlot, tgtLaneSlot slotSettings) (src, tgt slotSettings) {
+func swappedBack(srcLaneSlot, tgtLaneSlot store.SlotSettings) (src, tgt store.SlotSettings) {
 	// srcLaneSlot is the slot now served by the source lane (the target), tgtLaneSlot the source.
-	return slotSettings{Settings: srcLaneSlot.Settings, Sticky: tgtLaneSlot.Sticky, Scale: tgtLaneSlot.Scale, Live: tgtLaneSlot.Live},
-		slotSettings{Settings: tgtLaneSlot.Settings, Sticky: srcLaneSlot.Sticky, Scale: srcLaneSlot.Scale, Live: srcLaneSlot.Live}
+	return store.SlotSettings{Settings: srcLaneSlot.Settings, Sticky: tgtLaneSlot.Sticky, Scale: tgtLaneSlot.Scale, Live: tgtLaneSlot.Live},
+		store.SlotSettings{Settings: tgtLaneSlot.Settings, Sticky: srcLaneSlot.Sticky, Scale: srcLaneSlot.Scale, Live: srcLaneSlot.Live}
 }
 
 func (w *swap) runPhases(ctx context.Context) error {
@@ -246,7 +247,7 @@ func (w *swap) preview(ctx context.Context) error {
 				return fmt.Errorf("%w while previewing", errCancelled)
 			}
 		case <-w.a.stopCh:
-			return errStopping
+			return store.ErrStopping
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -282,7 +283,7 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-make")
 	}
-	if errors.Is(err, errStopping) {
+	if errors.Is(err, store.ErrStopping) {
 		return err
 	}
 	if err != nil {
@@ -293,7 +294,7 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-break")
 	}
-	if errors.Is(err, errStopping) {
+	if errors.Is(err, store.ErrStopping) {
 		return err
 	}
 	if err != nil {
@@ -301,7 +302,7 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	}
 	t2 := time.Now()
 	if err := w.exchange(ctx, made.Version, broken.Version); err != nil {
-		if w.op.Switched || errors.Is(err, errStopping) {
+		if w.op.Switched || errors.Is(err, store.ErrStopping) {
 			return err // after the exchange the site converges what is left; deposed: nothing
 		}
 		// KV still binds the target to its lane: give that lane its routes back before the
@@ -323,39 +324,39 @@ func ms(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 // switched is true in KV exactly when the exchange is. Settings edited during the swap are
 // exchanged as they are now; the site converges the lanes to them once the swap ends.
 func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint64) error {
-	store := w.a.store
+	kv := w.a.store
 	if err := failpoint.Inject(ctx, "switch.before-exchange"); err != nil {
 		return err
 	}
 	for attempt := 0; ; attempt++ {
-		st, err := store.loadSlots(w.site.Name, nil)
+		st, err := kv.LoadSlots(w.site.Name, nil)
 		if err != nil {
 			return fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
 		}
-		s, t := st.slot(w.source.Name), st.slot(w.target.Name)
+		s, t := st.Slot(w.source.Name), st.Slot(w.target.Name)
 		var ops consulapi.KVTxnOps
-		ops = append(ops, store.bindOps(w.site.Name, w.target.Name, t, w.srcLane, srcLaneVersion)...)
-		ops = append(ops, store.bindOps(w.site.Name, w.source.Name, s, w.tgtLane, tgtLaneVersion)...)
-		ops = append(ops, store.docOps(w.site.Name, w.source.Name, kindSwappable, s.Settings, t.Settings.Values)...)
-		ops = append(ops, store.docOps(w.site.Name, w.target.Name, kindSwappable, t.Settings, s.Settings.Values)...)
+		ops = append(ops, kv.BindOps(w.site.Name, w.target.Name, t, w.srcLane, srcLaneVersion)...)
+		ops = append(ops, kv.BindOps(w.site.Name, w.source.Name, s, w.tgtLane, tgtLaneVersion)...)
+		ops = append(ops, kv.DocOps(w.site.Name, w.source.Name, store.KindSwappable, s.Settings, t.Settings.Values)...)
+		ops = append(ops, kv.DocOps(w.site.Name, w.target.Name, store.KindSwappable, t.Settings, s.Settings.Values)...)
 		next := *w.op
 		next.Phases = append([]api.Phase(nil), w.op.Phases...)
 		next.Switched = true
 		if p := next.Phase(api.PhaseSwitch); p != nil {
 			p.Message = fmt.Sprintf("%s → lane %s, %s → lane %s", w.target.Name, w.srcLane, w.source.Name, w.tgtLane)
 		}
-		journal, err := store.journalOp(&next)
+		journal, err := kv.JournalOp(&next)
 		if err != nil {
 			return err
 		}
 		if w.lead.Err() != nil {
-			return errStopping
+			return store.ErrStopping
 		}
-		resp, err := store.txn(append(ops, journal))
-		if errors.Is(err, errConflict) && attempt < 5 {
+		resp, err := kv.Txn(append(ops, journal))
+		if errors.Is(err, store.ErrConflict) && attempt < 5 {
 			// A setting was edited meanwhile, or the journal moved: read both again. The
 			// journal must still be this operation's.
-			cur, rerr := store.runningOperation(w.site.Name)
+			cur, rerr := kv.RunningOperation(w.site.Name)
 			if rerr != nil || cur == nil || cur.ID != w.op.ID {
 				return fmt.Errorf("exchange the bindings of %s and %s: the journal no longer holds operation %s", w.source.Name, w.target.Name, w.op.ID)
 			}
@@ -365,12 +366,12 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 		if err != nil {
 			return fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
 		}
-		next.Index = resultIndex(resp, store.operationKey(w.site.Name), w.op.Index)
+		next.Index = store.ResultIndex(resp, kv.OperationKey(w.site.Name), w.op.Index)
 		*w.op = next
 		w.a.ops.publish(w.op)
 		// Settings as KV has them now; the scales stay as the swap resolved them (a live
 		// slot's counts were read from its lane before this lane moved).
-		src, tgt := s.settings(), t.settings()
+		src, tgt := s.Values(), t.Values()
 		src.Scale, src.Live, tgt.Scale, tgt.Live = w.src.Scale, w.src.Live, w.tgt.Scale, w.tgt.Live
 		w.src, w.tgt = src, tgt
 		// Past the exchange the swap is done as far as routing goes: a failure here is the
@@ -519,12 +520,12 @@ func (w *swap) settle(ctx context.Context) error {
 	if err := sleepCtx(ctx, max(drain, 0)); err != nil {
 		return err
 	}
-	st, err := w.a.store.loadSlots(w.site.Name, nil)
+	st, err := w.a.store.LoadSlots(w.site.Name, nil)
 	if err != nil {
 		return err
 	}
-	s := st.slot(w.source.Name)
-	set := s.settings()
+	s := st.Slot(w.source.Name)
+	set := s.Values()
 	set.Scale, set.Live = w.src.Scale, w.src.Live
 	want := steady(w.source, set)
 	g := gateHealthy
@@ -538,7 +539,7 @@ func (w *swap) settle(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("settle lane %s into %s: %w", w.tgtLane, w.source.Name, err)
 	}
-	if _, err := w.a.store.txn(w.a.store.bindOps(w.site.Name, w.source.Name, s, w.tgtLane, ro.Version)); err != nil {
+	if _, err := w.a.store.Txn(w.a.store.BindOps(w.site.Name, w.source.Name, s, w.tgtLane, ro.Version)); err != nil {
 		return fmt.Errorf("bind %s to lane %s version %d: %w", w.source.Name, w.tgtLane, ro.Version, err)
 	}
 	msg := fmt.Sprintf("lane %s version %d serves %s", w.tgtLane, ro.Version, w.source.Name)
@@ -627,7 +628,7 @@ func (w *swap) await(ctx context.Context, deadline time.Time, watch bool, m *con
 		case err := <-degraded:
 			return holdEvent{degraded: err}, nil
 		case <-w.a.stopCh:
-			return holdEvent{}, errStopping
+			return holdEvent{}, store.ErrStopping
 		case <-wctx.Done():
 			if err := ctx.Err(); err != nil {
 				return holdEvent{}, err
@@ -688,7 +689,7 @@ func (w *swap) instanceCount(ctx context.Context) int {
 // undo puts the source lane back after apply, a preview or warm failed; a run that lost its
 // leadership puts nothing back: the next leader does.
 func (w *swap) undo(cause error) error {
-	if errors.Is(cause, errStopping) || w.lead.Err() != nil {
+	if errors.Is(cause, store.ErrStopping) || w.lead.Err() != nil {
 		return cause
 	}
 	return w.restoreSource(cause)
@@ -715,10 +716,10 @@ func (w *swap) restoreBoth(cause error) error {
 	if err != nil {
 		return fmt.Errorf("%w; giving lane %s the routes of %s back failed too: %v", cause, w.tgtLane, w.target.Name, err)
 	}
-	if st, err := w.a.store.loadSlots(w.site.Name, nil); err == nil {
-		t := st.slot(w.target.Name)
+	if st, err := w.a.store.LoadSlots(w.site.Name, nil); err == nil {
+		t := st.Slot(w.target.Name)
 		if t.Lane.Value == w.tgtLane {
-			_, _ = w.a.store.txn(w.a.store.bindOps(w.site.Name, w.target.Name, t, w.tgtLane, ro.Version))
+			_, _ = w.a.store.Txn(w.a.store.BindOps(w.site.Name, w.target.Name, t, w.tgtLane, ro.Version))
 		}
 	}
 	if err := sleepCtx(ctx, routerDrain); err != nil {

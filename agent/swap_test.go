@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 	"maps"
 	"net"
 	"net/http"
@@ -35,7 +36,7 @@ type fakeKV struct {
 	fail func(consulapi.KVTxnOps) error
 }
 
-var _ kvAPI = (*fakeKV)(nil)
+var _ store.KVAPI = (*fakeKV)(nil)
 
 func newFakeKV() *fakeKV { return &fakeKV{index: 10, pairs: map[string]*consulapi.KVPair{}} }
 
@@ -443,7 +444,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			a := testAgent(kv, lanes)
 			a.httpClient = app.Client()
 			cfg := testSite()
-			require.NoError(t, a.store.createOperation(tc.op))
+			require.NoError(t, a.store.CreateOperation(tc.op))
 			kv.fail = tc.failTxn
 			fn := a.swapOp(cfg, "staging", "production")
 			if tc.recover {
@@ -460,7 +461,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			}
 			assert.Equal(t, tc.wantCalls, lanes.calls)
 			assert.Equal(t, jobID("web", tc.wantProd), kv.value("slotd/sites/web/slots/production/lane"), "production's lane in KV")
-			journaled, jerr := a.store.runningOperation("web")
+			journaled, jerr := a.store.RunningOperation("web")
 			require.NoError(t, jerr)
 			require.NotNil(t, journaled)
 			swapped := tc.wantProd == "b"
@@ -505,7 +506,7 @@ func TestHoldAndInstantRollback(t *testing.T) {
 	}
 	// swapOnce runs op as a swap; during gets the run and the operation's ID (the run owns op).
 	swapOnce := func(a *Agent, cfg *config.Site, op *api.Operation, during func(r *run, id string)) error {
-		require.NoError(t, a.store.createOperation(op))
+		require.NoError(t, a.store.CreateOperation(op))
 		r := a.newRun(nil, context.Background(), op)
 		if during != nil {
 			go during(r, op.ID)
@@ -540,7 +541,7 @@ func TestHoldAndInstantRollback(t *testing.T) {
 		cfg.Monitor.RollbackWindow = 0
 		back := phased()
 		back.ID, back.Kind, back.RollbackOf = "op-back", api.KindRollback, op.ID
-		require.NoError(t, a.store.finishOperation(op, 0))
+		require.NoError(t, a.store.FinishOperation(op, 0))
 		require.NoError(t, swapOnce(a, cfg, back, nil))
 		assert.True(t, back.Instant, "a swap back onto the held lane is instant")
 		assert.Equal(t, api.PhaseSkipped, back.Phase(api.PhaseApply).State)
@@ -593,7 +594,7 @@ func TestTouchesHeld(t *testing.T) {
 
 func testAgent(kv *fakeKV, lanes laneOps) *Agent {
 	a := &Agent{
-		logger: hclog.NewNullLogger(), store: &store{kv: kv, prefix: "slotd"}, lanes: lanes,
+		logger: hclog.NewNullLogger(), store: &store.Store{KV: kv, Prefix: "slotd"}, lanes: lanes,
 		metrics: newMetrics(), ops: newOpRegistry(), httpClient: http.DefaultClient,
 		stopCh: make(chan struct{}), opsCtx: context.Background(),
 	}
@@ -633,7 +634,7 @@ func TestOperationEnds(t *testing.T) {
 			kv := newFakeKV()
 			a := testAgent(kv, &fakeLanes{versions: map[string]uint64{}})
 			op := phased()
-			require.NoError(t, a.store.createOperation(op))
+			require.NoError(t, a.store.CreateOperation(op))
 			refused := 0
 			kv.fail = func(ops consulapi.KVTxnOps) error {
 				if historyKey(ops) && refused < tc.refuse {
@@ -646,18 +647,18 @@ func TestOperationEnds(t *testing.T) {
 			r.execute(tc.fn)
 			kv.fail = nil
 
-			journaled, err := a.store.runningOperation("web")
+			journaled, err := a.store.RunningOperation("web")
 			require.NoError(t, err)
 			if tc.wantPending {
 				require.NotNil(t, journaled, "the outcome stays journaled")
 				assert.Equal(t, tc.wantState, journaled.State, "the journal holds the outcome, so it is never run again")
-				pending, err := a.store.pendingOperation("web", 0)
+				pending, err := a.store.PendingOperation("web", 0)
 				require.NoError(t, err)
 				assert.Nil(t, pending, "an ended operation is moved, not handed out to run")
 			} else {
 				assert.Nil(t, journaled)
 			}
-			hist, err := a.store.historyPage("web", 10, 0)
+			hist, err := a.store.HistoryPage("web", 10, 0)
 			require.NoError(t, err)
 			require.Len(t, hist, tc.wantHistoryN)
 			assert.Equal(t, tc.wantState, hist[0].State)
@@ -675,14 +676,14 @@ func TestRollbackOfRemovedSlot(t *testing.T) {
 	kvSlots(kv, false)
 	a := testAgent(kv, &fakeLanes{versions: map[string]uint64{}})
 	last := &api.Operation{ID: "op-old", Site: "web", Kind: api.KindSwap, State: api.StateSucceeded, Source: "qa", Target: "production", Switched: true}
-	require.NoError(t, a.store.createOperation(last))
-	require.NoError(t, a.store.finishOperation(last, 0))
+	require.NoError(t, a.store.CreateOperation(last))
+	require.NoError(t, a.store.FinishOperation(last, 0))
 
 	s := newSite(a, testSite())
 	s.lead, s.ready = context.Background(), true
 	op, err := s.rollback("api")
 	require.Error(t, err)
 	assert.Nil(t, op)
-	assert.ErrorIs(t, err, errBadRequest)
+	assert.ErrorIs(t, err, store.ErrBadRequest)
 	assert.Contains(t, err.Error(), "no longer both declared")
 }

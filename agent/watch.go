@@ -143,12 +143,12 @@ func (a *Agent) watchShared(ctx context.Context) {
 	// then the slots of every site are read in a transaction or a few, and compared.
 	go a.follow(ctx, opts("consul", "kv"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
-		_, meta, err := a.store.kv.Keys(a.store.sitesPrefix(), "/", q)
+		_, meta, err := a.store.KV.Keys(a.store.SitesPrefix(), "/", q)
 		if err != nil {
-			return 0, fmt.Errorf("watch consul kv %s: %w", a.store.sitesPrefix(), err)
+			return 0, fmt.Errorf("watch consul kv %s: %w", a.store.SitesPrefix(), err)
 		}
 		sites := a.siteList()
-		sums, err := a.store.slotSums(ctx, siteNames(sites))
+		sums, err := a.store.SlotSums(ctx, siteNames(sites))
 		if err != nil {
 			return 0, err
 		}
@@ -273,12 +273,12 @@ func (a *Agent) refreshInstances(ctx context.Context, cfg *config.Site) {
 	if err != nil {
 		return
 	}
-	st, err := a.store.loadSlots(cfg.Name, nil)
+	st, err := a.store.LoadSlots(cfg.Name, nil)
 	if err != nil {
 		return
 	}
 	for _, slot := range cfg.Slots {
-		lane := st.slot(slot.Name).Lane.Value
+		lane := st.Slot(slot.Name).Lane.Value
 		pass, fail := 0, 0
 		for _, e := range entries {
 			if e.Service.Meta[metaLane] != lane {

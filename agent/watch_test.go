@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 	"strings"
 	"testing"
 
@@ -94,21 +95,21 @@ func TestLastSumsPokeOnlyChanged(t *testing.T) {
 
 func TestSlotSums(t *testing.T) {
 	kv := newFakeKV()
-	st := &store{kv: kv, prefix: "slotd"}
+	st := &store.Store{KV: kv, Prefix: "slotd"}
 	var sites []string
-	for i := range maxTxnOps + 6 { // more sites than one transaction reads
+	for i := range store.MaxTxnOps + 6 { // more sites than one transaction reads
 		site := fmt.Sprintf("s%03d", i)
 		sites = append(sites, site)
-		kv.put(st.slotKey(site, "production", "lane"), site+"-a")
-		kv.put(st.slotKey(site, "production", "settings"), `{"FEATURE":"x"}`)
+		kv.put(st.SlotKey(site, "production", "lane"), site+"-a")
+		kv.put(st.SlotKey(site, "production", "settings"), `{"FEATURE":"x"}`)
 	}
 	sites = append(sites, "empty")
-	sums, err := st.slotSums(context.Background(), sites)
+	sums, err := st.SlotSums(context.Background(), sites)
 	require.NoError(t, err)
 	require.Len(t, sums, len(sites))
 	assert.Equal(t, "", sums["empty"], "a site without slots in KV")
 	for _, site := range sites[:len(sites)-1] {
-		assert.Contains(t, sums[site], st.slotKey(site, "production", "lane")+"@", "site %s", site)
+		assert.Contains(t, sums[site], st.SlotKey(site, "production", "lane")+"@", "site %s", site)
 		assert.Equal(t, 2, strings.Count(sums[site], "/sites/"+site+"/slots/"), "the site's own two keys in %s's sum: %s", site, sums[site])
 		assert.Equal(t, 2, strings.Count(sums[site], ";"), "and no other: %s", sums[site])
 	}
@@ -116,7 +117,7 @@ func TestSlotSums(t *testing.T) {
 	changed := func(what string, fn func()) {
 		t.Helper()
 		fn()
-		next, err := st.slotSums(context.Background(), sites)
+		next, err := st.SlotSums(context.Background(), sites)
 		require.NoError(t, err)
 		for _, site := range sites {
 			if site == "s070" {
@@ -127,17 +128,17 @@ func TestSlotSums(t *testing.T) {
 		}
 		sums = next
 	}
-	changed("a setting written", func() { kv.put(st.slotKey("s070", "production", "settings"), `{"FEATURE":"y"}`) })
+	changed("a setting written", func() { kv.put(st.SlotKey("s070", "production", "settings"), `{"FEATURE":"y"}`) })
 	changed("a slot key deleted", func() {
-		_, _, _, _ = kv.Txn(consulapi.KVTxnOps{{Verb: consulapi.KVDelete, Key: st.slotKey("s070", "production", "settings")}}, nil)
+		_, _, _, _ = kv.Txn(consulapi.KVTxnOps{{Verb: consulapi.KVDelete, Key: st.SlotKey("s070", "production", "settings")}}, nil)
 	})
-	kv.put(st.siteKey("s070", "operation"), `{"id":"op-1"}`)
-	kv.put(st.siteKey("s070", "history", "0001"), `{"id":"op-0"}`)
-	next, err := st.slotSums(context.Background(), sites)
+	kv.put(st.SiteKey("s070", "operation"), `{"id":"op-1"}`)
+	kv.put(st.SiteKey("s070", "history", "0001"), `{"id":"op-0"}`)
+	next, err := st.SlotSums(context.Background(), sites)
 	require.NoError(t, err)
 	assert.Equal(t, sums, next, "the journal and the history are not the slots")
 
 	kv.fail = func(consulapi.KVTxnOps) error { return errors.New("consul is away") }
-	_, err = st.slotSums(context.Background(), sites)
+	_, err = st.SlotSums(context.Background(), sites)
 	assert.ErrorContains(t, err, "consul is away")
 }

@@ -1,4 +1,6 @@
-package agent
+// Package store keeps each site's state in Consul KV under the layout of DESIGN.md §4: slot
+// bindings, settings and scale documents, the journal of the running operation and the history.
+package store
 
 import (
 	"context"
@@ -18,92 +20,92 @@ import (
 
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
+	"github.com/slotd/slotd/jobspec"
 )
 
-// maxTxnOps is Consul's limit of operations in one KV transaction.
-const maxTxnOps = 64
+// MaxTxnOps is Consul's limit of operations in one KV transaction.
+const MaxTxnOps = 64
 
 // The two kinds of settings a slot has, and the KV key of each one's document.
 const (
-	kindSwappable = "settings"
-	kindSticky    = "sticky"
-	// keyScale holds a slot's instance counts per task group, a JSON object such as {"app": 3}.
-	keyScale = "scale"
+	KindSwappable = "settings"
+	KindSticky    = "sticky"
+	// KeyScale holds a slot's instance counts per task group, a JSON object such as {"app": 3}.
+	KeyScale = "scale"
 )
 
-// errConflict is a check-and-set that lost: someone changed the keys since they were read.
-var errConflict = errors.New("consul kv changed concurrently")
-
-// kvAPI is what the store needs of Consul's KV: a seam for unit tests of the swap.
-type kvAPI interface {
+// KVAPI is what the store needs of Consul's KV: a seam for unit tests of the swap.
+type KVAPI interface {
 	List(prefix string, q *consulapi.QueryOptions) (consulapi.KVPairs, *consulapi.QueryMeta, error)
 	Keys(prefix, separator string, q *consulapi.QueryOptions) ([]string, *consulapi.QueryMeta, error)
 	Get(key string, q *consulapi.QueryOptions) (*consulapi.KVPair, *consulapi.QueryMeta, error)
 	Txn(ops consulapi.KVTxnOps, q *consulapi.QueryOptions) (bool, *consulapi.KVTxnResponse, *consulapi.QueryMeta, error)
 }
 
-var _ kvAPI = (*consulapi.KV)(nil)
+var _ KVAPI = (*consulapi.KV)(nil)
 
-// store keeps a site's state in Consul KV under the layout of DESIGN.md §4. A slot's settings
+// Store keeps a site's state in Consul KV under the layout of DESIGN.md §4. A slot's settings
 // are one JSON document per kind (…/slots/<slot>/settings and …/sticky), so exchanging any
 // number of them is two operations of one transaction.
 //
 // While this daemon leads, every transaction also checks that the leader lock is still held by
 // this daemon's session, so a deposed leader's late write fails instead of landing.
-type store struct {
-	kv      kvAPI
-	prefix  string
+type Store struct {
+	KV      KVAPI
+	Prefix  string
 	session atomic.Value // string: the leader session to check, "" for none
-	// deposed, if set, hears of a transaction refused because session no longer holds the lock.
-	deposed func(session string)
-	// logger, if set, hears of what the store leaves for later (history it could not prune).
-	logger hclog.Logger
+	// OnDeposed, if set, hears of a transaction refused because session no longer holds the lock.
+	OnDeposed func(session string)
+	// Logger, if set, hears of what the store leaves for later (history it could not prune).
+	Logger hclog.Logger
 }
 
-// errDeposed is a write refused because this daemon's session no longer holds the leader lock:
-// the operation stops where it is, for the next leader.
-var errDeposed = fmt.Errorf("%w: this daemon no longer holds the leader lock", errStopping)
+// Fence makes every later transaction check that session holds the leader lock ("" stops it).
+func (s *Store) Fence(session string) { s.session.Store(session) }
 
-// fence makes every later transaction check that session holds the leader lock ("" stops it).
-func (s *store) fence(session string) { s.session.Store(session) }
+// FencedBy is the session every transaction checks now ("" for none).
+func (s *Store) FencedBy() string {
+	session, _ := s.session.Load().(string)
+	return session
+}
 
-func (s *store) leaderKey() string { return s.prefix + "/leader" }
+func (s *Store) LeaderKey() string { return s.Prefix + "/leader" }
 
-// callTimeout bounds one Consul or Nomad call that does not block on purpose: a server that
+// CallTimeout bounds one Consul or Nomad call that does not block on purpose: a server that
 // hangs must not hold an operation past its deadline.
-const callTimeout = 30 * time.Second
+const CallTimeout = 30 * time.Second
 
-// bounded gives q (or new options) a deadline of callTimeout unless it has a context already.
-func bounded(q *consulapi.QueryOptions) (*consulapi.QueryOptions, context.CancelFunc) {
+// Bounded gives q (or new options) a deadline of CallTimeout unless it has a context already.
+func Bounded(q *consulapi.QueryOptions) (*consulapi.QueryOptions, context.CancelFunc) {
 	if q == nil {
 		q = &consulapi.QueryOptions{}
 	}
 	if q.Context() != context.Background() {
 		return q, func() {}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), CallTimeout)
 	return q.WithContext(ctx), cancel
 }
 
-func (s *store) siteKey(site string, parts ...string) string {
-	return s.sitesPrefix() + site + "/" + strings.Join(parts, "/")
+func (s *Store) SiteKey(site string, parts ...string) string {
+	return s.SitesPrefix() + site + "/" + strings.Join(parts, "/")
 }
 
 // sitesPrefix is the KV folder of all sites.
-func (s *store) sitesPrefix() string { return s.prefix + "/sites/" }
+func (s *Store) SitesPrefix() string { return s.Prefix + "/sites/" }
 
 // slotSums reads the slots of these sites, as many sites to a transaction as Consul takes, and
 // sums each site's up: its keys and their modify indexes, so that any key of a site's slots
 // written or deleted changes that site's sum, and nothing else (its operation and history) does.
-func (s *store) slotSums(ctx context.Context, sites []string) (map[string]string, error) {
+func (s *Store) SlotSums(ctx context.Context, sites []string) (map[string]string, error) {
 	sums := make(map[string]string, len(sites))
-	for batch := range slices.Chunk(sites, maxTxnOps) {
+	for batch := range slices.Chunk(sites, MaxTxnOps) {
 		ops := make(consulapi.KVTxnOps, 0, len(batch))
 		for _, site := range batch {
-			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVGetTree, Key: s.siteKey(site, "slots") + "/"})
+			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVGetTree, Key: s.SiteKey(site, "slots") + "/"})
 		}
-		q, cancel := bounded((&consulapi.QueryOptions{}).WithContext(ctx))
-		ok, resp, _, err := s.kv.Txn(ops, q)
+		q, cancel := Bounded((&consulapi.QueryOptions{}).WithContext(ctx))
+		ok, resp, _, err := s.KV.Txn(ops, q)
 		cancel()
 		if err == nil && !ok {
 			err = fmt.Errorf("%d errors, the first: %s", len(resp.Errors), resp.Errors[0].What)
@@ -115,91 +117,91 @@ func (s *store) slotSums(ctx context.Context, sites []string) (map[string]string
 			sums[site] = ""
 		}
 		for _, p := range resp.Results {
-			site, _, _ := strings.Cut(strings.TrimPrefix(p.Key, s.sitesPrefix()), "/")
+			site, _, _ := strings.Cut(strings.TrimPrefix(p.Key, s.SitesPrefix()), "/")
 			sums[site] += p.Key + "@" + strconv.FormatUint(p.ModifyIndex, 10) + ";"
 		}
 	}
 	return sums, nil
 }
 
-func (s *store) slotKey(site, slot string, parts ...string) string {
-	return s.siteKey(site, append([]string{"slots", slot}, parts...)...)
+func (s *Store) SlotKey(site, slot string, parts ...string) string {
+	return s.SiteKey(site, append([]string{"slots", slot}, parts...)...)
 }
 
-// kvValue is a value with the index it was read at, for check-and-set (0: absent).
-type kvValue struct {
+// Value is a value with the index it was read at, for check-and-set (0: absent).
+type Value struct {
 	Value string
 	Index uint64
 }
 
-// settingsDoc is one kind of a slot's settings: a JSON object of strings in one KV key.
-type settingsDoc struct {
+// SettingsDoc is one kind of a slot's settings: a JSON object of strings in one KV key.
+type SettingsDoc struct {
 	Values map[string]string
 	Index  uint64
-	// legacy holds the one-key-per-setting entries of the layout before documents, still to
+	// Legacy holds the one-key-per-setting entries of the layout before documents, still to
 	// be folded into the document (see migrateOps).
-	legacy map[string]kvValue
+	Legacy map[string]Value
 }
 
-// slotState is one slot's binding and settings as stored in KV.
-type slotState struct {
-	// Lane is the lane's short name (a, b, …); KV holds the lane's Nomad job ID (laneKV).
-	Lane     kvValue
-	laneKV   string
-	Version  kvValue
-	Settings settingsDoc
-	Sticky   settingsDoc
+// SlotState is one slot's binding and settings as stored in KV.
+type SlotState struct {
+	// Lane is the lane's short name (a, b, …); KV holds the lane's Nomad job ID (LaneKV).
+	Lane     Value
+	LaneKV   string
+	Version  Value
+	Settings SettingsDoc
+	Sticky   SettingsDoc
 	// Scale is the slot's sticky instance counts per task group (nil Values: none stored yet).
-	Scale scaleDoc
+	Scale ScaleDoc
 }
 
-// scaleDoc is a slot's scale document: task group → instance count.
-type scaleDoc struct {
+// ScaleDoc is a slot's scale document: task group → instance count.
+type ScaleDoc struct {
 	Values map[string]int
 	Index  uint64
 }
 
-func newSlotState() *slotState {
-	return &slotState{
-		Settings: settingsDoc{Values: map[string]string{}, legacy: map[string]kvValue{}},
-		Sticky:   settingsDoc{Values: map[string]string{}, legacy: map[string]kvValue{}},
+func NewSlotState() *SlotState {
+	return &SlotState{
+		Settings: SettingsDoc{Values: map[string]string{}, Legacy: map[string]Value{}},
+		Sticky:   SettingsDoc{Values: map[string]string{}, Legacy: map[string]Value{}},
 	}
 }
 
 // settings returns the slot's swappable and sticky values and the scale KV stores for it
 // (resolveScale gives the scale the slot's declaration asks for).
-func (s *slotState) settings() slotSettings {
-	return slotSettings{Settings: maps.Clone(s.Settings.Values), Sticky: maps.Clone(s.Sticky.Values), Scale: maps.Clone(s.Scale.Values)}
+func (s *SlotState) Values() SlotSettings {
+	return SlotSettings{Settings: maps.Clone(s.Settings.Values), Sticky: maps.Clone(s.Sticky.Values), Scale: maps.Clone(s.Scale.Values)}
 }
 
-func (s *slotState) doc(kind string) *settingsDoc {
-	if kind == kindSticky {
+func (s *SlotState) Doc(kind string) *SettingsDoc {
+	if kind == KindSticky {
 		return &s.Sticky
 	}
 	return &s.Settings
 }
 
 // boundTo reports whether KV binds the slot to version already (bindOps writes no version).
-func (s *slotState) boundTo(version uint64) bool {
+func (s *SlotState) BoundTo(version uint64) bool {
 	return s.Version.Value == strconv.FormatUint(version, 10)
 }
 
-func (s *slotState) version() uint64 {
+func (s *SlotState) BoundVersion() uint64 {
 	v, _ := strconv.ParseUint(s.Version.Value, 10, 64)
 	return v
 }
 
-// siteState is a site's slots as KV holds them.
-type siteState struct {
-	Slots map[string]*slotState
+// SiteState is a site's slots as KV holds them.
+type SiteState struct {
+	Slots map[string]*SlotState
 	// Index is the KV index of the read, for blocking on the next change.
 	Index uint64
 }
 
-func (st *siteState) slot(name string) *slotState {
+func (st *SiteState) Slot(name string) *SlotState {
 	s, ok := st.Slots[name]
 	if !ok {
-		s = newSlotState()
+		s = NewSlotState()
 		st.Slots[name] = s
 	}
 	return s
@@ -208,48 +210,48 @@ func (st *siteState) slot(name string) *slotState {
 // loadSlots reads every slot of a site. With a WaitIndex in q it blocks until the tree changes.
 // A settings document that is not a JSON object of strings (a bad edit in the Consul UI) is an
 // error that names the key, so nothing acts on half-understood settings.
-func (s *store) loadSlots(site string, q *consulapi.QueryOptions) (*siteState, error) {
-	base := s.siteKey(site, "slots") + "/"
+func (s *Store) LoadSlots(site string, q *consulapi.QueryOptions) (*SiteState, error) {
+	base := s.SiteKey(site, "slots") + "/"
 	if q == nil || q.WaitIndex == 0 {
 		var cancel context.CancelFunc
-		q, cancel = bounded(q)
+		q, cancel = Bounded(q)
 		defer cancel()
 	}
-	pairs, meta, err := s.kv.List(base, q)
+	pairs, meta, err := s.KV.List(base, q)
 	if err != nil {
 		return nil, fmt.Errorf("read slots of site %s: %w", site, err)
 	}
-	st := &siteState{Slots: map[string]*slotState{}, Index: meta.LastIndex}
+	st := &SiteState{Slots: map[string]*SlotState{}, Index: meta.LastIndex}
 	var bad []error
 	for _, p := range pairs {
 		parts := strings.SplitN(strings.TrimPrefix(p.Key, base), "/", 3)
 		if len(parts) < 2 || parts[0] == "" {
 			continue
 		}
-		sl := st.slot(parts[0])
-		v := kvValue{Value: string(p.Value), Index: p.ModifyIndex}
+		sl := st.Slot(parts[0])
+		v := Value{Value: string(p.Value), Index: p.ModifyIndex}
 		switch {
 		case len(parts) == 2 && parts[1] == "lane":
-			sl.Lane, sl.laneKV = kvValue{Value: laneOf(site, v.Value), Index: v.Index}, v.Value
+			sl.Lane, sl.LaneKV = Value{Value: LaneOf(site, v.Value), Index: v.Index}, v.Value
 		case len(parts) == 2 && parts[1] == "version":
 			sl.Version = v
-		case len(parts) == 2 && (parts[1] == kindSwappable || parts[1] == kindSticky):
-			values, err := decodeSettings(p.Value)
+		case len(parts) == 2 && (parts[1] == KindSwappable || parts[1] == KindSticky):
+			values, err := DecodeSettings(p.Value)
 			if err != nil {
 				bad = append(bad, fmt.Errorf("%s: %w: fix or delete it in Consul KV", p.Key, err))
 				continue
 			}
-			d := sl.doc(parts[1])
+			d := sl.Doc(parts[1])
 			d.Values, d.Index = values, p.ModifyIndex
-		case len(parts) == 2 && parts[1] == keyScale:
-			counts, err := decodeScale(p.Value)
+		case len(parts) == 2 && parts[1] == KeyScale:
+			counts, err := DecodeScale(p.Value)
 			if err != nil {
 				bad = append(bad, fmt.Errorf("%s: %w: fix or delete it in Consul KV", p.Key, err))
 				continue
 			}
-			sl.Scale = scaleDoc{Values: counts, Index: p.ModifyIndex}
-		case len(parts) == 3 && (parts[1] == kindSwappable || parts[1] == kindSticky) && parts[2] != "":
-			sl.doc(parts[1]).legacy[parts[2]] = v
+			sl.Scale = ScaleDoc{Values: counts, Index: p.ModifyIndex}
+		case len(parts) == 3 && (parts[1] == KindSwappable || parts[1] == KindSticky) && parts[2] != "":
+			sl.Doc(parts[1]).Legacy[parts[2]] = v
 		}
 	}
 	if len(bad) > 0 {
@@ -258,9 +260,9 @@ func (s *store) loadSlots(site string, q *consulapi.QueryOptions) (*siteState, e
 	return st, nil
 }
 
-// decodeSettings reads a settings document: a JSON object whose values are strings, whose
+// DecodeSettings reads a settings document: a JSON object whose values are strings, whose
 // keys are environment variable names outside slotd's reserved SLOTD_ prefix.
-func decodeSettings(b []byte) (map[string]string, error) {
+func DecodeSettings(b []byte) (map[string]string, error) {
 	values := map[string]string{}
 	if strings.TrimSpace(string(b)) == "" {
 		return values, nil
@@ -269,15 +271,15 @@ func decodeSettings(b []byte) (map[string]string, error) {
 		return nil, fmt.Errorf(`not a JSON object of strings such as {"KEY": "value"} (%v)`, err)
 	}
 	for k := range values {
-		if err := checkSettingKey(k); err != nil {
+		if err := CheckSettingKey(k); err != nil {
 			return nil, err
 		}
 	}
 	return values, nil
 }
 
-// decodeScale reads a scale document: a JSON object of whole counts from 0 to config.MaxScale.
-func decodeScale(b []byte) (map[string]int, error) {
+// DecodeScale reads a scale document: a JSON object of whole counts from 0 to config.MaxScale.
+func DecodeScale(b []byte) (map[string]int, error) {
 	counts := map[string]int{}
 	if strings.TrimSpace(string(b)) == "" {
 		return nil, nil
@@ -286,15 +288,15 @@ func decodeScale(b []byte) (map[string]int, error) {
 		return nil, fmt.Errorf(`not a JSON object of task group counts such as {"app": 3} (%v)`, err)
 	}
 	for g, n := range counts {
-		if err := checkCount(g, n); err != nil {
+		if err := CheckCount(g, n); err != nil {
 			return nil, err
 		}
 	}
 	return counts, nil
 }
 
-// checkCount checks one task group's count, as KV and the API take it.
-func checkCount(group string, n int) error {
+// CheckCount checks one task group's count, as KV and the API take it.
+func CheckCount(group string, n int) error {
 	if strings.TrimSpace(group) == "" {
 		return errors.New("a task group name is empty")
 	}
@@ -304,8 +306,8 @@ func checkCount(group string, n int) error {
 	return nil
 }
 
-// encodeScale writes a scale document, one group a line, for the Consul UI.
-func encodeScale(counts map[string]int) string {
+// EncodeScale writes a scale document, one group a line, for the Consul UI.
+func EncodeScale(counts map[string]int) string {
 	if counts == nil {
 		counts = map[string]int{}
 	}
@@ -314,15 +316,15 @@ func encodeScale(counts map[string]int) string {
 }
 
 // scaleOps turns a slot's scale document from old into want: one operation, or none when equal.
-func (s *store) scaleOps(site, slot string, old scaleDoc, want map[string]int) consulapi.KVTxnOps {
+func (s *Store) ScaleOps(site, slot string, old ScaleDoc, want map[string]int) consulapi.KVTxnOps {
 	if old.Index != 0 && maps.Equal(old.Values, want) {
 		return nil
 	}
-	return consulapi.KVTxnOps{casOp(s.slotKey(site, slot, keyScale), encodeScale(want), old.Index)}
+	return consulapi.KVTxnOps{CASOp(s.SlotKey(site, slot, KeyScale), EncodeScale(want), old.Index)}
 }
 
-// encodeSettings writes a settings document, one key a line in key order, for the Consul UI.
-func encodeSettings(values map[string]string) string {
+// EncodeSettings writes a settings document, one key a line in key order, for the Consul UI.
+func EncodeSettings(values map[string]string) string {
 	if values == nil {
 		values = map[string]string{}
 	}
@@ -330,79 +332,79 @@ func encodeSettings(values map[string]string) string {
 	return string(b)
 }
 
-// txn runs KV operations atomically. It returns errConflict when a check-and-set lost.
-func (s *store) txn(ops consulapi.KVTxnOps) (*consulapi.KVTxnResponse, error) {
+// txn runs KV operations atomically. It returns ErrConflict when a check-and-set lost.
+func (s *Store) Txn(ops consulapi.KVTxnOps) (*consulapi.KVTxnResponse, error) {
 	if len(ops) == 0 {
 		return &consulapi.KVTxnResponse{}, nil
 	}
 	if session, _ := s.session.Load().(string); session != "" {
-		ops = append(consulapi.KVTxnOps{{Verb: consulapi.KVCheckSession, Key: s.leaderKey(), Session: session}}, ops...)
+		ops = append(consulapi.KVTxnOps{{Verb: consulapi.KVCheckSession, Key: s.LeaderKey(), Session: session}}, ops...)
 	}
-	if len(ops) > maxTxnOps {
-		return nil, fmt.Errorf("a change of %d keys is more than one consul transaction holds (%d)", len(ops), maxTxnOps)
+	if len(ops) > MaxTxnOps {
+		return nil, fmt.Errorf("a change of %d keys is more than one consul transaction holds (%d)", len(ops), MaxTxnOps)
 	}
-	q, cancel := bounded(nil)
+	q, cancel := Bounded(nil)
 	defer cancel()
-	ok, resp, _, err := s.kv.Txn(ops, q)
+	ok, resp, _, err := s.KV.Txn(ops, q)
 	if err != nil {
 		return nil, fmt.Errorf("consul kv transaction: %w", err)
 	}
 	if session, _ := s.session.Load().(string); !ok && session != "" && len(resp.Errors) > 0 && resp.Errors[0].OpIndex == 0 {
 		// The leader check failed: this daemon no longer holds the lock, whatever its lock
 		// monitor has seen so far.
-		if s.deposed != nil {
-			s.deposed(session)
+		if s.OnDeposed != nil {
+			s.OnDeposed(session)
 		}
-		return nil, errDeposed
+		return nil, ErrDeposed
 	}
 	if !ok {
 		msgs := make([]string, 0, len(resp.Errors))
 		for _, e := range resp.Errors {
 			msgs = append(msgs, e.What)
 		}
-		return nil, fmt.Errorf("%w: %s", errConflict, strings.Join(msgs, "; "))
+		return nil, fmt.Errorf("%w: %s", ErrConflict, strings.Join(msgs, "; "))
 	}
 	return resp, nil
 }
 
-// casOp writes key only if it still has index (0: only if absent).
-func casOp(key, value string, index uint64) *consulapi.KVTxnOp {
+// CASOp writes key only if it still has index (0: only if absent).
+func CASOp(key, value string, index uint64) *consulapi.KVTxnOp {
 	return &consulapi.KVTxnOp{Verb: consulapi.KVCAS, Key: key, Value: []byte(value), Index: index}
 }
 
-func deleteCASOp(key string, index uint64) *consulapi.KVTxnOp {
+func DeleteCASOp(key string, index uint64) *consulapi.KVTxnOp {
 	return &consulapi.KVTxnOp{Verb: consulapi.KVDeleteCAS, Key: key, Index: index}
 }
 
 // bindOps binds slot to lane at version.
-func (s *store) bindOps(site, slot string, old *slotState, lane string, version uint64) consulapi.KVTxnOps {
+func (s *Store) BindOps(site, slot string, old *SlotState, lane string, version uint64) consulapi.KVTxnOps {
 	var ops consulapi.KVTxnOps
-	if old.laneKV != jobID(site, lane) || old.Lane.Index == 0 {
-		ops = append(ops, casOp(s.slotKey(site, slot, "lane"), jobID(site, lane), old.Lane.Index))
+	if old.LaneKV != jobspec.JobID(site, lane) || old.Lane.Index == 0 {
+		ops = append(ops, CASOp(s.SlotKey(site, slot, "lane"), jobspec.JobID(site, lane), old.Lane.Index))
 	}
 	v := strconv.FormatUint(version, 10)
 	if old.Version.Value != v || old.Version.Index == 0 {
-		ops = append(ops, casOp(s.slotKey(site, slot, "version"), v, old.Version.Index))
+		ops = append(ops, CASOp(s.SlotKey(site, slot, "version"), v, old.Version.Index))
 	}
 	return ops
 }
 
 // docOps turns one settings document of slot from old into want: one operation, or none when
 // they are equal. Check-and-set against the index old was read at.
-func (s *store) docOps(site, slot, kind string, old settingsDoc, want map[string]string) consulapi.KVTxnOps {
+func (s *Store) DocOps(site, slot, kind string, old SettingsDoc, want map[string]string) consulapi.KVTxnOps {
 	if old.Index != 0 && maps.Equal(old.Values, want) {
 		return nil
 	}
-	return consulapi.KVTxnOps{casOp(s.slotKey(site, slot, kind), encodeSettings(want), old.Index)}
+	return consulapi.KVTxnOps{CASOp(s.SlotKey(site, slot, kind), EncodeSettings(want), old.Index)}
 }
 
 // seedOps folds what a slot's settings document needs at start into one write: the entries of
 // the one-key-per-setting layout (the document wins where both have a key) and the declared
-// settings that neither has (HCL seeds, KV rules). The legacy keys are deleted afterwards by
+// settings that neither has (HCL seeds, KV rules). The Legacy keys are deleted afterwards by
 // legacyDeletes, so a crash between the two loses nothing.
-func (s *store) seedOps(site, slot, kind string, old settingsDoc, declared map[string]string) consulapi.KVTxnOps {
+func (s *Store) SeedOps(site, slot, kind string, old SettingsDoc, declared map[string]string) consulapi.KVTxnOps {
 	want := maps.Clone(old.Values)
-	for k, v := range old.legacy {
+	for k, v := range old.Legacy {
 		if _, ok := want[k]; !ok {
 			want[k] = v.Value
 		}
@@ -412,29 +414,29 @@ func (s *store) seedOps(site, slot, kind string, old settingsDoc, declared map[s
 			want[k] = v
 		}
 	}
-	return s.docOps(site, slot, kind, old, want)
+	return s.DocOps(site, slot, kind, old, want)
 }
 
 // legacyDeletes removes the one-key-per-setting entries of a slot once its document holds
 // them, in transactions small enough for Consul.
-func (s *store) legacyDeletes(site, slot string, ss *slotState) []consulapi.KVTxnOps {
+func (s *Store) LegacyDeletes(site, slot string, ss *SlotState) []consulapi.KVTxnOps {
 	var all consulapi.KVTxnOps
-	for _, kind := range []string{kindSwappable, kindSticky} {
-		legacy := ss.doc(kind).legacy
-		for _, k := range sortedKeys(valuesOf(legacy)) {
-			all = append(all, deleteCASOp(s.slotKey(site, slot, kind, k), legacy[k].Index))
+	for _, kind := range []string{KindSwappable, KindSticky} {
+		legacy := ss.Doc(kind).Legacy
+		for _, k := range SortedKeys(valuesOf(legacy)) {
+			all = append(all, DeleteCASOp(s.SlotKey(site, slot, kind, k), legacy[k].Index))
 		}
 	}
 	var out []consulapi.KVTxnOps
 	for len(all) > 0 {
-		n := min(len(all), maxTxnOps-1) // one more for the leader check
+		n := min(len(all), MaxTxnOps-1) // one more for the leader check
 		out = append(out, all[:n])
 		all = all[n:]
 	}
 	return out
 }
 
-func valuesOf(m map[string]kvValue) map[string]string {
+func valuesOf(m map[string]Value) map[string]string {
 	out := make(map[string]string, len(m))
 	for k, v := range m {
 		out[k] = v.Value
@@ -444,52 +446,52 @@ func valuesOf(m map[string]kvValue) map[string]string {
 
 // The running operation of a site: created only when absent, so two cannot run at once.
 
-func (s *store) operationKey(site string) string { return s.siteKey(site, "operation") }
+func (s *Store) OperationKey(site string) string { return s.SiteKey(site, "operation") }
 
-// createOperation journals op as the site's running operation, in one write; errBusy when
+// createOperation journals op as the site's running operation, in one write; ErrBusy when
 // one exists. Its Seq (the history key) is the index it was created at.
-func (s *store) createOperation(op *api.Operation) error {
+func (s *Store) CreateOperation(op *api.Operation) error {
 	b, err := json.Marshal(op)
 	if err != nil {
 		return err
 	}
-	resp, err := s.txn(consulapi.KVTxnOps{casOp(s.operationKey(op.Site), string(b), 0)})
-	if errors.Is(err, errConflict) {
-		return errBusy
+	resp, err := s.Txn(consulapi.KVTxnOps{CASOp(s.OperationKey(op.Site), string(b), 0)})
+	if errors.Is(err, ErrConflict) {
+		return ErrBusy
 	}
 	if err != nil {
 		return err
 	}
-	op.Index = resultIndex(resp, s.operationKey(op.Site), 0)
+	op.Index = ResultIndex(resp, s.OperationKey(op.Site), 0)
 	op.Seq = op.Index
 	return nil
 }
 
 // updateOperation journals a new state of op; op.Index is the index it was last written at.
-func (s *store) updateOperation(op *api.Operation) error {
-	journal, err := s.journalOp(op)
+func (s *Store) UpdateOperation(op *api.Operation) error {
+	journal, err := s.JournalOp(op)
 	if err != nil {
 		return err
 	}
-	resp, err := s.txn(consulapi.KVTxnOps{journal})
+	resp, err := s.Txn(consulapi.KVTxnOps{journal})
 	if err != nil {
 		return fmt.Errorf("journal operation %s: %w", op.ID, err)
 	}
-	op.Index = resultIndex(resp, s.operationKey(op.Site), op.Index)
+	op.Index = ResultIndex(resp, s.OperationKey(op.Site), op.Index)
 	return nil
 }
 
 // journalOp is the KV operation that journals op, for transactions that do more.
-func (s *store) journalOp(op *api.Operation) (*consulapi.KVTxnOp, error) {
+func (s *Store) JournalOp(op *api.Operation) (*consulapi.KVTxnOp, error) {
 	b, err := json.Marshal(op)
 	if err != nil {
 		return nil, err
 	}
-	return casOp(s.operationKey(op.Site), string(b), op.Index), nil
+	return CASOp(s.OperationKey(op.Site), string(b), op.Index), nil
 }
 
-// resultIndex is the index a transaction wrote key at.
-func resultIndex(resp *consulapi.KVTxnResponse, key string, old uint64) uint64 {
+// ResultIndex is the index a transaction wrote key at.
+func ResultIndex(resp *consulapi.KVTxnResponse, key string, old uint64) uint64 {
 	for _, r := range resp.Results {
 		if r != nil && r.Key == key {
 			return r.ModifyIndex
@@ -500,14 +502,14 @@ func resultIndex(resp *consulapi.KVTxnResponse, key string, old uint64) uint64 {
 
 // finishOperation ends op's journal entry: it moves op into the site's history, and in the
 // same transaction deletes the oldest entries so that at most limit remain (see
-// historyKeeps). What does not fit into that transaction is deleted by the ones after it;
+// HistoryKeeps). What does not fit into that transaction is deleted by the ones after it;
 // should one of those fail, the next finished operation deletes the rest.
 //
 // An operation that succeeded having changed nothing (op.Unchanged) is dropped instead: it
 // would only push an operation that did something out of the history.
-func (s *store) finishOperation(op *api.Operation, limit int) error {
+func (s *Store) FinishOperation(op *api.Operation, limit int) error {
 	if op.Unchanged && op.State == api.StateSucceeded {
-		if _, err := s.txn(consulapi.KVTxnOps{deleteCASOp(s.operationKey(op.Site), op.Index)}); err != nil {
+		if _, err := s.Txn(consulapi.KVTxnOps{DeleteCASOp(s.OperationKey(op.Site), op.Index)}); err != nil {
 			return fmt.Errorf("drop operation %s, which changed nothing: %w", op.ID, err)
 		}
 		return nil
@@ -516,50 +518,50 @@ func (s *store) finishOperation(op *api.Operation, limit int) error {
 	if err != nil {
 		return err
 	}
-	refs, err := s.historyRefs(op.Site)
+	refs, err := s.HistoryRefs(op.Site)
 	if err != nil {
 		return err
 	}
-	key := s.historyKey(op.Site, op.Seq)
+	key := s.HistoryKey(op.Site, op.Seq)
 	ops := consulapi.KVTxnOps{
-		casOp(key, string(b), 0),
-		deleteCASOp(s.operationKey(op.Site), op.Index),
+		CASOp(key, string(b), 0),
+		DeleteCASOp(s.OperationKey(op.Site), op.Index),
 	}
 	var drop []string
-	for _, r := range prunable(refs, key, limit) {
-		drop = append(drop, r.key)
+	for _, r := range Prunable(refs, key, limit) {
+		drop = append(drop, r.Key)
 	}
-	n := min(len(drop), maxTxnOps-1-len(ops)) // one more for the leader check
+	n := min(len(drop), MaxTxnOps-1-len(ops)) // one more for the leader check
 	for _, k := range drop[:n] {
 		ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: k})
 	}
-	resp, err := s.txn(ops)
+	resp, err := s.Txn(ops)
 	if err != nil {
 		return fmt.Errorf("move operation %s to history: %w", op.ID, err)
 	}
-	op.Index = resultIndex(resp, key, op.Index)
-	if err := s.deleteKeys(drop[n:]); err != nil && s.logger != nil {
-		s.logger.Warn("cannot prune the history yet; the next finished operation tries again", "site", op.Site, "error", err)
+	op.Index = ResultIndex(resp, key, op.Index)
+	if err := s.deleteKeys(drop[n:]); err != nil && s.Logger != nil {
+		s.Logger.Warn("cannot prune the history yet; the next finished operation tries again", "site", op.Site, "error", err)
 	}
 	return nil
 }
 
-// prunable is what of a history (refs, oldest first) must go so that, once key is added, at
+// Prunable is what of a history (refs, oldest first) must go so that, once key is added, at
 // most limit entries remain.
-func prunable(refs []historyRef, key string, limit int) []historyRef {
-	limit = historyKeeps(limit)
+func Prunable(refs []HistoryRef, key string, limit int) []HistoryRef {
+	limit = HistoryKeeps(limit)
 	kept := refs[:0:0]
 	for _, r := range refs {
-		if r.key != key {
+		if r.Key != key {
 			kept = append(kept, r)
 		}
 	}
 	return kept[:max(len(kept)+1-limit, 0)]
 }
 
-// historyKeeps is how many finished operations a site whose history_limit is limit keeps: the
+// HistoryKeeps is how many finished operations a site whose history_limit is limit keeps: the
 // default for a site declared in code, without the defaults config.Load fills in.
-func historyKeeps(limit int) int {
+func HistoryKeeps(limit int) int {
 	if limit < 1 {
 		return config.DefaultHistoryLimit
 	}
@@ -567,14 +569,14 @@ func historyKeeps(limit int) int {
 }
 
 // deleteKeys deletes keys in transactions small enough for Consul.
-func (s *store) deleteKeys(keys []string) error {
+func (s *Store) deleteKeys(keys []string) error {
 	for len(keys) > 0 {
-		n := min(len(keys), maxTxnOps-1) // one more for the leader check
+		n := min(len(keys), MaxTxnOps-1) // one more for the leader check
 		ops := make(consulapi.KVTxnOps, 0, n)
 		for _, k := range keys[:n] {
 			ops = append(ops, &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: k})
 		}
-		if _, err := s.txn(ops); err != nil {
+		if _, err := s.Txn(ops); err != nil {
 			return fmt.Errorf("delete %d keys: %w", len(keys), err)
 		}
 		keys = keys[n:]
@@ -582,43 +584,43 @@ func (s *store) deleteKeys(keys []string) error {
 	return nil
 }
 
-func (s *store) historyKey(site string, seq uint64) string {
-	return s.siteKey(site, "history", fmt.Sprintf("%020d", seq))
+func (s *Store) HistoryKey(site string, seq uint64) string {
+	return s.SiteKey(site, "history", fmt.Sprintf("%020d", seq))
 }
 
-// historyRef is one entry of a site's history, by key: its value is read only when needed.
-type historyRef struct {
-	key string
-	seq uint64
+// HistoryRef is one entry of a site's history, by key: its value is read only when needed.
+type HistoryRef struct {
+	Key string
+	Seq uint64
 }
 
 // historyRefs lists the entries of a site's history, oldest first, from their keys alone.
 // A key whose name is not a sequence number (written by hand) is no entry.
-func (s *store) historyRefs(site string) ([]historyRef, error) {
-	q, cancel := bounded(nil)
+func (s *Store) HistoryRefs(site string) ([]HistoryRef, error) {
+	q, cancel := Bounded(nil)
 	defer cancel()
-	prefix := s.siteKey(site, "history") + "/"
-	keys, _, err := s.kv.Keys(prefix, "", q)
+	prefix := s.SiteKey(site, "history") + "/"
+	keys, _, err := s.KV.Keys(prefix, "", q)
 	if err != nil {
 		return nil, fmt.Errorf("list the history of site %s: %w", site, err)
 	}
-	refs := make([]historyRef, 0, len(keys))
+	refs := make([]HistoryRef, 0, len(keys))
 	for _, k := range keys {
 		seq, err := strconv.ParseUint(strings.TrimPrefix(k, prefix), 10, 64)
 		if err != nil {
 			continue
 		}
-		refs = append(refs, historyRef{key: k, seq: seq})
+		refs = append(refs, HistoryRef{Key: k, Seq: seq})
 	}
-	sort.Slice(refs, func(i, j int) bool { return refs[i].seq < refs[j].seq })
+	sort.Slice(refs, func(i, j int) bool { return refs[i].Seq < refs[j].Seq })
 	return refs, nil
 }
 
 // runningOperation reads the site's running operation, or nil.
-func (s *store) runningOperation(site string) (*api.Operation, error) {
-	q, cancel := bounded(nil)
+func (s *Store) RunningOperation(site string) (*api.Operation, error) {
+	q, cancel := Bounded(nil)
 	defer cancel()
-	p, _, err := s.kv.Get(s.operationKey(site), q)
+	p, _, err := s.KV.Get(s.OperationKey(site), q)
 	if err != nil {
 		return nil, fmt.Errorf("read operation of site %s: %w", site, err)
 	}
@@ -639,8 +641,8 @@ func (s *store) runningOperation(site string) (*api.Operation, error) {
 // moveToHistory moves an operation that ended into history (see finishOperation), from
 // whatever index the journal holds it at now; done already when the journal holds another
 // operation or none.
-func (s *store) moveToHistory(op *api.Operation, limit int) error {
-	cur, err := s.runningOperation(op.Site)
+func (s *Store) MoveToHistory(op *api.Operation, limit int) error {
+	cur, err := s.RunningOperation(op.Site)
 	if err != nil {
 		return err
 	}
@@ -648,17 +650,17 @@ func (s *store) moveToHistory(op *api.Operation, limit int) error {
 		return nil
 	}
 	op.Index = cur.Index
-	return s.finishOperation(op, limit)
+	return s.FinishOperation(op, limit)
 }
 
 // pendingOperation reads the site's journaled operation. One that already ended but whose
 // move into history failed is moved now: an operation that ended is never run again.
-func (s *store) pendingOperation(site string, limit int) (*api.Operation, error) {
-	op, err := s.runningOperation(site)
+func (s *Store) PendingOperation(site string, limit int) (*api.Operation, error) {
+	op, err := s.RunningOperation(site)
 	if err != nil || op == nil || !api.Terminal(op.State) {
 		return op, err
 	}
-	if err := s.finishOperation(op, limit); err != nil {
+	if err := s.FinishOperation(op, limit); err != nil {
 		return nil, err
 	}
 	return nil, nil
@@ -666,9 +668,9 @@ func (s *store) pendingOperation(site string, limit int) (*api.Operation, error)
 
 // historyPage reads at most limit of a site's finished operations, newest first: those older
 // than before (its Seq), or the newest when before is 0.
-func (s *store) historyPage(site string, limit int, before uint64) ([]api.Operation, error) {
+func (s *Store) HistoryPage(site string, limit int, before uint64) ([]api.Operation, error) {
 	ops := []api.Operation{}
-	err := s.walkHistory(site, before, limit, func(op *api.Operation) bool {
+	err := s.WalkHistory(site, before, limit, func(op *api.Operation) bool {
 		ops = append(ops, *op)
 		return true
 	})
@@ -678,18 +680,18 @@ func (s *store) historyPage(site string, limit int, before uint64) ([]api.Operat
 // walkHistory calls fn with a site's finished operations, newest first, from the one before
 // before (0: the newest), until fn returns false or bound entries were read. It lists the keys
 // once and reads one value at a time, so a walk that stops early reads little.
-func (s *store) walkHistory(site string, before uint64, bound int, fn func(*api.Operation) bool) error {
-	refs, err := s.historyRefs(site)
+func (s *Store) WalkHistory(site string, before uint64, bound int, fn func(*api.Operation) bool) error {
+	refs, err := s.HistoryRefs(site)
 	if err != nil {
 		return err
 	}
 	read := 0
 	for i := len(refs) - 1; i >= 0 && read < bound; i-- {
-		if before > 0 && refs[i].seq >= before {
+		if before > 0 && refs[i].Seq >= before {
 			continue
 		}
 		read++
-		op, err := s.historyEntry(refs[i])
+		op, err := s.HistoryEntry(refs[i])
 		if err != nil {
 			return err
 		}
@@ -702,12 +704,12 @@ func (s *store) walkHistory(site string, before uint64, bound int, fn func(*api.
 
 // historyEntry reads one entry of a history; nil when it was pruned since it was listed, or
 // holds no operation (written by hand).
-func (s *store) historyEntry(ref historyRef) (*api.Operation, error) {
-	q, cancel := bounded(nil)
+func (s *Store) HistoryEntry(ref HistoryRef) (*api.Operation, error) {
+	q, cancel := Bounded(nil)
 	defer cancel()
-	p, _, err := s.kv.Get(ref.key, q)
+	p, _, err := s.KV.Get(ref.Key, q)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", ref.key, err)
+		return nil, fmt.Errorf("read %s: %w", ref.Key, err)
 	}
 	if p == nil {
 		return nil, nil
@@ -718,16 +720,35 @@ func (s *store) historyEntry(ref historyRef) (*api.Operation, error) {
 	}
 	op.Index = p.ModifyIndex
 	if op.Seq == 0 {
-		op.Seq = ref.seq
+		op.Seq = ref.Seq
 	}
 	return &op, nil
 }
 
-func sortedKeys(m map[string]string) []string {
+func SortedKeys(m map[string]string) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// SlotSettings are one slot's swappable and sticky settings.
+type SlotSettings struct {
+	Settings map[string]string
+	Sticky   map[string]string
+	// Scale is the slot's instance counts per task group: sticky, like Sticky. Nil leaves the
+	// jobspec's counts. Live marks a slot whose scale is "live" (what Nomad runs decides).
+	Scale map[string]int
+	Live  bool
+}
+
+// LaneOf is the lane whose job ID KV holds for a slot of site. A value without the site's
+// prefix is the short name older versions wrote, migrated at start.
+func LaneOf(site, value string) string {
+	if lane, ok := strings.CutPrefix(value, site+"-"); ok && lane != "" {
+		return lane
+	}
+	return value
 }
