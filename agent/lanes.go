@@ -1,10 +1,10 @@
 package agent
 
 import (
-	"github.com/slotd/slotd/agent/store"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/slotd/slotd/agent/store"
 	"net/http"
 	"os"
 	"slices"
