@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"github.com/slotd/slotd/agent/store"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +15,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/slotd/slotd/agent/metrics"
+	"github.com/slotd/slotd/agent/query"
+	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
@@ -54,7 +57,8 @@ type Agent struct {
 	lanes     laneOps
 	// parser parses jobspecs through Nomad, remembering the answers (render).
 	parser     jobspec.Parser
-	metrics    *metrics
+	metrics    *metrics.Metrics
+	follow     *query.Follower
 	probes     *probes
 	ops        *opRegistry
 	httpClient *http.Client
@@ -101,7 +105,7 @@ func newClients(cfg *config.Config, conns int) (*consulapi.Client, *nomadapi.Cli
 	// jobspec parse): no call waits longer than the longest blocking query and its grace.
 	nt := http.DefaultTransport.(*http.Transport).Clone()
 	nt.MaxConnsPerHost, nt.MaxIdleConnsPerHost = conns, max(conns, 2)
-	ncfg.HttpClient = &http.Client{Transport: nt, Timeout: idleWait + 2*queryGrace}
+	ncfg.HttpClient = &http.Client{Transport: nt, Timeout: query.IdleWait + 2*query.Grace}
 	if cfg.Nomad.Token != "" {
 		ncfg.SecretID = cfg.Nomad.Token
 	}
@@ -123,7 +127,7 @@ func newClients(cfg *config.Config, conns int) (*consulapi.Client, *nomadapi.Cli
 // limit (http_max_conns_per_client: 200 for Consul, 100 for Nomad, by default) that slotd
 // shares with whatever else runs on its host (Nomad's own client, Fabio, consul-template), and
 // answer 429 past it. slotd's watches hold three connections whatever the number of sites; the
-// rest serves operations, whose blocking queries wait at most blockingWait.
+// rest serves operations, whose blocking queries wait at most query.BlockingWait.
 const maxConns = 64
 
 // New builds the clients and binds the HTTP listener, so a bad address fails at start.
@@ -143,6 +147,7 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.HTTP.Address, err)
 	}
 	opsCtx, opsCancel := context.WithCancel(context.Background())
+	m := metrics.New()
 	a := &Agent{
 		logger:     logger.Named("agent"),
 		consul:     consul,
@@ -150,7 +155,8 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 		ctlConsul:  ctlConsul,
 		ctlNomad:   ctlNomad,
 		store:      &store.Store{KV: consul.KV(), Prefix: cfg.KVPrefix, Logger: logger.Named("store")},
-		metrics:    newMetrics(),
+		metrics:    m,
+		follow:     &query.Follower{Errors: m.QueryErrors},
 		probes:     newProbes(),
 		ops:        newOpRegistry(),
 		httpClient: &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
@@ -283,9 +289,9 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		session, err := a.newSession()
 		if err != nil {
 			failures++
-			a.metrics.queryErrors.WithLabelValues("consul").Inc()
+			a.metrics.QueryErrors.WithLabelValues("consul").Inc()
 			a.logger.Warn("cannot create the leader session", "error", err)
-			_ = sleepCtx(ctx, backoff(failures))
+			_ = query.Sleep(ctx, query.Backoff(failures))
 			continue
 		}
 		renewDone := make(chan struct{})
@@ -308,9 +314,9 @@ func (a *Agent) leadLoop(ctx context.Context) {
 				return // stopping
 			}
 			failures++
-			a.metrics.queryErrors.WithLabelValues("consul").Inc()
+			a.metrics.QueryErrors.WithLabelValues("consul").Inc()
 			a.logger.Warn("cannot take the leader lock", "error", err)
-			_ = sleepCtx(ctx, backoff(failures))
+			_ = query.Sleep(ctx, query.Backoff(failures))
 			continue
 		}
 		failures = 0
@@ -321,7 +327,7 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		a.logger.Info("leading", "session", session)
 		a.store.Fence(session)
 		a.leader.Store(true)
-		a.metrics.leader.Set(1)
+		a.metrics.Leader.Set(1)
 		a.roleChanged()
 		// Not a child of ctx: on a graceful stop, running phases finish under the leadership
 		// before it ends.
@@ -342,7 +348,7 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		case <-ctx.Done():
 		}
 		a.leader.Store(false)
-		a.metrics.leader.Set(0)
+		a.metrics.Leader.Set(0)
 		a.roleChanged()
 		a.mu.Lock()
 		a.leaderCtx = nil
@@ -362,7 +368,7 @@ func (a *Agent) leadLoop(ctx context.Context) {
 		if ctx.Err() == nil {
 			// Deposed: let another daemon take over before contending again, and the runs
 			// of this leadership wind down meanwhile.
-			_ = sleepCtx(ctx, relockPause)
+			_ = query.Sleep(ctx, relockPause)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+
 	"github.com/slotd/slotd/agent/store"
 
 	"github.com/slotd/slotd/api"

@@ -3,10 +3,11 @@ package agent
 import (
 	"context"
 	"fmt"
-	"github.com/slotd/slotd/agent/store"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+
+	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"

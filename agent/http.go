@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/slotd/slotd/agent/store"
 	"io"
 	"maps"
 	"net/http"
@@ -14,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -67,7 +68,7 @@ func (a *Agent) newServer() *http.Server {
 	route("POST /v1/operations/{id}/cancel", true, a.handleCancel)
 	// Open whatever the token rules say: Nomad's and Consul's health checks send no token.
 	mux.Handle("GET /v1/health", a.respond(a.handleHealth))
-	metrics := promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{})
+	metrics := promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{})
 	mux.Handle("GET /v1/metrics", a.guard(false, metrics))
 	return &http.Server{
 		Handler:           a.logRequests(mux),

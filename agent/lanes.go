@@ -4,13 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/slotd/slotd/agent/store"
 	"net/http"
 	"os"
 	"slices"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/slotd/slotd/agent/query"
+	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
@@ -313,7 +315,7 @@ func classify(plan *nomadapi.JobPlanResponse) jobspec.Change {
 func (a *Agent) waitDeployment(ctx context.Context, id string, version uint64) error {
 	seen := "no deployment yet"
 	var failed error
-	err := a.follow(ctx, followOpts{backend: "nomad", wait: blockingWait, onError: func(err error) { seen = err.Error() }},
+	err := a.follow.Follow(ctx, query.Opts{Backend: "nomad", Wait: query.BlockingWait, OnError: func(err error) { seen = err.Error() }},
 		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 			deps, meta, err := a.nomad.Jobs().Deployments(id, false, (&nomadapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx))
 			if err != nil {
@@ -326,7 +328,7 @@ func (a *Agent) waitDeployment(ctx context.Context, id string, version uint64) e
 				seen = fmt.Sprintf("deployment %s %s: %s", short(d.ID), d.Status, d.StatusDescription)
 				switch d.Status {
 				case "successful":
-					failed = errDone
+					failed = query.ErrDone
 				case "failed", "cancelled":
 					failed = fmt.Errorf("nomad deployment of %s version %d %s: %s%s", id, version, d.Status, d.StatusDescription, a.allocFailures(id, version))
 				}
@@ -337,7 +339,7 @@ func (a *Agent) waitDeployment(ctx context.Context, id string, version uint64) e
 	switch {
 	case err != nil:
 		return fmt.Errorf("deployment of %s version %d: %w (last seen: %s)", id, version, err, seen)
-	case errors.Is(failed, errDone):
+	case errors.Is(failed, query.ErrDone):
 		return nil
 	default:
 		return failed
@@ -390,7 +392,7 @@ func (a *Agent) waitInstances(ctx context.Context, site *config.Site, lane strin
 	count := instanceCount(job, site.Service)
 	seen := "no answer from consul yet"
 	ready := false
-	err := a.follow(ctx, followOpts{backend: "consul", wait: blockingWait, onError: func(err error) { seen = err.Error() }},
+	err := a.follow.Follow(ctx, query.Opts{Backend: "consul", Wait: query.BlockingWait, OnError: func(err error) { seen = err.Error() }},
 		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 			entries, idx, err := a.laneEntries(ctx, site, lane, index, wait)
 			if err == nil {

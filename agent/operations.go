@@ -6,11 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/slotd/slotd/agent/store"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/slotd/slotd/agent/query"
+	"github.com/slotd/slotd/agent/store"
 
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/internal/failpoint"
@@ -210,10 +212,10 @@ func (r *run) finish(err error) {
 			r.unmoved = true
 			break
 		}
-		time.Sleep(backoff(attempt))
+		time.Sleep(query.Backoff(attempt))
 	}
 	a.ops.publish(op)
-	a.metrics.finished(op)
+	a.metrics.Finished(op)
 	level := a.logger.Info
 	if op.State != api.StateSucceeded {
 		level = a.logger.Warn
@@ -266,7 +268,7 @@ func (r *run) phase(name, state string, fn func() error) error {
 	default:
 		p.State, p.Message = api.PhaseFailed, err.Error()
 	}
-	a.metrics.phaseSeconds.WithLabelValues(r.op.Site, r.op.Kind, name, p.State).Observe(end.Sub(*p.StartedAt).Seconds())
+	a.metrics.PhaseSeconds.WithLabelValues(r.op.Site, r.op.Kind, name, p.State).Observe(end.Sub(*p.StartedAt).Seconds())
 	if jerr := r.journal(); jerr != nil && (err == nil || errors.Is(jerr, store.ErrStopping)) {
 		return jerr // deposed: that, not the phase's own outcome, decides what happens next
 	}

@@ -1,8 +1,9 @@
 package agent
 
 import (
-	"github.com/slotd/slotd/agent/store"
 	"maps"
+
+	"github.com/slotd/slotd/agent/store"
 
 	"github.com/slotd/slotd/config"
 )

@@ -1,9 +1,10 @@
 package agent
 
 import (
-	"github.com/slotd/slotd/agent/store"
 	"testing"
 	"time"
+
+	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"

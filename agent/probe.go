@@ -93,7 +93,7 @@ func (a *Agent) record(backend string, r *api.Reach, err error) {
 		return // the daemon stops
 	}
 	if err != nil {
-		a.metrics.queryErrors.WithLabelValues(backend).Inc()
+		a.metrics.QueryErrors.WithLabelValues(backend).Inc()
 	}
 	now := time.Now().UTC()
 	next := api.Reach{Status: api.Reachable, CheckedAt: &now}

@@ -3,13 +3,15 @@ package agent
 import (
 	"context"
 	"errors"
-	"github.com/slotd/slotd/agent/store"
 	"net"
 	"net/http"
 	"os"
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/slotd/slotd/agent/query"
+	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
 )
@@ -43,7 +45,7 @@ func (a *Agent) roleChanged() {
 func (a *Agent) roleLoop(ctx context.Context, service string) {
 	kick := make(chan struct{}, 1)
 	go func() {
-		_ = a.follow(ctx, followOpts{backend: "consul", wait: idleWait, gap: time.Second},
+		_ = a.follow.Follow(ctx, query.Opts{Backend: "consul", Wait: query.IdleWait, Gap: time.Second},
 			func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 				q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
 				_, meta, err := a.ctlConsul.Catalog().Service(service, "", q)
@@ -65,7 +67,7 @@ func (a *Agent) roleLoop(ctx context.Context, service string) {
 		wait := roleRecheck
 		done, err := a.tagRole(ctx, service, &warned)
 		if err != nil {
-			a.metrics.queryErrors.WithLabelValues("consul").Inc()
+			a.metrics.QueryErrors.WithLabelValues("consul").Inc()
 			a.logger.Warn("cannot tag this daemon's service instance", "service", service, "error", err)
 		}
 		if err != nil || !done {

@@ -3,11 +3,12 @@ package agent
 import (
 	"context"
 	"fmt"
-	"github.com/slotd/slotd/agent/store"
 	"maps"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"

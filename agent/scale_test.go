@@ -3,11 +3,12 @@ package agent
 import (
 	"context"
 	"errors"
-	"github.com/slotd/slotd/agent/store"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/slotd/slotd/agent/store"
 
 	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/stretchr/testify/assert"

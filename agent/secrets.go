@@ -2,10 +2,11 @@ package agent
 
 import (
 	"fmt"
-	"github.com/slotd/slotd/agent/store"
 	"maps"
 	"net/http"
 	"strconv"
+
+	"github.com/slotd/slotd/agent/store"
 
 	"github.com/slotd/slotd/api"
 )

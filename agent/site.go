@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/slotd/slotd/agent/store"
 	"sync"
 	"time"
+
+	"github.com/slotd/slotd/agent/query"
+	"github.com/slotd/slotd/agent/store"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -242,7 +244,7 @@ func (s *site) boot() {
 				}
 				if err != nil {
 					s.log.Error("site not ready", "error", err, "attempt", attempt)
-					s.later(&s.bootTimer, backoff(attempt+2), try)
+					s.later(&s.bootTimer, query.Backoff(attempt+2), try)
 					return
 				}
 				s.booting, s.ready = false, true
@@ -378,7 +380,7 @@ func (s *site) startOp(op *api.Operation, phases []string, fn opFunc) (*api.Oper
 		}
 		return nil, err
 	}
-	a.metrics.opsStarted.WithLabelValues(s.name, op.Kind).Inc()
+	a.metrics.OpsStarted.WithLabelValues(s.name, op.Kind).Inc()
 	s.log.Info("operation started", "op", op.ID, "kind", op.Kind, "trigger", op.Trigger)
 	s.execute(op, fn)
 	return a.ops.get(op.ID), nil

@@ -3,9 +3,10 @@ package agent
 import (
 	"context"
 	"fmt"
-	"github.com/slotd/slotd/agent/store"
 	"strings"
 	"testing"
+
+	"github.com/slotd/slotd/agent/store"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"

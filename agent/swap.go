@@ -4,13 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/slotd/slotd/agent/store"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/slotd/slotd/agent/query"
+	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
 
@@ -265,7 +267,7 @@ func (w *swap) warm(ctx context.Context) error {
 	}
 	err = warmInstances(ctx, w.a.httpClient, w.site.Warmup, entries)
 	if err != nil {
-		w.a.metrics.warmupFailures.WithLabelValues(w.site.Name).Inc()
+		w.a.metrics.WarmupFailures.WithLabelValues(w.site.Name).Inc()
 		return err
 	}
 	w.note(api.PhaseWarm, fmt.Sprintf("%d instances answered %d paths", len(entries), len(w.site.Warmup.Paths)))
@@ -517,7 +519,7 @@ func (w *swap) settle(ctx context.Context) error {
 	if p := w.op.Phase(api.PhaseSwitch); p != nil && p.EndedAt != nil {
 		drain -= time.Since(*p.EndedAt) // held: routers dropped it long ago
 	}
-	if err := sleepCtx(ctx, max(drain, 0)); err != nil {
+	if err := query.Sleep(ctx, max(drain, 0)); err != nil {
 		return err
 	}
 	st, err := w.a.store.LoadSlots(w.site.Name, nil)
@@ -643,7 +645,7 @@ func (w *swap) await(ctx context.Context, deadline time.Time, watch bool, m *con
 func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, want int) error {
 	var badSince time.Time
 	var degraded error
-	_ = w.a.follow(ctx, followOpts{backend: "consul", wait: blockingWait, always: true},
+	_ = w.a.follow.Follow(ctx, query.Opts{Backend: "consul", Wait: query.BlockingWait, Always: true},
 		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 			if !badSince.IsZero() {
 				wait = time.Second // look again when the grace period may have run out
@@ -722,7 +724,7 @@ func (w *swap) restoreBoth(cause error) error {
 			_, _ = w.a.store.Txn(w.a.store.BindOps(w.site.Name, w.target.Name, t, w.tgtLane, ro.Version))
 		}
 	}
-	if err := sleepCtx(ctx, routerDrain); err != nil {
+	if err := query.Sleep(ctx, routerDrain); err != nil {
 		return fmt.Errorf("%w; putting lane %s back was stopped: %v", cause, w.srcLane, err)
 	}
 	return w.restoreSource(cause)
@@ -787,7 +789,7 @@ func warmInstance(ctx context.Context, client *http.Client, wu *config.Warmup, e
 		ok := false
 		for attempt := 1; attempt <= wu.Attempts && !ok; attempt++ {
 			if attempt > 1 {
-				if err := sleepCtx(ctx, wu.Interval); err != nil {
+				if err := query.Sleep(ctx, wu.Interval); err != nil {
 					return err
 				}
 			}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/slotd/slotd/agent/store"
 	"maps"
 	"net"
 	"net/http"
@@ -16,6 +15,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/slotd/slotd/agent/metrics"
+	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
@@ -595,7 +597,7 @@ func TestTouchesHeld(t *testing.T) {
 func testAgent(kv *fakeKV, lanes laneOps) *Agent {
 	a := &Agent{
 		logger: hclog.NewNullLogger(), store: &store.Store{KV: kv, Prefix: "slotd"}, lanes: lanes,
-		metrics: newMetrics(), ops: newOpRegistry(), httpClient: http.DefaultClient,
+		metrics: metrics.New(), ops: newOpRegistry(), httpClient: http.DefaultClient,
 		stopCh: make(chan struct{}), opsCtx: context.Background(),
 	}
 	a.leader.Store(true)

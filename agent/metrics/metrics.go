@@ -1,0 +1,69 @@
+// Package metrics holds the daemon's Prometheus series, served at /v1/metrics.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/slotd/slotd/api"
+)
+
+// Metrics are the daemon's Prometheus series.
+type Metrics struct {
+	Registry       *prometheus.Registry
+	OpsStarted     *prometheus.CounterVec
+	OpsFinished    *prometheus.CounterVec
+	PhaseSeconds   *prometheus.HistogramVec
+	WarmupFailures *prometheus.CounterVec
+	Rollbacks      *prometheus.CounterVec
+	Instances      *prometheus.GaugeVec
+	QueryErrors    *prometheus.CounterVec
+	WatchRequests  *prometheus.CounterVec
+	Leader         prometheus.Gauge
+}
+
+func New() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		OpsStarted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "slotd_operations_started_total", Help: "Operations started, by site and kind.",
+		}, []string{"site", "kind"}),
+		OpsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "slotd_operations_finished_total", Help: "Operations finished, by site, kind and outcome (succeeded, failed, cancelled).",
+		}, []string{"site", "kind", "state"}),
+		PhaseSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "slotd_phase_duration_seconds",
+			Help:    "Duration of operation phases, by site, kind, phase and outcome.",
+			Buckets: []float64{0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600},
+		}, []string{"site", "kind", "phase", "state"}),
+		WarmupFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "slotd_warmup_failures_total", Help: "Swaps stopped because an instance did not warm up.",
+		}, []string{"site"}),
+		Rollbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "slotd_rollbacks_total", Help: "Rollbacks started, by site and trigger (api, monitor).",
+		}, []string{"site", "trigger"}),
+		Instances: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "slotd_instances", Help: "Instances per slot as Consul shows them, by health (passing or not).",
+		}, []string{"site", "slot", "health"}),
+		QueryErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "slotd_blocking_query_errors_total", Help: "Failed queries to Consul or Nomad.",
+		}, []string{"backend"}),
+		WatchRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "slotd_watch_requests_total", Help: "Blocking queries sent by the watches of a site, by site and watch (kv, nomad, consul).",
+		}, []string{"site", "watch"}),
+		Leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "slotd_leader", Help: "1 while this daemon holds the Leader lock.",
+		}),
+	}
+	m.Registry.MustRegister(m.OpsStarted, m.OpsFinished, m.PhaseSeconds, m.WarmupFailures,
+		m.Rollbacks, m.Instances, m.QueryErrors, m.WatchRequests, m.Leader,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *Metrics) Finished(op *api.Operation) {
+	m.OpsFinished.WithLabelValues(op.Site, op.Kind, op.State).Inc()
+	if op.Kind == api.KindRollback {
+		m.Rollbacks.WithLabelValues(op.Site, op.Trigger).Inc()
+	}
+}
