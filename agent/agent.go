@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/slotd/slotd/agent/lanes"
+
 	"github.com/slotd/slotd/agent/metrics"
 	"github.com/slotd/slotd/agent/query"
 	"github.com/slotd/slotd/agent/store"
@@ -25,7 +27,6 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/slotd/slotd/config"
-	"github.com/slotd/slotd/jobspec"
 )
 
 // Version is the daemon's version, shown by /v1/health.
@@ -51,12 +52,10 @@ type Agent struct {
 	nomad  *nomadapi.Client
 	// ctlConsul and ctlNomad are the same agents through connections that operations and
 	// watches do not use (New).
-	ctlConsul *consulapi.Client
-	ctlNomad  *nomadapi.Client
-	store     *store.Store
-	lanes     laneOps
-	// parser parses jobspecs through Nomad, remembering the answers (render).
-	parser     jobspec.Parser
+	ctlConsul  *consulapi.Client
+	ctlNomad   *nomadapi.Client
+	store      *store.Store
+	lanes      laneOps
 	metrics    *metrics.Metrics
 	follow     *query.Follower
 	probes     *probes
@@ -171,8 +170,7 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 	for _, sc := range cfg.Sites {
 		a.sites[sc.Name] = newSite(a, sc)
 	}
-	a.lanes = a
-	a.parser = &jobspec.CachingParser{P: a.nomad.Jobs(), Max: parseCacheSize}
+	a.lanes = lanes.New(nomad, consul, a.follow, logger.Named("lanes"))
 	a.runs = map[string]*run{}
 	a.deposed = make(chan struct{}, 1)
 	a.role = make(chan struct{}, 1)

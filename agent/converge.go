@@ -10,10 +10,11 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/slotd/slotd/agent/lanes"
+
 	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
-	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
@@ -47,10 +48,10 @@ func (a *Agent) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation
 		var ops consulapi.KVTxnOps
 		switch {
 		case ss.Lane.Value == "":
-			ops = append(ops, store.CASOp(a.store.SlotKey(cfg.Name, slot.Name, "lane"), jobID(cfg.Name, lanes[slot.Name]), 0))
-		case ss.LaneKV != jobID(cfg.Name, ss.Lane.Value):
+			ops = append(ops, store.CASOp(a.store.SlotKey(cfg.Name, slot.Name, "lane"), jobspec.JobID(cfg.Name, lanes[slot.Name]), 0))
+		case ss.LaneKV != jobspec.JobID(cfg.Name, ss.Lane.Value):
 			// Written by an older slotd as the lane's short name: KV holds the job ID.
-			ops = append(ops, store.CASOp(a.store.SlotKey(cfg.Name, slot.Name, "lane"), jobID(cfg.Name, ss.Lane.Value), ss.Lane.Index))
+			ops = append(ops, store.CASOp(a.store.SlotKey(cfg.Name, slot.Name, "lane"), jobspec.JobID(cfg.Name, ss.Lane.Value), ss.Lane.Index))
 		}
 		ops = append(ops, a.store.SeedOps(cfg.Name, slot.Name, store.KindSwappable, ss.Settings, slot.Settings)...)
 		ops = append(ops, a.store.SeedOps(cfg.Name, slot.Name, store.KindSticky, ss.Sticky, slot.Sticky)...)
@@ -128,7 +129,7 @@ func (a *Agent) differing(ctx context.Context, cfg *config.Site) ([]string, erro
 			out = append(out, slot.Name)
 			continue
 		}
-		src, err := a.lanes.submission(ctx, cfg, ss.Lane.Value, ss.BoundVersion(), true)
+		src, err := a.lanes.Submission(ctx, cfg, ss.Lane.Value, ss.BoundVersion(), true)
 		if err != nil {
 			return nil, err
 		}
@@ -136,17 +137,11 @@ func (a *Agent) differing(ctx context.Context, cfg *config.Site) ([]string, erro
 		if err != nil {
 			return nil, err
 		}
-		job, err := a.render(cfg, ss.Lane.Value, src, steady(slot, set))
+		differs, err := a.lanes.Differs(ctx, cfg, ss.Lane.Value, src, steady(slot, set))
 		if err != nil {
 			return nil, err
 		}
-		cctx, cancel := callCtx(ctx)
-		plan, _, err := a.nomad.Jobs().Plan(job, true, (&nomadapi.WriteOptions{}).WithContext(cctx))
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("plan lane %s: %w", jobID(cfg.Name, ss.Lane.Value), err)
-		}
-		if classify(plan) != jobspec.NoChange {
+		if differs {
 			out = append(out, slot.Name)
 		}
 	}
@@ -169,7 +164,7 @@ func (a *Agent) convergeOp(cfg *config.Site, slots []string) opFunc {
 
 // converge makes the lanes of slots run what KV says, make before break: lanes that keep or
 // gain their routes go first and are waited for with passing checks, and only then do lanes
-// that carry a route they should not lose it. A lane whose rollout fails is put back, and
+// that carry a route they should not lose it. A lane whose Rollout fails is put back, and
 // settings that it could not take are put back in KV to what it ran, so that no restart or
 // failover replays them. changed reports whether any lane or binding was written.
 func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) (msgs []string, changed bool, err error) {
@@ -190,7 +185,7 @@ func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) 
 		}
 		ss := st.Slot(name)
 		want := steady(slot, ss.Values())
-		cur, err := a.laneJob(ctx, cfg, ss.Lane.Value)
+		cur, err := a.lanes.Job(ctx, cfg, ss.Lane.Value)
 		if err != nil {
 			return nil, false, err
 		}
@@ -208,7 +203,7 @@ func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) 
 	for _, s := range steps {
 		ro, err := a.rollOut(ctx, cfg, s.slot, s.ss)
 		if err != nil {
-			// A failed rollout may have moved a lane before it was put back: never "unchanged".
+			// A failed Rollout may have moved a lane before it was put back: never "unchanged".
 			return msgs, true, err
 		}
 		changed = changed || ro.Change != jobspec.NoChange || !s.ss.BoundTo(ro.Version)
@@ -229,18 +224,18 @@ func routeTag(cfg *config.Site, t string) bool {
 
 // rollOut makes one slot's lane run what KV says (ss, read when the operation started) and
 // binds the slot to the version that does.
-func (a *Agent) rollOut(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState) (rollout, error) {
+func (a *Agent) rollOut(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState) (lanes.Rollout, error) {
 	lane := ss.Lane.Value
-	src, err := a.lanes.submission(ctx, cfg, lane, ss.BoundVersion(), ss.Version.Value != "")
+	src, err := a.lanes.Submission(ctx, cfg, lane, ss.BoundVersion(), ss.Version.Value != "")
 	if err != nil {
-		return rollout{}, err
+		return lanes.Rollout{}, err
 	}
 	set, err := a.slotSet(ctx, cfg, slot, ss)
 	if err != nil {
-		return rollout{}, err
+		return lanes.Rollout{}, err
 	}
 	dctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
-	ro, err := a.lanes.ensureLane(dctx, cfg, lane, src, steady(slot, set), gateHealthy)
+	ro, err := a.lanes.Ensure(dctx, cfg, lane, src, steady(slot, set), lanes.GateHealthy)
 	cancel()
 	if err != nil {
 		return ro, a.failRollout(ctx, cfg, slot, ss, src, err)
@@ -252,32 +247,32 @@ func (a *Agent) rollOut(ctx context.Context, cfg *config.Site, slot *config.Slot
 	return ro, nil
 }
 
-// failRollout handles a rollout of KV's settings that Nomad could not finish: the settings
+// failRollout handles a Rollout of KV's settings that Nomad could not finish: the settings
 // that differ from what the slot's bound version runs are put back in KV (unless someone
 // changed them again meanwhile), and the lane is put back.
-func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState, src source, cause error) error {
+func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState, src lanes.Source, cause error) error {
 	cause = fmt.Errorf("roll out %s to lane %s: %w", slot.Name, ss.Lane.Value, cause)
 	if ss.Version.Value == "" {
 		return cause
 	}
-	prev, err := a.jobVersion(ctx, jobID(cfg.Name, ss.Lane.Value), ss.BoundVersion())
+	prev, err := a.lanes.JobVersion(ctx, jobspec.JobID(cfg.Name, ss.Lane.Value), ss.BoundVersion())
 	if err != nil {
 		return fmt.Errorf("%w; its settings were not put back: %v", cause, err)
 	}
-	base, err := a.render(cfg, ss.Lane.Value, src, laneState{Slot: slot.Name})
+	base, err := a.lanes.Render(cfg, ss.Lane.Value, src, lanes.State{Slot: slot.Name})
 	if err != nil {
 		return fmt.Errorf("%w; its settings were not put back: %v", cause, err)
 	}
-	prevEnv := laneEnv(prev, cfg.Service)
+	prevEnv := lanes.LaneEnv(prev, cfg.Service)
 	if prevEnv[jobspec.EnvSlot] != slot.Name {
 		// The bound version ran as another slot (the drained lane of a swap not settled):
 		// its settings are not this slot's to take.
 		return fmt.Errorf("%w; its settings stay as KV has them (not applied)", cause)
 	}
-	back, keys := putBack(ss.Values(), prevEnv, laneEnv(base, cfg.Service))
+	back, keys := putBack(ss.Values(), prevEnv, lanes.LaneEnv(base, cfg.Service))
 	// A scale set through the API that could not roll out goes back to the bound version's
 	// counts too; a declared one stays as declared.
-	prevScale := groupCounts(prev)
+	prevScale := lanes.GroupCounts(prev)
 	scaleBack := !slot.ScaleDeclared() && ss.Scale.Index != 0 && !maps.Equal(ss.Scale.Values, prevScale)
 	if scaleBack {
 		keys = append(keys, "scale")
@@ -302,7 +297,7 @@ func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.
 	}
 	rctx, cancel := a.restoreContext(ctx)
 	defer cancel()
-	if _, err := a.restoreSlot(rctx, cfg, slot.Name, gateHealthy); err != nil {
+	if _, err := a.restoreSlot(rctx, cfg, slot.Name, lanes.GateHealthy); err != nil {
 		return fmt.Errorf("%w%s; putting lane %s back failed too: %v", cause, note, ss.Lane.Value, err)
 	}
 	return fmt.Errorf("%w%s (lane %s put back)", cause, note, ss.Lane.Value)
@@ -365,26 +360,26 @@ func putBack(cur store.SlotSettings, prev, base map[string]string) (store.SlotSe
 
 // restoreSlot puts a slot's lane back on what KV says for the slot: the bound version's app
 // with the slot's routes and settings. It is the one way slotd puts a lane back, after a
-// failed deploy, rollout or swap phase, and in recovery.
-func (a *Agent) restoreSlot(ctx context.Context, cfg *config.Site, slotName string, g gate) (rollout, error) {
+// failed deploy, Rollout or swap phase, and in recovery.
+func (a *Agent) restoreSlot(ctx context.Context, cfg *config.Site, slotName string, g lanes.Gate) (lanes.Rollout, error) {
 	slot := cfg.Slot(slotName)
 	if slot == nil {
-		return rollout{}, fmt.Errorf("slot %s is no longer declared", slotName)
+		return lanes.Rollout{}, fmt.Errorf("slot %s is no longer declared", slotName)
 	}
 	st, err := a.store.LoadSlots(cfg.Name, nil)
 	if err != nil {
-		return rollout{}, err
+		return lanes.Rollout{}, err
 	}
 	ss := st.Slot(slotName)
-	src, err := a.lanes.submission(ctx, cfg, ss.Lane.Value, ss.BoundVersion(), ss.Version.Value != "")
+	src, err := a.lanes.Submission(ctx, cfg, ss.Lane.Value, ss.BoundVersion(), ss.Version.Value != "")
 	if err != nil {
-		return rollout{}, err
+		return lanes.Rollout{}, err
 	}
 	set, err := a.slotSet(ctx, cfg, slot, ss)
 	if err != nil {
-		return rollout{}, err
+		return lanes.Rollout{}, err
 	}
-	ro, err := a.lanes.ensureLane(ctx, cfg, ss.Lane.Value, src, steady(slot, set), g)
+	ro, err := a.lanes.Ensure(ctx, cfg, ss.Lane.Value, src, steady(slot, set), g)
 	if err != nil {
 		return ro, err
 	}
@@ -392,49 +387,4 @@ func (a *Agent) restoreSlot(ctx context.Context, cfg *config.Site, slotName stri
 		return ro, fmt.Errorf("bind %s to lane %s version %d: %w", slotName, ss.Lane.Value, ro.Version, err)
 	}
 	return ro, nil
-}
-
-// laneJob reads a lane's job as Nomad has it, or nil when there is none (or it is stopped).
-func (a *Agent) laneJob(ctx context.Context, cfg *config.Site, lane string) (*nomadapi.Job, error) {
-	ctx, cancel := callCtx(ctx)
-	defer cancel()
-	job, _, err := a.nomad.Jobs().Info(jobID(cfg.Name, lane), (&nomadapi.QueryOptions{}).WithContext(ctx))
-	switch {
-	case isNotFound(err):
-		return nil, nil
-	case err != nil:
-		return nil, fmt.Errorf("read job %s: %w", jobID(cfg.Name, lane), err)
-	case job.Stop != nil && *job.Stop:
-		return nil, nil
-	}
-	return job, nil
-}
-
-// jobVersion reads one version of a job.
-func (a *Agent) jobVersion(ctx context.Context, id string, version uint64) (*nomadapi.Job, error) {
-	ctx, cancel := callCtx(ctx)
-	defer cancel()
-	versions, _, _, err := a.nomad.Jobs().Versions(id, false, (&nomadapi.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("read versions of job %s: %w", id, err)
-	}
-	for _, v := range versions {
-		if v.Version != nil && *v.Version == version {
-			return v, nil
-		}
-	}
-	return nil, fmt.Errorf("job %s has no version %d any more", id, version)
-}
-
-// laneEnv is the environment a lane gives the tasks of the group that registers the site's
-// service (every task of it gets the same settings).
-func laneEnv(job *nomadapi.Job, service string) map[string]string {
-	for _, g := range job.TaskGroups {
-		for _, svc := range serviceBlocks(g) {
-			if svc.Name == service && len(g.Tasks) > 0 {
-				return maps.Clone(g.Tasks[0].Env)
-			}
-		}
-	}
-	return map[string]string{}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/slotd/slotd/agent/lanes"
+
 	"github.com/slotd/slotd/agent/store"
 
 	"github.com/slotd/slotd/api"
@@ -25,7 +27,7 @@ func (a *Agent) deployOp(cfg *config.Site, slotName string, vars map[string]stri
 			if s.Lane.Value == "" {
 				return fmt.Errorf("slot %s is not bound to a lane", slotName)
 			}
-			app, err := fileSource(cfg, vars)
+			app, err := lanes.FileSource(cfg, vars)
 			if err != nil {
 				return err
 			}
@@ -36,12 +38,12 @@ func (a *Agent) deployOp(cfg *config.Site, slotName string, vars map[string]stri
 			want := steady(slot, set)
 			// Pre-flight, as a swap's: a version that cannot place at the slot's scale is refused
 			// before its lane moves.
-			if _, err := a.lanes.planLane(ctx, cfg, s.Lane.Value, app, want); err != nil {
+			if _, err := a.lanes.Plan(ctx, cfg, s.Lane.Value, app, want); err != nil {
 				return fmt.Errorf("pre-flight: %w; nothing was changed", err)
 			}
 			dctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
 			defer cancel()
-			ro, err := a.lanes.ensureLane(dctx, cfg, s.Lane.Value, app, want, gateHealthy)
+			ro, err := a.lanes.Ensure(dctx, cfg, s.Lane.Value, app, want, lanes.GateHealthy)
 			if err != nil {
 				return a.putSlotBack(ctx, cfg, slotName, err)
 			}
@@ -69,7 +71,7 @@ func (a *Agent) putSlotBack(ctx context.Context, cfg *config.Site, slotName stri
 		return fmt.Errorf("%w; restoring %s failed: %v", cause, slotName, err)
 	}
 	lane := st.Slot(slotName).Lane.Value
-	ro, err := a.restoreSlot(ctx, cfg, slotName, gateHealthy)
+	ro, err := a.restoreSlot(ctx, cfg, slotName, lanes.GateHealthy)
 	if err != nil {
 		return fmt.Errorf("%w; restoring lane %s for %s failed too: %v", cause, lane, slotName, err)
 	}

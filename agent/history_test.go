@@ -158,7 +158,7 @@ func TestHistoryPage(t *testing.T) {
 	assert.Equal(t, 2, reads, "a walk reads at most as many entries as it is store.Bounded to")
 }
 
-// TestUnchangedConvergeIsNotKept: a settings rollout that found every lane running what KV
+// TestUnchangedConvergeIsNotKept: a settings Rollout that found every lane running what KV
 // says already is dropped from the journal and never reaches the history; one that changed a
 // lane, or failed, is kept.
 func TestUnchangedConvergeIsNotKept(t *testing.T) {
@@ -175,7 +175,7 @@ func TestUnchangedConvergeIsNotKept(t *testing.T) {
 	}{
 		{name: "nothing to change", keep: true, wantState: api.StateSucceeded, wantUnchanged: true},
 		{name: "a lane rolled out", wantState: api.StateSucceeded, wantKept: true},
-		{name: "a rollout failed", keep: true, fail: true, wantState: api.StateFailed, wantKept: true},
+		{name: "a lanes.Rollout failed", keep: true, fail: true, wantState: api.StateFailed, wantKept: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -14,6 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/slotd/slotd/agent/lanes"
+	"github.com/slotd/slotd/jobspec"
+
 	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
@@ -21,7 +24,6 @@ import (
 
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
-	"github.com/slotd/slotd/jobspec"
 )
 
 const (
@@ -325,7 +327,7 @@ func (a *Agent) siteView(ctx context.Context, s *site, detail bool) (*api.Site, 
 	if err != nil {
 		return nil, err
 	}
-	entries, _, err := a.siteEntries(ctx, cfg, 0, 0)
+	entries, _, err := a.lanes.SiteEntries(ctx, cfg, 0, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -334,10 +336,10 @@ func (a *Agent) siteView(ctx context.Context, s *site, detail bool) (*api.Site, 
 		ss := st.Slot(slot.Name)
 		v := api.Slot{Name: slot.Name, Version: ss.BoundVersion(), Tags: slotTags(slot), AutoSwap: slot.AutoSwap}
 		if ss.Lane.Value != "" {
-			v.Lane = jobID(cfg.Name, ss.Lane.Value)
+			v.Lane = jobspec.JobID(cfg.Name, ss.Lane.Value)
 		}
 		for _, e := range entries {
-			if ss.Lane.Value == "" || e.Service.Meta[metaLane] != ss.Lane.Value {
+			if ss.Lane.Value == "" || e.Service.Meta[lanes.MetaLane] != ss.Lane.Value {
 				continue
 			}
 			v.Total++
@@ -393,7 +395,7 @@ func (a *Agent) siteView(ctx context.Context, s *site, detail bool) (*api.Site, 
 }
 
 // holding reports whether op is a swap that holds its former target lane now: the slot that
-// lane is bound to (the swap's source), and when the hold ends at the latest.
+// lane is bound to (the swap's Source), and when the hold ends at the latest.
 func holding(cfg *config.Site, op *api.Operation) (string, time.Time, bool) {
 	sw, settle := op.Phase(api.PhaseSwitch), op.Phase(api.PhaseSettle)
 	if (op.Kind != api.KindSwap && op.Kind != api.KindRollback) || !op.Switched || api.Terminal(op.State) ||
@@ -446,15 +448,11 @@ func (a *Agent) handleDeploy(r *http.Request) (int, any, error) {
 		}
 	}
 	// Parse before anything starts, so a bad variable is a 400 and changes nothing.
-	app, err := fileSource(site, req.Vars)
+	app, err := lanes.FileSource(site, req.Vars)
 	if err != nil {
 		return 0, nil, err
 	}
-	base, err := jobspec.Parse(a.parser, site.Job, app.Source, app.Vars)
-	if err != nil {
-		return 0, nil, fmt.Errorf("%w: %v", store.ErrBadRequest, err)
-	}
-	if err := jobspec.CheckLane(base, site.Job, site.Service); err != nil {
+	if err := a.lanes.Check(site, app); err != nil {
 		return 0, nil, fmt.Errorf("%w: %v", store.ErrBadRequest, err)
 	}
 	op := &api.Operation{Kind: api.KindDeploy, Trigger: "api", Slot: slot.Name, Vars: hideVars(req.Vars, site.SensitiveVars)}
@@ -769,8 +767,8 @@ func (a *Agent) handleComplete(r *http.Request) (int, any, error) {
 	return a.signal(r.Context(), run, ctlComplete, cur.Index)
 }
 
-// handleCancel cancels a previewing swap (its source lane goes back), a swap before its
-// switch, a deploy or settings rollout (the lane goes back to its bound version), or ends the
+// handleCancel cancels a previewing swap (its Source lane goes back), a swap before its
+// switch, a deploy or settings Rollout (the lane goes back to its bound version), or ends the
 // monitor of a swap. A swap that is switching or settling cannot be cancelled half-way.
 func (a *Agent) handleCancel(r *http.Request) (int, any, error) {
 	run, cur, err := a.runningOp(r)

@@ -3,23 +3,12 @@ package agent
 import (
 	"maps"
 
+	"github.com/slotd/slotd/agent/lanes"
+
 	"github.com/slotd/slotd/agent/store"
 
 	"github.com/slotd/slotd/config"
 )
-
-// laneState is what a lane should run: which slot it believes it serves (SLOTD_SLOT), the
-// routes it carries (slot tags) and the settings in its environment. Every phase of an operation
-// is a move of one lane from one laneState to another.
-type laneState struct {
-	Slot string
-	Tags []string
-	Env  map[string]string
-	// Scale is the count of each task group it names (nil: the jobspec's); Live says the
-	// counts are a "live" slot's, which the lane's meta then shows as live.
-	Scale map[string]int
-	Live  bool
-}
 
 // effectiveEnv is swappable overlaid by sticky (DESIGN.md §2).
 func effectiveEnv(swappable, sticky map[string]string) map[string]string {
@@ -35,34 +24,34 @@ func slotTags(s *config.Slot) []string {
 }
 
 // steady is a lane serving slot s with settings set: the state between operations.
-func steady(s *config.Slot, set store.SlotSettings) laneState {
-	return laneState{Slot: s.Name, Tags: slotTags(s), Env: effectiveEnv(set.Settings, set.Sticky), Scale: maps.Clone(set.Scale), Live: set.Live}
+func steady(s *config.Slot, set store.SlotSettings) lanes.State {
+	return lanes.State{Slot: s.Name, Tags: slotTags(s), Env: effectiveEnv(set.Settings, set.Sticky), Scale: maps.Clone(set.Scale), Live: set.Live}
 }
 
-// The states of a swap of source into target. src and tgt are the settings of the two slots as
-// they were when the swap started; the source lane carries the app of src.
+// The states of a swap of Source into target. src and tgt are the settings of the two slots as
+// they were when the swap started; the Source lane carries the app of src.
 
-// applied: the source lane off the source's routes, with the target's sticky settings and
+// applied: the Source lane off the source's routes, with the target's sticky settings and
 // identity and the target's scale, reachable only through the target's preview tags (phase 1).
-func applied(target *config.Slot, src, tgt store.SlotSettings) laneState {
-	return laneState{Slot: target.Name, Tags: append([]string(nil), target.PreviewTags...), Env: effectiveEnv(src.Settings, tgt.Sticky),
+func applied(target *config.Slot, src, tgt store.SlotSettings) lanes.State {
+	return lanes.State{Slot: target.Name, Tags: append([]string(nil), target.PreviewTags...), Env: effectiveEnv(src.Settings, tgt.Sticky),
 		Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
 }
 
-// switched: the source lane on the target's routes (phase 3, make).
-func switched(target *config.Slot, src, tgt store.SlotSettings) laneState {
-	return laneState{Slot: target.Name, Tags: slotTags(target), Env: effectiveEnv(src.Settings, tgt.Sticky),
+// switched: the Source lane on the target's routes (phase 3, make).
+func switched(target *config.Slot, src, tgt store.SlotSettings) lanes.State {
+	return lanes.State{Slot: target.Name, Tags: slotTags(target), Env: effectiveEnv(src.Settings, tgt.Sticky),
 		Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
 }
 
 // drained: the target lane off every route, still with the target's settings and scale
 // (phase 3, break). A lane that will be held keeps the target's previous_tags.
-func drained(target *config.Slot, tgt store.SlotSettings, hold bool) laneState {
+func drained(target *config.Slot, tgt store.SlotSettings, hold bool) lanes.State {
 	var tags []string
 	if hold {
 		tags = append(tags, target.PreviousTags...)
 	}
-	return laneState{Slot: target.Name, Tags: tags, Env: effectiveEnv(tgt.Settings, tgt.Sticky), Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
+	return lanes.State{Slot: target.Name, Tags: tags, Env: effectiveEnv(tgt.Settings, tgt.Sticky), Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
 }
 
 // laneName is the name of lane i of a site: a, b, c, …, z, aa, ab, …

@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slotd/slotd/agent/lanes"
+
 	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
@@ -56,7 +58,7 @@ func TestSwapStates(t *testing.T) {
 
 	s := switched(prod, src, tgt)
 	assert.Equal(t, []string{"production", "urlprefix-www/"}, s.Tags)
-	assert.Equal(t, a.Env, s.Env, "switch is tags-only for the source lane")
+	assert.Equal(t, a.Env, s.Env, "switch is tags-only for the lanes.Source lane")
 
 	d := drained(prod, tgt, false)
 	assert.Empty(t, d.Tags, "the target lane leaves every route")
@@ -69,12 +71,12 @@ func TestSwapStates(t *testing.T) {
 	back := applied(prod, store.SlotSettings{Settings: tgt.Settings, Sticky: src.Sticky}, tgt)
 	assert.Equal(t, h.Env, back.Env, "an instant swap back is tags-only for the held lane")
 
-	// After the exchange the source slot holds the target's swappable settings.
+	// After the exchange the Source slot holds the target's swappable settings.
 	settled := steady(staging, store.SlotSettings{Settings: tgt.Settings, Sticky: src.Sticky})
 	assert.Equal(t, []string{"staging", "urlprefix-staging/"}, settled.Tags)
 	assert.Equal(t, map[string]string{"FEATURE": "off", "DB": "staging-db"}, settled.Env)
 
-	for _, st := range []laneState{a, s, d, h, settled} {
+	for _, st := range []lanes.State{a, s, d, h, settled} {
 		if st.Env["DB"] == "prod-db" {
 			assert.NotContains(t, st.Tags, "urlprefix-staging/", "production secrets under a staging route in %+v", st)
 		}
@@ -184,7 +186,7 @@ func TestInstancesReady(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			ok, desc := instancesReady(tc.entries, want, 2, tc.healthy)
+			ok, desc := lanes.InstancesReady(tc.entries, want, 2, tc.healthy)
 			assert.Equal(t, tc.ready, ok, desc)
 		})
 	}
@@ -198,14 +200,14 @@ func TestDrainOnStop(t *testing.T) {
 		wantGroup *time.Duration
 		wantTask  time.Duration
 	}{
-		{"group service without delay", &nomadapi.TaskGroup{Services: []*nomadapi.Service{{Name: "web"}}, Tasks: []*nomadapi.Task{{Name: "app"}}}, new(routerDrain), 0},
+		{"group service without delay", &nomadapi.TaskGroup{Services: []*nomadapi.Service{{Name: "web"}}, Tasks: []*nomadapi.Task{{Name: "app"}}}, new(lanes.RouterDrain), 0},
 		{"a longer delay is kept", &nomadapi.TaskGroup{ShutdownDelay: &long, Services: []*nomadapi.Service{{Name: "web"}}, Tasks: []*nomadapi.Task{{Name: "app"}}}, &long, 0},
-		{"task service", &nomadapi.TaskGroup{Tasks: []*nomadapi.Task{{Name: "app", Services: []*nomadapi.Service{{Name: "web"}}}}}, nil, routerDrain},
+		{"task service", &nomadapi.TaskGroup{Tasks: []*nomadapi.Task{{Name: "app", Services: []*nomadapi.Service{{Name: "web"}}}}}, nil, lanes.RouterDrain},
 		{"another service is left alone", &nomadapi.TaskGroup{Services: []*nomadapi.Service{{Name: "metrics"}}, Tasks: []*nomadapi.Task{{Name: "app"}}}, nil, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			drainOnStop(tc.group, "web")
+			lanes.DrainOnStop(tc.group, "web")
 			assert.Equal(t, tc.wantGroup, tc.group.ShutdownDelay)
 			assert.Equal(t, tc.wantTask, tc.group.Tasks[0].ShutdownDelay)
 		})

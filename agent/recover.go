@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/slotd/slotd/agent/lanes"
+
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
 )
@@ -29,7 +31,7 @@ func (a *Agent) recoverOp(cfg *config.Site, op *api.Operation) opFunc {
 			cause := fmt.Errorf("interrupted in state %s by a daemon restart", op.State)
 			rctx, cancel := a.restoreContext(ctx)
 			defer cancel()
-			if _, err := a.restoreSlot(rctx, cfg, op.Target, gateTags); err != nil {
+			if _, err := a.restoreSlot(rctx, cfg, op.Target, lanes.GateTags); err != nil {
 				return fmt.Errorf("%w; putting %s's lane back failed: %v", cause, op.Target, err)
 			}
 			return a.putSlotBack(ctx, cfg, op.Source, cause)

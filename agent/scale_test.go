@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/slotd/slotd/agent/lanes"
+
 	"github.com/slotd/slotd/agent/store"
 
 	nomadapi "github.com/hashicorp/nomad/api"
@@ -68,7 +70,7 @@ func TestSwapScale(t *testing.T) {
 			wantErr:    "pre-flight: nomad cannot place web-b",
 		},
 		{
-			name:       "warm-up fails: the source lane goes back to its own scale",
+			name:       "warm-up fails: the lanes.Source lane goes back to its own scale",
 			op:         phased(),
 			noWarm:     true,
 			wantScales: []string{"plan b as production app=3", "b as production app=3", "b as staging app=1"},
@@ -169,7 +171,7 @@ func TestSwapScale(t *testing.T) {
 
 // TestPlacementError: the pre-flight says what Nomad's scheduler said, per task group.
 func TestPlacementError(t *testing.T) {
-	want := laneState{Slot: "production", Scale: map[string]int{"app": 3}}
+	want := lanes.State{Slot: "production", Scale: map[string]int{"app": 3}}
 	tests := []struct {
 		name string
 		plan *nomadapi.JobPlanResponse
@@ -200,7 +202,7 @@ func TestPlacementError(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := placementError("web-b", want, tc.plan)
+			err := lanes.PlacementError("web-b", want, tc.plan)
 			if tc.want == "" {
 				assert.NoError(t, err)
 				return
@@ -222,27 +224,27 @@ func TestApplyScale(t *testing.T) {
 	}
 	tests := []struct {
 		name       string
-		want       laneState
+		want       lanes.State
 		wantCounts map[string]int
 		wantMeta   string
 		wantErr    string
 	}{
-		{name: "no scale yet: the jobspec's counts, shown in the meta from the first version", want: laneState{Slot: "production"}, wantCounts: map[string]int{"app": 2, "worker": 1}, wantMeta: "app=2,worker=1"},
-		{name: "counts", want: laneState{Slot: "production", Scale: map[string]int{"app": 5}}, wantCounts: map[string]int{"app": 5, "worker": 1}, wantMeta: "app=5,worker=1"},
-		{name: "live", want: laneState{Slot: "production", Scale: map[string]int{"app": 4, "worker": 0}, Live: true}, wantCounts: map[string]int{"app": 4, "worker": 0}, wantMeta: "live"},
-		{name: "unknown group", want: laneState{Slot: "production", Scale: map[string]int{"web": 5}}, wantErr: "the scale of slot production names task group web, which the job in jobs/web.nomad.hcl does not have (its groups: app, worker)"},
+		{name: "no scale yet: the jobspec's counts, shown in the meta from the first version", want: lanes.State{Slot: "production"}, wantCounts: map[string]int{"app": 2, "worker": 1}, wantMeta: "app=2,worker=1"},
+		{name: "counts", want: lanes.State{Slot: "production", Scale: map[string]int{"app": 5}}, wantCounts: map[string]int{"app": 5, "worker": 1}, wantMeta: "app=5,worker=1"},
+		{name: "live", want: lanes.State{Slot: "production", Scale: map[string]int{"app": 4, "worker": 0}, Live: true}, wantCounts: map[string]int{"app": 4, "worker": 0}, wantMeta: "live"},
+		{name: "unknown group", want: lanes.State{Slot: "production", Scale: map[string]int{"web": 5}}, wantErr: "the scale of slot production names task group web, which the job in jobs/web.nomad.hcl does not have (its groups: app, worker)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			j := job()
-			err := applyScale(j, "jobs/web.nomad.hcl", tc.want)
+			err := lanes.ApplyScale(j, "jobs/web.nomad.hcl", tc.want)
 			if tc.wantErr != "" {
 				assert.ErrorContains(t, err, tc.wantErr)
 				return
 			}
 			require.NoError(t, err)
-			assert.Equal(t, tc.wantCounts, groupCounts(j))
-			assert.Equal(t, tc.wantMeta, j.Meta[metaScale])
+			assert.Equal(t, tc.wantCounts, lanes.GroupCounts(j))
+			assert.Equal(t, tc.wantMeta, j.Meta[lanes.MetaScale])
 		})
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/slotd/slotd/agent/lanes"
+
 	"github.com/slotd/slotd/agent/query"
 	"github.com/slotd/slotd/agent/store"
 
@@ -26,23 +28,19 @@ const (
 	// restoreTimeout bounds putting a lane back after a failed phase; it runs on its own
 	// context, because the failure may be the operation's own deadline.
 	restoreTimeout = 10 * time.Minute
-	// routerDrain is how long settle waits before it restarts the former target lane: Consul
-	// already shows it without routes, and routers that watch Consul (Fabio, Traefik) need a
-	// moment to drop it, so no request in flight meets an instance that stops.
-	routerDrain = 2 * time.Second
 )
 
 // swapPhases are the phases of DESIGN.md §3, in order.
 var swapPhases = []string{api.PhasePreflight, api.PhaseApply, api.PhaseWarm, api.PhaseSwitch, api.PhaseMonitor, api.PhaseSettle}
 
-// swap carries out one swap of source into target, phase after phase (DESIGN.md §3).
+// swap carries out one swap of Source into target, phase after phase (DESIGN.md §3).
 type swap struct {
 	*run
 	site           *config.Site
 	source, target *config.Slot
 	// The two lanes and what they ran when the swap started.
 	srcLane, tgtLane string
-	srcApp, tgtApp   source
+	srcApp, tgtApp   lanes.Source
 	// The settings of the two slots when the swap started (after the exchange: as they were
 	// before it); the lanes are rendered from them until the site converges to KV after.
 	src, tgt store.SlotSettings
@@ -94,10 +92,10 @@ func (w *swap) load(ctx context.Context) error {
 		w.keepLiveScale(w.target, t, w.tgt)
 	}
 	w.srcLane, w.tgtLane = s.Lane.Value, t.Lane.Value
-	if w.srcApp, err = w.a.lanes.submission(ctx, w.site, w.srcLane, s.BoundVersion(), true); err != nil {
+	if w.srcApp, err = w.a.lanes.Submission(ctx, w.site, w.srcLane, s.BoundVersion(), true); err != nil {
 		return err
 	}
-	if w.tgtApp, err = w.a.lanes.submission(ctx, w.site, w.tgtLane, t.BoundVersion(), true); err != nil {
+	if w.tgtApp, err = w.a.lanes.Submission(ctx, w.site, w.tgtLane, t.BoundVersion(), true); err != nil {
 		return err
 	}
 	return nil
@@ -112,10 +110,10 @@ func (w *swap) keepLiveScale(slot *config.Slot, ss *store.SlotState, set store.S
 	_, _ = w.a.store.Txn(w.a.store.ScaleOps(w.site.Name, slot.Name, ss.Scale, set.Scale))
 }
 
-// swappedBack recovers the settings of source and target as they were before the exchange,
+// swappedBack recovers the settings of Source and target as they were before the exchange,
 // from the lanes' slots after it: sticky settings and scale stayed, swappable ones travelled.
 func swappedBack(srcLaneSlot, tgtLaneSlot store.SlotSettings) (src, tgt store.SlotSettings) {
-	// srcLaneSlot is the slot now served by the source lane (the target), tgtLaneSlot the source.
+	// srcLaneSlot is the slot now served by the Source lane (the target), tgtLaneSlot the source.
 	return store.SlotSettings{Settings: srcLaneSlot.Settings, Sticky: tgtLaneSlot.Sticky, Scale: tgtLaneSlot.Scale, Live: tgtLaneSlot.Live},
 		store.SlotSettings{Settings: tgtLaneSlot.Settings, Sticky: srcLaneSlot.Sticky, Scale: srcLaneSlot.Scale, Live: srcLaneSlot.Live}
 }
@@ -193,22 +191,22 @@ func (w *swap) preflightDue() bool {
 	return p != nil && p.State != api.PhaseSucceeded && (apply == nil || apply.StartedAt == nil)
 }
 
-// preflight plans the source lane as apply would register it, at the target's scale, with
+// preflight plans the Source lane as apply would register it, at the target's scale, with
 // Nomad's plan endpoint: when it would not place, the swap fails here with Nomad's reason,
 // before any lane moved or any job version was registered.
 //
-// The plan also shows whether the source lane is held (DESIGN.md §3, step 4): when it already
+// The plan also shows whether the Source lane is held (DESIGN.md §3, step 4): when it already
 // runs the target's identity, settings and scale, apply would change its tags only, and the
 // swap is instant: it goes straight to the switch. A preview swap still stops after apply.
 func (w *swap) preflight(ctx context.Context) error {
 	want := applied(w.target, w.src, w.tgt)
-	change, err := w.a.lanes.planLane(ctx, w.site, w.srcLane, w.srcApp, want)
+	change, err := w.a.lanes.Plan(ctx, w.site, w.srcLane, w.srcApp, want)
 	if err != nil {
 		return fmt.Errorf("pre-flight: %w; nothing was changed", err)
 	}
 	msg := fmt.Sprintf("lane %s places as %s", w.srcLane, w.target.Name)
 	if want.Scale != nil {
-		msg += " at " + formatScale(want.Scale)
+		msg += " at " + lanes.FormatScale(want.Scale)
 	}
 	if change != jobspec.Restart && !w.op.Preview {
 		w.op.Instant = true
@@ -218,12 +216,12 @@ func (w *swap) preflight(ctx context.Context) error {
 	return nil
 }
 
-// apply takes the source lane off the source's routes and gives it the target's sticky
+// apply takes the Source lane off the source's routes and gives it the target's sticky
 // settings and identity, reachable only through the target's preview tags.
 func (w *swap) apply(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
-	ro, err := w.a.lanes.ensureLane(ctx, w.site, w.srcLane, w.srcApp, applied(w.target, w.src, w.tgt), gateHealthy)
+	ro, err := w.a.lanes.Ensure(ctx, w.site, w.srcLane, w.srcApp, applied(w.target, w.src, w.tgt), lanes.GateHealthy)
 	if err != nil {
 		return err
 	}
@@ -256,9 +254,9 @@ func (w *swap) preview(ctx context.Context) error {
 	}
 }
 
-// warm sends the site's warm-up requests to every instance of the source lane, directly.
+// warm sends the site's warm-up requests to every instance of the Source lane, directly.
 func (w *swap) warm(ctx context.Context) error {
-	entries, _, err := w.a.lanes.laneEntries(ctx, w.site, w.srcLane, 0, 0)
+	entries, _, err := w.a.lanes.Entries(ctx, w.site, w.srcLane, 0, 0)
 	if err != nil {
 		return err
 	}
@@ -274,13 +272,13 @@ func (w *swap) warm(ctx context.Context) error {
 	return nil
 }
 
-// switchSlots moves the target's routes to the source lane, make before break, then exchanges
+// switchSlots moves the target's routes to the Source lane, make before break, then exchanges
 // the bindings and swappable settings in one KV transaction.
 func (w *swap) switchSlots(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
 	t0 := time.Now()
-	made, err := w.a.lanes.ensureLane(ctx, w.site, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt), gateHealthy)
+	made, err := w.a.lanes.Ensure(ctx, w.site, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt), lanes.GateHealthy)
 	t1 := time.Now()
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-make")
@@ -292,7 +290,7 @@ func (w *swap) switchSlots(ctx context.Context) error {
 		return w.restoreBoth(fmt.Errorf("give lane %s the routes of %s: %w", w.srcLane, w.target.Name, err))
 	}
 	w.tgtSick = w.a.laneSick(ctx, w.site, w.tgtLane)
-	broken, err := w.a.lanes.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt, w.holdFor() > 0), gateTags)
+	broken, err := w.a.lanes.Ensure(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt, w.holdFor() > 0), lanes.GateTags)
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-break")
 	}
@@ -321,7 +319,7 @@ func (w *swap) switchSlots(ctx context.Context) error {
 // ms rounds a duration to the millisecond, for messages.
 func ms(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 
-// exchange binds the target to the source lane and the source to the target lane, and swaps
+// exchange binds the target to the Source lane and the Source to the target lane, and swaps
 // their swappable settings, in one transaction together with the journal entry that says so:
 // switched is true in KV exactly when the exchange is. Settings edited during the swap are
 // exchanged as they are now; the site converges the lanes to them once the swap ends.
@@ -393,7 +391,7 @@ func (w *swap) holdFor() time.Duration {
 
 // afterSwitch is DESIGN.md §3 steps 4 and 5. The target's health is watched for the monitor
 // window while the former target lane holds, warm with the target's settings and no public
-// route, for the rollback window; it settles into the source when the hold ends, at once
+// route, for the rollback window; it settles into the Source when the hold ends, at once
 // when there is none. Both are counted from the journal, so a daemon that takes the swap over
 // only waits out what is left.
 func (w *swap) afterSwitch(ctx context.Context) error {
@@ -511,11 +509,11 @@ func (w *swap) settlePhase(ctx context.Context) error {
 	return w.phase(api.PhaseSettle, api.StateSettling, func() error { return w.settle(ctx) })
 }
 
-// settle gives the former target lane the source's sticky settings and routes, in one rollout.
+// settle gives the former target lane the source's sticky settings and routes, in one Rollout.
 func (w *swap) settle(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
-	drain := routerDrain
+	drain := lanes.RouterDrain
 	if p := w.op.Phase(api.PhaseSwitch); p != nil && p.EndedAt != nil {
 		drain -= time.Since(*p.EndedAt) // held: routers dropped it long ago
 	}
@@ -530,14 +528,14 @@ func (w *swap) settle(ctx context.Context) error {
 	set := s.Values()
 	set.Scale, set.Live = w.src.Scale, w.src.Live
 	want := steady(w.source, set)
-	g := gateHealthy
+	g := lanes.GateHealthy
 	if w.tgtSick {
 		// The lane failed its checks before it left the target (a rollback away from a degraded
-		// production): Nomad cannot finish a health-gated rollout of it, and it carries no
+		// production): Nomad cannot finish a health-gated Rollout of it, and it carries no
 		// routes. It takes the source's settings and routes as Nomad replaces its instances.
-		g = gateNone
+		g = lanes.GateNone
 	}
-	ro, err := w.a.lanes.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, want, g)
+	ro, err := w.a.lanes.Ensure(ctx, w.site, w.tgtLane, w.tgtApp, want, g)
 	if err != nil {
 		return fmt.Errorf("settle lane %s into %s: %w", w.tgtLane, w.source.Name, err)
 	}
@@ -564,7 +562,7 @@ func leftHeld(op *api.Operation) *api.Operation {
 
 // touchesHeld reports whether op moves the lane of the slot whose lane is held anyway: a swap
 // from or into it (an instant swap back, or one that moves the lane through its own phases),
-// a deploy or scale of it (its rollout gives the lane the slot's settings). Any other
+// a deploy or scale of it (its Rollout gives the lane the slot's settings). Any other
 // operation settles the held lane first.
 func touchesHeld(op *api.Operation, slot string) bool {
 	switch op.Kind {
@@ -583,7 +581,7 @@ func (a *Agent) settleFirst(cfg *config.Site, swap *api.Operation, fn opFunc) op
 		err := r.phase(api.PhaseSettle, api.StateSettling, func() error {
 			sctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
 			defer cancel()
-			ro, err := a.restoreSlot(sctx, cfg, swap.Source, gateHealthy)
+			ro, err := a.restoreSlot(sctx, cfg, swap.Source, lanes.GateHealthy)
 			if err != nil {
 				return fmt.Errorf("settle the lane held by swap %s into %s: %w", swap.ID, swap.Source, err)
 			}
@@ -650,7 +648,7 @@ func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, want int) err
 			if !badSince.IsZero() {
 				wait = time.Second // look again when the grace period may have run out
 			}
-			entries, idx, err := w.a.lanes.laneEntries(ctx, w.site, w.srcLane, index, wait)
+			entries, idx, err := w.a.lanes.Entries(ctx, w.site, w.srcLane, index, wait)
 			if err != nil {
 				return 0, err
 			}
@@ -681,14 +679,14 @@ func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, want int) err
 // instanceCount is how many instances the target lane has as the monitor starts; fewer
 // instances than that later counts as unhealthy.
 func (w *swap) instanceCount(ctx context.Context) int {
-	entries, _, err := w.a.lanes.laneEntries(ctx, w.site, w.srcLane, 0, 0)
+	entries, _, err := w.a.lanes.Entries(ctx, w.site, w.srcLane, 0, 0)
 	if err != nil {
 		return 0
 	}
 	return len(entries)
 }
 
-// undo puts the source lane back after apply, a preview or warm failed; a run that lost its
+// undo puts the Source lane back after apply, a preview or warm failed; a run that lost its
 // leadership puts nothing back: the next leader does.
 func (w *swap) undo(cause error) error {
 	if errors.Is(cause, store.ErrStopping) || w.lead.Err() != nil {
@@ -697,24 +695,24 @@ func (w *swap) undo(cause error) error {
 	return w.restoreSource(cause)
 }
 
-// restoreSource puts the source lane back as KV says for the source, and leaves the target alone.
+// restoreSource puts the Source lane back as KV says for the Source, and leaves the target alone.
 func (w *swap) restoreSource(cause error) error {
 	return w.a.putSlotBack(w.ctx, w.site, w.source.Name, cause)
 }
 
 // restoreBoth undoes a switch that failed after it began, make before break: the target's lane
 // gets the target's routes back with the settings it runs (a tags-only change, in place), and
-// once Consul shows them passing and routers had time to see it, the source lane is put back.
+// once Consul shows them passing and routers had time to see it, the Source lane is put back.
 // Settings edited meanwhile reach the lanes through convergence afterwards. A lane that was
 // already failing its checks (a rollback away from it) is waited for by its tags only.
 func (w *swap) restoreBoth(cause error) error {
 	ctx, cancel := w.a.restoreContext(w.ctx)
 	defer cancel()
-	g := gateHealthy
+	g := lanes.GateHealthy
 	if w.tgtSick {
-		g = gateTags
+		g = lanes.GateTags
 	}
-	ro, err := w.a.lanes.ensureLane(ctx, w.site, w.tgtLane, w.tgtApp, steady(w.target, w.tgt), g)
+	ro, err := w.a.lanes.Ensure(ctx, w.site, w.tgtLane, w.tgtApp, steady(w.target, w.tgt), g)
 	if err != nil {
 		return fmt.Errorf("%w; giving lane %s the routes of %s back failed too: %v", cause, w.tgtLane, w.target.Name, err)
 	}
@@ -724,7 +722,7 @@ func (w *swap) restoreBoth(cause error) error {
 			_, _ = w.a.store.Txn(w.a.store.BindOps(w.site.Name, w.target.Name, t, w.tgtLane, ro.Version))
 		}
 	}
-	if err := query.Sleep(ctx, routerDrain); err != nil {
+	if err := query.Sleep(ctx, lanes.RouterDrain); err != nil {
 		return fmt.Errorf("%w; putting lane %s back was stopped: %v", cause, w.srcLane, err)
 	}
 	return w.restoreSource(cause)
@@ -750,7 +748,7 @@ func (a *Agent) restoreContext(ctx context.Context) (context.Context, context.Ca
 
 // laneSick reports whether any instance of a lane fails its checks now.
 func (a *Agent) laneSick(ctx context.Context, site *config.Site, lane string) bool {
-	entries, _, err := a.lanes.laneEntries(ctx, site, lane, 0, 0)
+	entries, _, err := a.lanes.Entries(ctx, site, lane, 0, 0)
 	if err != nil {
 		return false
 	}

@@ -16,11 +16,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slotd/slotd/agent/lanes"
+
 	"github.com/slotd/slotd/agent/metrics"
 	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -152,27 +155,27 @@ type fakeLanes struct {
 	scales  []string
 	planErr error
 	// last is the state each lane was last moved to, for plans.
-	last map[string]laneState
+	last map[string]lanes.State
 }
 
-func scaleText(want laneState) string {
+func scaleText(want lanes.State) string {
 	if want.Scale == nil {
 		return "jobspec"
 	}
-	s := formatScale(want.Scale)
+	s := lanes.FormatScale(want.Scale)
 	if want.Live {
 		s += " live"
 	}
 	return s
 }
 
-func (f *fakeLanes) laneCounts(_ context.Context, _ *config.Site, lane string) (map[string]int, string, error) {
+func (f *fakeLanes) Counts(_ context.Context, _ *config.Site, lane string) (map[string]int, string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return maps.Clone(f.counts[lane]), f.serves[lane], nil
 }
 
-func (f *fakeLanes) planLane(_ context.Context, _ *config.Site, lane string, _ source, want laneState) (jobspec.Change, error) {
+func (f *fakeLanes) Plan(_ context.Context, _ *config.Site, lane string, _ lanes.Source, want lanes.State) (jobspec.Change, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.scales = append(f.scales, fmt.Sprintf("plan %s as %s %s", lane, want.Slot, scaleText(want)))
@@ -185,37 +188,37 @@ func (f *fakeLanes) planLane(_ context.Context, _ *config.Site, lane string, _ s
 
 var _ laneOps = (*fakeLanes)(nil)
 
-func gateName(g gate) string {
-	return map[gate]string{gateHealthy: "healthy", gateTags: "tags", gateNone: "none"}[g]
+func gateName(g lanes.Gate) string {
+	return map[lanes.Gate]string{lanes.GateHealthy: "healthy", lanes.GateTags: "tags", lanes.GateNone: "none"}[g]
 }
 
-func (f *fakeLanes) ensureLane(_ context.Context, _ *config.Site, lane string, _ source, want laneState, g gate) (rollout, error) {
+func (f *fakeLanes) Ensure(_ context.Context, _ *config.Site, lane string, _ lanes.Source, want lanes.State, g lanes.Gate) (lanes.Rollout, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	call := fmt.Sprintf("%s as %s [%s] DB=%s FEATURE=%s %s", lane, want.Slot, strings.Join(want.Tags, " "), want.Env["DB"], want.Env["FEATURE"], gateName(g))
 	f.calls = append(f.calls, call)
 	f.scales = append(f.scales, fmt.Sprintf("%s as %s %s", lane, want.Slot, scaleText(want)))
 	if f.fail != nil && f.fail(call) {
-		return rollout{}, errors.New("nomad says no")
+		return lanes.Rollout{}, errors.New("nomad says no")
 	}
 	if !f.keep {
 		f.versions[lane]++
 	}
 	if f.last == nil {
-		f.last = map[string]laneState{}
+		f.last = map[string]lanes.State{}
 	}
 	f.last[lane] = want
 	if f.counts != nil && want.Scale != nil {
 		f.counts[lane], f.serves[lane] = maps.Clone(want.Scale), want.Slot
 	}
-	return rollout{Version: f.versions[lane]}, nil
+	return lanes.Rollout{Version: f.versions[lane]}, nil
 }
 
-func (f *fakeLanes) submission(context.Context, *config.Site, string, uint64, bool) (source, error) {
-	return source{Source: "job {}"}, nil
+func (f *fakeLanes) Submission(context.Context, *config.Site, string, uint64, bool) (lanes.Source, error) {
+	return lanes.Source{Jobspec: "job {}"}, nil
 }
 
-func (f *fakeLanes) laneEntries(_ context.Context, _ *config.Site, lane string, _ uint64, _ time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
+func (f *fakeLanes) Entries(_ context.Context, _ *config.Site, lane string, _ uint64, _ time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
 	if f.instance == "" {
 		return nil, 1, nil
 	}
@@ -223,7 +226,7 @@ func (f *fakeLanes) laneEntries(_ context.Context, _ *config.Site, lane string, 
 	p, _ := strconv.Atoi(port)
 	return []*consulapi.ServiceEntry{{
 		Node:    &consulapi.Node{Address: host},
-		Service: &consulapi.AgentService{ID: "_nomad-task-" + lane, Address: host, Port: p, Meta: map[string]string{metaLane: lane}},
+		Service: &consulapi.AgentService{ID: "_nomad-task-" + lane, Address: host, Port: p, Meta: map[string]string{lanes.MetaLane: lane}},
 		Checks:  consulapi.HealthChecks{{Status: consulapi.HealthPassing}},
 	}}, 1, nil
 }
@@ -363,7 +366,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			wantProd:  "a",
 		},
 		{
-			name:      "make fails: production keeps its routes, the source lane is put back",
+			name:      "make fails: production keeps its routes, the lanes.Source lane is put back",
 			op:        phased(),
 			failLane:  func(c string) bool { return c == makeB },
 			wantCalls: []string{applyB, makeB, giveBackA, restoreB},
@@ -402,7 +405,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			wantProd:  "b",
 		},
 		{
-			name:      "warm-up fails: the source lane is put back, production untouched",
+			name:      "warm-up fails: the lanes.Source lane is put back, production untouched",
 			op:        phased(),
 			noWarm:    true,
 			wantCalls: []string{applyB, restoreB},
@@ -410,7 +413,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			wantProd:  "a",
 		},
 		{
-			name:      "the break fails: production's lane gets its routes back before the source lane loses them",
+			name:      "the break fails: production's lane gets its routes back before the lanes.Source lane loses them",
 			op:        phased(),
 			failLane:  func(c string) bool { return c == breakA },
 			wantCalls: []string{applyB, makeB, breakA, giveBackA, restoreB},
@@ -462,7 +465,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 				assert.ErrorContains(t, err, tc.wantErr)
 			}
 			assert.Equal(t, tc.wantCalls, lanes.calls)
-			assert.Equal(t, jobID("web", tc.wantProd), kv.value("slotd/sites/web/slots/production/lane"), "production's lane in KV")
+			assert.Equal(t, jobspec.JobID("web", tc.wantProd), kv.value("slotd/sites/web/slots/production/lane"), "production's lane in KV")
 			journaled, jerr := a.store.RunningOperation("web")
 			require.NoError(t, jerr)
 			require.NotNil(t, journaled)
@@ -689,3 +692,29 @@ func TestRollbackOfRemovedSlot(t *testing.T) {
 	assert.ErrorIs(t, err, store.ErrBadRequest)
 	assert.Contains(t, err.Error(), "no longer both declared")
 }
+
+func (f *fakeLanes) SiteEntries(context.Context, *config.Site, uint64, time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
+	return nil, 1, nil
+}
+
+// Differs: a lane differs unless it was last moved to exactly want.
+func (f *fakeLanes) Differs(_ context.Context, _ *config.Site, lane string, _ lanes.Source, want lanes.State) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	cur, ok := f.last[lane]
+	return !ok || cur.Slot != want.Slot || !slices.Equal(cur.Tags, want.Tags) || !maps.Equal(cur.Env, want.Env) || !maps.Equal(cur.Scale, want.Scale), nil
+}
+
+func (f *fakeLanes) Job(context.Context, *config.Site, string) (*nomadapi.Job, error) {
+	return nil, nil
+}
+
+func (f *fakeLanes) JobVersion(_ context.Context, id string, version uint64) (*nomadapi.Job, error) {
+	return nil, fmt.Errorf("job %s has no version %d", id, version)
+}
+
+func (f *fakeLanes) Render(*config.Site, string, lanes.Source, lanes.State) (*nomadapi.Job, error) {
+	return &nomadapi.Job{}, nil
+}
+
+func (f *fakeLanes) Check(*config.Site, lanes.Source) error { return nil }

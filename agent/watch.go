@@ -8,6 +8,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/slotd/slotd/agent/lanes"
+	"github.com/slotd/slotd/jobspec"
+
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 
@@ -118,7 +121,7 @@ func jobSums(sites []string, stubs []*nomadapi.JobListStub) map[string]string {
 	for _, name := range sites {
 		var b strings.Builder
 		for _, j := range stubs {
-			if strings.HasPrefix(j.ID, jobID(name, "")) {
+			if strings.HasPrefix(j.ID, jobspec.JobID(name, "")) {
 				fmt.Fprintf(&b, "%s/%d/%s/%t;", j.ID, j.JobModifyIndex, j.Status, j.Stop)
 			}
 		}
@@ -162,7 +165,7 @@ func servicesFilter(services map[string][]string) string {
 // refreshInstances updates the per-slot instance gauges of a site from Consul: passing or not,
 // per slot, by the lane KV binds it to.
 func (a *Agent) refreshInstances(ctx context.Context, cfg *config.Site) {
-	entries, _, err := a.siteEntries(ctx, cfg, 0, 0)
+	entries, _, err := a.lanes.SiteEntries(ctx, cfg, 0, 0)
 	if err != nil {
 		return
 	}
@@ -174,7 +177,7 @@ func (a *Agent) refreshInstances(ctx context.Context, cfg *config.Site) {
 		lane := st.Slot(slot.Name).Lane.Value
 		pass, fail := 0, 0
 		for _, e := range entries {
-			if e.Service.Meta[metaLane] != lane {
+			if e.Service.Meta[lanes.MetaLane] != lane {
 				continue
 			}
 			if e.Checks.AggregatedStatus() == consulapi.HealthPassing {
