@@ -2,14 +2,11 @@ package agent
 
 import (
 	"testing"
-	"time"
 
 	"github.com/slotd/slotd/agent/lanes"
 
 	"github.com/slotd/slotd/agent/store"
 
-	consulapi "github.com/hashicorp/consul/api"
-	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/stretchr/testify/assert"
 
 	"github.com/slotd/slotd/config"
@@ -161,55 +158,4 @@ func TestAcceptedStatus(t *testing.T) {
 	assert.False(t, acceptedStatus(nil, 404))
 	assert.True(t, acceptedStatus([]int{200}, 200))
 	assert.False(t, acceptedStatus([]int{200}, 204))
-}
-
-func TestInstancesReady(t *testing.T) {
-	entry := func(status string, tags ...string) *consulapi.ServiceEntry {
-		return &consulapi.ServiceEntry{
-			Service: &consulapi.AgentService{Tags: tags},
-			Checks:  consulapi.HealthChecks{{Status: status}},
-		}
-	}
-	want := []string{"app", "production"}
-	tests := []struct {
-		name    string
-		entries []*consulapi.ServiceEntry
-		healthy bool
-		ready   bool
-	}{
-		{"all tagged and passing", []*consulapi.ServiceEntry{entry("passing", "production", "app"), entry("passing", "app", "production")}, true, true},
-		{"one still has the old tags", []*consulapi.ServiceEntry{entry("passing", "app", "production"), entry("passing", "app", "staging")}, true, false},
-		{"one failing", []*consulapi.ServiceEntry{entry("passing", "app", "production"), entry("critical", "app", "production")}, true, false},
-		{"failing is fine when only tags count", []*consulapi.ServiceEntry{entry("critical", "app", "production"), entry("critical", "app", "production")}, false, true},
-		{"an old instance not yet gone", []*consulapi.ServiceEntry{entry("passing", "app", "production"), entry("passing", "app", "production"), entry("passing", "app", "production")}, true, false},
-		{"too few", []*consulapi.ServiceEntry{entry("passing", "app", "production")}, true, false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			ok, desc := lanes.InstancesReady(tc.entries, want, 2, tc.healthy)
-			assert.Equal(t, tc.ready, ok, desc)
-		})
-	}
-}
-
-func TestDrainOnStop(t *testing.T) {
-	long := 5 * time.Second
-	tests := []struct {
-		name      string
-		group     *nomadapi.TaskGroup
-		wantGroup *time.Duration
-		wantTask  time.Duration
-	}{
-		{"group service without delay", &nomadapi.TaskGroup{Services: []*nomadapi.Service{{Name: "web"}}, Tasks: []*nomadapi.Task{{Name: "app"}}}, new(lanes.RouterDrain), 0},
-		{"a longer delay is kept", &nomadapi.TaskGroup{ShutdownDelay: &long, Services: []*nomadapi.Service{{Name: "web"}}, Tasks: []*nomadapi.Task{{Name: "app"}}}, &long, 0},
-		{"task service", &nomadapi.TaskGroup{Tasks: []*nomadapi.Task{{Name: "app", Services: []*nomadapi.Service{{Name: "web"}}}}}, nil, lanes.RouterDrain},
-		{"another service is left alone", &nomadapi.TaskGroup{Services: []*nomadapi.Service{{Name: "metrics"}}, Tasks: []*nomadapi.Task{{Name: "app"}}}, nil, 0},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			lanes.DrainOnStop(tc.group, "web")
-			assert.Equal(t, tc.wantGroup, tc.group.ShutdownDelay)
-			assert.Equal(t, tc.wantTask, tc.group.Tasks[0].ShutdownDelay)
-		})
-	}
 }

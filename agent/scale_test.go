@@ -8,11 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/slotd/slotd/agent/lanes"
-
-	"github.com/slotd/slotd/agent/store"
-
-	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -166,102 +161,5 @@ func TestSwapScale(t *testing.T) {
 			}
 			assert.JSONEq(t, `{"app": 1}`, kv.value("slotd/sites/web/slots/staging/scale"), "staging's scale stays")
 		})
-	}
-}
-
-// TestPlacementError: the pre-flight says what Nomad's scheduler said, per task group.
-func TestPlacementError(t *testing.T) {
-	want := lanes.State{Slot: "production", Scale: map[string]int{"app": 3}}
-	tests := []struct {
-		name string
-		plan *nomadapi.JobPlanResponse
-		want string
-	}{
-		{name: "places", plan: &nomadapi.JobPlanResponse{}},
-		{
-			name: "memory exhausted",
-			plan: &nomadapi.JobPlanResponse{FailedTGAllocs: map[string]*nomadapi.AllocationMetric{
-				"app": {NodesEvaluated: 1, NodesInPool: 1, NodesExhausted: 1, DimensionExhausted: map[string]int{"memory": 1}, CoalescedFailures: 1},
-			}},
-			want: `nomad cannot place web-b as production at scale app=3: task group "app": 2 allocations of 3 would not place: 1 node evaluated, 0 filtered, 1 exhausted (exhausted "memory" on 1 node)`,
-		},
-		{
-			name: "filtered by a constraint, two groups",
-			plan: &nomadapi.JobPlanResponse{FailedTGAllocs: map[string]*nomadapi.AllocationMetric{
-				"worker": {NodesEvaluated: 2, NodesFiltered: 2, NodesInPool: 2, ConstraintFiltered: map[string]int{"${attr.kernel.name} = windows": 2}},
-				"app":    {NodesEvaluated: 2, NodesExhausted: 2, DimensionExhausted: map[string]int{"cpu": 1, "memory": 1}},
-			}},
-			want: `task group "app": 1 allocation of 3 would not place: 2 nodes evaluated, 0 filtered, 2 exhausted (exhausted "cpu" on 1 node, "memory" on 1 node); ` +
-				`task group "worker": 1 allocation would not place: 2 nodes evaluated, 2 filtered, 0 exhausted (filtered by "${attr.kernel.name} = windows" on 2 nodes)`,
-		},
-		{
-			name: "no node at all",
-			plan: &nomadapi.JobPlanResponse{FailedTGAllocs: map[string]*nomadapi.AllocationMetric{"app": {}}},
-			want: `task group "app": 1 allocation of 3 would not place: 0 nodes evaluated, 0 filtered, 0 exhausted (no node in the node pool)`,
-		},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			err := lanes.PlacementError("web-b", want, tc.plan)
-			if tc.want == "" {
-				assert.NoError(t, err)
-				return
-			}
-			require.Error(t, err)
-			assert.Contains(t, err.Error(), tc.want)
-		})
-	}
-}
-
-// TestApplyScale: a lane job takes its slot's counts and shows them in its meta; a group the
-// job lacks is an error that names it.
-func TestApplyScale(t *testing.T) {
-	job := func() *nomadapi.Job {
-		two := 2
-		return &nomadapi.Job{TaskGroups: []*nomadapi.TaskGroup{
-			{Name: new("app"), Count: &two}, {Name: new("worker")},
-		}}
-	}
-	tests := []struct {
-		name       string
-		want       lanes.State
-		wantCounts map[string]int
-		wantMeta   string
-		wantErr    string
-	}{
-		{name: "no scale yet: the jobspec's counts, shown in the meta from the first version", want: lanes.State{Slot: "production"}, wantCounts: map[string]int{"app": 2, "worker": 1}, wantMeta: "app=2,worker=1"},
-		{name: "counts", want: lanes.State{Slot: "production", Scale: map[string]int{"app": 5}}, wantCounts: map[string]int{"app": 5, "worker": 1}, wantMeta: "app=5,worker=1"},
-		{name: "live", want: lanes.State{Slot: "production", Scale: map[string]int{"app": 4, "worker": 0}, Live: true}, wantCounts: map[string]int{"app": 4, "worker": 0}, wantMeta: "live"},
-		{name: "unknown group", want: lanes.State{Slot: "production", Scale: map[string]int{"web": 5}}, wantErr: "the scale of slot production names task group web, which the job in jobs/web.nomad.hcl does not have (its groups: app, worker)"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			j := job()
-			err := lanes.ApplyScale(j, "jobs/web.nomad.hcl", tc.want)
-			if tc.wantErr != "" {
-				assert.ErrorContains(t, err, tc.wantErr)
-				return
-			}
-			require.NoError(t, err)
-			assert.Equal(t, tc.wantCounts, lanes.GroupCounts(j))
-			assert.Equal(t, tc.wantMeta, j.Meta[lanes.MetaScale])
-		})
-	}
-}
-
-func TestDecodeScale(t *testing.T) {
-	counts, err := store.DecodeScale([]byte(`{"app": 3, "worker": 0}`))
-	require.NoError(t, err)
-	assert.Equal(t, map[string]int{"app": 3, "worker": 0}, counts)
-	for doc, want := range map[string]string{
-		`{"app": "3"}`:    "not a JSON object of task group counts",
-		`{"app": 1.5}`:    "not a JSON object of task group counts",
-		`{"app": -1}`:     "outside 0 to 10000",
-		`{"": 1}`:         "name is empty",
-		`app=3`:           "not a JSON object",
-		`{"app": 100000}`: "outside 0 to 10000",
-	} {
-		_, err := store.DecodeScale([]byte(doc))
-		assert.ErrorContains(t, err, want, doc)
 	}
 }
