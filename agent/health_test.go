@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -9,10 +8,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
 )
 
 // statusLeader serves GET /v1/status/leader, as Consul and Nomad do, with the given answer.
@@ -46,7 +47,7 @@ func hanging(t testing.TB) string {
 func health(t testing.TB, a *Agent) (int, api.Health) {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	a.server.Handler.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/health", nil))
+	a.server.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/v1/health", nil))
 	var h api.Health
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &h), "a JSON health body, whatever the status: %s", rec.Body.String())
 	return rec.Code, h
@@ -99,60 +100,57 @@ func TestHealthProbes(t *testing.T) {
 	}
 }
 
-// runOwners runs the owners of a's sites (not the leader election) until the test ends.
-func runOwners(t testing.TB, a *Agent) {
+// runEngine runs the engine of a (not the leader election) until the test ends.
+func runEngine(t testing.TB, a *Agent) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	for _, s := range a.siteList() {
-		go s.run(ctx)
-	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.engine.Run(ctx)
+	}()
 	t.Cleanup(func() {
 		cancel()
-		for _, s := range a.siteList() {
-			<-s.stopped
-		}
+		<-done
 	})
 }
 
 func TestHealthSites(t *testing.T) {
 	a := offlineAgent(t, "")
-	runOwners(t, a)
+	runEngine(t, a)
 	_, h := health(t, a)
 	assert.Equal(t, map[string]string{"web": api.SiteStandby}, h.Sites, "a daemon that does not lead")
 
-	a.leader.Store(true)
+	// A leadership whose sites cannot be brought up: Consul is not there.
+	lead, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	a.engine.Lead(lead)
 	_, h = health(t, a)
 	assert.Equal(t, map[string]string{"web": api.SiteStarting}, h.Sites, "leading, the site not brought up")
 }
 
-// TestRefusalsWhileStarting: writes that cannot run yet but will within seconds answer 503 with
-// Retry-After and say why.
-func TestRefusalsWhileStarting(t *testing.T) {
-	a := offlineAgent(t, "")
-	runOwners(t, a)
-	swap := func() *httptest.ResponseRecorder {
-		rec := httptest.NewRecorder()
-		a.server.Handler.ServeHTTP(rec, httptest.NewRequest("POST", "/v1/sites/web/swap", bytes.NewReader([]byte(`{"source":"staging"}`))))
-		return rec
-	}
-	tests := []struct {
-		name   string
-		leader bool
-		msg    string
-	}{
-		{name: "no leader elected yet", leader: false, msg: "this daemon is not the leader, and no leader is known yet; nothing was started, retry in a few seconds"},
-		{name: "leading, site starting", leader: true, msg: "site web is starting; nothing was started, retry in a few seconds"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			a.leader.Store(tc.leader)
-			rec := swap()
-			require.Equal(t, http.StatusServiceUnavailable, rec.Code, rec.Body.String())
-			assert.Equal(t, "2", rec.Header().Get("Retry-After"))
-			var e api.ErrorResponse
-			require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &e))
-			assert.Equal(t, tc.msg, e.Error)
-			assert.Empty(t, e.LeaderAddress)
-		})
-	}
+// offlineAgent is an agent that leads nothing and reaches no Consul: every request that gets
+// past input checks answers 503.
+func offlineAgent(t testing.TB, token string) *Agent {
+	t.Helper()
+	return backendAgent(t, token, "127.0.0.1:1", "http://127.0.0.1:1")
+}
+
+// backendAgent is an agent on the given Consul and Nomad addresses with one site, web, that it
+// does not run: nothing started, its HTTP handler called directly.
+func backendAgent(t testing.TB, token, consul, nomad string) *Agent {
+	t.Helper()
+	cfg := config.Default()
+	cfg.HTTP.Address = "127.0.0.1:0"
+	cfg.HTTP.Token = token
+	cfg.Consul.Address = consul
+	cfg.Nomad.Address = nomad
+	cfg.Sites = []*config.Site{{
+		Name: "web", Service: "web", Job: "/nonexistent.nomad.hcl",
+		Slots: []*config.Slot{{Name: "production"}, {Name: "staging"}},
+	}}
+	a, err := New(cfg, hclog.NewNullLogger())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = a.server.Close() })
+	return a
 }

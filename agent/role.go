@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/slotd/slotd/agent/lanes"
 	"github.com/slotd/slotd/agent/query"
 	"github.com/slotd/slotd/agent/store"
 
@@ -88,7 +89,7 @@ func (a *Agent) roleLoop(ctx context.Context, service string) {
 // synced Nomad's registration yet can still overwrite the change once).
 func (a *Agent) tagRole(ctx context.Context, service string, warned *bool) (done bool, err error) {
 	want, other := tagStandby, tagLeader
-	if a.isLeader() {
+	if a.engine.Leading() {
 		want, other = tagLeader, tagStandby
 	}
 	ctx, cancel := context.WithTimeout(ctx, store.CallTimeout)
@@ -152,7 +153,7 @@ func ownInstance(entries []*consulapi.CatalogService, allocID, listen string) *c
 	host, port, _ := net.SplitHostPort(listen)
 	for _, e := range entries {
 		if allocID != "" {
-			if allocOf(e.ServiceID) == allocID {
+			if lanes.AllocOf(e.ServiceID) == allocID {
 				return e
 			}
 			continue

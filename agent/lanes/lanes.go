@@ -303,7 +303,7 @@ func countsText(m map[string]int) string {
 
 // State is what a lane should run: which slot it believes it serves (SLOTD_SLOT), the
 // routes it carries (slot tags) and the settings in its environment. Every phase of an operation
-// is a move of one lane from one State to another.
+// is a move of one lane from one state to another.
 type State struct {
 	Slot string
 	Tags []string
@@ -329,7 +329,7 @@ type Source struct {
 	Vars    map[string]string
 }
 
-// submission returns the Source of a lane's bound job version. Only when Nomad has none (a
+// submission returns the source of a lane's bound job version. Only when Nomad has none (a
 // lane never registered, or a job purged by hand) is it the site's jobspec file with the
 // declared variables; any other error is an error, never a reason to render something else.
 func (l *Lanes) Submission(ctx context.Context, site *config.Site, lane string, version uint64, bound bool) (Source, error) {
@@ -344,7 +344,7 @@ func (l *Lanes) Submission(ctx context.Context, site *config.Site, lane string, 
 		case err != nil && !isNotFound(err):
 			return Source{}, fmt.Errorf("read submission of %s version %d: %w", id, version, err)
 		}
-		l.logger.Warn("nomad has no Source of the bound job version; using the jobspec file", "job", id, "version", version)
+		l.logger.Warn("nomad has no source of the bound job version; using the jobspec file", "job", id, "version", version)
 	}
 	return FileSource(site, nil)
 }
@@ -408,7 +408,7 @@ func (l *Lanes) Render(site *config.Site, lane string, src Source, want State) (
 
 // DrainOnStop gives every instance of the site's service at least RouterDrain between leaving
 // Consul and being told to stop, so a rolling restart under the job's update block (a deploy,
-// a settings Rollout, convergence) never stops an instance that routers still send requests
+// a settings rollout, convergence) never stops an instance that routers still send requests
 // to. A longer shutdown_delay in the jobspec is kept.
 func DrainOnStop(g *nomadapi.TaskGroup, service string) {
 	for _, svc := range g.Services {
@@ -452,7 +452,7 @@ func InstanceCount(job *nomadapi.Job, service string) int {
 	return n
 }
 
-// Rollout is the outcome of ensureLane.
+// Rollout is the outcome of Ensure.
 type Rollout struct {
 	Version uint64
 	Change  jobspec.Change
@@ -461,7 +461,7 @@ type Rollout struct {
 	Registered time.Duration
 }
 
-// Gate is what ensureLane waits for after it registered a lane.
+// Gate is what Ensure waits for after it registered a lane.
 type Gate int
 
 // ensureLane makes lane run src in state want. It registers a new job version only when Nomad's
@@ -744,7 +744,7 @@ const (
 	// lane that leaves its routes, or gets them back, which may be the sick lane a rollback moves.
 	GateTags
 	// GateNone: nothing after Nomad took the new version. For a lane without routes that
-	// fails its checks anyway, whose Rollout Nomad cannot finish (a rollback moves it away).
+	// fails its checks anyway, whose rollout Nomad cannot finish (a rollback moves it away).
 	GateNone
 )
 
@@ -756,3 +756,12 @@ const RouterDrain = 2 * time.Second
 // callTimeout bounds one Nomad or Consul call that does not block on purpose: a server that
 // hangs must not hold an operation past its deadline.
 const callTimeout = 30 * time.Second
+
+// AllocOf takes the allocation ID out of a Nomad service ID: _nomad-task-<alloc>-<...>.
+func AllocOf(serviceID string) string {
+	rest, ok := strings.CutPrefix(serviceID, "_nomad-task-")
+	if !ok || len(rest) < 36 {
+		return serviceID
+	}
+	return rest[:36]
+}

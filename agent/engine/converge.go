@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -29,11 +29,11 @@ import (
 // settings seeded where absent, settings of the one-key-per-setting layout folded into their
 // documents. One transaction per slot, so a site of any size starts. It returns the operation
 // a stopped daemon left journaled, if any. What is already right is not written again.
-func (a *Agent) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation, error) {
+func (e *Engine) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation, error) {
 	if err := failpoint.Inject(ctx, "site.boot"); err != nil {
 		return nil, err
 	}
-	st, err := a.store.LoadSlots(cfg.Name, (&consulapi.QueryOptions{}).WithContext(ctx))
+	st, err := e.store.LoadSlots(cfg.Name, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, err
 	}
@@ -48,44 +48,44 @@ func (a *Agent) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation
 		var ops consulapi.KVTxnOps
 		switch {
 		case ss.Lane.Value == "":
-			ops = append(ops, store.CASOp(a.store.SlotKey(cfg.Name, slot.Name, "lane"), jobspec.JobID(cfg.Name, lanes[slot.Name]), 0))
+			ops = append(ops, store.CASOp(e.store.SlotKey(cfg.Name, slot.Name, "lane"), jobspec.JobID(cfg.Name, lanes[slot.Name]), 0))
 		case ss.LaneKV != jobspec.JobID(cfg.Name, ss.Lane.Value):
 			// Written by an older slotd as the lane's short name: KV holds the job ID.
-			ops = append(ops, store.CASOp(a.store.SlotKey(cfg.Name, slot.Name, "lane"), jobspec.JobID(cfg.Name, ss.Lane.Value), ss.Lane.Index))
+			ops = append(ops, store.CASOp(e.store.SlotKey(cfg.Name, slot.Name, "lane"), jobspec.JobID(cfg.Name, ss.Lane.Value), ss.Lane.Index))
 		}
-		ops = append(ops, a.store.SeedOps(cfg.Name, slot.Name, store.KindSwappable, ss.Settings, slot.Settings)...)
-		ops = append(ops, a.store.SeedOps(cfg.Name, slot.Name, store.KindSticky, ss.Sticky, slot.Sticky)...)
-		scale, err := a.seedScale(ctx, cfg, slot, ss, lanes[slot.Name])
+		ops = append(ops, e.store.SeedOps(cfg.Name, slot.Name, store.KindSwappable, ss.Settings, slot.Settings)...)
+		ops = append(ops, e.store.SeedOps(cfg.Name, slot.Name, store.KindSticky, ss.Sticky, slot.Sticky)...)
+		scale, err := e.seedScale(ctx, cfg, slot, ss, lanes[slot.Name])
 		if err != nil {
 			return nil, fmt.Errorf("scale of slot %s of site %s: %w", slot.Name, cfg.Name, err)
 		}
 		ops = append(ops, scale...)
-		if _, err := a.store.Txn(ops); err != nil {
+		if _, err := e.store.Txn(ops); err != nil {
 			return nil, fmt.Errorf("bind and seed slot %s of site %s: %w", slot.Name, cfg.Name, err)
 		}
 		seeded += len(ops)
-		for _, dels := range a.store.LegacyDeletes(cfg.Name, slot.Name, ss) {
-			if _, err := a.store.Txn(dels); err != nil {
+		for _, dels := range e.store.LegacyDeletes(cfg.Name, slot.Name, ss) {
+			if _, err := e.store.Txn(dels); err != nil {
 				return nil, fmt.Errorf("migrate the settings of slot %s of site %s: %w", slot.Name, cfg.Name, err)
 			}
 			seeded += len(dels)
 		}
 	}
 	if seeded > 0 {
-		a.logger.Info("bound and seeded site", "site", cfg.Name, "keys", seeded)
+		e.logger.Info("bound and seeded site", "site", cfg.Name, "keys", seeded)
 	}
-	op, err := a.store.PendingOperation(cfg.Name, cfg.HistoryLimit)
+	op, err := e.store.PendingOperation(cfg.Name, cfg.HistoryLimit)
 	if err != nil || op != nil {
 		return op, err
 	}
-	return nil, a.startLanes(ctx, cfg)
+	return nil, e.startLanes(ctx, cfg)
 }
 
 // startLanes registers the lanes of the slots that were never bound to a job version (a new
 // site, or a slot added by a reload) as part of bringing the site up, not as an operation:
 // until they run, the site is still starting.
-func (a *Agent) startLanes(ctx context.Context, cfg *config.Site) error {
-	st, err := a.store.LoadSlots(cfg.Name, nil)
+func (e *Engine) startLanes(ctx context.Context, cfg *config.Site) error {
+	st, err := e.store.LoadSlots(cfg.Name, nil)
 	if err != nil {
 		return err
 	}
@@ -99,12 +99,12 @@ func (a *Agent) startLanes(ctx context.Context, cfg *config.Site) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ro, err := a.rollOut(ctx, cfg, slot, ss)
+			ro, err := e.rollOut(ctx, cfg, slot, ss)
 			if err != nil {
 				errs[i] = fmt.Errorf("start the lane of %s: %w", slot.Name, err)
 				return
 			}
-			a.logger.Info("lane started", "site", cfg.Name, "slot", slot.Name, "lane", ss.Lane.Value, "version", ro.Version)
+			e.logger.Info("lane started", "site", cfg.Name, "slot", slot.Name, "lane", ss.Lane.Value, "version", ro.Version)
 		}()
 	}
 	wg.Wait()
@@ -114,8 +114,8 @@ func (a *Agent) startLanes(ctx context.Context, cfg *config.Site) error {
 // differing compares every lane of a site with what KV binds and sets for its slot, by
 // Nomad's own plan of the job slotd would register, and returns the slots whose lanes differ
 // (a lane changed or deleted by hand, a setting edited, a route changed by a reload).
-func (a *Agent) differing(ctx context.Context, cfg *config.Site) ([]string, error) {
-	st, err := a.store.LoadSlots(cfg.Name, (&consulapi.QueryOptions{}).WithContext(ctx))
+func (e *Engine) differing(ctx context.Context, cfg *config.Site) ([]string, error) {
+	st, err := e.store.LoadSlots(cfg.Name, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, err
 	}
@@ -129,15 +129,15 @@ func (a *Agent) differing(ctx context.Context, cfg *config.Site) ([]string, erro
 			out = append(out, slot.Name)
 			continue
 		}
-		src, err := a.lanes.Submission(ctx, cfg, ss.Lane.Value, ss.BoundVersion(), true)
+		src, err := e.lanes.Submission(ctx, cfg, ss.Lane.Value, ss.BoundVersion(), true)
 		if err != nil {
 			return nil, err
 		}
-		set, err := a.slotSet(ctx, cfg, slot, ss)
+		set, err := e.slotSet(ctx, cfg, slot, ss)
 		if err != nil {
 			return nil, err
 		}
-		differs, err := a.lanes.Differs(ctx, cfg, ss.Lane.Value, src, steady(slot, set))
+		differs, err := e.lanes.Differs(ctx, cfg, ss.Lane.Value, src, steady(slot, set))
 		if err != nil {
 			return nil, err
 		}
@@ -151,10 +151,10 @@ func (a *Agent) differing(ctx context.Context, cfg *config.Site) ([]string, erro
 // convergeOp brings the lanes of the given slots to what KV says, as one operation. One that
 // finds every lane running what KV says already says so (Unchanged): it is no event worth a
 // place in the history.
-func (a *Agent) convergeOp(cfg *config.Site, slots []string) opFunc {
+func (e *Engine) convergeOp(cfg *config.Site, slots []string) opFunc {
 	return func(ctx context.Context, r *run) error {
 		return r.phase(api.PhaseRollout, api.StateDeploying, func() error {
-			msgs, changed, err := a.converge(ctx, cfg, slots)
+			msgs, changed, err := e.converge(ctx, cfg, slots)
 			r.op.Unchanged = err == nil && !changed
 			r.note(api.PhaseRollout, strings.Join(msgs, "; "))
 			return err
@@ -164,11 +164,11 @@ func (a *Agent) convergeOp(cfg *config.Site, slots []string) opFunc {
 
 // converge makes the lanes of slots run what KV says, make before break: lanes that keep or
 // gain their routes go first and are waited for with passing checks, and only then do lanes
-// that carry a route they should not lose it. A lane whose Rollout fails is put back, and
+// that carry a route they should not lose it. A lane whose rollout fails is put back, and
 // settings that it could not take are put back in KV to what it ran, so that no restart or
 // failover replays them. changed reports whether any lane or binding was written.
-func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) (msgs []string, changed bool, err error) {
-	st, err := a.store.LoadSlots(cfg.Name, nil)
+func (e *Engine) converge(ctx context.Context, cfg *config.Site, slots []string) (msgs []string, changed bool, err error) {
+	st, err := e.store.LoadSlots(cfg.Name, nil)
 	if err != nil {
 		return nil, false, err
 	}
@@ -185,7 +185,7 @@ func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) 
 		}
 		ss := st.Slot(name)
 		want := steady(slot, ss.Values())
-		cur, err := a.lanes.Job(ctx, cfg, ss.Lane.Value)
+		cur, err := e.lanes.Job(ctx, cfg, ss.Lane.Value)
 		if err != nil {
 			return nil, false, err
 		}
@@ -201,9 +201,9 @@ func (a *Agent) converge(ctx context.Context, cfg *config.Site, slots []string) 
 	}
 	sort.SliceStable(steps, func(i, j int) bool { return !steps[i].loses && steps[j].loses })
 	for _, s := range steps {
-		ro, err := a.rollOut(ctx, cfg, s.slot, s.ss)
+		ro, err := e.rollOut(ctx, cfg, s.slot, s.ss)
 		if err != nil {
-			// A failed Rollout may have moved a lane before it was put back: never "unchanged".
+			// A failed rollout may have moved a lane before it was put back: never "unchanged".
 			return msgs, true, err
 		}
 		changed = changed || ro.Change != jobspec.NoChange || !s.ss.BoundTo(ro.Version)
@@ -224,42 +224,42 @@ func routeTag(cfg *config.Site, t string) bool {
 
 // rollOut makes one slot's lane run what KV says (ss, read when the operation started) and
 // binds the slot to the version that does.
-func (a *Agent) rollOut(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState) (lanes.Rollout, error) {
+func (e *Engine) rollOut(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState) (lanes.Rollout, error) {
 	lane := ss.Lane.Value
-	src, err := a.lanes.Submission(ctx, cfg, lane, ss.BoundVersion(), ss.Version.Value != "")
+	src, err := e.lanes.Submission(ctx, cfg, lane, ss.BoundVersion(), ss.Version.Value != "")
 	if err != nil {
 		return lanes.Rollout{}, err
 	}
-	set, err := a.slotSet(ctx, cfg, slot, ss)
+	set, err := e.slotSet(ctx, cfg, slot, ss)
 	if err != nil {
 		return lanes.Rollout{}, err
 	}
 	dctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
-	ro, err := a.lanes.Ensure(dctx, cfg, lane, src, steady(slot, set), lanes.GateHealthy)
+	ro, err := e.lanes.Ensure(dctx, cfg, lane, src, steady(slot, set), lanes.GateHealthy)
 	cancel()
 	if err != nil {
-		return ro, a.failRollout(ctx, cfg, slot, ss, src, err)
+		return ro, e.failRollout(ctx, cfg, slot, ss, src, err)
 	}
-	ops := append(a.store.BindOps(cfg.Name, slot.Name, ss, lane, ro.Version), a.firstScale(ctx, cfg, slot, ss)...)
-	if _, err := a.store.Txn(ops); err != nil {
+	ops := append(e.store.BindOps(cfg.Name, slot.Name, ss, lane, ro.Version), e.firstScale(ctx, cfg, slot, ss)...)
+	if _, err := e.store.Txn(ops); err != nil {
 		return ro, fmt.Errorf("bind %s to lane %s version %d: %w", slot.Name, lane, ro.Version, err)
 	}
 	return ro, nil
 }
 
-// failRollout handles a Rollout of KV's settings that Nomad could not finish: the settings
+// failRollout handles a rollout of KV's settings that Nomad could not finish: the settings
 // that differ from what the slot's bound version runs are put back in KV (unless someone
 // changed them again meanwhile), and the lane is put back.
-func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState, src lanes.Source, cause error) error {
+func (e *Engine) failRollout(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState, src lanes.Source, cause error) error {
 	cause = fmt.Errorf("roll out %s to lane %s: %w", slot.Name, ss.Lane.Value, cause)
 	if ss.Version.Value == "" {
 		return cause
 	}
-	prev, err := a.lanes.JobVersion(ctx, jobspec.JobID(cfg.Name, ss.Lane.Value), ss.BoundVersion())
+	prev, err := e.lanes.JobVersion(ctx, jobspec.JobID(cfg.Name, ss.Lane.Value), ss.BoundVersion())
 	if err != nil {
 		return fmt.Errorf("%w; its settings were not put back: %v", cause, err)
 	}
-	base, err := a.lanes.Render(cfg, ss.Lane.Value, src, lanes.State{Slot: slot.Name})
+	base, err := e.lanes.Render(cfg, ss.Lane.Value, src, lanes.State{Slot: slot.Name})
 	if err != nil {
 		return fmt.Errorf("%w; its settings were not put back: %v", cause, err)
 	}
@@ -280,12 +280,12 @@ func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.
 	note := ""
 	if len(keys) > 0 {
 		var ops consulapi.KVTxnOps
-		ops = append(ops, a.store.DocOps(cfg.Name, slot.Name, store.KindSwappable, ss.Settings, back.Settings)...)
-		ops = append(ops, a.store.DocOps(cfg.Name, slot.Name, store.KindSticky, ss.Sticky, back.Sticky)...)
+		ops = append(ops, e.store.DocOps(cfg.Name, slot.Name, store.KindSwappable, ss.Settings, back.Settings)...)
+		ops = append(ops, e.store.DocOps(cfg.Name, slot.Name, store.KindSticky, ss.Sticky, back.Sticky)...)
 		if scaleBack {
-			ops = append(ops, a.store.ScaleOps(cfg.Name, slot.Name, ss.Scale, prevScale)...)
+			ops = append(ops, e.store.ScaleOps(cfg.Name, slot.Name, ss.Scale, prevScale)...)
 		}
-		_, err := a.store.Txn(ops)
+		_, err := e.store.Txn(ops)
 		switch {
 		case errors.Is(err, store.ErrConflict):
 			note = fmt.Sprintf("; settings %s were changed again meanwhile and are rolled out next", strings.Join(keys, ", "))
@@ -295,9 +295,9 @@ func (a *Agent) failRollout(ctx context.Context, cfg *config.Site, slot *config.
 			note = fmt.Sprintf("; settings %s of %s put back to the values its lane ran", strings.Join(keys, ", "), slot.Name)
 		}
 	}
-	rctx, cancel := a.restoreContext(ctx)
+	rctx, cancel := e.restoreContext(ctx)
 	defer cancel()
-	if _, err := a.restoreSlot(rctx, cfg, slot.Name, lanes.GateHealthy); err != nil {
+	if _, err := e.restoreSlot(rctx, cfg, slot.Name, lanes.GateHealthy); err != nil {
 		return fmt.Errorf("%w%s; putting lane %s back failed too: %v", cause, note, ss.Lane.Value, err)
 	}
 	return fmt.Errorf("%w%s (lane %s put back)", cause, note, ss.Lane.Value)
@@ -360,30 +360,30 @@ func putBack(cur store.SlotSettings, prev, base map[string]string) (store.SlotSe
 
 // restoreSlot puts a slot's lane back on what KV says for the slot: the bound version's app
 // with the slot's routes and settings. It is the one way slotd puts a lane back, after a
-// failed deploy, Rollout or swap phase, and in recovery.
-func (a *Agent) restoreSlot(ctx context.Context, cfg *config.Site, slotName string, g lanes.Gate) (lanes.Rollout, error) {
+// failed deploy, rollout or swap phase, and in recovery.
+func (e *Engine) restoreSlot(ctx context.Context, cfg *config.Site, slotName string, g lanes.Gate) (lanes.Rollout, error) {
 	slot := cfg.Slot(slotName)
 	if slot == nil {
 		return lanes.Rollout{}, fmt.Errorf("slot %s is no longer declared", slotName)
 	}
-	st, err := a.store.LoadSlots(cfg.Name, nil)
+	st, err := e.store.LoadSlots(cfg.Name, nil)
 	if err != nil {
 		return lanes.Rollout{}, err
 	}
 	ss := st.Slot(slotName)
-	src, err := a.lanes.Submission(ctx, cfg, ss.Lane.Value, ss.BoundVersion(), ss.Version.Value != "")
+	src, err := e.lanes.Submission(ctx, cfg, ss.Lane.Value, ss.BoundVersion(), ss.Version.Value != "")
 	if err != nil {
 		return lanes.Rollout{}, err
 	}
-	set, err := a.slotSet(ctx, cfg, slot, ss)
+	set, err := e.slotSet(ctx, cfg, slot, ss)
 	if err != nil {
 		return lanes.Rollout{}, err
 	}
-	ro, err := a.lanes.Ensure(ctx, cfg, ss.Lane.Value, src, steady(slot, set), g)
+	ro, err := e.lanes.Ensure(ctx, cfg, ss.Lane.Value, src, steady(slot, set), g)
 	if err != nil {
 		return ro, err
 	}
-	if _, err := a.store.Txn(a.store.BindOps(cfg.Name, slotName, ss, ss.Lane.Value, ro.Version)); err != nil {
+	if _, err := e.store.Txn(e.store.BindOps(cfg.Name, slotName, ss, ss.Lane.Value, ro.Version)); err != nil {
 		return ro, fmt.Errorf("bind %s to lane %s version %d: %w", slotName, ss.Lane.Value, ro.Version, err)
 	}
 	return ro, nil

@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -15,11 +15,11 @@ import (
 // deployOp registers new code or job variables into a slot's lane and binds the slot to the new
 // version once Nomad's deployment succeeded and Consul shows every instance passing. On failure
 // the lane goes back to the slot's bound version.
-func (a *Agent) deployOp(cfg *config.Site, slotName string, vars map[string]string) opFunc {
+func (e *Engine) deployOp(cfg *config.Site, slotName string, vars map[string]string) opFunc {
 	return func(ctx context.Context, r *run) error {
 		slot := cfg.Slot(slotName)
 		err := r.phase(api.PhaseDeploy, api.StateDeploying, func() error {
-			st, err := a.store.LoadSlots(cfg.Name, nil)
+			st, err := e.store.LoadSlots(cfg.Name, nil)
 			if err != nil {
 				return err
 			}
@@ -31,23 +31,23 @@ func (a *Agent) deployOp(cfg *config.Site, slotName string, vars map[string]stri
 			if err != nil {
 				return err
 			}
-			set, err := a.slotSet(ctx, cfg, slot, s)
+			set, err := e.slotSet(ctx, cfg, slot, s)
 			if err != nil {
 				return err
 			}
 			want := steady(slot, set)
 			// Pre-flight, as a swap's: a version that cannot place at the slot's scale is refused
 			// before its lane moves.
-			if _, err := a.lanes.Plan(ctx, cfg, s.Lane.Value, app, want); err != nil {
+			if _, err := e.lanes.Plan(ctx, cfg, s.Lane.Value, app, want); err != nil {
 				return fmt.Errorf("pre-flight: %w; nothing was changed", err)
 			}
 			dctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
 			defer cancel()
-			ro, err := a.lanes.Ensure(dctx, cfg, s.Lane.Value, app, want, lanes.GateHealthy)
+			ro, err := e.lanes.Ensure(dctx, cfg, s.Lane.Value, app, want, lanes.GateHealthy)
 			if err != nil {
-				return a.putSlotBack(ctx, cfg, slotName, err)
+				return e.putSlotBack(ctx, cfg, slotName, err)
 			}
-			if _, err := a.store.Txn(a.store.BindOps(cfg.Name, slotName, s, s.Lane.Value, ro.Version)); err != nil {
+			if _, err := e.store.Txn(e.store.BindOps(cfg.Name, slotName, s, s.Lane.Value, ro.Version)); err != nil {
 				return fmt.Errorf("bind %s to lane %s version %d: %w", slotName, s.Lane.Value, ro.Version, err)
 			}
 			r.note(api.PhaseDeploy, fmt.Sprintf("lane %s version %d (%s)", s.Lane.Value, ro.Version, ro.Change))
@@ -63,15 +63,15 @@ func (a *Agent) deployOp(cfg *config.Site, slotName string, vars map[string]stri
 
 // putSlotBack puts a slot's lane back on what KV says after a failed phase, on a context of its
 // own (the failure may be the operation's own deadline), and says how that went.
-func (a *Agent) putSlotBack(ctx context.Context, cfg *config.Site, slotName string, cause error) error {
-	ctx, cancel := a.restoreContext(ctx)
+func (e *Engine) putSlotBack(ctx context.Context, cfg *config.Site, slotName string, cause error) error {
+	ctx, cancel := e.restoreContext(ctx)
 	defer cancel()
-	st, err := a.store.LoadSlots(cfg.Name, nil)
+	st, err := e.store.LoadSlots(cfg.Name, nil)
 	if err != nil {
 		return fmt.Errorf("%w; restoring %s failed: %v", cause, slotName, err)
 	}
 	lane := st.Slot(slotName).Lane.Value
-	ro, err := a.restoreSlot(ctx, cfg, slotName, lanes.GateHealthy)
+	ro, err := e.restoreSlot(ctx, cfg, slotName, lanes.GateHealthy)
 	if err != nil {
 		return fmt.Errorf("%w; restoring lane %s for %s failed too: %v", cause, lane, slotName, err)
 	}
@@ -81,7 +81,7 @@ func (a *Agent) putSlotBack(ctx context.Context, cfg *config.Site, slotName stri
 // autoSwap starts the swap that a deploy into a slot with auto_swap asks for. Runs on the owner.
 func (s *site) autoSwap(source, target string) {
 	op := &api.Operation{Kind: api.KindSwap, Trigger: "auto_swap", Source: source, Target: target}
-	if _, err := s.startOp(op, swapPhases, s.a.swapOp(s.cfg, source, target)); err != nil {
+	if _, err := s.startOp(op, swapPhases, s.eng.swapOp(s.cfg, source, target)); err != nil {
 		s.log.Error("auto-swap did not start", "source", source, "target", target, "error", err)
 	}
 }
@@ -93,13 +93,13 @@ func (s *site) rollback(trigger string) (*api.Operation, error) {
 		// A swap still monitoring its window, or holding its former target lane, is the one to
 		// roll back: starting the rollback ends the window (startOp), and the rollback takes
 		// the held lane back with a switch only. Anything else running is a conflict there.
-		if cur := s.a.ops.get(r.op.ID); cur != nil && (cur.State == api.StateMonitoring || cur.State == api.StateHolding) && cur.Switched &&
+		if cur := s.eng.ops.get(r.op.ID); cur != nil && (cur.State == api.StateMonitoring || cur.State == api.StateHolding) && cur.Switched &&
 			(cur.Kind == api.KindSwap || cur.Kind == api.KindRollback) {
 			return s.rollbackOf(cur, trigger)
 		}
 	}
 	var last *api.Operation
-	err := s.a.store.WalkHistory(s.name, 0, store.HistoryKeeps(s.cfg.HistoryLimit), func(h *api.Operation) bool {
+	err := s.eng.store.WalkHistory(s.name, 0, store.HistoryKeeps(s.cfg.HistoryLimit), func(h *api.Operation) bool {
 		if (h.Kind == api.KindSwap || h.Kind == api.KindRollback) && h.Switched {
 			last = h
 		}
@@ -120,5 +120,5 @@ func (s *site) rollbackOf(last *api.Operation, trigger string) (*api.Operation, 
 		return nil, fmt.Errorf("%w: the last swap of site %s moved slots %s and %s, which are no longer both declared", store.ErrBadRequest, s.name, last.Source, last.Target)
 	}
 	op := &api.Operation{Kind: api.KindRollback, Trigger: trigger, Source: last.Source, Target: last.Target, RollbackOf: last.ID}
-	return s.startOp(op, swapPhases, s.a.swapOp(s.cfg, last.Source, last.Target))
+	return s.startOp(op, swapPhases, s.eng.swapOp(s.cfg, last.Source, last.Target))
 }

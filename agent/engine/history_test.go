@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/slotd/slotd/agent/store"
+	"github.com/slotd/slotd/agent/store/storetest"
 
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
@@ -21,16 +22,16 @@ const historyPrefix = "slotd/sites/web/history/"
 
 // finished writes n finished operations into the history of site web, seqs 1 to n: older
 // than any operation the fake KV journals next.
-func finished(t testing.TB, kv *fakeKV, n int) {
+func finished(t testing.TB, kv *storetest.KV, n int) {
 	t.Helper()
 	for i := range n {
 		seq := uint64(1 + i)
-		kv.put(fmt.Sprintf("%s%020d", historyPrefix, seq), fmt.Sprintf(`{"id": "op-%d", "site": "web", "kind": "deploy", "state": "succeeded", "seq": %d}`, seq, seq))
+		kv.Put(fmt.Sprintf("%s%020d", historyPrefix, seq), fmt.Sprintf(`{"id": "op-%d", "site": "web", "kind": "deploy", "state": "succeeded", "seq": %d}`, seq, seq))
 	}
 }
 
 // historySeqs lists the seqs the history of site web holds, oldest first.
-func historySeqs(t testing.TB, kv *fakeKV) []uint64 {
+func historySeqs(t testing.TB, kv *storetest.KV) []uint64 {
 	t.Helper()
 	refs, err := (&store.Store{KV: kv, Prefix: "slotd"}).HistoryRefs("web")
 	require.NoError(t, err)
@@ -72,7 +73,7 @@ func TestHistoryPruning(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			kv := newFakeKV()
+			kv := storetest.New()
 			finished(t, kv, tc.existing)
 			st := &store.Store{KV: kv, Prefix: "slotd"}
 			st.Fence("session")
@@ -81,7 +82,7 @@ func TestHistoryPruning(t *testing.T) {
 			op.State = api.StateSucceeded
 
 			var sizes []int
-			kv.fail = func(ops consulapi.KVTxnOps) error {
+			kv.Fail = func(ops consulapi.KVTxnOps) error {
 				sizes = append(sizes, len(ops))
 				assert.Equal(t, consulapi.KVCheckSession, ops[0].Verb, "every transaction checks the leader lock first")
 				if tc.refuse && len(sizes) > 1 {
@@ -90,7 +91,7 @@ func TestHistoryPruning(t *testing.T) {
 				return nil
 			}
 			require.NoError(t, st.FinishOperation(op, tc.limit), "a prune left for later does not fail the move")
-			kv.fail = nil
+			kv.Fail = nil
 
 			assert.Len(t, sizes, tc.wantTxns, "transactions")
 			for i, n := range sizes {
@@ -116,9 +117,9 @@ func TestHistoryPruning(t *testing.T) {
 // TestHistoryPage: pages come newest first, before= goes on from a page's last seq, and
 // entries pruned or written by hand are left out.
 func TestHistoryPage(t *testing.T) {
-	kv := newFakeKV()
+	kv := storetest.New()
 	finished(t, kv, 12)
-	kv.put(historyPrefix+"notes", "written by hand")
+	kv.Put(historyPrefix+"notes", "written by hand")
 	st := &store.Store{KV: kv, Prefix: "slotd"}
 
 	seqs := func(ops []api.Operation) []uint64 {
@@ -155,10 +156,10 @@ func TestHistoryPage(t *testing.T) {
 		return true
 	})
 	require.NoError(t, err)
-	assert.Equal(t, 2, reads, "a walk reads at most as many entries as it is store.Bounded to")
+	assert.Equal(t, 2, reads, "a walk reads at most as many entries as it is bounded to")
 }
 
-// TestUnchangedConvergeIsNotKept: a settings Rollout that found every lane running what KV
+// TestUnchangedConvergeIsNotKept: a settings rollout that found every lane running what KV
 // says already is dropped from the journal and never reaches the history; one that changed a
 // lane, or failed, is kept.
 func TestUnchangedConvergeIsNotKept(t *testing.T) {
@@ -175,36 +176,36 @@ func TestUnchangedConvergeIsNotKept(t *testing.T) {
 	}{
 		{name: "nothing to change", keep: true, wantState: api.StateSucceeded, wantUnchanged: true},
 		{name: "a lane rolled out", wantState: api.StateSucceeded, wantKept: true},
-		{name: "a lanes.Rollout failed", keep: true, fail: true, wantState: api.StateFailed, wantKept: true},
+		{name: "a rollout failed", keep: true, fail: true, wantState: api.StateFailed, wantKept: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			kv := newFakeKV()
+			kv := storetest.New()
 			kvSlots(kv, false)
 			lanes := &fakeLanes{versions: map[string]uint64{"a": 3, "b": 5}, keep: tc.keep}
 			if tc.fail {
 				lanes.fail = func(string) bool { return true }
 			}
-			a := testAgent(kv, lanes)
+			e := testEngine(kv, lanes)
 			var err error
-			a.nomad, err = nomadapi.NewClient(&nomadapi.Config{Address: nomad.URL})
+			e.nomad, err = nomadapi.NewClient(&nomadapi.Config{Address: nomad.URL})
 			require.NoError(t, err)
 			op := &api.Operation{ID: "op-converge", Site: "web", Kind: api.KindSettings, Trigger: triggerConverge,
 				State: api.StatePending, Phases: []api.Phase{{Name: api.PhaseRollout, State: api.PhasePending}}}
-			require.NoError(t, a.store.CreateOperation(op))
+			require.NoError(t, e.store.CreateOperation(op))
 
-			r := a.newRun(nil, context.Background(), op)
+			r := e.newRun(nil, context.Background(), op)
 			r.historyLimit = 10
-			r.execute(a.convergeOp(testSite(), []string{"production", "staging"}))
+			r.execute(e.convergeOp(testSite(), []string{"production", "staging"}))
 
-			seen := a.ops.get(op.ID)
+			seen := e.ops.get(op.ID)
 			require.NotNil(t, seen)
 			assert.Equal(t, tc.wantState, seen.State, seen.Error)
 			assert.Equal(t, tc.wantUnchanged, seen.Unchanged, "what a client following the operation sees")
-			journaled, err := a.store.RunningOperation("web")
+			journaled, err := e.store.RunningOperation("web")
 			require.NoError(t, err)
 			assert.Nil(t, journaled, "the journal is cleared either way")
-			hist, err := a.store.HistoryPage("web", 10, 0)
+			hist, err := e.store.HistoryPage("web", 10, 0)
 			require.NoError(t, err)
 			if tc.wantKept {
 				require.Len(t, hist, 1)

@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -44,7 +44,7 @@ const triggerConverge = "converge"
 // observed changed, it compares every lane with what KV says and starts a converge operation
 // for the lanes that differ (DESIGN.md §3, "Recovery and convergence").
 type site struct {
-	a    *Agent
+	eng  *Engine
 	name string
 	log  hclog.Logger
 
@@ -82,9 +82,9 @@ type siteView struct {
 	running *run
 }
 
-func newSite(a *Agent, cfg *config.Site) *site {
+func newSite(e *Engine, cfg *config.Site) *site {
 	s := &site{
-		a: a, name: cfg.Name, log: a.logger.With("site", cfg.Name), cfg: cfg,
+		eng: e, name: cfg.Name, log: e.logger.With("site", cfg.Name), cfg: cfg,
 		calls: make(chan func()), changed: make(chan struct{}, 1), stopped: make(chan struct{}),
 	}
 	s.publish()
@@ -126,8 +126,8 @@ func (s *site) do(fn func() (*api.Operation, error)) (*api.Operation, error) {
 	if !s.post(func() { op, err := fn(); ch <- answer{op, err} }) {
 		return nil, fmt.Errorf("%w: site %s is no longer managed", ErrNotFound, s.name)
 	}
-	a := <-ch
-	return a.op, a.err
+	ans := <-ch
+	return ans.op, ans.err
 }
 
 // poke tells the owner that something it observes may have changed.
@@ -232,7 +232,7 @@ func (s *site) boot() {
 		attempt++
 		cfg := s.cfg // each attempt with the declarations as they are now
 		go func() {
-			op, err := s.a.bootstrap(lead, cfg)
+			op, err := s.eng.bootstrap(lead, cfg)
 			s.post(func() {
 				if s.lead != lead {
 					return
@@ -250,7 +250,7 @@ func (s *site) boot() {
 				s.booting, s.ready = false, true
 				s.log.Info("site ready")
 				if op != nil && s.running == nil {
-					if r := s.a.inflight(s.name); r != nil {
+					if r := s.eng.inflight(s.name); r != nil {
 						// A run of an earlier owner of this site (removed by a reload, then
 						// declared again) still executes it: take over once it stopped.
 						go func() {
@@ -289,7 +289,7 @@ func (s *site) check() {
 	lead, cfg := s.lead, s.cfg
 	go func() {
 		ctx, cancel := context.WithTimeout(lead, checkTimeout)
-		slots, err := s.a.differing(ctx, cfg)
+		slots, err := s.eng.differing(ctx, cfg)
 		cancel()
 		s.post(func() {
 			if s.lead != lead {
@@ -304,7 +304,7 @@ func (s *site) check() {
 			case len(slots) > 0 && s.running == nil:
 				s.log.Info("lanes differ from kv; converging", "slots", fmt.Sprint(slots))
 				op := &api.Operation{Kind: api.KindSettings, Trigger: triggerConverge}
-				if _, err := s.startOp(op, []string{api.PhaseRollout}, s.a.convergeOp(cfg, slots)); err != nil {
+				if _, err := s.startOp(op, []string{api.PhaseRollout}, s.eng.convergeOp(cfg, slots)); err != nil {
 					s.log.Warn("cannot start converging", "error", err)
 				}
 			default:
@@ -323,28 +323,28 @@ func (s *site) convergeNow() (*api.Operation, error) {
 		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(s.lead, checkTimeout)
-	slots, err := s.a.differing(ctx, s.cfg)
+	slots, err := s.eng.differing(ctx, s.cfg)
 	cancel()
 	if err != nil || len(slots) == 0 {
 		return nil, err
 	}
 	s.dirty = false
 	op := &api.Operation{Kind: api.KindSettings, Trigger: triggerConverge}
-	return s.startOp(op, []string{api.PhaseRollout}, s.a.convergeOp(s.cfg, slots))
+	return s.startOp(op, []string{api.PhaseRollout}, s.eng.convergeOp(s.cfg, slots))
 }
 
 // startOp journals op as the site's running operation and carries it out in the background.
 // It refuses while another operation runs, except a swap that only monitors: a new operation
 // ends that monitoring early, with no rollback. Runs on the owner.
 func (s *site) startOp(op *api.Operation, phases []string, fn opFunc) (*api.Operation, error) {
-	a := s.a
-	if !a.isLeader() {
-		return nil, errNotLeader
+	e := s.eng
+	if !e.Leading() {
+		return nil, ErrNotLeader
 	}
 	if s.lead == nil || !s.ready {
 		// Leading, but the owner has not heard of the leadership yet or is still bringing
 		// the site up.
-		return nil, fmt.Errorf("site %s is %w; nothing was started, retry in a few seconds", s.name, errStarting)
+		return nil, fmt.Errorf("site %s is %w; nothing was started, retry in a few seconds", s.name, ErrStarting)
 	}
 	var held *api.Operation
 	if r := s.running; r != nil {
@@ -359,7 +359,7 @@ func (s *site) startOp(op *api.Operation, phases []string, fn opFunc) (*api.Oper
 	}
 	if held != nil && !touchesHeld(op, held.Source) {
 		phases = append([]string{api.PhaseSettle}, phases...)
-		fn = s.a.settleFirst(s.cfg, held, fn)
+		fn = s.eng.settleFirst(s.cfg, held, fn)
 	}
 	now := time.Now().UTC()
 	op.ID, op.Site, op.State = newID(), s.name, api.StatePending
@@ -367,11 +367,11 @@ func (s *site) startOp(op *api.Operation, phases []string, fn opFunc) (*api.Oper
 	for _, p := range phases {
 		op.Phases = append(op.Phases, api.Phase{Name: p, State: api.PhasePending})
 	}
-	err := a.store.CreateOperation(op)
+	err := e.store.CreateOperation(op)
 	if errors.Is(err, store.ErrBusy) {
 		// An operation that ended but was never moved into history is moved now.
-		if pending, perr := a.store.PendingOperation(s.name, s.cfg.HistoryLimit); perr == nil && pending == nil {
-			err = a.store.CreateOperation(op)
+		if pending, perr := e.store.PendingOperation(s.name, s.cfg.HistoryLimit); perr == nil && pending == nil {
+			err = e.store.CreateOperation(op)
 		}
 	}
 	if err != nil {
@@ -380,27 +380,27 @@ func (s *site) startOp(op *api.Operation, phases []string, fn opFunc) (*api.Oper
 		}
 		return nil, err
 	}
-	a.metrics.OpsStarted.WithLabelValues(s.name, op.Kind).Inc()
+	e.metrics.OpsStarted.WithLabelValues(s.name, op.Kind).Inc()
 	s.log.Info("operation started", "op", op.ID, "kind", op.Kind, "trigger", op.Trigger)
 	s.execute(op, fn)
-	return a.ops.get(op.ID), nil
+	return e.ops.get(op.ID), nil
 }
 
 // resume takes over an operation that a stopped daemon left journaled.
 func (s *site) resume(op *api.Operation) {
 	s.log.Info("recovering operation", "op", op.ID, "kind", op.Kind, "state", op.State)
-	s.execute(op, s.a.recoverOp(s.cfg, op))
+	s.execute(op, s.eng.recoverOp(s.cfg, op))
 }
 
 // execute runs fn as op's run in the background; the owner hears when it ended.
 func (s *site) execute(op *api.Operation, fn opFunc) {
-	r := s.a.newRun(s, s.lead, op)
+	r := s.eng.newRun(s, s.lead, op)
 	r.historyLimit = s.cfg.HistoryLimit
 	s.running = r
-	s.a.track(s.name, r)
+	s.eng.track(s.name, r)
 	go func() {
 		r.execute(fn)
-		s.a.untrack(s.name, r)
+		s.eng.untrack(s.name, r)
 		s.post(func() { s.ended(r) })
 	}()
 }
@@ -445,7 +445,7 @@ func (s *site) moveUnmoved() error {
 	if s.unmoved == nil {
 		return nil
 	}
-	if err := s.a.store.MoveToHistory(s.unmoved, s.cfg.HistoryLimit); err != nil {
+	if err := s.eng.store.MoveToHistory(s.unmoved, s.cfg.HistoryLimit); err != nil {
 		return err
 	}
 	s.log.Info("finished operation taken out of the journal", "op", s.unmoved.ID, "in_history", !s.unmoved.Unchanged)

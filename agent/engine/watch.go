@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -25,45 +25,45 @@ import (
 // holds a connection, and Consul and Nomad limit the connections of one client address
 // (http_max_conns_per_client, 200 and 100 by default): what slotd holds open while idle does
 // not grow with its sites.
-func (a *Agent) watchShared(ctx context.Context) {
+func (e *Engine) watchShared(ctx context.Context) {
 	opts := func(backend, w string) query.Opts {
 		return query.Opts{
 			Backend: backend, Wait: query.IdleWait, Gap: query.Gap,
-			Count:   a.metrics.WatchRequests.WithLabelValues(allSites, w).Inc,
-			OnError: func(err error) { a.logger.Warn("watch failed", "watch", w, "error", err) },
+			Count:   e.metrics.WatchRequests.WithLabelValues(allSites, w).Inc,
+			OnError: func(err error) { e.logger.Warn("watch failed", "watch", w, "error", err) },
 		}
 	}
 	never := func(uint64) bool { return false }
 	slots, jobs, checks := lastSums{}, lastSums{}, lastSums{}
 	// KV: the keys of the sites folder, one level deep, answer when anything below it changed;
 	// then the slots of every site are read in a transaction or a few, and compared.
-	go a.follow.Follow(ctx, opts("consul", "kv"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+	go e.follow.Follow(ctx, opts("consul", "kv"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
-		_, meta, err := a.store.KV.Keys(a.store.SitesPrefix(), "/", q)
+		_, meta, err := e.store.KV.Keys(e.store.SitesPrefix(), "/", q)
 		if err != nil {
-			return 0, fmt.Errorf("watch consul kv %s: %w", a.store.SitesPrefix(), err)
+			return 0, fmt.Errorf("watch consul kv %s: %w", e.store.SitesPrefix(), err)
 		}
-		sites := a.siteList()
-		sums, err := a.store.SlotSums(ctx, siteNames(sites))
+		sites := e.siteList()
+		sums, err := e.store.SlotSums(ctx, siteNames(sites))
 		if err != nil {
 			return 0, err
 		}
 		slots.poke(sites, sums)
 		return meta.LastIndex, nil
 	}, never)
-	go a.follow.Follow(ctx, opts("nomad", "jobs"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+	go e.follow.Follow(ctx, opts("nomad", "jobs"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 		q := (&nomadapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
-		stubs, meta, err := a.nomad.Jobs().List(q)
+		stubs, meta, err := e.nomad.Jobs().List(q)
 		if err != nil {
 			return 0, err
 		}
-		sites := a.siteList()
+		sites := e.siteList()
 		jobs.poke(sites, jobSums(siteNames(sites), stubs))
 		return meta.LastIndex, nil
 	}, never)
 	var filter string
-	go a.follow.Follow(ctx, opts("consul", "checks"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
-		sites := a.siteList()
+	go e.follow.Follow(ctx, opts("consul", "checks"), func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
+		sites := e.siteList()
 		services := map[string][]string{} // service name → sites
 		for _, s := range sites {
 			svc := s.config().Service
@@ -73,12 +73,12 @@ func (a *Agent) watchShared(ctx context.Context) {
 			filter, index = f, 0 // other services: the answer to wait on is a new one
 		}
 		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait, Filter: filter}).WithContext(ctx)
-		hcs, meta, err := a.consul.Health().State(consulapi.HealthAny, q)
+		hcs, meta, err := e.consul.Health().State(consulapi.HealthAny, q)
 		if err != nil {
 			return 0, fmt.Errorf("read consul health checks: %w", err)
 		}
 		for _, s := range checks.poke(sites, checkSums(services, hcs)) {
-			a.refreshInstances(ctx, s.config())
+			e.refreshInstances(ctx, s.config())
 		}
 		return meta.LastIndex, nil
 	}, never)
@@ -164,12 +164,12 @@ func servicesFilter(services map[string][]string) string {
 
 // refreshInstances updates the per-slot instance gauges of a site from Consul: passing or not,
 // per slot, by the lane KV binds it to.
-func (a *Agent) refreshInstances(ctx context.Context, cfg *config.Site) {
-	entries, _, err := a.lanes.SiteEntries(ctx, cfg, 0, 0)
+func (e *Engine) refreshInstances(ctx context.Context, cfg *config.Site) {
+	entries, _, err := e.lanes.SiteEntries(ctx, cfg, 0, 0)
 	if err != nil {
 		return
 	}
-	st, err := a.store.LoadSlots(cfg.Name, nil)
+	st, err := e.store.LoadSlots(cfg.Name, nil)
 	if err != nil {
 		return
 	}
@@ -186,7 +186,7 @@ func (a *Agent) refreshInstances(ctx context.Context, cfg *config.Site) {
 				fail++
 			}
 		}
-		a.metrics.Instances.WithLabelValues(cfg.Name, slot.Name, "passing").Set(float64(pass))
-		a.metrics.Instances.WithLabelValues(cfg.Name, slot.Name, "failing").Set(float64(fail))
+		e.metrics.Instances.WithLabelValues(cfg.Name, slot.Name, "passing").Set(float64(pass))
+		e.metrics.Instances.WithLabelValues(cfg.Name, slot.Name, "failing").Set(float64(fail))
 	}
 }

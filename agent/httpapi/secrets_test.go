@@ -1,65 +1,16 @@
-package agent
+package httpapi
 
 import (
 	"cmp"
 	"encoding/json"
-	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/slotd/slotd/api"
-	"github.com/slotd/slotd/config"
 )
-
-// Secrets that secretsAgent keeps where the API can read them. Sticky DB values come from
-// kvSlots: prod-db and staging-db.
-const (
-	historyPassword = "pw-in-history"
-	runningPassword = "pw-running"
-)
-
-// secretsAgent is an agent whose KV is a fakeKV holding web's slots (kvSlots), a running
-// operation and a finished one, both deploys with db_password, which web declares sensitive;
-// its Consul answers an empty service. It reads all it serves without the real stack.
-func secretsAgent(t testing.TB, token string, readRequiresToken *bool) *Agent {
-	t.Helper()
-	consul := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("X-Consul-Index", "7")
-		_, _ = w.Write([]byte("[]"))
-	}))
-	t.Cleanup(consul.Close)
-	cfg := config.Default()
-	cfg.HTTP.Address = "127.0.0.1:0"
-	cfg.HTTP.Token = token
-	cfg.HTTP.ReadRequiresToken = readRequiresToken
-	cfg.Consul.Address = strings.TrimPrefix(consul.URL, "http://")
-	cfg.Nomad.Address = "http://127.0.0.1:1"
-	site := testSite()
-	site.Job = "/nonexistent.nomad.hcl"
-	site.SensitiveVars = []string{"db_password"}
-	cfg.Sites = []*config.Site{site}
-	a, err := New(cfg, hclog.NewNullLogger())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = a.listener.Close() })
-
-	kv := newFakeKV()
-	kvSlots(kv, false)
-	deploy := func(id, state, password string) string {
-		b, err := json.Marshal(api.Operation{ID: id, Site: "web", Kind: api.KindDeploy, State: state, Slot: "staging",
-			Vars: map[string]string{"db_password": password, "app_version": "v2"}})
-		require.NoError(t, err)
-		return string(b)
-	}
-	kv.put("slotd/sites/web/history/00000000000000000001", deploy("op-old", api.StateSucceeded, historyPassword))
-	kv.put("slotd/sites/web/operation", deploy("op-now", api.StateDeploying, runningPassword))
-	a.store.KV = kv
-	return a
-}
 
 func ptr[T any](v T) *T { return &v }
 
@@ -111,13 +62,13 @@ func TestReadAccess(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			a := secretsAgent(t, tc.token, tc.readRequires)
+			s := newFakeBackend(tc.token, tc.readRequires).server(t)
 			req := httptest.NewRequest(cmp.Or(tc.method, "GET"), tc.path, nil)
 			if tc.bearer != "" {
 				req.Header.Set("Authorization", "Bearer "+tc.bearer)
 			}
 			rec := httptest.NewRecorder()
-			a.server.Handler.ServeHTTP(rec, req)
+			s.Handler().ServeHTTP(rec, req)
 			require.Equal(t, tc.want, rec.Code, rec.Body.String())
 			if tc.wantMessage != "" {
 				var e api.ErrorResponse
@@ -139,9 +90,10 @@ func TestReadAccess(t *testing.T) {
 // without reveal none shows in clear, with it every sticky value does, and so does a
 // sensitive variable kept before it was declared sensitive.
 func TestNoSecretInAnyAnswer(t *testing.T) {
-	a := secretsAgent(t, "s3cret", nil)
-	a.ops.publish(&api.Operation{ID: "op-mem", Site: "web", Kind: api.KindDeploy, State: api.StateDeploying,
-		Vars: map[string]string{"db_password": runningPassword}})
+	b := newFakeBackend("s3cret", nil)
+	s := b.server(t)
+	b.ops["op-mem"] = &api.Operation{ID: "op-mem", Site: "web", Kind: api.KindDeploy, State: api.StateDeploying,
+		Vars: map[string]string{"db_password": runningPassword}}
 	secrets := []string{"prod-db", "staging-db", historyPassword, runningPassword}
 	// Each path, and what it shows in clear with reveal: sticky values, and the sensitive
 	// variable of an operation kept before its variable was declared sensitive.
@@ -164,7 +116,7 @@ func TestNoSecretInAnyAnswer(t *testing.T) {
 				req := httptest.NewRequest("GET", target, nil)
 				req.Header.Set("Authorization", "Bearer s3cret")
 				rec := httptest.NewRecorder()
-				a.server.Handler.ServeHTTP(rec, req)
+				s.Handler().ServeHTTP(rec, req)
 				require.Equal(t, 200, rec.Code, rec.Body.String())
 				body := rec.Body.String()
 				if reveal {
@@ -181,7 +133,7 @@ func TestNoSecretInAnyAnswer(t *testing.T) {
 		}
 	}
 	// The masked answers did not change what the registry holds.
-	assert.Equal(t, runningPassword, a.ops.get("op-mem").Vars["db_password"])
+	assert.Equal(t, runningPassword, b.ops["op-mem"].Vars["db_password"])
 }
 
 // TestMaskAnswer: every answer type that carries settings or variables comes back masked, as
@@ -239,14 +191,4 @@ func TestMaskAnswer(t *testing.T) {
 			}
 		})
 	}
-}
-
-// TestHideVars: the operation a deploy journals holds the sensitive variables' names with
-// api.Hidden, and every other variable as given.
-func TestHideVars(t *testing.T) {
-	given := map[string]string{"db_password": "pw", "image": "web:2"}
-	got := hideVars(given, []string{"db_password", "api_key"})
-	assert.Equal(t, map[string]string{"db_password": api.Hidden, "image": "web:2"}, got)
-	assert.Equal(t, "pw", given["db_password"], "the deploy itself still gets the value")
-	assert.Nil(t, hideVars(nil, []string{"db_password"}))
 }

@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"testing"
@@ -55,7 +55,7 @@ func TestSwapStates(t *testing.T) {
 
 	s := switched(prod, src, tgt)
 	assert.Equal(t, []string{"production", "urlprefix-www/"}, s.Tags)
-	assert.Equal(t, a.Env, s.Env, "switch is tags-only for the lanes.Source lane")
+	assert.Equal(t, a.Env, s.Env, "switch is tags-only for the source lane")
 
 	d := drained(prod, tgt, false)
 	assert.Empty(t, d.Tags, "the target lane leaves every route")
@@ -68,7 +68,7 @@ func TestSwapStates(t *testing.T) {
 	back := applied(prod, store.SlotSettings{Settings: tgt.Settings, Sticky: src.Sticky}, tgt)
 	assert.Equal(t, h.Env, back.Env, "an instant swap back is tags-only for the held lane")
 
-	// After the exchange the Source slot holds the target's swappable settings.
+	// After the exchange the source slot holds the target's swappable settings.
 	settled := steady(staging, store.SlotSettings{Settings: tgt.Settings, Sticky: src.Sticky})
 	assert.Equal(t, []string{"staging", "urlprefix-staging/"}, settled.Tags)
 	assert.Equal(t, map[string]string{"FEATURE": "off", "DB": "staging-db"}, settled.Env)

@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -22,7 +22,7 @@ import (
 
 // resolveScale gives set the scale of slot: the declared counts, or for "live" the counts the
 // slot's lane runs in Nomad now, or else the counts KV stores (set.Scale as read).
-func (a *Agent) resolveScale(ctx context.Context, cfg *config.Site, slot *config.Slot, lane string, set store.SlotSettings) (store.SlotSettings, error) {
+func (e *Engine) resolveScale(ctx context.Context, cfg *config.Site, slot *config.Slot, lane string, set store.SlotSettings) (store.SlotSettings, error) {
 	switch {
 	case slot.Scale != nil:
 		set.Scale = maps.Clone(slot.Scale)
@@ -30,7 +30,7 @@ func (a *Agent) resolveScale(ctx context.Context, cfg *config.Site, slot *config
 		// What the lane runs while it serves the slot; a lane that runs as another slot (the
 		// middle of a swap) tells nothing of this slot's size: KV has it from before.
 		set.Live = true
-		counts, serves, err := a.lanes.Counts(ctx, cfg, lane)
+		counts, serves, err := e.lanes.Counts(ctx, cfg, lane)
 		if err != nil {
 			return set, err
 		}
@@ -42,8 +42,8 @@ func (a *Agent) resolveScale(ctx context.Context, cfg *config.Site, slot *config
 }
 
 // slotSet is a slot's settings and resolved scale, from what KV holds for it.
-func (a *Agent) slotSet(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState) (store.SlotSettings, error) {
-	return a.resolveScale(ctx, cfg, slot, ss.Lane.Value, ss.Values())
+func (e *Engine) slotSet(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState) (store.SlotSettings, error) {
+	return e.resolveScale(ctx, cfg, slot, ss.Lane.Value, ss.Values())
 }
 
 // seedScale is what a slot's scale document needs at start: the declared counts (a changed
@@ -51,14 +51,14 @@ func (a *Agent) slotSet(ctx context.Context, cfg *config.Site, slot *config.Slot
 // so an undeclared slot keeps the size it had when it was first bound; a "live" slot's document
 // follows what its lane runs. A lane not started yet gets its jobspec's counts, recorded when
 // it starts (firstScale).
-func (a *Agent) seedScale(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState, lane string) (consulapi.KVTxnOps, error) {
+func (e *Engine) seedScale(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState, lane string) (consulapi.KVTxnOps, error) {
 	if slot.Scale != nil {
-		return a.store.ScaleOps(cfg.Name, slot.Name, ss.Scale, slot.Scale), nil
+		return e.store.ScaleOps(cfg.Name, slot.Name, ss.Scale, slot.Scale), nil
 	}
 	if ss.Scale.Index != 0 && !slot.ScaleLive {
 		return nil, nil
 	}
-	counts, serves, err := a.lanes.Counts(ctx, cfg, lane)
+	counts, serves, err := e.lanes.Counts(ctx, cfg, lane)
 	if err != nil {
 		return nil, err
 	}
@@ -66,31 +66,31 @@ func (a *Agent) seedScale(ctx context.Context, cfg *config.Site, slot *config.Sl
 		// No lane yet, or one that runs as another slot (a swap under way): nothing to learn.
 		return nil, nil
 	}
-	return a.store.ScaleOps(cfg.Name, slot.Name, ss.Scale, counts), nil
+	return e.store.ScaleOps(cfg.Name, slot.Name, ss.Scale, counts), nil
 }
 
 // firstScale records the counts a lane started with as its slot's scale, when KV holds none.
-func (a *Agent) firstScale(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState) consulapi.KVTxnOps {
+func (e *Engine) firstScale(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState) consulapi.KVTxnOps {
 	if slot.ScaleDeclared() || ss.Scale.Index != 0 {
 		return nil
 	}
-	counts, _, err := a.lanes.Counts(ctx, cfg, ss.Lane.Value)
+	counts, _, err := e.lanes.Counts(ctx, cfg, ss.Lane.Value)
 	if err != nil || counts == nil {
 		return nil // recorded at the next start
 	}
-	return a.store.ScaleOps(cfg.Name, slot.Name, ss.Scale, counts)
+	return e.store.ScaleOps(cfg.Name, slot.Name, ss.Scale, counts)
 }
 
 // scaleOp changes the counts of task groups of a slot whose scale is not declared in HCL: a
 // pre-flight plans the slot's lane at the new counts, then KV takes them and the lane rolls
-// out, health-gated; a Rollout that fails puts the lane and the counts back (failRollout).
-func (a *Agent) scaleOp(cfg *config.Site, slotName string, counts map[string]int) opFunc {
+// out, health-gated; a rollout that fails puts the lane and the counts back (failRollout).
+func (e *Engine) scaleOp(cfg *config.Site, slotName string, counts map[string]int) opFunc {
 	return func(ctx context.Context, r *run) error {
 		slot := cfg.Slot(slotName)
 		var ss *store.SlotState
 		var want map[string]int
 		err := r.phase(api.PhasePreflight, api.StatePending, func() error {
-			st, err := a.store.LoadSlots(cfg.Name, nil)
+			st, err := e.store.LoadSlots(cfg.Name, nil)
 			if err != nil {
 				return err
 			}
@@ -98,12 +98,12 @@ func (a *Agent) scaleOp(cfg *config.Site, slotName string, counts map[string]int
 			if ss.Lane.Value == "" || ss.Version.Value == "" {
 				return fmt.Errorf("slot %s runs no lane yet", slotName)
 			}
-			set, err := a.slotSet(ctx, cfg, slot, ss)
+			set, err := e.slotSet(ctx, cfg, slot, ss)
 			if err != nil {
 				return err
 			}
 			if set.Scale == nil {
-				if set.Scale, _, err = a.lanes.Counts(ctx, cfg, ss.Lane.Value); err != nil {
+				if set.Scale, _, err = e.lanes.Counts(ctx, cfg, ss.Lane.Value); err != nil {
 					return err
 				}
 			}
@@ -113,11 +113,11 @@ func (a *Agent) scaleOp(cfg *config.Site, slotName string, counts map[string]int
 			}
 			maps.Copy(want, counts)
 			set.Scale = want
-			src, err := a.lanes.Submission(ctx, cfg, ss.Lane.Value, ss.BoundVersion(), true)
+			src, err := e.lanes.Submission(ctx, cfg, ss.Lane.Value, ss.BoundVersion(), true)
 			if err != nil {
 				return err
 			}
-			if _, err := a.lanes.Plan(ctx, cfg, ss.Lane.Value, src, steady(slot, set)); err != nil {
+			if _, err := e.lanes.Plan(ctx, cfg, ss.Lane.Value, src, steady(slot, set)); err != nil {
 				return fmt.Errorf("pre-flight: %w; nothing was changed", err)
 			}
 			r.note(api.PhasePreflight, fmt.Sprintf("lane %s places at %s", ss.Lane.Value, lanes.FormatScale(want)))
@@ -127,10 +127,10 @@ func (a *Agent) scaleOp(cfg *config.Site, slotName string, counts map[string]int
 			return err
 		}
 		return r.phase(api.PhaseRollout, api.StateDeploying, func() error {
-			if _, err := a.store.Txn(a.store.ScaleOps(cfg.Name, slotName, ss.Scale, want)); err != nil {
+			if _, err := e.store.Txn(e.store.ScaleOps(cfg.Name, slotName, ss.Scale, want)); err != nil {
 				return fmt.Errorf("write the scale of %s: %w", slotName, err)
 			}
-			msgs, _, err := a.converge(ctx, cfg, []string{slotName})
+			msgs, _, err := e.converge(ctx, cfg, []string{slotName})
 			r.note(api.PhaseRollout, strings.Join(msgs, "; "))
 			return err
 		})

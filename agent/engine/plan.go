@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"maps"
@@ -28,17 +28,17 @@ func steady(s *config.Slot, set store.SlotSettings) lanes.State {
 	return lanes.State{Slot: s.Name, Tags: slotTags(s), Env: effectiveEnv(set.Settings, set.Sticky), Scale: maps.Clone(set.Scale), Live: set.Live}
 }
 
-// The states of a swap of Source into target. src and tgt are the settings of the two slots as
-// they were when the swap started; the Source lane carries the app of src.
+// The states of a swap of source into target. src and tgt are the settings of the two slots as
+// they were when the swap started; the source lane carries the app of src.
 
-// applied: the Source lane off the source's routes, with the target's sticky settings and
+// applied: the source lane off the source's routes, with the target's sticky settings and
 // identity and the target's scale, reachable only through the target's preview tags (phase 1).
 func applied(target *config.Slot, src, tgt store.SlotSettings) lanes.State {
 	return lanes.State{Slot: target.Name, Tags: append([]string(nil), target.PreviewTags...), Env: effectiveEnv(src.Settings, tgt.Sticky),
 		Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
 }
 
-// switched: the Source lane on the target's routes (phase 3, make).
+// switched: the source lane on the target's routes (phase 3, make).
 func switched(target *config.Slot, src, tgt store.SlotSettings) lanes.State {
 	return lanes.State{Slot: target.Name, Tags: slotTags(target), Env: effectiveEnv(src.Settings, tgt.Sticky),
 		Scale: maps.Clone(tgt.Scale), Live: tgt.Live}

@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -19,26 +19,26 @@ import (
 // a lost lock) is undone, make before break: the target's lane gets its routes back before
 // the source's lane is put back. Any other operation is undone by
 // converging every lane to KV, which still binds the slots to the versions they had before.
-func (a *Agent) recoverOp(cfg *config.Site, op *api.Operation) opFunc {
+func (e *Engine) recoverOp(cfg *config.Site, op *api.Operation) opFunc {
 	swap := op.Kind == api.KindSwap || op.Kind == api.KindRollback
 	if swap && cfg.Slot(op.Source) != nil && cfg.Slot(op.Target) != nil {
 		forward := op.State == api.StatePreviewing || op.Switched || op.HandedOff || op.Instant || succeeded(op, api.PhaseWarm)
 		if forward && !ended(op) {
 			op.HandedOff = false
-			return a.swapOp(cfg, op.Source, op.Target)
+			return e.swapOp(cfg, op.Source, op.Target)
 		}
 		return func(ctx context.Context, r *run) error {
 			cause := fmt.Errorf("interrupted in state %s by a daemon restart", op.State)
-			rctx, cancel := a.restoreContext(ctx)
+			rctx, cancel := e.restoreContext(ctx)
 			defer cancel()
-			if _, err := a.restoreSlot(rctx, cfg, op.Target, lanes.GateTags); err != nil {
+			if _, err := e.restoreSlot(rctx, cfg, op.Target, lanes.GateTags); err != nil {
 				return fmt.Errorf("%w; putting %s's lane back failed: %v", cause, op.Target, err)
 			}
-			return a.putSlotBack(ctx, cfg, op.Source, cause)
+			return e.putSlotBack(ctx, cfg, op.Source, cause)
 		}
 	}
 	return func(ctx context.Context, r *run) error {
-		if _, _, err := a.converge(ctx, cfg, cfg.SlotNames()); err != nil {
+		if _, _, err := e.converge(ctx, cfg, cfg.SlotNames()); err != nil {
 			return fmt.Errorf("interrupted in state %s by a daemon restart; putting the lanes back failed: %w", op.State, err)
 		}
 		return fmt.Errorf("interrupted in state %s by a daemon restart; every lane runs what KV says for its slot", op.State)

@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/slotd/slotd/agent/store/storetest"
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
 )
@@ -65,7 +66,7 @@ func TestSwapScale(t *testing.T) {
 			wantErr:    "pre-flight: nomad cannot place web-b",
 		},
 		{
-			name:       "warm-up fails: the lanes.Source lane goes back to its own scale",
+			name:       "warm-up fails: the source lane goes back to its own scale",
 			op:         phased(),
 			noWarm:     true,
 			wantScales: []string{"plan b as production app=3", "b as production app=3", "b as staging app=1"},
@@ -116,10 +117,10 @@ func TestSwapScale(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			app := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 			defer app.Close()
-			kv := newFakeKV()
+			kv := storetest.New()
 			kvSlots(kv, tc.exchanged)
-			kv.put("slotd/sites/web/slots/production/scale", `{"app": 3}`)
-			kv.put("slotd/sites/web/slots/staging/scale", `{"app": 1}`)
+			kv.Put("slotd/sites/web/slots/production/scale", `{"app": 3}`)
+			kv.Put("slotd/sites/web/slots/staging/scale", `{"app": 1}`)
 			prodLane, stagingLane := "a", "b"
 			if tc.exchanged {
 				prodLane, stagingLane = "b", "a"
@@ -135,8 +136,8 @@ func TestSwapScale(t *testing.T) {
 			if !tc.noWarm {
 				lanes.instance = strings.TrimPrefix(app.URL, "http://")
 			}
-			a := testAgent(kv, lanes)
-			a.httpClient = app.Client()
+			e := testEngine(kv, lanes)
+			e.httpClient = app.Client()
 			cfg := testSite()
 			if tc.prod != nil {
 				tc.prod(cfg.Slot("production"))
@@ -144,12 +145,12 @@ func TestSwapScale(t *testing.T) {
 			if tc.staging != nil {
 				tc.staging(cfg.Slot("staging"))
 			}
-			require.NoError(t, a.store.CreateOperation(tc.op))
-			fn := a.swapOp(cfg, "staging", "production")
+			require.NoError(t, e.store.CreateOperation(tc.op))
+			fn := e.swapOp(cfg, "staging", "production")
 			if tc.recover {
-				fn = a.recoverOp(cfg, tc.op)
+				fn = e.recoverOp(cfg, tc.op)
 			}
-			err := fn(context.Background(), a.newRun(nil, context.Background(), tc.op))
+			err := fn(context.Background(), e.newRun(nil, context.Background(), tc.op))
 			if tc.wantErr == "" {
 				assert.NoError(t, err)
 			} else {
@@ -157,9 +158,9 @@ func TestSwapScale(t *testing.T) {
 			}
 			assert.Equal(t, tc.wantScales, lanes.scales)
 			if tc.wantKVProd != "" {
-				assert.JSONEq(t, tc.wantKVProd, kv.value("slotd/sites/web/slots/production/scale"))
+				assert.JSONEq(t, tc.wantKVProd, kv.Value("slotd/sites/web/slots/production/scale"))
 			}
-			assert.JSONEq(t, `{"app": 1}`, kv.value("slotd/sites/web/slots/staging/scale"), "staging's scale stays")
+			assert.JSONEq(t, `{"app": 1}`, kv.Value("slotd/sites/web/slots/staging/scale"), "staging's scale stays")
 		})
 	}
 }

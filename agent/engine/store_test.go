@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/slotd/slotd/agent/store"
+	"github.com/slotd/slotd/agent/store/storetest"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -18,48 +19,48 @@ import (
 // deleted; a lane kept as its short name (before KV held job IDs) becomes the job ID; a second
 // start writes nothing.
 func TestBootstrapSeedsAndMigrates(t *testing.T) {
-	kv := newFakeKV()
+	kv := storetest.New()
 	cfg := testSite()
 	cfg.Slots[0].Settings = map[string]string{"FEATURE": "declared"}
 	cfg.Slots[1].Sticky = map[string]string{}
 	for i := range 150 {
 		cfg.Slots[1].Sticky[fmt.Sprintf("K%03d", i)] = "declared"
 	}
-	kv.put("slotd/sites/web/slots/production/lane", "a")
+	kv.Put("slotd/sites/web/slots/production/lane", "a")
 	for i := range 100 {
-		kv.put(fmt.Sprintf("slotd/sites/web/slots/production/settings/S%03d", i), "legacy")
+		kv.Put(fmt.Sprintf("slotd/sites/web/slots/production/settings/S%03d", i), "legacy")
 	}
-	kv.put("slotd/sites/web/slots/production/settings/FEATURE", "edited-in-kv")
-	kv.put("slotd/sites/web/slots/staging/sticky/K000", "legacy")
-	kv.put("slotd/sites/web/slots/staging/sticky", `{"K000": "document"}`)
+	kv.Put("slotd/sites/web/slots/production/settings/FEATURE", "edited-in-kv")
+	kv.Put("slotd/sites/web/slots/staging/sticky/K000", "legacy")
+	kv.Put("slotd/sites/web/slots/staging/sticky", `{"K000": "document"}`)
 
-	a := testAgent(kv, &fakeLanes{versions: map[string]uint64{}})
-	op, err := a.bootstrap(context.Background(), cfg)
+	e := testEngine(kv, &fakeLanes{versions: map[string]uint64{}})
+	op, err := e.bootstrap(context.Background(), cfg)
 	require.NoError(t, err)
 	assert.Nil(t, op)
 
-	st, err := a.store.LoadSlots("web", nil)
+	st, err := e.store.LoadSlots("web", nil)
 	require.NoError(t, err)
 	prod, staging := st.Slot("production"), st.Slot("staging")
 	assert.Equal(t, "a", prod.Lane.Value)
 	assert.Equal(t, "b", staging.Lane.Value, "an unbound slot gets the first free lane")
-	assert.Equal(t, "web-a", kv.value("slotd/sites/web/slots/production/lane"), "a short lane name is migrated to the job ID")
-	assert.Equal(t, "web-b", kv.value("slotd/sites/web/slots/staging/lane"), "KV holds the lane's job ID")
+	assert.Equal(t, "web-a", kv.Value("slotd/sites/web/slots/production/lane"), "a short lane name is migrated to the job ID")
+	assert.Equal(t, "web-b", kv.Value("slotd/sites/web/slots/staging/lane"), "KV holds the lane's job ID")
 	assert.Len(t, prod.Settings.Values, 101)
 	assert.Equal(t, "legacy", prod.Settings.Values["S099"])
 	assert.Equal(t, "edited-in-kv", prod.Settings.Values["FEATURE"], "KV is the truth once a key exists: no re-seed over it")
 	assert.Len(t, staging.Sticky.Values, 150)
 	assert.Equal(t, "document", staging.Sticky.Values["K000"], "the document wins over a leftover key")
 	assert.Equal(t, "declared", staging.Sticky.Values["K149"])
-	for k := range kv.pairs {
+	for _, k := range kv.AllKeys() {
 		parts := strings.Split(strings.TrimPrefix(k, "slotd/sites/web/slots/"), "/")
 		assert.LessOrEqual(t, len(parts), 2, "a one-key-per-setting entry is left: %s", k)
 	}
 
-	before := kv.index
-	_, err = a.bootstrap(context.Background(), cfg)
+	before := kv.Index()
+	_, err = e.bootstrap(context.Background(), cfg)
 	require.NoError(t, err)
-	assert.Equal(t, before, kv.index, "a second start writes nothing")
+	assert.Equal(t, before, kv.Index(), "a second start writes nothing")
 }
 
 func TestLoadSlotsRefusesABadDocument(t *testing.T) {
@@ -73,8 +74,8 @@ func TestLoadSlotsRefusesABadDocument(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			kv := newFakeKV()
-			kv.put("slotd/sites/web/slots/production/sticky", tc.doc)
+			kv := storetest.New()
+			kv.Put("slotd/sites/web/slots/production/sticky", tc.doc)
 			_, err := (&store.Store{KV: kv, Prefix: "slotd"}).LoadSlots("web", nil)
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.want)

@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -18,15 +18,6 @@ import (
 	"github.com/slotd/slotd/internal/failpoint"
 )
 
-// Typed errors that the HTTP layer maps to status codes.
-var (
-	ErrNotFound  = errors.New("not found")
-	errNotLeader = errors.New("this daemon is not the leader")
-	// errStarting refuses an operation on a site that this daemon leads but has not brought up
-	// yet (just started, failed over, reloaded): nothing was started, and a retry soon works.
-	errStarting = errors.New("starting")
-)
-
 // controls sent to a running operation.
 const (
 	ctlComplete    = "complete"
@@ -39,7 +30,7 @@ const (
 
 // run is one operation in flight in this daemon.
 type run struct {
-	a       *Agent
+	eng     *Engine
 	site    *site
 	op      *api.Operation // owned by the run's goroutine; others see published copies
 	control chan string
@@ -78,18 +69,17 @@ func newID() string {
 type opFunc func(ctx context.Context, r *run) error
 
 // start asks the site's owner to start an operation (see site.startOp).
-func (a *Agent) start(s *site, op *api.Operation, phases []string, fn opFunc) (*api.Operation, error) {
-	if !a.isLeader() {
-		return nil, errNotLeader
+func (e *Engine) start(s *site, op *api.Operation, phases []string, fn opFunc) (*api.Operation, error) {
+	if !e.Leading() {
+		return nil, ErrNotLeader
 	}
 	return s.do(func() (*api.Operation, error) { return s.startOp(op, phases, fn) })
 }
 
-func (a *Agent) newRun(s *site, lead context.Context, op *api.Operation) *run {
-	r := &run{a: a, site: s, op: op, lead: lead, control: make(chan string, 1), done: make(chan struct{})}
-	r.ctx, r.cancel = context.WithCancel(context.WithValue(a.opsCtx, leadKey{}, lead))
-	context.AfterFunc(lead, r.cancel)
-	a.ops.publish(op)
+func (e *Engine) newRun(s *site, lead context.Context, op *api.Operation) *run {
+	r := &run{eng: e, site: s, op: op, lead: lead, control: make(chan string, 1), done: make(chan struct{})}
+	r.ctx, r.cancel = context.WithCancel(context.WithValue(lead, leadKey{}, lead))
+	e.ops.publish(op)
 	return r
 }
 
@@ -97,7 +87,7 @@ func (a *Agent) newRun(s *site, lead context.Context, op *api.Operation) *run {
 // holds the former target lane), so another operation can start; any other running operation
 // is a conflict. A held lane stays held: the operation that starts settles it (site.startOp).
 func (r *run) endMonitor() error {
-	cur := r.a.ops.get(r.op.ID)
+	cur := r.eng.ops.get(r.op.ID)
 	select {
 	case <-r.done:
 		return nil
@@ -132,7 +122,7 @@ func (r *run) endMonitor() error {
 
 // execute runs fn and then records the outcome in history.
 func (r *run) execute(fn opFunc) {
-	a := r.a
+	e := r.eng
 	defer close(r.done)
 	defer r.cancel()
 	err := r.call(fn)
@@ -140,14 +130,14 @@ func (r *run) execute(fn opFunc) {
 		err = fmt.Errorf("%w: %v", errCancelled, err)
 	}
 	if errors.Is(err, store.ErrStopping) || r.lead.Err() != nil {
-		if a.stopping.Load() && r.lead.Err() == nil {
+		if e.stopping() && r.lead.Err() == nil {
 			// A graceful stop between phases: the next leader goes on from here.
 			r.op.HandedOff = true
 			if jerr := r.journal(); jerr != nil {
-				a.logger.Warn("cannot journal the hand-off", "site", r.op.Site, "op", r.op.ID, "error", jerr)
+				e.logger.Warn("cannot journal the hand-off", "site", r.op.Site, "op", r.op.ID, "error", jerr)
 			}
 		}
-		a.logger.Info("operation left journaled for the next leader", "site", r.op.Site, "op", r.op.ID, "state", r.op.State, "error", err)
+		e.logger.Info("operation left journaled for the next leader", "site", r.op.Site, "op", r.op.ID, "state", r.op.State, "error", err)
 		r.after, r.left = nil, true
 		return
 	}
@@ -159,7 +149,7 @@ func (r *run) execute(fn opFunc) {
 func (r *run) call(fn opFunc) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			r.a.logger.Error("operation panicked", "site", r.op.Site, "op", r.op.ID, "panic", p, "stack", string(debug.Stack()))
+			r.eng.logger.Error("operation panicked", "site", r.op.Site, "op", r.op.ID, "panic", p, "stack", string(debug.Stack()))
 			err = fmt.Errorf("slotd failed inside the operation (panic: %v); see the daemon's log", p)
 		}
 	}()
@@ -169,7 +159,7 @@ func (r *run) call(fn opFunc) (err error) {
 // finish ends the operation: succeeded, failed or cancelled, and moves it into history (or
 // drops it, when it succeeded having changed nothing).
 func (r *run) finish(err error) {
-	a := r.a
+	e := r.eng
 	op := r.op
 	now := time.Now().UTC()
 	switch {
@@ -200,38 +190,36 @@ func (r *run) finish(err error) {
 	// The outcome goes into the journal first: should the move into history fail, whoever
 	// reads the journal next moves it, and never runs it again.
 	if jerr := r.write(); jerr != nil {
-		a.logger.Warn("cannot journal the outcome", "site", op.Site, "op", op.ID, "error", jerr)
+		e.logger.Warn("cannot journal the outcome", "site", op.Site, "op", op.ID, "error", jerr)
 	}
 	for attempt := 1; ; attempt++ {
-		jerr := a.store.MoveToHistory(op, r.historyLimit)
+		jerr := e.store.MoveToHistory(op, r.historyLimit)
 		if jerr == nil {
 			break
 		}
 		if attempt == historyAttempts || r.lead.Err() != nil {
-			a.logger.Error("cannot move the finished operation into history yet; trying again later", "site", op.Site, "op", op.ID, "error", jerr)
+			e.logger.Error("cannot move the finished operation into history yet; trying again later", "site", op.Site, "op", op.ID, "error", jerr)
 			r.unmoved = true
 			break
 		}
 		time.Sleep(query.Backoff(attempt))
 	}
-	a.ops.publish(op)
-	a.metrics.Finished(op)
-	level := a.logger.Info
+	e.ops.publish(op)
+	e.metrics.Finished(op)
+	level := e.logger.Info
 	if op.State != api.StateSucceeded {
-		level = a.logger.Warn
+		level = e.logger.Warn
 	}
 	level("operation finished", "site", op.Site, "op", op.ID, "kind", op.Kind, "state", op.State, "error", op.Error, "unchanged", op.Unchanged)
 }
-
-var errCancelled = errors.New("cancelled")
 
 // historyAttempts is how often the move of a finished operation into history is tried.
 const historyAttempts = 5
 
 // phase runs one named phase: journaled as running before it starts, and with its outcome after.
 func (r *run) phase(name, state string, fn func() error) error {
-	a := r.a
-	if a.stopping.Load() || r.lead.Err() != nil {
+	e := r.eng
+	if e.stopping() || r.lead.Err() != nil {
 		// Stopping, or the leader lock was lost: the next leader goes on from here.
 		return store.ErrStopping
 	}
@@ -268,7 +256,7 @@ func (r *run) phase(name, state string, fn func() error) error {
 	default:
 		p.State, p.Message = api.PhaseFailed, err.Error()
 	}
-	a.metrics.PhaseSeconds.WithLabelValues(r.op.Site, r.op.Kind, name, p.State).Observe(end.Sub(*p.StartedAt).Seconds())
+	e.metrics.PhaseSeconds.WithLabelValues(r.op.Site, r.op.Kind, name, p.State).Observe(end.Sub(*p.StartedAt).Seconds())
 	if jerr := r.journal(); jerr != nil && (err == nil || errors.Is(jerr, store.ErrStopping)) {
 		return jerr // deposed: that, not the phase's own outcome, decides what happens next
 	}
@@ -297,7 +285,7 @@ func (r *run) journal() error {
 	if err := r.write(); err != nil {
 		return err
 	}
-	r.a.ops.publish(r.op)
+	r.eng.ops.publish(r.op)
 	return nil
 }
 
@@ -309,7 +297,7 @@ func (r *run) write() error {
 		// writes of a run that belongs to the old leadership.
 		return store.ErrStopping
 	}
-	return r.a.store.UpdateOperation(r.op)
+	return r.eng.store.UpdateOperation(r.op)
 }
 
 // opRegistry keeps the operations this daemon has seen, for reads that block until a change.

@@ -1,4 +1,4 @@
-package agent
+package httpapi
 
 import (
 	"bytes"
@@ -7,38 +7,9 @@ import (
 	"net/http/httptest"
 	"testing"
 
-	"github.com/hashicorp/go-hclog"
-	"github.com/stretchr/testify/require"
-
 	"github.com/slotd/slotd/api"
-	"github.com/slotd/slotd/config"
+	"github.com/stretchr/testify/require"
 )
-
-// offlineAgent is an agent that leads nothing and reaches no Consul: every request that gets
-// past input checks answers 503, so what the fuzzer finds is the decoding and checking alone.
-func offlineAgent(t testing.TB, token string) *Agent {
-	t.Helper()
-	return backendAgent(t, token, "127.0.0.1:1", "http://127.0.0.1:1")
-}
-
-// backendAgent is an agent on the given Consul and Nomad addresses with one site, web, that it
-// does not run: nothing started, its HTTP handler called directly.
-func backendAgent(t testing.TB, token, consul, nomad string) *Agent {
-	t.Helper()
-	cfg := config.Default()
-	cfg.HTTP.Address = "127.0.0.1:0"
-	cfg.HTTP.Token = token
-	cfg.Consul.Address = consul
-	cfg.Nomad.Address = nomad
-	cfg.Sites = []*config.Site{{
-		Name: "web", Service: "web", Job: "/nonexistent.nomad.hcl",
-		Slots: []*config.Slot{{Name: "production"}, {Name: "staging"}},
-	}}
-	a, err := New(cfg, hclog.NewNullLogger())
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = a.listener.Close() })
-	return a
-}
 
 var fuzzRoutes = []struct{ method, path string }{
 	{"POST", "/v1/sites/web/swap"},
@@ -63,8 +34,7 @@ func FuzzRequestBodies(f *testing.F) {
 			f.Add(uint8(i), []byte(seed))
 		}
 	}
-	a := offlineAgent(f, "")
-	h := a.server.Handler
+	h := newFakeBackend("", nil).server(f).Handler()
 	f.Fuzz(func(t *testing.T, route uint8, body []byte) {
 		r := fuzzRoutes[int(route)%len(fuzzRoutes)]
 		rec := httptest.NewRecorder()
@@ -82,8 +52,7 @@ func FuzzRequestBodies(f *testing.F) {
 }
 
 func TestRequestChecks(t *testing.T) {
-	a := offlineAgent(t, "s3cret")
-	h := a.server.Handler
+	h := newFakeBackend("s3cret", nil).server(t).Handler()
 	big := append([]byte(`{"value":"`), bytes.Repeat([]byte("a"), maxBody)...)
 	big = append(big, []byte(`"}`)...)
 	tests := []struct {

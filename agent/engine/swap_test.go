@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/slotd/slotd/agent/lanes"
+	"github.com/slotd/slotd/agent/store/storetest"
 
 	"github.com/slotd/slotd/agent/metrics"
 	"github.com/slotd/slotd/agent/store"
@@ -31,110 +31,6 @@ import (
 	"github.com/slotd/slotd/config"
 	"github.com/slotd/slotd/jobspec"
 )
-
-// fakeKV is Consul's KV in memory: check-and-set transactions, all or nothing.
-type fakeKV struct {
-	mu    sync.Mutex
-	index uint64
-	pairs map[string]*consulapi.KVPair
-	// fail, if set, refuses a transaction with the error it returns.
-	fail func(consulapi.KVTxnOps) error
-}
-
-var _ store.KVAPI = (*fakeKV)(nil)
-
-func newFakeKV() *fakeKV { return &fakeKV{index: 10, pairs: map[string]*consulapi.KVPair{}} }
-
-func (f *fakeKV) List(prefix string, _ *consulapi.QueryOptions) (consulapi.KVPairs, *consulapi.QueryMeta, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out consulapi.KVPairs
-	for k, p := range f.pairs {
-		if strings.HasPrefix(k, prefix) {
-			c := *p
-			out = append(out, &c)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
-	return out, &consulapi.QueryMeta{LastIndex: f.index}, nil
-}
-
-func (f *fakeKV) Keys(prefix, _ string, q *consulapi.QueryOptions) ([]string, *consulapi.QueryMeta, error) {
-	pairs, meta, err := f.List(prefix, q)
-	keys := make([]string, len(pairs))
-	for i, p := range pairs {
-		keys[i] = p.Key
-	}
-	return keys, meta, err
-}
-
-func (f *fakeKV) Get(key string, _ *consulapi.QueryOptions) (*consulapi.KVPair, *consulapi.QueryMeta, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	p, ok := f.pairs[key]
-	if !ok {
-		return nil, &consulapi.QueryMeta{LastIndex: f.index}, nil
-	}
-	c := *p
-	return &c, &consulapi.QueryMeta{LastIndex: f.index}, nil
-}
-
-func (f *fakeKV) Txn(ops consulapi.KVTxnOps, _ *consulapi.QueryOptions) (bool, *consulapi.KVTxnResponse, *consulapi.QueryMeta, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.fail != nil {
-		if err := f.fail(ops); err != nil {
-			return false, nil, nil, err
-		}
-	}
-	resp := &consulapi.KVTxnResponse{}
-	for i, op := range ops {
-		cur, exists := f.pairs[op.Key]
-		var have uint64
-		if exists {
-			have = cur.ModifyIndex
-		}
-		if (op.Verb == consulapi.KVCAS || op.Verb == consulapi.KVDeleteCAS) && have != op.Index {
-			resp.Errors = append(resp.Errors, &consulapi.TxnError{OpIndex: i, What: "index mismatch on " + op.Key})
-		}
-	}
-	if len(resp.Errors) > 0 {
-		return false, resp, &consulapi.QueryMeta{}, nil
-	}
-	f.index++
-	for _, op := range ops {
-		switch op.Verb {
-		case consulapi.KVCAS, consulapi.KVSet:
-			created := f.index
-			if cur, ok := f.pairs[op.Key]; ok {
-				created = cur.CreateIndex
-			}
-			f.pairs[op.Key] = &consulapi.KVPair{Key: op.Key, Value: op.Value, CreateIndex: created, ModifyIndex: f.index}
-			resp.Results = append(resp.Results, &consulapi.KVPair{Key: op.Key, ModifyIndex: f.index})
-		case consulapi.KVDeleteCAS, consulapi.KVDelete:
-			delete(f.pairs, op.Key)
-		case consulapi.KVGetTree:
-			for _, k := range slices.Sorted(maps.Keys(f.pairs)) {
-				if strings.HasPrefix(k, op.Key) {
-					resp.Results = append(resp.Results, f.pairs[k])
-				}
-			}
-		}
-	}
-	return true, resp, &consulapi.QueryMeta{}, nil
-}
-
-func (f *fakeKV) put(key, value string) {
-	_, _, _, _ = f.Txn(consulapi.KVTxnOps{{Verb: consulapi.KVSet, Key: key, Value: []byte(value)}}, nil)
-}
-
-func (f *fakeKV) value(key string) string {
-	p, _, _ := f.Get(key, nil)
-	if p == nil {
-		return ""
-	}
-	return string(p.Value)
-}
 
 // fakeLanes records every lane move an operation asks for and answers as Nomad and Consul
 // would when it goes well; fail picks the moves that fail instead.
@@ -243,21 +139,21 @@ func testSite() *config.Site {
 }
 
 // kvSlots writes production on lane a and staging on lane b, or the other way round.
-func kvSlots(kv *fakeKV, exchanged bool) {
+func kvSlots(kv *storetest.KV, exchanged bool) {
 	prodLane, stagingLane := "web-a", "web-b"
 	prodFeature, stagingFeature := "prod-feature", "staging-feature"
 	if exchanged {
 		prodLane, stagingLane = "web-b", "web-a"
 		prodFeature, stagingFeature = stagingFeature, prodFeature
 	}
-	kv.put("slotd/sites/web/slots/production/lane", prodLane)
-	kv.put("slotd/sites/web/slots/production/version", "3")
-	kv.put("slotd/sites/web/slots/production/settings", `{"FEATURE": "`+prodFeature+`"}`)
-	kv.put("slotd/sites/web/slots/production/sticky", `{"DB": "prod-db"}`)
-	kv.put("slotd/sites/web/slots/staging/lane", stagingLane)
-	kv.put("slotd/sites/web/slots/staging/version", "5")
-	kv.put("slotd/sites/web/slots/staging/settings", `{"FEATURE": "`+stagingFeature+`"}`)
-	kv.put("slotd/sites/web/slots/staging/sticky", `{"DB": "staging-db"}`)
+	kv.Put("slotd/sites/web/slots/production/lane", prodLane)
+	kv.Put("slotd/sites/web/slots/production/version", "3")
+	kv.Put("slotd/sites/web/slots/production/settings", `{"FEATURE": "`+prodFeature+`"}`)
+	kv.Put("slotd/sites/web/slots/production/sticky", `{"DB": "prod-db"}`)
+	kv.Put("slotd/sites/web/slots/staging/lane", stagingLane)
+	kv.Put("slotd/sites/web/slots/staging/version", "5")
+	kv.Put("slotd/sites/web/slots/staging/settings", `{"FEATURE": "`+stagingFeature+`"}`)
+	kv.Put("slotd/sites/web/slots/staging/sticky", `{"DB": "staging-db"}`)
 }
 
 // phased returns a swap operation whose phases after preflight have the given states, in
@@ -366,7 +262,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			wantProd:  "a",
 		},
 		{
-			name:      "make fails: production keeps its routes, the lanes.Source lane is put back",
+			name:      "make fails: production keeps its routes, the source lane is put back",
 			op:        phased(),
 			failLane:  func(c string) bool { return c == makeB },
 			wantCalls: []string{applyB, makeB, giveBackA, restoreB},
@@ -405,7 +301,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			wantProd:  "b",
 		},
 		{
-			name:      "warm-up fails: the lanes.Source lane is put back, production untouched",
+			name:      "warm-up fails: the source lane is put back, production untouched",
 			op:        phased(),
 			noWarm:    true,
 			wantCalls: []string{applyB, restoreB},
@@ -413,7 +309,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			wantProd:  "a",
 		},
 		{
-			name:      "the break fails: production's lane gets its routes back before the lanes.Source lane loses them",
+			name:      "the break fails: production's lane gets its routes back before the source lane loses them",
 			op:        phased(),
 			failLane:  func(c string) bool { return c == breakA },
 			wantCalls: []string{applyB, makeB, breakA, giveBackA, restoreB},
@@ -440,24 +336,24 @@ func TestSwapResumeAndRestore(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
 			defer app.Close()
-			kv := newFakeKV()
+			kv := storetest.New()
 			kvSlots(kv, tc.exchanged)
 			lanes := &fakeLanes{versions: map[string]uint64{"a": 10, "b": 20}, fail: tc.failLane}
 			if !tc.noWarm {
 				lanes.instance = strings.TrimPrefix(app.URL, "http://")
 			}
-			a := testAgent(kv, lanes)
-			a.httpClient = app.Client()
+			e := testEngine(kv, lanes)
+			e.httpClient = app.Client()
 			cfg := testSite()
-			require.NoError(t, a.store.CreateOperation(tc.op))
-			kv.fail = tc.failTxn
-			fn := a.swapOp(cfg, "staging", "production")
+			require.NoError(t, e.store.CreateOperation(tc.op))
+			kv.Fail = tc.failTxn
+			fn := e.swapOp(cfg, "staging", "production")
 			if tc.recover {
-				fn = a.recoverOp(cfg, tc.op)
+				fn = e.recoverOp(cfg, tc.op)
 			}
-			r := a.newRun(nil, context.Background(), tc.op)
+			r := e.newRun(nil, context.Background(), tc.op)
 			err := fn(context.Background(), r)
-			kv.fail = nil
+			kv.Fail = nil
 
 			if tc.wantErr == "" {
 				assert.NoError(t, err)
@@ -465,8 +361,8 @@ func TestSwapResumeAndRestore(t *testing.T) {
 				assert.ErrorContains(t, err, tc.wantErr)
 			}
 			assert.Equal(t, tc.wantCalls, lanes.calls)
-			assert.Equal(t, jobspec.JobID("web", tc.wantProd), kv.value("slotd/sites/web/slots/production/lane"), "production's lane in KV")
-			journaled, jerr := a.store.RunningOperation("web")
+			assert.Equal(t, jobspec.JobID("web", tc.wantProd), kv.Value("slotd/sites/web/slots/production/lane"), "production's lane in KV")
+			journaled, jerr := e.store.RunningOperation("web")
 			require.NoError(t, jerr)
 			require.NotNil(t, journaled)
 			swapped := tc.wantProd == "b"
@@ -479,8 +375,8 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			if swapped {
 				feature = "staging-feature"
 			}
-			assert.JSONEq(t, `{"FEATURE": "`+feature+`"}`, kv.value("slotd/sites/web/slots/production/settings"), "production's swappable settings")
-			assert.JSONEq(t, `{"DB": "prod-db"}`, kv.value("slotd/sites/web/slots/production/sticky"), "production's sticky settings stay")
+			assert.JSONEq(t, `{"FEATURE": "`+feature+`"}`, kv.Value("slotd/sites/web/slots/production/settings"), "production's swappable settings")
+			assert.JSONEq(t, `{"DB": "prod-db"}`, kv.Value("slotd/sites/web/slots/production/sticky"), "production's sticky settings stay")
 		})
 	}
 }
@@ -498,32 +394,32 @@ func TestHoldAndInstantRollback(t *testing.T) {
 	)
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
 	defer app.Close()
-	setup := func(window time.Duration) (*Agent, *fakeLanes, *config.Site, *fakeKV) {
-		kv := newFakeKV()
+	setup := func(window time.Duration) (*Engine, *fakeLanes, *config.Site, *storetest.KV) {
+		kv := storetest.New()
 		kvSlots(kv, false)
 		lanes := &fakeLanes{versions: map[string]uint64{"a": 10, "b": 20}, instance: strings.TrimPrefix(app.URL, "http://")}
-		a := testAgent(kv, lanes)
-		a.httpClient = app.Client()
+		e := testEngine(kv, lanes)
+		e.httpClient = app.Client()
 		cfg := testSite()
 		cfg.Slots[0].PreviousTags = []string{"urlprefix-previous/"}
 		cfg.Monitor = &config.Monitor{RollbackWindow: window, Threshold: 1}
-		return a, lanes, cfg, kv
+		return e, lanes, cfg, kv
 	}
 	// swapOnce runs op as a swap; during gets the run and the operation's ID (the run owns op).
-	swapOnce := func(a *Agent, cfg *config.Site, op *api.Operation, during func(r *run, id string)) error {
-		require.NoError(t, a.store.CreateOperation(op))
-		r := a.newRun(nil, context.Background(), op)
+	swapOnce := func(e *Engine, cfg *config.Site, op *api.Operation, during func(r *run, id string)) error {
+		require.NoError(t, e.store.CreateOperation(op))
+		r := e.newRun(nil, context.Background(), op)
 		if during != nil {
 			go during(r, op.ID)
 		}
-		return a.swapOp(cfg, op.Source, op.Target)(context.Background(), r)
+		return e.swapOp(cfg, op.Source, op.Target)(context.Background(), r)
 	}
 
 	t.Run("the hold ends with the window, then the lane settles", func(t *testing.T) {
-		a, lanes, cfg, _ := setup(300 * time.Millisecond)
+		e, lanes, cfg, _ := setup(300 * time.Millisecond)
 		op := phased()
 		start := time.Now()
-		require.NoError(t, swapOnce(a, cfg, op, nil))
+		require.NoError(t, swapOnce(e, cfg, op, nil))
 		assert.Equal(t, []string{applyB, makeB, holdA, settleA}, lanes.calls)
 		sw, settle := op.Phase(api.PhaseSwitch), op.Phase(api.PhaseSettle)
 		require.NotNil(t, settle.StartedAt)
@@ -533,34 +429,34 @@ func TestHoldAndInstantRollback(t *testing.T) {
 	})
 
 	t.Run("the next operation ends the hold and leaves the lane held; a swap back is instant", func(t *testing.T) {
-		a, lanes, cfg, kv := setup(time.Minute)
+		e, lanes, cfg, kv := setup(time.Minute)
 		op := phased()
-		err := swapOnce(a, cfg, op, sendWhenHolding(a, ctlEndMonitor))
+		err := swapOnce(e, cfg, op, sendWhenHolding(e, ctlEndMonitor))
 		require.NoError(t, err)
 		assert.Equal(t, []string{applyB, makeB, holdA}, lanes.calls, "the held lane is not settled by the swap")
 		assert.Equal(t, api.PhaseSkipped, op.Phase(api.PhaseSettle).State)
 		assert.Same(t, op, leftHeld(op))
-		assert.Equal(t, "web-a", strings.TrimSpace(kv.value("slotd/sites/web/slots/staging/lane")), "KV binds staging to the held lane")
+		assert.Equal(t, "web-a", strings.TrimSpace(kv.Value("slotd/sites/web/slots/staging/lane")), "KV binds staging to the held lane")
 
 		lanes.calls = nil
 		cfg.Monitor.RollbackWindow = 0
 		back := phased()
 		back.ID, back.Kind, back.RollbackOf = "op-back", api.KindRollback, op.ID
-		require.NoError(t, a.store.FinishOperation(op, 0))
-		require.NoError(t, swapOnce(a, cfg, back, nil))
+		require.NoError(t, e.store.FinishOperation(op, 0))
+		require.NoError(t, swapOnce(e, cfg, back, nil))
 		assert.True(t, back.Instant, "a swap back onto the held lane is instant")
 		assert.Equal(t, api.PhaseSkipped, back.Phase(api.PhaseApply).State)
 		assert.Equal(t, api.PhaseSkipped, back.Phase(api.PhaseWarm).State)
 		assert.Equal(t, []string{makeA, breakB, settleB}, lanes.calls, "switch only: make, break, then the other lane settles")
-		assert.Equal(t, "web-a", kv.value("slotd/sites/web/slots/production/lane"))
+		assert.Equal(t, "web-a", kv.Value("slotd/sites/web/slots/production/lane"))
 	})
 
 	t.Run("settle ends the hold now, a cancel ends the monitor and settles", func(t *testing.T) {
 		for _, c := range []string{ctlSettle, ctlFinish} {
-			a, lanes, cfg, _ := setup(time.Minute)
+			e, lanes, cfg, _ := setup(time.Minute)
 			op := phased()
 			start := time.Now()
-			err := swapOnce(a, cfg, op, sendWhenHolding(a, c))
+			err := swapOnce(e, cfg, op, sendWhenHolding(e, c))
 			require.NoError(t, err, c)
 			assert.Equal(t, []string{applyB, makeB, holdA, settleA}, lanes.calls, c)
 			assert.Less(t, time.Since(start), 30*time.Second, c)
@@ -569,9 +465,9 @@ func TestHoldAndInstantRollback(t *testing.T) {
 }
 
 // sendWhenHolding sends control c to a run once its operation holds.
-func sendWhenHolding(a *Agent, c string) func(r *run, id string) {
+func sendWhenHolding(e *Engine, c string) func(r *run, id string) {
 	return func(r *run, id string) {
-		for cur := a.ops.get(id); cur == nil || cur.State != api.StateHolding; cur = a.ops.get(id) {
+		for cur := e.ops.get(id); cur == nil || cur.State != api.StateHolding; cur = e.ops.get(id) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		r.control <- c
@@ -597,14 +493,14 @@ func TestTouchesHeld(t *testing.T) {
 	}
 }
 
-func testAgent(kv *fakeKV, lanes laneOps) *Agent {
-	a := &Agent{
+func testEngine(kv *storetest.KV, lanes laneOps) *Engine {
+	e := &Engine{
 		logger: hclog.NewNullLogger(), store: &store.Store{KV: kv, Prefix: "slotd"}, lanes: lanes,
 		metrics: metrics.New(), ops: newOpRegistry(), httpClient: http.DefaultClient,
-		stopCh: make(chan struct{}), opsCtx: context.Background(),
+		daemon: context.Background(), runs: map[string]*run{},
 	}
-	a.leader.Store(true)
-	return a
+	e.leader.Store(true)
+	return e
 }
 
 // TestOperationEnds: however an operation ends (a panic inside it, a history that Consul
@@ -636,34 +532,34 @@ func TestOperationEnds(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			kv := newFakeKV()
-			a := testAgent(kv, &fakeLanes{versions: map[string]uint64{}})
+			kv := storetest.New()
+			e := testEngine(kv, &fakeLanes{versions: map[string]uint64{}})
 			op := phased()
-			require.NoError(t, a.store.CreateOperation(op))
+			require.NoError(t, e.store.CreateOperation(op))
 			refused := 0
-			kv.fail = func(ops consulapi.KVTxnOps) error {
+			kv.Fail = func(ops consulapi.KVTxnOps) error {
 				if historyKey(ops) && refused < tc.refuse {
 					refused++
 					return errors.New("consul is away")
 				}
 				return nil
 			}
-			r := a.newRun(nil, context.Background(), op)
+			r := e.newRun(nil, context.Background(), op)
 			r.execute(tc.fn)
-			kv.fail = nil
+			kv.Fail = nil
 
-			journaled, err := a.store.RunningOperation("web")
+			journaled, err := e.store.RunningOperation("web")
 			require.NoError(t, err)
 			if tc.wantPending {
 				require.NotNil(t, journaled, "the outcome stays journaled")
 				assert.Equal(t, tc.wantState, journaled.State, "the journal holds the outcome, so it is never run again")
-				pending, err := a.store.PendingOperation("web", 0)
+				pending, err := e.store.PendingOperation("web", 0)
 				require.NoError(t, err)
 				assert.Nil(t, pending, "an ended operation is moved, not handed out to run")
 			} else {
 				assert.Nil(t, journaled)
 			}
-			hist, err := a.store.HistoryPage("web", 10, 0)
+			hist, err := e.store.HistoryPage("web", 10, 0)
 			require.NoError(t, err)
 			require.Len(t, hist, tc.wantHistoryN)
 			assert.Equal(t, tc.wantState, hist[0].State)
@@ -677,14 +573,14 @@ func TestOperationEnds(t *testing.T) {
 // TestRollbackOfRemovedSlot: the last swap moved a slot that a reload removed since; a rollback
 // answers a clear error instead of taking the daemon down.
 func TestRollbackOfRemovedSlot(t *testing.T) {
-	kv := newFakeKV()
+	kv := storetest.New()
 	kvSlots(kv, false)
-	a := testAgent(kv, &fakeLanes{versions: map[string]uint64{}})
+	e := testEngine(kv, &fakeLanes{versions: map[string]uint64{}})
 	last := &api.Operation{ID: "op-old", Site: "web", Kind: api.KindSwap, State: api.StateSucceeded, Source: "qa", Target: "production", Switched: true}
-	require.NoError(t, a.store.CreateOperation(last))
-	require.NoError(t, a.store.FinishOperation(last, 0))
+	require.NoError(t, e.store.CreateOperation(last))
+	require.NoError(t, e.store.FinishOperation(last, 0))
 
-	s := newSite(a, testSite())
+	s := newSite(e, testSite())
 	s.lead, s.ready = context.Background(), true
 	op, err := s.rollback("api")
 	require.Error(t, err)

@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/slotd/slotd/agent/store"
+	"github.com/slotd/slotd/agent/store/storetest"
 
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
@@ -95,14 +96,14 @@ func TestLastSumsPokeOnlyChanged(t *testing.T) {
 }
 
 func TestSlotSums(t *testing.T) {
-	kv := newFakeKV()
+	kv := storetest.New()
 	st := &store.Store{KV: kv, Prefix: "slotd"}
 	var sites []string
 	for i := range store.MaxTxnOps + 6 { // more sites than one transaction reads
 		site := fmt.Sprintf("s%03d", i)
 		sites = append(sites, site)
-		kv.put(st.SlotKey(site, "production", "lane"), site+"-a")
-		kv.put(st.SlotKey(site, "production", "settings"), `{"FEATURE":"x"}`)
+		kv.Put(st.SlotKey(site, "production", "lane"), site+"-a")
+		kv.Put(st.SlotKey(site, "production", "settings"), `{"FEATURE":"x"}`)
 	}
 	sites = append(sites, "empty")
 	sums, err := st.SlotSums(context.Background(), sites)
@@ -129,17 +130,17 @@ func TestSlotSums(t *testing.T) {
 		}
 		sums = next
 	}
-	changed("a setting written", func() { kv.put(st.SlotKey("s070", "production", "settings"), `{"FEATURE":"y"}`) })
+	changed("a setting written", func() { kv.Put(st.SlotKey("s070", "production", "settings"), `{"FEATURE":"y"}`) })
 	changed("a slot key deleted", func() {
 		_, _, _, _ = kv.Txn(consulapi.KVTxnOps{{Verb: consulapi.KVDelete, Key: st.SlotKey("s070", "production", "settings")}}, nil)
 	})
-	kv.put(st.SiteKey("s070", "operation"), `{"id":"op-1"}`)
-	kv.put(st.SiteKey("s070", "history", "0001"), `{"id":"op-0"}`)
+	kv.Put(st.SiteKey("s070", "operation"), `{"id":"op-1"}`)
+	kv.Put(st.SiteKey("s070", "history", "0001"), `{"id":"op-0"}`)
 	next, err := st.SlotSums(context.Background(), sites)
 	require.NoError(t, err)
 	assert.Equal(t, sums, next, "the journal and the history are not the slots")
 
-	kv.fail = func(consulapi.KVTxnOps) error { return errors.New("consul is away") }
+	kv.Fail = func(consulapi.KVTxnOps) error { return errors.New("consul is away") }
 	_, err = st.SlotSums(context.Background(), sites)
 	assert.ErrorContains(t, err, "consul is away")
 }

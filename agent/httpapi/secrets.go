@@ -1,11 +1,12 @@
-package agent
+package httpapi
 
 import (
+	"context"
 	"fmt"
-	"maps"
 	"net/http"
 	"strconv"
 
+	"github.com/slotd/slotd/agent/engine"
 	"github.com/slotd/slotd/agent/store"
 
 	"github.com/slotd/slotd/api"
@@ -15,25 +16,31 @@ import (
 // values are production secrets, whatever read_requires_token says about other reads.
 var errRevealNeedsToken = fmt.Errorf("the token is needed to reveal sticky values: send Authorization: Bearer <token> with reveal=true, or leave reveal out to get them as %q", api.Hidden)
 
-// masked runs h and replaces the secrets in its answer by api.Hidden, unless the request asks
-// for them with ?reveal=true and may see them. The reveal parameter is checked before h runs,
-// so a bad one changes nothing.
-func (a *Agent) masked(h handlerFunc) handlerFunc {
-	return func(r *http.Request) (int, any, error) {
-		reveal, err := a.reveal(r)
+// masked runs a route and replaces the secrets in its answer by api.Hidden, unless the request
+// asks for them with ?reveal=true and may see them. The reveal parameter is checked before the
+// route, so a bad one changes nothing.
+func (s *Server) masked(rt route) route {
+	return func(r *http.Request) (prepared, error) {
+		reveal, err := s.reveal(r)
 		if err != nil {
-			return 0, nil, err
+			return nil, err
 		}
-		status, body, err := h(r)
+		work, err := rt(r)
 		if err != nil || reveal {
-			return status, body, err
+			return work, err
 		}
-		return status, maskAnswer(body, a.sensitiveVars), nil
+		return func(ctx context.Context) (int, any, error) {
+			status, body, err := work(ctx)
+			if err != nil {
+				return status, body, err
+			}
+			return status, maskAnswer(body, s.sensitiveVars), nil
+		}, nil
 	}
 }
 
 // reveal reads ?reveal=: true, false or left out. true needs the token when there is one.
-func (a *Agent) reveal(r *http.Request) (bool, error) {
+func (s *Server) reveal(r *http.Request) (bool, error) {
 	q := r.URL.Query()
 	if !q.Has("reveal") {
 		return false, nil
@@ -43,8 +50,8 @@ func (a *Agent) reveal(r *http.Request) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("%w: reveal=%q: write reveal=true to get sticky values in clear, or leave it out", store.ErrBadRequest, v)
 	}
-	if reveal && !hasToken(r, a.config().HTTP.Token) {
-		a.logger.Warn("unauthorized reveal", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+	if reveal && !hasToken(r, s.b.Config().HTTP.Token) {
+		s.logger.Warn("unauthorized reveal", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
 		return false, errRevealNeedsToken
 	}
 	return reveal, nil
@@ -52,9 +59,9 @@ func (a *Agent) reveal(r *http.Request) (bool, error) {
 
 // sensitiveVars are the job variables that a site declares sensitive; none for a site that is
 // not declared (any more).
-func (a *Agent) sensitiveVars(site string) []string {
-	if s := a.site(site); s != nil {
-		return s.config().SensitiveVars
+func (s *Server) sensitiveVars(site string) []string {
+	if cfg := s.b.Site(site); cfg != nil {
+		return cfg.SensitiveVars
 	}
 	return nil
 }
@@ -127,22 +134,6 @@ func maskSite(s api.Site, sensitive []string) api.Site {
 }
 
 func maskOperation(op api.Operation, sensitive []string) api.Operation {
-	op.Vars = hideVars(op.Vars, sensitive)
+	op.Vars = engine.HideVars(op.Vars, sensitive)
 	return op
-}
-
-// hideVars copies vars with the value of each sensitive one replaced by api.Hidden. A deploy
-// keeps this copy in its operation: the values live on only in the lane's Nomad job
-// submission, which convergence and recovery read, so the journal and history need none.
-func hideVars(vars map[string]string, sensitive []string) map[string]string {
-	if vars == nil {
-		return nil
-	}
-	out := maps.Clone(vars)
-	for _, k := range sensitive {
-		if _, ok := out[k]; ok {
-			out[k] = api.Hidden
-		}
-	}
-	return out
 }

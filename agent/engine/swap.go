@@ -1,4 +1,4 @@
-package agent
+package engine
 
 import (
 	"context"
@@ -33,7 +33,7 @@ const (
 // swapPhases are the phases of DESIGN.md §3, in order.
 var swapPhases = []string{api.PhasePreflight, api.PhaseApply, api.PhaseWarm, api.PhaseSwitch, api.PhaseMonitor, api.PhaseSettle}
 
-// swap carries out one swap of Source into target, phase after phase (DESIGN.md §3).
+// swap carries out one swap of source into target, phase after phase (DESIGN.md §3).
 type swap struct {
 	*run
 	site           *config.Site
@@ -49,7 +49,7 @@ type swap struct {
 }
 
 // swapOp is the operation behind POST /swap, /rollback, auto-swap and the monitor's rollback.
-func (a *Agent) swapOp(site *config.Site, sourceName, targetName string) opFunc {
+func (e *Engine) swapOp(site *config.Site, sourceName, targetName string) opFunc {
 	return func(ctx context.Context, r *run) error {
 		w := &swap{run: r, site: site, source: site.Slot(sourceName), target: site.Slot(targetName)}
 		if err := w.load(ctx); err != nil {
@@ -61,7 +61,7 @@ func (a *Agent) swapOp(site *config.Site, sourceName, targetName string) opFunc 
 
 // load reads both slots' bindings and settings, and the app each lane runs.
 func (w *swap) load(ctx context.Context) error {
-	st, err := w.a.store.LoadSlots(w.site.Name, nil)
+	st, err := w.eng.store.LoadSlots(w.site.Name, nil)
 	if err != nil {
 		return err
 	}
@@ -72,30 +72,30 @@ func (w *swap) load(ctx context.Context) error {
 	if w.op.Switched {
 		// A swap resumed after the switch: KV already holds the exchanged bindings.
 		s, t = t, s
-		sset, err := w.a.resolveScale(ctx, w.site, w.target, s.Lane.Value, s.Values())
+		sset, err := w.eng.resolveScale(ctx, w.site, w.target, s.Lane.Value, s.Values())
 		if err != nil {
 			return err
 		}
-		tset, err := w.a.resolveScale(ctx, w.site, w.source, t.Lane.Value, t.Values())
+		tset, err := w.eng.resolveScale(ctx, w.site, w.source, t.Lane.Value, t.Values())
 		if err != nil {
 			return err
 		}
 		w.src, w.tgt = swappedBack(sset, tset)
 	} else {
-		if w.src, err = w.a.slotSet(ctx, w.site, w.source, s); err != nil {
+		if w.src, err = w.eng.slotSet(ctx, w.site, w.source, s); err != nil {
 			return err
 		}
-		if w.tgt, err = w.a.slotSet(ctx, w.site, w.target, t); err != nil {
+		if w.tgt, err = w.eng.slotSet(ctx, w.site, w.target, t); err != nil {
 			return err
 		}
 		w.keepLiveScale(w.source, s, w.src)
 		w.keepLiveScale(w.target, t, w.tgt)
 	}
 	w.srcLane, w.tgtLane = s.Lane.Value, t.Lane.Value
-	if w.srcApp, err = w.a.lanes.Submission(ctx, w.site, w.srcLane, s.BoundVersion(), true); err != nil {
+	if w.srcApp, err = w.eng.lanes.Submission(ctx, w.site, w.srcLane, s.BoundVersion(), true); err != nil {
 		return err
 	}
-	if w.tgtApp, err = w.a.lanes.Submission(ctx, w.site, w.tgtLane, t.BoundVersion(), true); err != nil {
+	if w.tgtApp, err = w.eng.lanes.Submission(ctx, w.site, w.tgtLane, t.BoundVersion(), true); err != nil {
 		return err
 	}
 	return nil
@@ -107,13 +107,13 @@ func (w *swap) keepLiveScale(slot *config.Slot, ss *store.SlotState, set store.S
 	if !slot.ScaleLive || set.Scale == nil {
 		return
 	}
-	_, _ = w.a.store.Txn(w.a.store.ScaleOps(w.site.Name, slot.Name, ss.Scale, set.Scale))
+	_, _ = w.eng.store.Txn(w.eng.store.ScaleOps(w.site.Name, slot.Name, ss.Scale, set.Scale))
 }
 
-// swappedBack recovers the settings of Source and target as they were before the exchange,
+// swappedBack recovers the settings of source and target as they were before the exchange,
 // from the lanes' slots after it: sticky settings and scale stayed, swappable ones travelled.
 func swappedBack(srcLaneSlot, tgtLaneSlot store.SlotSettings) (src, tgt store.SlotSettings) {
-	// srcLaneSlot is the slot now served by the Source lane (the target), tgtLaneSlot the source.
+	// srcLaneSlot is the slot now served by the source lane (the target), tgtLaneSlot the source.
 	return store.SlotSettings{Settings: srcLaneSlot.Settings, Sticky: tgtLaneSlot.Sticky, Scale: tgtLaneSlot.Scale, Live: tgtLaneSlot.Live},
 		store.SlotSettings{Settings: tgtLaneSlot.Settings, Sticky: srcLaneSlot.Sticky, Scale: srcLaneSlot.Scale, Live: srcLaneSlot.Live}
 }
@@ -191,16 +191,16 @@ func (w *swap) preflightDue() bool {
 	return p != nil && p.State != api.PhaseSucceeded && (apply == nil || apply.StartedAt == nil)
 }
 
-// preflight plans the Source lane as apply would register it, at the target's scale, with
+// preflight plans the source lane as apply would register it, at the target's scale, with
 // Nomad's plan endpoint: when it would not place, the swap fails here with Nomad's reason,
 // before any lane moved or any job version was registered.
 //
-// The plan also shows whether the Source lane is held (DESIGN.md §3, step 4): when it already
+// The plan also shows whether the source lane is held (DESIGN.md §3, step 4): when it already
 // runs the target's identity, settings and scale, apply would change its tags only, and the
 // swap is instant: it goes straight to the switch. A preview swap still stops after apply.
 func (w *swap) preflight(ctx context.Context) error {
 	want := applied(w.target, w.src, w.tgt)
-	change, err := w.a.lanes.Plan(ctx, w.site, w.srcLane, w.srcApp, want)
+	change, err := w.eng.lanes.Plan(ctx, w.site, w.srcLane, w.srcApp, want)
 	if err != nil {
 		return fmt.Errorf("pre-flight: %w; nothing was changed", err)
 	}
@@ -216,12 +216,12 @@ func (w *swap) preflight(ctx context.Context) error {
 	return nil
 }
 
-// apply takes the Source lane off the source's routes and gives it the target's sticky
+// apply takes the source lane off the source's routes and gives it the target's sticky
 // settings and identity, reachable only through the target's preview tags.
 func (w *swap) apply(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
-	ro, err := w.a.lanes.Ensure(ctx, w.site, w.srcLane, w.srcApp, applied(w.target, w.src, w.tgt), lanes.GateHealthy)
+	ro, err := w.eng.lanes.Ensure(ctx, w.site, w.srcLane, w.srcApp, applied(w.target, w.src, w.tgt), lanes.GateHealthy)
 	if err != nil {
 		return err
 	}
@@ -236,7 +236,7 @@ func (w *swap) preview(ctx context.Context) error {
 	if err := w.journal(); err != nil {
 		return err
 	}
-	w.a.logger.Info("swap previewing", "site", w.site.Name, "op", w.op.ID, "preview_tags", strings.Join(w.target.PreviewTags, ","))
+	w.eng.logger.Info("swap previewing", "site", w.site.Name, "op", w.op.ID, "preview_tags", strings.Join(w.target.PreviewTags, ","))
 	for {
 		select {
 		case c := <-w.control:
@@ -246,7 +246,7 @@ func (w *swap) preview(ctx context.Context) error {
 			case ctlCancel:
 				return fmt.Errorf("%w while previewing", errCancelled)
 			}
-		case <-w.a.stopCh:
+		case <-w.eng.daemon.Done():
 			return store.ErrStopping
 		case <-ctx.Done():
 			return ctx.Err()
@@ -254,31 +254,31 @@ func (w *swap) preview(ctx context.Context) error {
 	}
 }
 
-// warm sends the site's warm-up requests to every instance of the Source lane, directly.
+// warm sends the site's warm-up requests to every instance of the source lane, directly.
 func (w *swap) warm(ctx context.Context) error {
-	entries, _, err := w.a.lanes.Entries(ctx, w.site, w.srcLane, 0, 0)
+	entries, _, err := w.eng.lanes.Entries(ctx, w.site, w.srcLane, 0, 0)
 	if err != nil {
 		return err
 	}
 	if len(entries) == 0 {
 		return fmt.Errorf("lane %s has no instances in consul to warm up", w.srcLane)
 	}
-	err = warmInstances(ctx, w.a.httpClient, w.site.Warmup, entries)
+	err = warmInstances(ctx, w.eng.httpClient, w.site.Warmup, entries)
 	if err != nil {
-		w.a.metrics.WarmupFailures.WithLabelValues(w.site.Name).Inc()
+		w.eng.metrics.WarmupFailures.WithLabelValues(w.site.Name).Inc()
 		return err
 	}
 	w.note(api.PhaseWarm, fmt.Sprintf("%d instances answered %d paths", len(entries), len(w.site.Warmup.Paths)))
 	return nil
 }
 
-// switchSlots moves the target's routes to the Source lane, make before break, then exchanges
+// switchSlots moves the target's routes to the source lane, make before break, then exchanges
 // the bindings and swappable settings in one KV transaction.
 func (w *swap) switchSlots(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
 	t0 := time.Now()
-	made, err := w.a.lanes.Ensure(ctx, w.site, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt), lanes.GateHealthy)
+	made, err := w.eng.lanes.Ensure(ctx, w.site, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt), lanes.GateHealthy)
 	t1 := time.Now()
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-make")
@@ -289,8 +289,8 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	if err != nil {
 		return w.restoreBoth(fmt.Errorf("give lane %s the routes of %s: %w", w.srcLane, w.target.Name, err))
 	}
-	w.tgtSick = w.a.laneSick(ctx, w.site, w.tgtLane)
-	broken, err := w.a.lanes.Ensure(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt, w.holdFor() > 0), lanes.GateTags)
+	w.tgtSick = w.eng.laneSick(ctx, w.site, w.tgtLane)
+	broken, err := w.eng.lanes.Ensure(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt, w.holdFor() > 0), lanes.GateTags)
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-break")
 	}
@@ -319,12 +319,12 @@ func (w *swap) switchSlots(ctx context.Context) error {
 // ms rounds a duration to the millisecond, for messages.
 func ms(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 
-// exchange binds the target to the Source lane and the Source to the target lane, and swaps
+// exchange binds the target to the source lane and the source to the target lane, and swaps
 // their swappable settings, in one transaction together with the journal entry that says so:
 // switched is true in KV exactly when the exchange is. Settings edited during the swap are
 // exchanged as they are now; the site converges the lanes to them once the swap ends.
 func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint64) error {
-	kv := w.a.store
+	kv := w.eng.store
 	if err := failpoint.Inject(ctx, "switch.before-exchange"); err != nil {
 		return err
 	}
@@ -368,7 +368,7 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 		}
 		next.Index = store.ResultIndex(resp, kv.OperationKey(w.site.Name), w.op.Index)
 		*w.op = next
-		w.a.ops.publish(w.op)
+		w.eng.ops.publish(w.op)
 		// Settings as KV has them now; the scales stay as the swap resolved them (a live
 		// slot's counts were read from its lane before this lane moved).
 		src, tgt := s.Values(), t.Values()
@@ -391,7 +391,7 @@ func (w *swap) holdFor() time.Duration {
 
 // afterSwitch is DESIGN.md §3 steps 4 and 5. The target's health is watched for the monitor
 // window while the former target lane holds, warm with the target's settings and no public
-// route, for the rollback window; it settles into the Source when the hold ends, at once
+// route, for the rollback window; it settles into the source when the hold ends, at once
 // when there is none. Both are counted from the journal, so a daemon that takes the swap over
 // only waits out what is left.
 func (w *swap) afterSwitch(ctx context.Context) error {
@@ -509,7 +509,7 @@ func (w *swap) settlePhase(ctx context.Context) error {
 	return w.phase(api.PhaseSettle, api.StateSettling, func() error { return w.settle(ctx) })
 }
 
-// settle gives the former target lane the source's sticky settings and routes, in one Rollout.
+// settle gives the former target lane the source's sticky settings and routes, in one rollout.
 func (w *swap) settle(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
 	defer cancel()
@@ -520,7 +520,7 @@ func (w *swap) settle(ctx context.Context) error {
 	if err := query.Sleep(ctx, max(drain, 0)); err != nil {
 		return err
 	}
-	st, err := w.a.store.LoadSlots(w.site.Name, nil)
+	st, err := w.eng.store.LoadSlots(w.site.Name, nil)
 	if err != nil {
 		return err
 	}
@@ -531,15 +531,15 @@ func (w *swap) settle(ctx context.Context) error {
 	g := lanes.GateHealthy
 	if w.tgtSick {
 		// The lane failed its checks before it left the target (a rollback away from a degraded
-		// production): Nomad cannot finish a health-gated Rollout of it, and it carries no
+		// production): Nomad cannot finish a health-gated rollout of it, and it carries no
 		// routes. It takes the source's settings and routes as Nomad replaces its instances.
 		g = lanes.GateNone
 	}
-	ro, err := w.a.lanes.Ensure(ctx, w.site, w.tgtLane, w.tgtApp, want, g)
+	ro, err := w.eng.lanes.Ensure(ctx, w.site, w.tgtLane, w.tgtApp, want, g)
 	if err != nil {
 		return fmt.Errorf("settle lane %s into %s: %w", w.tgtLane, w.source.Name, err)
 	}
-	if _, err := w.a.store.Txn(w.a.store.BindOps(w.site.Name, w.source.Name, s, w.tgtLane, ro.Version)); err != nil {
+	if _, err := w.eng.store.Txn(w.eng.store.BindOps(w.site.Name, w.source.Name, s, w.tgtLane, ro.Version)); err != nil {
 		return fmt.Errorf("bind %s to lane %s version %d: %w", w.source.Name, w.tgtLane, ro.Version, err)
 	}
 	msg := fmt.Sprintf("lane %s version %d serves %s", w.tgtLane, ro.Version, w.source.Name)
@@ -562,7 +562,7 @@ func leftHeld(op *api.Operation) *api.Operation {
 
 // touchesHeld reports whether op moves the lane of the slot whose lane is held anyway: a swap
 // from or into it (an instant swap back, or one that moves the lane through its own phases),
-// a deploy or scale of it (its Rollout gives the lane the slot's settings). Any other
+// a deploy or scale of it (its rollout gives the lane the slot's settings). Any other
 // operation settles the held lane first.
 func touchesHeld(op *api.Operation, slot string) bool {
 	switch op.Kind {
@@ -576,12 +576,12 @@ func touchesHeld(op *api.Operation, slot string) bool {
 
 // settleFirst runs the settle that a swap left to the next operation (the hold ended because
 // this operation started) as this operation's first phase, then the operation itself.
-func (a *Agent) settleFirst(cfg *config.Site, swap *api.Operation, fn opFunc) opFunc {
+func (e *Engine) settleFirst(cfg *config.Site, swap *api.Operation, fn opFunc) opFunc {
 	return func(ctx context.Context, r *run) error {
 		err := r.phase(api.PhaseSettle, api.StateSettling, func() error {
 			sctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
 			defer cancel()
-			ro, err := a.restoreSlot(sctx, cfg, swap.Source, lanes.GateHealthy)
+			ro, err := e.restoreSlot(sctx, cfg, swap.Source, lanes.GateHealthy)
 			if err != nil {
 				return fmt.Errorf("settle the lane held by swap %s into %s: %w", swap.ID, swap.Source, err)
 			}
@@ -627,7 +627,7 @@ func (w *swap) await(ctx context.Context, deadline time.Time, watch bool, m *con
 			}
 		case err := <-degraded:
 			return holdEvent{degraded: err}, nil
-		case <-w.a.stopCh:
+		case <-w.eng.daemon.Done():
 			return holdEvent{}, store.ErrStopping
 		case <-wctx.Done():
 			if err := ctx.Err(); err != nil {
@@ -643,12 +643,12 @@ func (w *swap) await(ctx context.Context, deadline time.Time, watch bool, m *con
 func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, want int) error {
 	var badSince time.Time
 	var degraded error
-	_ = w.a.follow.Follow(ctx, query.Opts{Backend: "consul", Wait: query.BlockingWait, Always: true},
+	_ = w.eng.follow.Follow(ctx, query.Opts{Backend: "consul", Wait: query.BlockingWait, Always: true},
 		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
 			if !badSince.IsZero() {
 				wait = time.Second // look again when the grace period may have run out
 			}
-			entries, idx, err := w.a.lanes.Entries(ctx, w.site, w.srcLane, index, wait)
+			entries, idx, err := w.eng.lanes.Entries(ctx, w.site, w.srcLane, index, wait)
 			if err != nil {
 				return 0, err
 			}
@@ -679,14 +679,14 @@ func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, want int) err
 // instanceCount is how many instances the target lane has as the monitor starts; fewer
 // instances than that later counts as unhealthy.
 func (w *swap) instanceCount(ctx context.Context) int {
-	entries, _, err := w.a.lanes.Entries(ctx, w.site, w.srcLane, 0, 0)
+	entries, _, err := w.eng.lanes.Entries(ctx, w.site, w.srcLane, 0, 0)
 	if err != nil {
 		return 0
 	}
 	return len(entries)
 }
 
-// undo puts the Source lane back after apply, a preview or warm failed; a run that lost its
+// undo puts the source lane back after apply, a preview or warm failed; a run that lost its
 // leadership puts nothing back: the next leader does.
 func (w *swap) undo(cause error) error {
 	if errors.Is(cause, store.ErrStopping) || w.lead.Err() != nil {
@@ -695,31 +695,31 @@ func (w *swap) undo(cause error) error {
 	return w.restoreSource(cause)
 }
 
-// restoreSource puts the Source lane back as KV says for the Source, and leaves the target alone.
+// restoreSource puts the source lane back as KV says for the source, and leaves the target alone.
 func (w *swap) restoreSource(cause error) error {
-	return w.a.putSlotBack(w.ctx, w.site, w.source.Name, cause)
+	return w.eng.putSlotBack(w.ctx, w.site, w.source.Name, cause)
 }
 
 // restoreBoth undoes a switch that failed after it began, make before break: the target's lane
 // gets the target's routes back with the settings it runs (a tags-only change, in place), and
-// once Consul shows them passing and routers had time to see it, the Source lane is put back.
+// once Consul shows them passing and routers had time to see it, the source lane is put back.
 // Settings edited meanwhile reach the lanes through convergence afterwards. A lane that was
 // already failing its checks (a rollback away from it) is waited for by its tags only.
 func (w *swap) restoreBoth(cause error) error {
-	ctx, cancel := w.a.restoreContext(w.ctx)
+	ctx, cancel := w.eng.restoreContext(w.ctx)
 	defer cancel()
 	g := lanes.GateHealthy
 	if w.tgtSick {
 		g = lanes.GateTags
 	}
-	ro, err := w.a.lanes.Ensure(ctx, w.site, w.tgtLane, w.tgtApp, steady(w.target, w.tgt), g)
+	ro, err := w.eng.lanes.Ensure(ctx, w.site, w.tgtLane, w.tgtApp, steady(w.target, w.tgt), g)
 	if err != nil {
 		return fmt.Errorf("%w; giving lane %s the routes of %s back failed too: %v", cause, w.tgtLane, w.target.Name, err)
 	}
-	if st, err := w.a.store.LoadSlots(w.site.Name, nil); err == nil {
+	if st, err := w.eng.store.LoadSlots(w.site.Name, nil); err == nil {
 		t := st.Slot(w.target.Name)
 		if t.Lane.Value == w.tgtLane {
-			_, _ = w.a.store.Txn(w.a.store.BindOps(w.site.Name, w.target.Name, t, w.tgtLane, ro.Version))
+			_, _ = w.eng.store.Txn(w.eng.store.BindOps(w.site.Name, w.target.Name, t, w.tgtLane, ro.Version))
 		}
 	}
 	if err := query.Sleep(ctx, lanes.RouterDrain); err != nil {
@@ -731,14 +731,14 @@ func (w *swap) restoreBoth(cause error) error {
 // restoreContext bounds putting a lane back: its own deadline, because the failure may be the
 // operation's own deadline or cancel; and an end when the daemon stops or the leadership the
 // operation ran under (carried in ctx) ends, for a deposed leader writes nothing more.
-func (a *Agent) restoreContext(ctx context.Context) (context.Context, context.CancelFunc) {
+func (e *Engine) restoreContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	rctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
 	if lead, ok := ctx.Value(leadKey{}).(context.Context); ok {
 		context.AfterFunc(lead, cancel)
 	}
 	go func() {
 		select {
-		case <-a.stopCh:
+		case <-e.daemon.Done():
 			cancel()
 		case <-rctx.Done():
 		}
@@ -747,8 +747,8 @@ func (a *Agent) restoreContext(ctx context.Context) (context.Context, context.Ca
 }
 
 // laneSick reports whether any instance of a lane fails its checks now.
-func (a *Agent) laneSick(ctx context.Context, site *config.Site, lane string) bool {
-	entries, _, err := a.lanes.Entries(ctx, site, lane, 0, 0)
+func (e *Engine) laneSick(ctx context.Context, site *config.Site, lane string) bool {
+	entries, _, err := e.lanes.Entries(ctx, site, lane, 0, 0)
 	if err != nil {
 		return false
 	}

@@ -1,0 +1,45 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/slotd/slotd/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestRefusalsWhileStarting: writes that cannot run yet but will within seconds answer 503 with
+// Retry-After and say why.
+func TestRefusalsWhileStarting(t *testing.T) {
+	b := newFakeBackend("", nil)
+	s := b.server(t)
+	swap := func() *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, httptest.NewRequest("POST", "/v1/sites/web/swap", bytes.NewReader([]byte(`{"source":"staging"}`))))
+		return rec
+	}
+	tests := []struct {
+		name   string
+		leader bool
+		msg    string
+	}{
+		{name: "no leader elected yet", leader: false, msg: "this daemon is not the leader, and no leader is known yet; nothing was started, retry in a few seconds"},
+		{name: "leading, site starting", leader: true, msg: "site web is starting; nothing was started, retry in a few seconds"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b.leading = tc.leader
+			rec := swap()
+			require.Equal(t, http.StatusServiceUnavailable, rec.Code, rec.Body.String())
+			assert.Equal(t, "2", rec.Header().Get("Retry-After"))
+			var e api.ErrorResponse
+			require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &e))
+			assert.Equal(t, tc.msg, e.Error)
+			assert.Empty(t, e.LeaderAddress)
+		})
+	}
+}
