@@ -299,6 +299,17 @@ func (p *procDaemon) log() string {
 	return string(b)
 }
 
+// mark writes a line of the test's into the log ("=== e2e: <what> at <time>"), so that what
+// slotd did since can be found and quoted.
+func (p *procDaemon) mark(what string) {
+	p.t.Helper()
+	f, err := os.OpenFile(p.logPath, os.O_WRONLY|os.O_APPEND, 0o644)
+	require.NoError(p.t, err, "open the slotd log")
+	defer f.Close()
+	_, err = fmt.Fprintf(f, "=== e2e: %s at %s\n", what, time.Now().Format(time.RFC3339Nano))
+	require.NoError(p.t, err, "write to the slotd log")
+}
+
 // tail quotes the last lines of the log for failure messages, without the access log of
 // GET requests (the test's own polling, which would fill it).
 func (p *procDaemon) tail() string {
