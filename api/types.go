@@ -95,6 +95,10 @@ type Operation struct {
 	Instant bool `json:"instant,omitempty"`
 	// RollbackOf names the swap that a rollback reverses.
 	RollbackOf string `json:"rollback_of,omitempty"`
+	// Next is the operation this one asks for once it has ended: the monitor's rollback of a
+	// degraded swap, or the swap a deploy into an auto_swap slot starts. It is journaled with
+	// the decision, so when the daemon stops before starting it the next leader does.
+	Next *FollowUp `json:"next,omitempty"`
 	// Unchanged is set on a settings rollout that found every lane already running what KV
 	// says: it changed nothing, so when it succeeds it is not kept in the history.
 	Unchanged bool `json:"unchanged,omitempty"`
@@ -110,6 +114,15 @@ type Operation struct {
 	Index uint64 `json:"index"`
 	// Seq orders a site's operations; finished ones are kept at history/<seq>.
 	Seq uint64 `json:"seq"`
+}
+
+// FollowUp is an operation that another one asks for once it has ended (Operation.Next).
+type FollowUp struct {
+	Kind       string `json:"kind"`    // swap or rollback
+	Trigger    string `json:"trigger"` // monitor, auto_swap
+	Source     string `json:"source"`
+	Target     string `json:"target"`
+	RollbackOf string `json:"rollback_of,omitempty"`
 }
 
 // Phase is one step of an operation.

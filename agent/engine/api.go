@@ -230,7 +230,7 @@ func (e *Engine) Rollback(name string) (*api.Operation, error) {
 	if !e.Leading() {
 		return nil, ErrNotLeader
 	}
-	return s.do(func() (*api.Operation, error) { return s.rollback("api") })
+	return s.ask(func(reply chan<- answer) event { return evRollback{trigger: "api", reply: reply} })
 }
 
 // Settle ends the hold of the swap that holds its former target lane now: that lane takes
@@ -317,7 +317,7 @@ func (e *Engine) changeSetting(name, slot string, change func(*store.SlotState) 
 			return api.Settings{}, err
 		}
 		if s := e.site(name); s != nil {
-			if _, err := s.do(s.convergeNow); err != nil {
+			if _, err := s.ask(func(reply chan<- answer) event { return evConverge{reply} }); err != nil {
 				e.logger.Warn("settings changed; rolling them out waits for the next look", "site", name, "error", err)
 			}
 		}

@@ -6,8 +6,6 @@ import (
 
 	"github.com/slotd/slotd/agent/lanes"
 
-	"github.com/slotd/slotd/agent/store"
-
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
 )
@@ -54,8 +52,7 @@ func (e *Engine) deployOp(cfg *config.Site, slotName string, vars map[string]str
 			return nil
 		})
 		if err == nil && slot.AutoSwap != "" {
-			target := slot.AutoSwap
-			r.after = func(s *site) { s.autoSwap(slotName, target) }
+			r.op.Next = &api.FollowUp{Kind: api.KindSwap, Trigger: "auto_swap", Source: slotName, Target: slot.AutoSwap}
 		}
 		return err
 	}
@@ -76,49 +73,4 @@ func (e *Engine) putSlotBack(ctx context.Context, cfg *config.Site, slotName str
 		return fmt.Errorf("%w; restoring lane %s for %s failed too: %v", cause, lane, slotName, err)
 	}
 	return fmt.Errorf("%w (lane %s restored to %s, version %d)", cause, lane, slotName, ro.Version)
-}
-
-// autoSwap starts the swap that a deploy into a slot with auto_swap asks for. Runs on the owner.
-func (s *site) autoSwap(source, target string) {
-	op := &api.Operation{Kind: api.KindSwap, Trigger: "auto_swap", Source: source, Target: target}
-	if _, err := s.startOp(op, swapPhases, s.eng.swapOp(s.cfg, source, target)); err != nil {
-		s.log.Error("auto-swap did not start", "source", source, "target", target, "error", err)
-	}
-}
-
-// rollback swaps back the newest swap of the site whose switch happened, looking back
-// through the history newest first no further than it keeps. Runs on the owner.
-func (s *site) rollback(trigger string) (*api.Operation, error) {
-	if r := s.running; r != nil {
-		// A swap still monitoring its window, or holding its former target lane, is the one to
-		// roll back: starting the rollback ends the window (startOp), and the rollback takes
-		// the held lane back with a switch only. Anything else running is a conflict there.
-		if cur := s.eng.ops.get(r.op.ID); cur != nil && (cur.State == api.StateMonitoring || cur.State == api.StateHolding) && cur.Switched &&
-			(cur.Kind == api.KindSwap || cur.Kind == api.KindRollback) {
-			return s.rollbackOf(cur, trigger)
-		}
-	}
-	var last *api.Operation
-	err := s.eng.store.WalkHistory(s.name, 0, store.HistoryKeeps(s.cfg.HistoryLimit), func(h *api.Operation) bool {
-		if (h.Kind == api.KindSwap || h.Kind == api.KindRollback) && h.Switched {
-			last = h
-		}
-		return last == nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if last == nil {
-		return nil, fmt.Errorf("%w: site %s has no completed swap to roll back", store.ErrBadRequest, s.name)
-	}
-	return s.rollbackOf(last, trigger)
-}
-
-// rollbackOf swaps back the given swap. Runs on the owner.
-func (s *site) rollbackOf(last *api.Operation, trigger string) (*api.Operation, error) {
-	if s.cfg.Slot(last.Source) == nil || s.cfg.Slot(last.Target) == nil {
-		return nil, fmt.Errorf("%w: the last swap of site %s moved slots %s and %s, which are no longer both declared", store.ErrBadRequest, s.name, last.Source, last.Target)
-	}
-	op := &api.Operation{Kind: api.KindRollback, Trigger: trigger, Source: last.Source, Target: last.Target, RollbackOf: last.ID}
-	return s.startOp(op, swapPhases, s.eng.swapOp(s.cfg, last.Source, last.Target))
 }

@@ -106,7 +106,7 @@ func (e *Engine) runSite(name string, s *site) {
 	e.siteStops[name] = cancel
 	go s.run(ctx)
 	if e.lead != nil {
-		go s.setLead(e.lead)
+		go s.send(evLead{e.lead})
 	}
 }
 
@@ -129,7 +129,7 @@ func (e *Engine) Lead(lead context.Context) {
 	e.mu.Unlock()
 	e.watchShared(lead)
 	for _, s := range e.siteList() {
-		s.setLead(lead)
+		s.send(evLead{lead})
 	}
 }
 
@@ -172,7 +172,7 @@ func (e *Engine) Reload(cfg *config.Config) {
 	var tell []func()
 	for _, sc := range cfg.Sites {
 		if s, ok := e.sites[sc.Name]; ok {
-			tell = append(tell, func() { s.setConfig(sc) })
+			tell = append(tell, func() { s.send(evConfig{sc}) })
 			continue
 		}
 		s := newSite(e, sc)

@@ -20,12 +20,11 @@ import (
 
 // controls sent to a running operation.
 const (
-	ctlComplete    = "complete"
-	ctlCancel      = "cancel"
-	ctlEndMonitor  = "end-monitor" // another operation starts: end the monitor, leave the hold to it
-	ctlSettle      = "settle"      // end the hold now; the monitor goes on
-	ctlFinish      = "finish"      // a cancel: end the monitor and settle now
-	endMonitorWait = 30 * time.Second
+	ctlComplete   = "complete"
+	ctlCancel     = "cancel"
+	ctlEndMonitor = "end-monitor" // another operation starts: end the monitor, leave the hold to it
+	ctlSettle     = "settle"      // end the hold now; the monitor goes on
+	ctlFinish     = "finish"      // a cancel: end the monitor and settle now
 )
 
 // run is one operation in flight in this daemon.
@@ -35,9 +34,6 @@ type run struct {
 	op      *api.Operation // owned by the run's goroutine; others see published copies
 	control chan string
 	done    chan struct{}
-	// after runs on the site's owner once the operation is in history and the site is idle:
-	// the follow-up it asks for (auto-swap, rollback).
-	after func(*site)
 	// ctx ends when the operation is cancelled through the API, the daemon gives up waiting,
 	// or the leadership it runs under ends.
 	ctx       context.Context
@@ -68,56 +64,11 @@ func newID() string {
 // opFunc carries an operation out; it returns nil when the operation succeeded.
 type opFunc func(ctx context.Context, r *run) error
 
-// start asks the site's owner to start an operation (see site.startOp).
-func (e *Engine) start(s *site, op *api.Operation, phases []string, fn opFunc) (*api.Operation, error) {
-	if !e.Leading() {
-		return nil, ErrNotLeader
-	}
-	return s.do(func() (*api.Operation, error) { return s.startOp(op, phases, fn) })
-}
-
 func (e *Engine) newRun(s *site, lead context.Context, op *api.Operation) *run {
 	r := &run{eng: e, site: s, op: op, lead: lead, control: make(chan string, 1), done: make(chan struct{})}
 	r.ctx, r.cancel = context.WithCancel(context.WithValue(lead, leadKey{}, lead))
 	e.ops.publish(op)
 	return r
-}
-
-// endMonitor ends the monitor phase of a swap that does nothing else any more (it monitors, or
-// holds the former target lane), so another operation can start; any other running operation
-// is a conflict. A held lane stays held: the operation that starts settles it (site.startOp).
-func (r *run) endMonitor() error {
-	cur := r.eng.ops.get(r.op.ID)
-	select {
-	case <-r.done:
-		return nil
-	default:
-	}
-	if cur != nil && api.Terminal(cur.State) {
-		// It has ended and is closing: its owner just has not heard yet.
-		select {
-		case <-r.done:
-			return nil
-		case <-time.After(endMonitorWait):
-		}
-	}
-	if cur == nil || (cur.State != api.StateMonitoring && cur.State != api.StateHolding) {
-		state := "running"
-		if cur != nil {
-			state = cur.State
-		}
-		return fmt.Errorf("%w: %s %s is %s", store.ErrBusy, r.op.Kind, r.op.ID, state)
-	}
-	select {
-	case r.control <- ctlEndMonitor:
-	default:
-	}
-	select {
-	case <-r.done:
-		return nil
-	case <-time.After(endMonitorWait):
-		return fmt.Errorf("%w: the monitor of %s did not end", store.ErrBusy, r.op.ID)
-	}
 }
 
 // execute runs fn and then records the outcome in history.
@@ -138,7 +89,7 @@ func (r *run) execute(fn opFunc) {
 			}
 		}
 		e.logger.Info("operation left journaled for the next leader", "site", r.op.Site, "op", r.op.ID, "state", r.op.State, "error", err)
-		r.after, r.left = nil, true
+		r.left = true
 		return
 	}
 	r.finish(err)

@@ -2,16 +2,13 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
 
-	"github.com/slotd/slotd/agent/query"
-	"github.com/slotd/slotd/agent/store"
-
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/slotd/slotd/agent/query"
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
 )
@@ -30,14 +27,20 @@ const (
 	// cannot be placed does not turn into a loop of failing operations.
 	convergeHold    = 30 * time.Second
 	maxConvergeHold = 10 * time.Minute
+	// orphanCheck is how soon after a start whose journal entry Consul did not confirm the
+	// owner looks whether the entry landed after all: it then adopts or clears it.
+	orphanCheck = 3 * time.Second
 )
 
 // triggerConverge marks the operations that the site starts itself to converge its lanes.
 const triggerConverge = "converge"
 
 // site owns one declared site: one goroutine (run) holds its state and makes every decision,
-// fed by events: leadership gained or lost, new declarations, the watches of KV, Nomad and
-// Consul, API requests, operations ending. Others read the published view only.
+// each following a typed event (events.go): leadership gained or lost, new declarations, the
+// watches of KV, Nomad and Consul, API requests, and the answers of the work it runs beside
+// itself. The owner never waits on I/O: bringing the site up, comparing its lanes, journaling
+// a new operation and reading the history run on goroutines of their own and report back as
+// events. Others read what it publishes (status) only.
 //
 // While this daemon leads, the owner brings the site up (bind and seed in KV, take over an
 // operation left journaled), then keeps it converged: whenever the site is idle and something
@@ -48,21 +51,32 @@ type site struct {
 	name string
 	log  hclog.Logger
 
-	calls   chan func()
+	events  chan event
 	changed chan struct{}
 	stopped chan struct{}
 
 	// Owned by run.
-	cfg        *config.Site
-	lead       context.Context // nil while this daemon does not lead
-	ready      bool
-	booting    bool
-	checking   bool
-	dirty      bool
-	running    *run
-	reboot     bool // the declarations changed while booting: boot again
-	bootTimer  *time.Timer
-	checkTimer *time.Timer
+	cfg         *config.Site
+	lead        context.Context // nil while this daemon does not lead
+	ready       bool
+	booting     bool
+	bootAttempt int
+	reboot      bool // the declarations changed while booting: boot again
+	running     *run
+	// starting is the operation whose journal entry is being written; queued is the one that
+	// waits for a monitoring swap to end (at most one of each, and neither while the other).
+	starting *startReq
+	queued   *startReq
+	// next is an ended operation whose follow-up (its Next) has not started yet.
+	next         *api.Operation
+	nextAttempts int
+	// comparing is set while a comparison runs beside the owner; compared counts those that
+	// started; waiters wait for the first comparison that starts after they asked.
+	comparing bool
+	compared  int
+	waiters   []waiter
+	dirty     bool
+	timers    map[timerKind]*time.Timer
 	// failures counts converge operations that failed in a row; holdUntil is when the next
 	// may start.
 	failures  int
@@ -72,11 +86,11 @@ type site struct {
 	unmoved *api.Operation
 
 	mu   sync.Mutex
-	view siteView
+	view published
 }
 
-// siteView is what the owner publishes for readers on other goroutines.
-type siteView struct {
+// published is what the owner publishes for readers on other goroutines.
+type published struct {
 	cfg     *config.Site
 	ready   bool
 	running *run
@@ -85,14 +99,15 @@ type siteView struct {
 func newSite(e *Engine, cfg *config.Site) *site {
 	s := &site{
 		eng: e, name: cfg.Name, log: e.logger.With("site", cfg.Name), cfg: cfg,
-		calls: make(chan func()), changed: make(chan struct{}, 1), stopped: make(chan struct{}),
+		events: make(chan event), changed: make(chan struct{}, 1), stopped: make(chan struct{}),
+		timers: map[timerKind]*time.Timer{},
 	}
 	s.publish()
 	return s
 }
 
 // snapshot returns the site's published state.
-func (s *site) snapshot() siteView {
+func (s *site) snapshot() published {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.view
@@ -102,32 +117,33 @@ func (s *site) config() *config.Site { return s.snapshot().cfg }
 
 func (s *site) publish() {
 	s.mu.Lock()
-	s.view = siteView{cfg: s.cfg, ready: s.ready && s.lead != nil, running: s.running}
+	s.view = published{cfg: s.cfg, ready: s.ready && s.lead != nil, running: s.running}
 	s.mu.Unlock()
 }
 
-// post runs fn on the owner goroutine; it returns false when the owner has stopped.
-func (s *site) post(fn func()) bool {
+// send hands the owner an event; false when the owner has stopped.
+func (s *site) send(ev event) bool {
 	select {
-	case s.calls <- fn:
+	case s.events <- ev:
 		return true
 	case <-s.stopped:
 		return false
 	}
 }
 
-// do runs fn on the owner goroutine and returns its answer.
-func (s *site) do(fn func() (*api.Operation, error)) (*api.Operation, error) {
-	type answer struct {
-		op  *api.Operation
-		err error
-	}
-	ch := make(chan answer, 1)
-	if !s.post(func() { op, err := fn(); ch <- answer{op, err} }) {
+// ask sends a request and waits for its answer, which the owner gives at once or once the
+// work it started beside itself reported back.
+func (s *site) ask(request func(reply chan<- answer) event) (*api.Operation, error) {
+	reply := make(chan answer, 1)
+	if !s.send(request(reply)) {
 		return nil, fmt.Errorf("%w: site %s is no longer managed", ErrNotFound, s.name)
 	}
-	ans := <-ch
-	return ans.op, ans.err
+	select {
+	case a := <-reply:
+		return a.op, a.err
+	case <-s.stopped:
+		return nil, fmt.Errorf("%w: site %s is no longer managed", ErrNotFound, s.name)
+	}
 }
 
 // poke tells the owner that something it observes may have changed.
@@ -156,8 +172,8 @@ func (s *site) run(ctx context.Context) {
 			return
 		case <-lost:
 			s.unlead()
-		case fn := <-s.calls:
-			fn()
+		case ev := <-s.events:
+			s.handle(ev)
 		case <-s.changed:
 			s.dirty = true
 			s.check()
@@ -168,305 +184,142 @@ func (s *site) run(ctx context.Context) {
 	}
 }
 
-// setLead hands the site the context of a leadership: it ends when the lock is lost.
-func (s *site) setLead(lead context.Context) {
-	s.post(func() {
-		s.unlead()
-		s.lead = lead
-		s.boot()
-	})
-}
-
-// unlead forgets the leadership and stops the site's timers; its running operation stops at
-// its next phase boundary (run.phase checks the leadership). The watches are the daemon's
-// (watchShared): they end with the leadership.
+// unlead forgets the leadership: its timers stop, requests waiting for it are refused, and its
+// running operation stops at its next phase boundary (run.phase checks the leadership). The
+// watches are the engine's: they end with the leadership.
 func (s *site) unlead() {
-	s.lead, s.ready, s.booting, s.checking, s.reboot = nil, false, false, false, false
-	for _, t := range []*time.Timer{s.bootTimer, s.checkTimer} {
-		if t != nil {
-			t.Stop()
+	s.lead, s.ready, s.booting, s.reboot, s.comparing = nil, false, false, false, false
+	for k, t := range s.timers {
+		t.Stop()
+		delete(s.timers, k)
+	}
+	for _, req := range []*startReq{s.starting, s.queued} {
+		if req != nil {
+			req.answer(nil, ErrNotLeader)
 		}
 	}
+	s.starting, s.queued, s.next = nil, nil, nil
+	s.answerWaiters(nil, nil)
 }
 
-// setConfig takes new declarations of the site (a reload): added slots are bound and seeded,
-// and changed routes or settings reach the lanes through convergence.
-func (s *site) setConfig(cfg *config.Site) {
-	s.post(func() {
-		s.cfg = cfg
-		if s.lead != nil {
-			s.ready = false
-			s.reboot = s.booting // a boot under way started with the old declarations
-			s.boot()
-		}
-	})
-}
-
-// later runs fn on the owner after d on timer t, unless the leadership it was planned under
-// ended; a later call on the same timer replaces the earlier.
-func (s *site) later(t **time.Timer, d time.Duration, fn func()) {
+// after sends the owner a timer event of kind after d, unless the leadership it was planned
+// under has ended by then; a later call of the same kind replaces the earlier.
+func (s *site) after(kind timerKind, d time.Duration) {
+	if t := s.timers[kind]; t != nil {
+		t.Stop()
+	}
 	lead := s.lead
-	if *t != nil {
-		(*t).Stop()
-	}
-	*t = time.AfterFunc(d, func() {
-		s.post(func() {
-			if s.lead == lead && lead != nil {
-				fn()
-			}
-		})
-	})
+	s.timers[kind] = time.AfterFunc(d, func() { s.send(evTimer{kind: kind, lead: lead}) })
 }
 
-// boot brings the site up in KV: lanes bound, settings seeded and migrated; then takes over an
-// operation that a stopped daemon left journaled, or compares the lanes.
+// boot brings the site up in KV beside the owner: lanes bound, settings seeded and migrated,
+// then an operation that a stopped daemon left journaled is taken over (evBooted).
 func (s *site) boot() {
 	if s.lead == nil || s.booting {
 		return
 	}
-	s.booting = true
-	lead := s.lead
-	attempt := 0
-	var try func()
-	try = func() {
-		attempt++
-		cfg := s.cfg // each attempt with the declarations as they are now
-		go func() {
-			op, err := s.eng.bootstrap(lead, cfg)
-			s.post(func() {
-				if s.lead != lead {
-					return
-				}
-				if s.reboot {
-					s.reboot, attempt = false, 0
-					try()
-					return
-				}
-				if err != nil {
-					s.log.Error("site not ready", "error", err, "attempt", attempt)
-					s.later(&s.bootTimer, query.Backoff(attempt+2), try)
-					return
-				}
-				s.booting, s.ready = false, true
-				s.log.Info("site ready")
-				if op != nil && s.running == nil {
-					if r := s.eng.inflight(s.name); r != nil {
-						// A run of an earlier owner of this site (removed by a reload, then
-						// declared again) still executes it: take over once it stopped.
-						go func() {
-							<-r.done
-							s.post(func() {
-								if s.lead == lead {
-									s.ready = false
-									s.boot()
-								}
-							})
-						}()
-						return
-					}
-					s.resume(op)
-					return
-				}
-				s.dirty = true
-				s.check()
-			})
-		}()
-	}
-	try()
+	s.booting, s.bootAttempt = true, 0
+	s.tryBoot()
 }
 
-// check compares the lanes with KV when the site is idle and something may have changed, and
-// starts a converge operation for the slots whose lanes differ.
+func (s *site) tryBoot() {
+	s.bootAttempt++
+	lead, cfg := s.lead, s.cfg // each attempt with the declarations as they are now
+	go func() {
+		var b booted
+		var err error
+		b.pending, err = s.eng.bootstrap(lead, cfg)
+		if err == nil && b.pending == nil {
+			b.next, err = s.eng.unstartedFollowUp(cfg)
+		}
+		s.send(evBooted{lead: lead, boot: b, err: err})
+	}()
+}
+
+// booted is what bringing a site up found: an operation left journaled, or else an ended
+// operation whose follow-up no daemon started.
+type booted struct {
+	pending, next *api.Operation
+}
+
+// followUpLookBack is how many of the newest operations in history are looked through for a
+// follow-up that did not start: converge operations that ran in between are passed over.
+const followUpLookBack = 5
+
+// unstartedFollowUp is the newest operation in the site's history, converge operations passed
+// over, when it asks for a follow-up (Operation.Next): nothing has started since, so its
+// daemon stopped before starting it.
+func (e *Engine) unstartedFollowUp(cfg *config.Site) (*api.Operation, error) {
+	var next *api.Operation
+	err := e.store.WalkHistory(cfg.Name, 0, followUpLookBack, func(op *api.Operation) bool {
+		if op.Trigger == triggerConverge {
+			return true
+		}
+		if op.Next != nil {
+			next = op
+		}
+		return false
+	})
+	return next, err
+}
+
+// check compares the lanes with KV when the site is idle and something may have changed.
 func (s *site) check() {
-	if s.lead == nil || !s.ready || s.running != nil || s.checking || !s.dirty || s.unmoved != nil {
+	if !s.idle() || s.comparing || !s.dirty {
 		return
 	}
 	if wait := time.Until(s.holdUntil); wait > 0 {
-		s.later(&s.checkTimer, wait, s.check)
+		s.after(timerCheck, wait)
 		return
 	}
-	s.checking, s.dirty = true, false
-	lead, cfg := s.lead, s.cfg
+	s.compare()
+}
+
+// idle reports whether the site may start something of its own: it is up under a
+// leadership, and no operation runs or starts.
+func (s *site) idle() bool {
+	return s.lead != nil && s.ready && s.running == nil && s.starting == nil && s.queued == nil && s.unmoved == nil
+}
+
+// compare runs a comparison of every lane with KV beside the owner (evCompared).
+func (s *site) compare() {
+	s.comparing, s.dirty = true, false
+	s.compared++
+	n, lead, cfg := s.compared, s.lead, s.cfg
 	go func() {
 		ctx, cancel := context.WithTimeout(lead, checkTimeout)
 		slots, err := s.eng.differing(ctx, cfg)
 		cancel()
-		s.post(func() {
-			if s.lead != lead {
-				return
-			}
-			s.checking = false
-			switch {
-			case err != nil:
-				s.log.Warn("cannot compare the lanes with kv", "error", err)
-				s.dirty = true
-				s.later(&s.checkTimer, checkRetry, s.check)
-			case len(slots) > 0 && s.running == nil:
-				s.log.Info("lanes differ from kv; converging", "slots", fmt.Sprint(slots))
-				op := &api.Operation{Kind: api.KindSettings, Trigger: triggerConverge}
-				if _, err := s.startOp(op, []string{api.PhaseRollout}, s.eng.convergeOp(cfg, slots)); err != nil {
-					s.log.Warn("cannot start converging", "error", err)
-				}
-			default:
-				s.check()
-			}
-		})
+		s.send(evCompared{lead: lead, n: n, slots: slots, err: err})
 	}()
 }
 
-// convergeNow compares the lanes with KV at once, on the owner, and starts converging them when
-// the site is idle: a settings change made through the API is running when its answer leaves.
-// A comparison that a watch started meanwhile finds the operation running and starts nothing.
-func (s *site) convergeNow() (*api.Operation, error) {
-	s.dirty = true
-	if s.lead == nil || !s.ready || s.running != nil || s.unmoved != nil {
-		return nil, nil
-	}
-	ctx, cancel := context.WithTimeout(s.lead, checkTimeout)
-	slots, err := s.eng.differing(ctx, s.cfg)
-	cancel()
-	if err != nil || len(slots) == 0 {
-		return nil, err
-	}
-	s.dirty = false
+// converge starts a converge operation of slots, by the site itself; waiters get it.
+func (s *site) converge(slots []string, waiters []waiter) {
+	s.log.Info("lanes differ from kv; converging", "slots", fmt.Sprint(slots))
 	op := &api.Operation{Kind: api.KindSettings, Trigger: triggerConverge}
-	return s.startOp(op, []string{api.PhaseRollout}, s.eng.convergeOp(s.cfg, slots))
+	req := &startReq{op: op, phases: []string{api.PhaseRollout}, fn: s.eng.convergeOp(s.cfg, slots)}
+	for _, w := range waiters {
+		req.replies = append(req.replies, w.reply)
+	}
+	s.start(req)
 }
 
-// startOp journals op as the site's running operation and carries it out in the background.
-// It refuses while another operation runs, except a swap that only monitors: a new operation
-// ends that monitoring early, with no rollback. Runs on the owner.
-func (s *site) startOp(op *api.Operation, phases []string, fn opFunc) (*api.Operation, error) {
-	e := s.eng
-	if !e.Leading() {
-		return nil, ErrNotLeader
+// answerWaiters answers every waiter of a comparison.
+func (s *site) answerWaiters(op *api.Operation, err error) {
+	for _, w := range s.waiters {
+		w.reply <- answer{op, err}
 	}
-	if s.lead == nil || !s.ready {
-		// Leading, but the owner has not heard of the leadership yet or is still bringing
-		// the site up.
-		return nil, fmt.Errorf("site %s is %w; nothing was started, retry in a few seconds", s.name, ErrStarting)
-	}
-	var held *api.Operation
-	if r := s.running; r != nil {
-		if err := r.endMonitor(); err != nil {
-			return nil, err
-		}
-		s.running = nil
-		held = leftHeld(r.op)
-	}
-	if err := s.moveUnmoved(); err != nil {
-		return nil, fmt.Errorf("%w: operation %s ended but could not be recorded in history yet: %v", store.ErrBusy, s.unmoved.ID, err)
-	}
-	if held != nil && !touchesHeld(op, held.Source) {
-		phases = append([]string{api.PhaseSettle}, phases...)
-		fn = s.eng.settleFirst(s.cfg, held, fn)
-	}
-	now := time.Now().UTC()
-	op.ID, op.Site, op.State = newID(), s.name, api.StatePending
-	op.CreatedAt, op.UpdatedAt = now, now
-	for _, p := range phases {
-		op.Phases = append(op.Phases, api.Phase{Name: p, State: api.PhasePending})
-	}
-	err := e.store.CreateOperation(op)
-	if errors.Is(err, store.ErrBusy) {
-		// An operation that ended but was never moved into history is moved now.
-		if pending, perr := e.store.PendingOperation(s.name, s.cfg.HistoryLimit); perr == nil && pending == nil {
-			err = e.store.CreateOperation(op)
-		}
-	}
-	if err != nil {
-		if errors.Is(err, store.ErrBusy) {
-			return nil, fmt.Errorf("%w: another operation is journaled in consul for site %s", store.ErrBusy, s.name)
-		}
-		return nil, err
-	}
-	e.metrics.OpsStarted.WithLabelValues(s.name, op.Kind).Inc()
-	s.log.Info("operation started", "op", op.ID, "kind", op.Kind, "trigger", op.Trigger)
-	s.execute(op, fn)
-	return e.ops.get(op.ID), nil
+	s.waiters = nil
 }
 
-// resume takes over an operation that a stopped daemon left journaled.
-func (s *site) resume(op *api.Operation) {
-	s.log.Info("recovering operation", "op", op.ID, "kind", op.Kind, "state", op.State)
-	s.execute(op, s.eng.recoverOp(s.cfg, op))
-}
-
-// execute runs fn as op's run in the background; the owner hears when it ended.
-func (s *site) execute(op *api.Operation, fn opFunc) {
-	r := s.eng.newRun(s, s.lead, op)
-	r.historyLimit = s.cfg.HistoryLimit
-	s.running = r
-	s.eng.track(s.name, r)
+// retryMove moves the operation that ended here but is not in history yet, beside the owner.
+func (s *site) retryMove() {
+	op, limit := *s.unmoved, s.cfg.HistoryLimit
 	go func() {
-		r.execute(fn)
-		s.eng.untrack(s.name, r)
-		s.post(func() { s.ended(r) })
+		s.send(evMoved{op: &op, err: s.eng.store.MoveToHistory(&op, limit)})
 	}()
 }
 
-// ended is the owner's part of an operation's end: the site is idle again, so the follow-up
-// the operation asked for starts, or the lanes are compared with KV.
-func (s *site) ended(r *run) {
-	if s.running == r {
-		s.running = nil
-	}
-	if r.unmoved {
-		op := *r.op
-		s.unmoved = &op
-		s.retryMove()
-	}
-	if r.left && s.lead != nil && s.lead != r.lead {
-		// The run stopped with a leadership this daemon has won back since: the operation is
-		// still journaled, and now there is no other executor of it.
-		s.ready = false
-		s.boot()
-		return
-	}
-	if r.op.Trigger == triggerConverge {
-		if r.op.State == api.StateFailed {
-			s.failures++
-			hold := min(convergeHold<<min(s.failures-1, 5), maxConvergeHold)
-			s.holdUntil = time.Now().Add(hold)
-			s.log.Warn("converging failed; trying again later", "in", hold, "error", r.op.Error)
-		} else {
-			s.failures, s.holdUntil = 0, time.Time{}
-		}
-	}
-	if r.after != nil && s.running == nil {
-		r.after(s)
-	}
-	s.dirty = true
-	s.check()
-}
-
-// moveUnmoved moves the operation that ended here but is not in history yet, if any.
-func (s *site) moveUnmoved() error {
-	if s.unmoved == nil {
-		return nil
-	}
-	if err := s.eng.store.MoveToHistory(s.unmoved, s.cfg.HistoryLimit); err != nil {
-		return err
-	}
-	s.log.Info("finished operation taken out of the journal", "op", s.unmoved.ID, "in_history", !s.unmoved.Unchanged)
-	s.unmoved = nil
-	return nil
-}
-
-// retryMove tries moveUnmoved again until it succeeds; then the site is compared again.
-func (s *site) retryMove() {
-	time.AfterFunc(checkRetry, func() {
-		s.post(func() {
-			if s.unmoved == nil || s.lead == nil {
-				s.unmoved = nil // a leader that follows finds it in the journal
-				return
-			}
-			if err := s.moveUnmoved(); err != nil {
-				s.retryMove()
-				return
-			}
-			s.dirty = true
-			s.check()
-		})
-	})
-}
+// backoffNext is the pause before a follow-up that did not start is tried again.
+func backoffNext(attempt int) time.Duration { return query.Backoff(attempt + 2) }

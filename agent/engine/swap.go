@@ -466,11 +466,11 @@ func (w *swap) monitorAndHold(ctx context.Context, m *config.Monitor, monEnd, ho
 				if holding {
 					w.skip(api.PhaseSettle, fmt.Sprintf("lane %s stays held for the rollback", w.tgtLane))
 				}
-				swapped := *w.op
-				w.after = func(s *site) {
-					if _, err := s.rollbackOf(&swapped, "monitor"); err != nil {
-						s.log.Error("auto-rollback did not start", "swap", w.op.ID, "error", err)
-					}
+				// Journaled before the swap ends: should this daemon stop before the rollback
+				// starts, the next leader starts it.
+				w.op.Next = &api.FollowUp{Kind: api.KindRollback, Trigger: "monitor", Source: w.op.Source, Target: w.op.Target, RollbackOf: w.op.ID}
+				if err := w.journal(); err != nil {
+					return err
 				}
 				return fmt.Errorf("%w: rolling back", ev.degraded)
 			}

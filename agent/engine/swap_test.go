@@ -582,7 +582,11 @@ func TestRollbackOfRemovedSlot(t *testing.T) {
 
 	s := newSite(e, testSite())
 	s.lead, s.ready = context.Background(), true
-	op, err := s.rollback("api")
+	reply := make(chan answer, 1)
+	s.rollback("api", reply)
+	s.handle(<-s.events) // the history's answer, read beside the owner
+	a := <-reply
+	op, err := a.op, a.err
 	require.Error(t, err)
 	assert.Nil(t, op)
 	assert.ErrorIs(t, err, store.ErrBadRequest)

@@ -1,0 +1,338 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/slotd/slotd/agent/store"
+	"github.com/slotd/slotd/api"
+)
+
+// endMonitorWait is how long a start waits for the monitor of a swap it ends.
+const endMonitorWait = 30 * time.Second
+
+// startReq is an operation to start: by a request (replies) or by the site itself.
+type startReq struct {
+	op      *api.Operation
+	phases  []string
+	fn      opFunc
+	replies []chan<- answer
+	// followUp marks the start of a follow-up (startNext), which drops no follow-up.
+	followUp bool
+	// lead is the leadership its journal entry is written under.
+	lead context.Context
+}
+
+// answer replies to whoever asked for the start.
+func (q *startReq) answer(op *api.Operation, err error) {
+	for _, r := range q.replies {
+		r <- answer{op, err}
+	}
+	q.replies = nil
+}
+
+// start asks the site's owner to start an operation (see site.start).
+func (e *Engine) start(s *site, op *api.Operation, phases []string, fn opFunc) (*api.Operation, error) {
+	if !e.Leading() {
+		return nil, ErrNotLeader
+	}
+	return s.ask(func(reply chan<- answer) event {
+		return evStart{&startReq{op: op, phases: phases, fn: fn, replies: []chan<- answer{reply}}}
+	})
+}
+
+// start journals req's operation as the site's running operation and carries it out. It
+// refuses while another operation runs, except a swap that only monitors (or holds): the start
+// ends that monitoring early, with no rollback, and goes on once the swap has ended. A
+// follow-up that was waiting is dropped: whoever starts an operation now takes over.
+func (s *site) start(req *startReq) {
+	switch {
+	case !s.eng.Leading():
+		req.answer(nil, ErrNotLeader)
+		return
+	case s.lead == nil || !s.ready:
+		// Leading, but the owner has not heard of the leadership yet or is still bringing the
+		// site up.
+		req.answer(nil, fmt.Errorf("site %s is %w; nothing was started, retry in a few seconds", s.name, ErrStarting))
+		return
+	case s.starting != nil || s.queued != nil:
+		req.answer(nil, fmt.Errorf("%w: another operation is starting on site %s", store.ErrBusy, s.name))
+		return
+	}
+	if s.next != nil && !req.followUp {
+		s.log.Warn("follow-up dropped: another operation starts first", "follow_up", s.next.Next.Kind, "after", s.next.ID, "kind", req.op.Kind)
+		s.next = nil
+	}
+	if r := s.running; r != nil {
+		cur := s.eng.ops.get(r.op.ID)
+		if cur != nil && !api.Terminal(cur.State) && cur.State != api.StateMonitoring && cur.State != api.StateHolding {
+			req.answer(nil, fmt.Errorf("%w: %s %s is %s", store.ErrBusy, r.op.Kind, r.op.ID, cur.State))
+			return
+		}
+		if cur == nil {
+			req.answer(nil, fmt.Errorf("%w: %s %s is running", store.ErrBusy, r.op.Kind, r.op.ID))
+			return
+		}
+		// Monitoring or holding (or ended, and its owner has not heard yet): end the monitor,
+		// leave the hold to this operation, and go on when the run has ended.
+		select {
+		case r.control <- ctlEndMonitor:
+		default:
+		}
+		s.queued = req
+		s.after(timerQueue, endMonitorWait)
+		return
+	}
+	s.create(req, nil)
+}
+
+// create writes the journal entry of req's operation beside the owner (evCreated). held is
+// the swap whose former target lane is still held, which the operation settles first unless
+// it moves that lane itself.
+func (s *site) create(req *startReq, held *api.Operation) {
+	op := req.op
+	if held != nil && !touchesHeld(op, held.Source) {
+		req.phases = append([]string{api.PhaseSettle}, req.phases...)
+		req.fn = s.eng.settleFirst(s.cfg, held, req.fn)
+	}
+	now := time.Now().UTC()
+	op.ID, op.Site, op.State = newID(), s.name, api.StatePending
+	op.CreatedAt, op.UpdatedAt = now, now
+	op.Phases = nil
+	for _, p := range req.phases {
+		op.Phases = append(op.Phases, api.Phase{Name: p, State: api.PhasePending})
+	}
+	req.lead = s.lead
+	s.starting = req
+	var unmoved *api.Operation
+	if s.unmoved != nil {
+		c := *s.unmoved
+		unmoved = &c
+	}
+	limit := s.cfg.HistoryLimit
+	go func() {
+		if unmoved != nil {
+			if err := s.eng.store.MoveToHistory(unmoved, limit); err != nil {
+				s.send(evCreated{req: req, err: fmt.Errorf("%w: operation %s ended but could not be recorded in history yet: %v", store.ErrBusy, unmoved.ID, err)})
+				return
+			}
+		}
+		s.send(evCreated{req: req, moved: unmoved != nil, err: s.eng.journalNew(op, limit)})
+	}()
+}
+
+// journalNew journals op as the site's running operation. An operation that ended but was
+// never moved into history is moved first. When Consul's answer is lost (the create may have
+// landed), the journal is read back: the create landed exactly when it holds op.
+func (e *Engine) journalNew(op *api.Operation, limit int) error {
+	err := e.store.CreateOperation(op)
+	if errors.Is(err, store.ErrBusy) {
+		if pending, perr := e.store.PendingOperation(op.Site, limit); perr == nil && pending == nil {
+			err = e.store.CreateOperation(op)
+		}
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, store.ErrBusy):
+		return fmt.Errorf("%w: another operation is journaled in consul for site %s", store.ErrBusy, op.Site)
+	case errors.Is(err, store.ErrStopping):
+		return err
+	}
+	cur, rerr := e.store.RunningOperation(op.Site)
+	if rerr == nil && cur != nil && cur.ID == op.ID {
+		op.Index, op.Seq = cur.Index, cur.Seq
+		e.logger.Info("consul's answer to a create was lost, but the operation is journaled", "site", op.Site, "op", op.ID, "error", err)
+		return nil
+	}
+	return &lostCreate{err}
+}
+
+// lostCreate is a create whose outcome is not known: its journal entry may still land.
+type lostCreate struct{ err error }
+
+func (l *lostCreate) Error() string { return l.err.Error() }
+func (l *lostCreate) Unwrap() error { return l.err }
+
+// created takes the outcome of a journal entry's write: the operation runs, or the request is
+// refused.
+func (s *site) created(ev evCreated) {
+	req := ev.req
+	if s.starting == req {
+		s.starting = nil
+	}
+	if ev.moved {
+		s.unmoved = nil
+	}
+	var lost *lostCreate
+	switch {
+	case req.lead != s.lead:
+		// The leadership ended meanwhile: an entry that landed is the next leader's.
+		req.answer(nil, ErrNotLeader)
+		return
+	case errors.As(ev.err, &lost):
+		// It may land still: look again soon, and adopt or clear what landed.
+		s.after(timerOrphan, orphanCheck)
+		req.answer(nil, fmt.Errorf("journal operation %s: %w (slotd looks again in %s and clears it should it have landed)", req.op.ID, ev.err, orphanCheck))
+		return
+	case ev.err != nil:
+		req.answer(nil, ev.err)
+		s.dirty = true
+		s.check()
+		return
+	}
+	op := req.op
+	s.eng.metrics.OpsStarted.WithLabelValues(s.name, op.Kind).Inc()
+	s.log.Info("operation started", "op", op.ID, "kind", op.Kind, "trigger", op.Trigger)
+	s.execute(op, req.fn)
+	req.answer(s.eng.ops.get(op.ID), nil)
+}
+
+// resume takes over an operation that a stopped daemon left journaled.
+func (s *site) resume(op *api.Operation) {
+	s.log.Info("recovering operation", "op", op.ID, "kind", op.Kind, "state", op.State)
+	s.execute(op, s.eng.recoverOp(s.cfg, op))
+}
+
+// execute runs fn as op's run in the background; the owner hears when it ended (evEnded).
+func (s *site) execute(op *api.Operation, fn opFunc) {
+	r := s.eng.newRun(s, s.lead, op)
+	r.historyLimit = s.cfg.HistoryLimit
+	s.running = r
+	s.eng.track(s.name, r)
+	go func() {
+		r.execute(fn)
+		s.eng.untrack(s.name, r)
+		s.send(evEnded{r})
+	}()
+}
+
+// ended is the owner's part of an operation's end: the site is idle again, so a start that
+// waited for it goes on, or the follow-up the operation journaled starts, or the lanes are
+// compared with KV.
+func (s *site) ended(r *run) {
+	if s.running == r {
+		s.running = nil
+	}
+	if r.unmoved {
+		op := *r.op
+		s.unmoved = &op
+		s.after(timerMove, checkRetry)
+	}
+	if r.left && s.lead != nil && s.lead != r.lead {
+		// The run stopped with a leadership this daemon has won back since: the operation is
+		// still journaled, and now there is no other executor of it.
+		if q := s.queued; q != nil {
+			s.queued = nil
+			q.answer(nil, fmt.Errorf("site %s is %w; nothing was started, retry in a few seconds", s.name, ErrStarting))
+		}
+		s.ready = false
+		s.boot()
+		return
+	}
+	if q := s.queued; q != nil {
+		s.queued = nil
+		if t := s.timers[timerQueue]; t != nil {
+			t.Stop()
+			delete(s.timers, timerQueue)
+		}
+		if s.lead == nil || r.left {
+			q.answer(nil, ErrNotLeader)
+			return
+		}
+		s.create(q, leftHeld(r.op))
+		return
+	}
+	if r.op.Trigger == triggerConverge {
+		if r.op.State == api.StateFailed {
+			s.failures++
+			hold := min(convergeHold<<min(s.failures-1, 5), maxConvergeHold)
+			s.holdUntil = time.Now().Add(hold)
+			s.log.Warn("converging failed; trying again later", "in", hold, "error", r.op.Error)
+		} else {
+			s.failures, s.holdUntil = 0, time.Time{}
+		}
+	}
+	if r.op.Next != nil && !r.left && s.lead != nil {
+		s.next, s.nextAttempts = r.op, 0
+		s.startNext()
+		return
+	}
+	s.dirty = true
+	s.check()
+}
+
+// startNext starts the follow-up that an ended operation journaled (Operation.Next): the
+// monitor's rollback of a degraded swap, or a deploy's auto_swap. A start that fails is tried
+// again until it starts, another operation starts first, or the leadership ends: the next
+// leader finds it journaled with the operation in history.
+func (s *site) startNext() {
+	from := s.next
+	next := from.Next
+	if s.cfg.Slot(next.Source) == nil || s.cfg.Slot(next.Target) == nil {
+		s.log.Error("follow-up dropped: its slots are no longer both declared", "kind", next.Kind, "source", next.Source, "target", next.Target)
+		s.next = nil
+		return
+	}
+	op := &api.Operation{Kind: next.Kind, Trigger: next.Trigger, Source: next.Source, Target: next.Target, RollbackOf: next.RollbackOf}
+	reply := make(chan answer, 1)
+	s.start(&startReq{op: op, phases: swapPhases, fn: s.eng.swapOp(s.cfg, next.Source, next.Target), replies: []chan<- answer{reply}, followUp: true})
+	if s.queued == nil && s.starting == nil {
+		// Refused at once: try again later.
+		err := (<-reply).err
+		s.nextAttempts++
+		s.log.Warn("follow-up did not start; trying again", "kind", next.Kind, "after", from.ID, "error", err, "attempt", s.nextAttempts)
+		s.after(timerNext, backoffNext(s.nextAttempts))
+		return
+	}
+	s.next = nil
+	go func() {
+		if a := <-reply; a.err != nil {
+			s.log.Error("follow-up did not start", "kind", next.Kind, "after", from.ID, "error", a.err)
+		}
+	}()
+}
+
+// rollback swaps back the newest swap of the site whose switch happened: the one monitoring or
+// holding now, else the newest in history (read beside the owner: evLastSwap).
+func (s *site) rollback(trigger string, reply chan<- answer) {
+	if r := s.running; r != nil {
+		// A swap still monitoring its window, or holding its former target lane, is the one to
+		// roll back: the start ends the window, and the rollback takes the held lane back with
+		// a switch only. Anything else running is a conflict there.
+		if cur := s.eng.ops.get(r.op.ID); cur != nil && (cur.State == api.StateMonitoring || cur.State == api.StateHolding) && cur.Switched &&
+			(cur.Kind == api.KindSwap || cur.Kind == api.KindRollback) {
+			s.rollbackOf(cur, trigger, reply)
+			return
+		}
+	}
+	lead, name, limit := s.lead, s.name, store.HistoryKeeps(s.cfg.HistoryLimit)
+	go func() {
+		last, err := s.eng.lastSwap(name, limit)
+		s.send(evLastSwap{lead: lead, trigger: trigger, swap: last, err: err, reply: reply})
+	}()
+}
+
+// lastSwap is the newest swap in a site's history whose switch happened, nil when none.
+func (e *Engine) lastSwap(site string, limit int) (*api.Operation, error) {
+	var last *api.Operation
+	err := e.store.WalkHistory(site, 0, limit, func(h *api.Operation) bool {
+		if (h.Kind == api.KindSwap || h.Kind == api.KindRollback) && h.Switched {
+			last = h
+		}
+		return last == nil
+	})
+	return last, err
+}
+
+// rollbackOf swaps back the given swap.
+func (s *site) rollbackOf(last *api.Operation, trigger string, reply chan<- answer) {
+	if s.cfg.Slot(last.Source) == nil || s.cfg.Slot(last.Target) == nil {
+		reply <- answer{nil, fmt.Errorf("%w: the last swap of site %s moved slots %s and %s, which are no longer both declared", store.ErrBadRequest, s.name, last.Source, last.Target)}
+		return
+	}
+	op := &api.Operation{Kind: api.KindRollback, Trigger: trigger, Source: last.Source, Target: last.Target, RollbackOf: last.ID}
+	s.start(&startReq{op: op, phases: swapPhases, fn: s.eng.swapOp(s.cfg, last.Source, last.Target), replies: []chan<- answer{reply}})
+}
