@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
@@ -17,6 +16,7 @@ import (
 	"github.com/slotd/slotd/agent/engine"
 	"github.com/slotd/slotd/agent/httpapi"
 	"github.com/slotd/slotd/agent/lanes"
+	"github.com/slotd/slotd/agent/leader"
 	"github.com/slotd/slotd/agent/metrics"
 	"github.com/slotd/slotd/agent/query"
 	"github.com/slotd/slotd/agent/store"
@@ -53,10 +53,9 @@ type Agent struct {
 	mu  sync.Mutex
 	cfg *config.Config
 
-	deposed chan struct{} // a write was refused: the lock is gone, whatever the monitor says
-	role    chan struct{} // this daemon began or stopped leading (role.go)
-	// leadCancel ends the current leadership's context (context.CancelFunc).
-	leadCancel atomic.Value
+	// leadership holds the leader lock; the store's fence checks the session it leads with.
+	leadership *leader.Leader
+	role       chan struct{} // this daemon began or stopped leading (role.go)
 }
 
 // New builds the clients and binds the HTTP listener, so a bad address fails at start.
@@ -73,9 +72,9 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 	a := &Agent{
 		logger: logger.Named("agent"), ctlConsul: ctlConsul, ctlNomad: ctlNomad, metrics: m,
 		follow: &query.Follower{Errors: m.QueryErrors}, probes: newProbes(), cfg: cfg,
-		deposed: make(chan struct{}, 1), role: make(chan struct{}, 1),
+		role: make(chan struct{}, 1),
 	}
-	a.store = &store.Store{KV: consul.KV(), Prefix: cfg.KVPrefix, Logger: logger.Named("store"), OnDeposed: a.onDeposed}
+	a.store = &store.Store{KV: consul.KV(), Prefix: cfg.KVPrefix, Logger: logger.Named("store")}
 	a.engine = engine.New(cfg, engine.Deps{
 		Consul: consul, Nomad: nomad, Store: a.store, Metrics: m, Follow: a.follow, Logger: logger.Named("engine"),
 		Lanes: lanes.New(nomad, consul, a.follow, logger.Named("lanes")),
@@ -83,6 +82,13 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 	if a.server, err = httpapi.New(cfg.HTTP.Address, backend{a.engine, a}, m.Registry, logger); err != nil {
 		return nil, err
 	}
+	a.leadership = leader.New(leader.Config{
+		Consul: ctlConsul, Key: a.store.LeaderKey(), Value: a.advertise(), SessionFile: a.sessionFile(),
+		Logger: logger.Named("leader"), OnError: m.QueryErrors.WithLabelValues("consul").Inc,
+	})
+	// A refused write ends the leadership at once, not when the lock monitor hears of it: no
+	// run of it may start another write, to Consul or to Nomad.
+	a.store.OnDeposed = a.leadership.Deposed
 	return a, nil
 }
 
@@ -139,7 +145,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	probes, stopProbes := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { a.engine.Run(daemon) })
-	wg.Go(func() { a.leadLoop(daemon) })
+	wg.Go(func() {
+		a.leadership.Run(daemon, func(lead context.Context, session string) { a.lead(daemon, lead, session) })
+	})
 	wg.Go(func() {
 		if service := a.config().Consul.Service; service != "" {
 			a.roleLoop(daemon, service)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +15,7 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	"github.com/slotd/slotd/agent/query"
 )
 
 const (
@@ -147,10 +147,10 @@ func (l *Leader) Run(ctx context.Context, onLead func(lead context.Context, sess
 			failures++
 			l.failed()
 			l.logger.Warn("cannot take the leader lock", "error", err)
-			_ = sleep(ctx, backoff(failures))
+			_ = query.Sleep(ctx, query.Backoff(failures))
 		case led:
 			failures = 0
-			_ = sleep(ctx, l.cfg.RelockPause)
+			_ = query.Sleep(ctx, l.cfg.RelockPause)
 		}
 	}
 }
@@ -307,7 +307,7 @@ func (l *Leader) acquire(ctx context.Context, session string) error {
 		if ok {
 			return nil
 		}
-		if err := sleep(ctx, lockRetry); err != nil {
+		if err := query.Sleep(ctx, lockRetry); err != nil {
 			return err
 		}
 		index = 0 // the key may not change again: read it at once
@@ -345,7 +345,7 @@ func (l *Leader) monitor(h *leadership) {
 			failures++
 			l.failed()
 			l.logger.Warn("cannot read the leader lock", "error", err)
-			_ = sleep(h.lead, backoff(failures))
+			_ = query.Sleep(h.lead, query.Backoff(failures))
 			continue
 		}
 		failures = 0
@@ -421,23 +421,5 @@ func (l *Leader) dropPreviousSession(ctx context.Context) {
 func (l *Leader) failed() {
 	if l.cfg.OnError != nil {
 		l.cfg.OnError()
-	}
-}
-
-// backoff is the pause before retry n of a failed call: growing, capped, with jitter.
-func backoff(n int) time.Duration {
-	d := 250 * time.Millisecond << min(n, 6)
-	return d/2 + rand.N(d/2)
-}
-
-// sleep waits d, or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }

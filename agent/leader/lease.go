@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/slotd/slotd/agent/query"
 )
 
 // leaseMargin is how much sooner than the session's TTL a leader stops trusting its lease.
@@ -67,7 +69,7 @@ func (k *keeper) run(ctx context.Context, created time.Time, lapse func(cause er
 	expire := arm()
 	defer func() { expire.Stop() }()
 	wait := k.every
-	for sleep(ctx, wait) == nil {
+	for query.Sleep(ctx, wait) == nil {
 		sent := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, k.every)
 		gone, err := k.renew(rctx)

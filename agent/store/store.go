@@ -63,6 +63,14 @@ type Store struct {
 // Fence makes every later transaction check that session holds the leader lock ("" stops it).
 func (s *Store) Fence(session string) { s.session.Store(session) }
 
+// Unfence makes every later transaction fail its check once session no longer leads, unless a
+// later leadership fenced its own session already.
+func (s *Store) Unfence(session string) { s.session.CompareAndSwap(session, lostSession) }
+
+// lostSession fences a daemon that does not lead: no session holds the lock under that name,
+// so every transaction fails its check.
+const lostSession = "00000000-0000-0000-0000-000000000000"
+
 // FencedBy is the session every transaction checks now ("" for none).
 func (s *Store) FencedBy() string {
 	session, _ := s.session.Load().(string)
