@@ -12,6 +12,9 @@ var (
 	// ErrStarting refuses an operation on a site that this daemon leads but has not brought up
 	// yet (just started, failed over, reloaded): nothing was started, and a retry soon works.
 	ErrStarting = errors.New("starting")
+	// errUndecided stops an operation whose last write has an outcome Consul did not tell: it
+	// stays journaled, and whoever runs it next reads from the journal what happened.
+	errUndecided = errors.New("the outcome of a write is not known")
 	// errCancelled ends an operation cancelled through the API.
 	errCancelled = errors.New("cancelled")
 )

@@ -80,7 +80,7 @@ func (r *run) execute(fn opFunc) {
 	if err != nil && r.cancelled.Load() {
 		err = fmt.Errorf("%w: %v", errCancelled, err)
 	}
-	if errors.Is(err, store.ErrStopping) || r.lead.Err() != nil {
+	if errors.Is(err, store.ErrStopping) || errors.Is(err, errUndecided) || r.lead.Err() != nil {
 		if e.stopping() && r.lead.Err() == nil {
 			// A graceful stop between phases: the next leader goes on from here.
 			r.op.HandedOff = true
@@ -190,7 +190,7 @@ func (r *run) phase(name, state string, fn func() error) error {
 		err = fn()
 	}
 	p = r.op.Phase(name)
-	if errors.Is(err, store.ErrStopping) {
+	if errors.Is(err, store.ErrStopping) || errors.Is(err, errUndecided) {
 		// Not run to its end: the next leader runs it again (a monitor only what is left of
 		// its window, counted from StartedAt).
 		p.State = api.PhasePending

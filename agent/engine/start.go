@@ -232,6 +232,11 @@ func (s *site) ended(r *run) {
 		s.boot()
 		return
 	}
+	if r.left && s.lead != nil && !s.eng.stopping() {
+		// Left journaled while this daemon still leads (a write whose outcome is not known):
+		// look at the journal soon and take it over from what it says.
+		s.after(timerOrphan, orphanCheck)
+	}
 	if q := s.queued; q != nil {
 		s.queued = nil
 		if t := s.timers[timerQueue]; t != nil {

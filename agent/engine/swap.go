@@ -302,7 +302,7 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	}
 	t2 := time.Now()
 	if err := w.exchange(ctx, made.Version, broken.Version); err != nil {
-		if w.op.Switched || errors.Is(err, store.ErrStopping) {
+		if w.op.Switched || errors.Is(err, store.ErrStopping) || errors.Is(err, errUndecided) {
 			return err // after the exchange the site converges what is left; deposed: nothing
 		}
 		// KV still binds the target to its lane: give that lane its routes back before the
@@ -363,10 +363,22 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 			w.op.Index = cur.Index
 			continue
 		}
+		if err != nil && !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrStopping) {
+			// No answer, or a broken one: the transaction may have committed all the same.
+			// What is true decides: the journal says whether it did, and a journal write at
+			// the index the exchange checks makes sure it never does later.
+			var committed uint64
+			if committed, err = w.exchanged(ctx, err); err == nil {
+				next.Index = committed
+				resp = &consulapi.KVTxnResponse{}
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
 		}
-		next.Index = store.ResultIndex(resp, kv.OperationKey(w.site.Name), w.op.Index)
+		if next.Index == w.op.Index {
+			next.Index = store.ResultIndex(resp, kv.OperationKey(w.site.Name), w.op.Index)
+		}
 		*w.op = next
 		w.eng.ops.publish(w.op)
 		// Settings as KV has them now; the scales stay as the swap resolved them (a live
@@ -377,6 +389,45 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 		// Past the exchange the swap is done as far as routing goes: a failure here is the
 		// switch's, not a reason to undo it.
 		return failpoint.Inject(ctx, "switch.after-exchange")
+	}
+}
+
+// exchanged finds out whether an exchange whose answer was lost (cause) committed: the index
+// the journal holds it at when it did, or cause when it did not and never will. The journal
+// of a committed exchange says switched. One that says otherwise at the index the exchange
+// checked is written again at that index: once that write lands, the exchange cannot. Consul
+// is asked until it answers or the switch's deadline ends.
+func (w *swap) exchanged(ctx context.Context, cause error) (uint64, error) {
+	kv := w.eng.store
+	for attempt := 1; ; attempt++ {
+		cur, err := kv.RunningOperation(w.site.Name)
+		switch {
+		case err != nil:
+		case cur == nil || cur.ID != w.op.ID:
+			return 0, fmt.Errorf("%w; the journal no longer holds operation %s", cause, w.op.ID)
+		case cur.Switched:
+			w.eng.logger.Info("consul's answer to the exchange was lost, but it committed", "site", w.site.Name, "op", w.op.ID, "error", cause)
+			return cur.Index, nil
+		case cur.Index != w.op.Index:
+			return 0, cause // the journal moved on: the exchange's check fails for good
+		default:
+			err = kv.UpdateOperation(w.op)
+			if err == nil {
+				return 0, cause
+			}
+			if errors.Is(err, store.ErrStopping) {
+				return 0, err
+			}
+			if errors.Is(err, store.ErrConflict) {
+				continue // it landed meanwhile, or the journal moved: read again
+			}
+		}
+		if w.lead.Err() != nil {
+			return 0, store.ErrStopping
+		}
+		if serr := query.Sleep(ctx, query.Backoff(attempt)); serr != nil {
+			return 0, fmt.Errorf("%w: the exchange's answer was lost (%v) and consul did not tell whether it committed (%v)", errUndecided, cause, err)
+		}
 	}
 }
 

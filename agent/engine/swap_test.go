@@ -156,6 +156,16 @@ func kvSlots(kv *storetest.KV, exchanged bool) {
 	kv.Put("slotd/sites/web/slots/staging/sticky", `{"DB": "staging-db"}`)
 }
 
+// isExchange picks the swap's exchange: the transaction that binds production to lane b.
+func isExchange(ops consulapi.KVTxnOps) bool {
+	for _, op := range ops {
+		if op.Key == "slotd/sites/web/slots/production/lane" && string(op.Value) == "web-b" {
+			return true
+		}
+	}
+	return false
+}
+
 // phased returns a swap operation whose phases after preflight have the given states, in
 // swapPhases order; preflight succeeded when any state is given.
 func phased(states ...string) *api.Operation {
@@ -212,6 +222,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 		noWarm    bool // the lane has no instance that answers warm-up
 		failLane  func(call string) bool
 		failTxn   func(consulapi.KVTxnOps) error
+		lostTxn   func(consulapi.KVTxnOps) bool // commits, and its answer is lost
 		wantCalls []string
 		wantErr   string
 		wantProd  string // the lane production is bound to afterwards
@@ -331,6 +342,26 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			wantErr:   "exchange the bindings",
 			wantProd:  "a",
 		},
+		{
+			name:      "the exchange commits but its answer is lost: the swap goes on, switched",
+			op:        phased(),
+			lostTxn:   isExchange,
+			wantCalls: []string{applyB, makeB, breakA, settleA},
+			wantProd:  "b",
+		},
+		{
+			name: "the exchange's answer is lost and consul refused it: fenced, then routes back first",
+			op:   phased(),
+			failTxn: func(ops consulapi.KVTxnOps) error {
+				if isExchange(ops) {
+					return storetest.ErrLost
+				}
+				return nil
+			},
+			wantCalls: []string{applyB, makeB, breakA, giveBackA, restoreB},
+			wantErr:   "connection reset",
+			wantProd:  "a",
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -346,14 +377,14 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			e.httpClient = app.Client()
 			cfg := testSite()
 			require.NoError(t, e.store.CreateOperation(tc.op))
-			kv.Fail = tc.failTxn
+			kv.Fail, kv.Lost = tc.failTxn, tc.lostTxn
 			fn := e.swapOp(cfg, "staging", "production")
 			if tc.recover {
 				fn = e.recoverOp(cfg, tc.op)
 			}
 			r := e.newRun(nil, context.Background(), tc.op)
 			err := fn(context.Background(), r)
-			kv.Fail = nil
+			kv.Fail, kv.Lost = nil, nil
 
 			if tc.wantErr == "" {
 				assert.NoError(t, err)

@@ -2,6 +2,7 @@
 package storetest
 
 import (
+	"errors"
 	"maps"
 	"slices"
 	"sort"
@@ -20,7 +21,13 @@ type KV struct {
 	pairs map[string]*consulapi.KVPair
 	// Fail, if set, refuses a transaction with the error it returns.
 	Fail func(consulapi.KVTxnOps) error
+	// Lost, if set, picks transactions whose answer is lost: they commit, and the caller
+	// gets an error as if the connection broke before the answer came.
+	Lost func(consulapi.KVTxnOps) bool
 }
+
+// ErrLost is the error of a transaction whose answer Lost took.
+var ErrLost = errors.New("read tcp 127.0.0.1:50000->127.0.0.1:8500: connection reset by peer")
 
 var _ store.KVAPI = (*KV)(nil)
 
@@ -106,6 +113,9 @@ func (f *KV) Txn(ops consulapi.KVTxnOps, _ *consulapi.QueryOptions) (bool, *cons
 				}
 			}
 		}
+	}
+	if f.Lost != nil && f.Lost(ops) {
+		return false, nil, nil, ErrLost
 	}
 	return true, resp, &consulapi.QueryMeta{}, nil
 }
