@@ -43,6 +43,16 @@ func (e *Engine) start(s *site, op *api.Operation, phases []string, fn opFunc) (
 	})
 }
 
+// refuse answers a start that did not happen; a follow-up is tried again later.
+func (s *site) refuse(req *startReq, err error) {
+	req.answer(nil, err)
+	if req.followUp && s.next != nil && s.lead != nil {
+		s.nextAttempts++
+		s.log.Warn("follow-up did not start; trying again", "kind", req.op.Kind, "after", s.next.ID, "error", err, "attempt", s.nextAttempts)
+		s.after(timerNext, backoffNext(s.nextAttempts))
+	}
+}
+
 // start journals req's operation as the site's running operation and carries it out. It
 // refuses while another operation runs, except a swap that only monitors (or holds): the start
 // ends that monitoring early, with no rollback, and goes on once the swap has ended. A
@@ -50,15 +60,15 @@ func (e *Engine) start(s *site, op *api.Operation, phases []string, fn opFunc) (
 func (s *site) start(req *startReq) {
 	switch {
 	case !s.eng.Leading():
-		req.answer(nil, ErrNotLeader)
+		s.refuse(req, ErrNotLeader)
 		return
 	case s.lead == nil || !s.ready:
 		// Leading, but the owner has not heard of the leadership yet or is still bringing the
 		// site up.
-		req.answer(nil, fmt.Errorf("site %s is %w; nothing was started, retry in a few seconds", s.name, ErrStarting))
+		s.refuse(req, fmt.Errorf("site %s is %w; nothing was started, retry in a few seconds", s.name, ErrStarting))
 		return
 	case s.starting != nil || s.queued != nil:
-		req.answer(nil, fmt.Errorf("%w: another operation is starting on site %s", store.ErrBusy, s.name))
+		s.refuse(req, fmt.Errorf("%w: another operation is starting on site %s", store.ErrBusy, s.name))
 		return
 	}
 	if s.next != nil && !req.followUp {
@@ -68,11 +78,11 @@ func (s *site) start(req *startReq) {
 	if r := s.running; r != nil {
 		cur := s.eng.ops.get(r.op.ID)
 		if cur != nil && !api.Terminal(cur.State) && cur.State != api.StateMonitoring && cur.State != api.StateHolding {
-			req.answer(nil, fmt.Errorf("%w: %s %s is %s", store.ErrBusy, r.op.Kind, r.op.ID, cur.State))
+			s.refuse(req, fmt.Errorf("%w: %s %s is %s", store.ErrBusy, r.op.Kind, r.op.ID, cur.State))
 			return
 		}
 		if cur == nil {
-			req.answer(nil, fmt.Errorf("%w: %s %s is running", store.ErrBusy, r.op.Kind, r.op.ID))
+			s.refuse(req, fmt.Errorf("%w: %s %s is running", store.ErrBusy, r.op.Kind, r.op.ID))
 			return
 		}
 		// Monitoring or holding (or ended, and its owner has not heard yet): end the monitor,
@@ -175,13 +185,16 @@ func (s *site) created(ev evCreated) {
 	case errors.As(ev.err, &lost):
 		// It may land still: look again soon, and adopt or clear what landed.
 		s.after(timerOrphan, orphanCheck)
-		req.answer(nil, fmt.Errorf("journal operation %s: %w (slotd looks again in %s and clears it should it have landed)", req.op.ID, ev.err, orphanCheck))
+		s.refuse(req, fmt.Errorf("journal operation %s: %w (slotd looks again in %s and clears it should it have landed)", req.op.ID, ev.err, orphanCheck))
 		return
 	case ev.err != nil:
-		req.answer(nil, ev.err)
+		s.refuse(req, ev.err)
 		s.dirty = true
 		s.check()
 		return
+	}
+	if req.followUp {
+		s.next = nil
 	}
 	op := req.op
 	s.eng.metrics.OpsStarted.WithLabelValues(s.name, op.Kind).Inc()
@@ -271,8 +284,8 @@ func (s *site) ended(r *run) {
 
 // startNext starts the follow-up that an ended operation journaled (Operation.Next): the
 // monitor's rollback of a degraded swap, or a deploy's auto_swap. A start that fails is tried
-// again until it starts, another operation starts first, or the leadership ends: the next
-// leader finds it journaled with the operation in history.
+// again (refuse) until it starts, another operation starts first, or the leadership ends: the
+// next leader finds it journaled with the operation in history (unstartedFollowUp).
 func (s *site) startNext() {
 	from := s.next
 	next := from.Next
@@ -282,22 +295,7 @@ func (s *site) startNext() {
 		return
 	}
 	op := &api.Operation{Kind: next.Kind, Trigger: next.Trigger, Source: next.Source, Target: next.Target, RollbackOf: next.RollbackOf}
-	reply := make(chan answer, 1)
-	s.start(&startReq{op: op, phases: swapPhases, fn: s.eng.swapOp(s.cfg, next.Source, next.Target), replies: []chan<- answer{reply}, followUp: true})
-	if s.queued == nil && s.starting == nil {
-		// Refused at once: try again later.
-		err := (<-reply).err
-		s.nextAttempts++
-		s.log.Warn("follow-up did not start; trying again", "kind", next.Kind, "after", from.ID, "error", err, "attempt", s.nextAttempts)
-		s.after(timerNext, backoffNext(s.nextAttempts))
-		return
-	}
-	s.next = nil
-	go func() {
-		if a := <-reply; a.err != nil {
-			s.log.Error("follow-up did not start", "kind", next.Kind, "after", from.ID, "error", a.err)
-		}
-	}()
+	s.start(&startReq{op: op, phases: swapPhases, fn: s.eng.swapOp(s.cfg, next.Source, next.Target), followUp: true})
 }
 
 // rollback swaps back the newest swap of the site whose switch happened: the one monitoring or
