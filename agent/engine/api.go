@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
@@ -340,33 +339,6 @@ func (e *Engine) Operation(ctx context.Context, id string, index uint64) (*api.O
 		return e.ops.wait(ctx, id, index), nil
 	}
 	return e.findOperation(id)
-}
-
-// findOperation looks for an operation this daemon has not seen, in KV: each site's running
-// operation, then its history newest first, no further back than the site keeps.
-func (e *Engine) findOperation(id string) (*api.Operation, error) {
-	if !strings.HasPrefix(id, "op-") {
-		return nil, fmt.Errorf("%w: no operation %q", ErrNotFound, id)
-	}
-	for _, s := range e.siteList() {
-		if op, err := e.store.RunningOperation(s.name); err == nil && op != nil && op.ID == id {
-			return op, nil
-		}
-		var found *api.Operation
-		err := e.store.WalkHistory(s.name, 0, store.HistoryKeeps(s.config().HistoryLimit), func(op *api.Operation) bool {
-			if op.ID == id {
-				found = op
-			}
-			return found == nil
-		})
-		if err != nil {
-			return nil, err
-		}
-		if found != nil {
-			return found, nil
-		}
-	}
-	return nil, fmt.Errorf("%w: no operation %q", ErrNotFound, id)
 }
 
 // running finds the run of an operation in flight in this daemon, and its state now.

@@ -48,6 +48,7 @@ type Engine struct {
 	metrics *metrics.Metrics
 	follow  *query.Follower
 	ops     *opRegistry
+	index   *opIndex
 	// httpClient sends the warm-up requests: no keep-alive, no proxy.
 	httpClient *http.Client
 
@@ -70,7 +71,7 @@ type Engine struct {
 func New(cfg *config.Config, d Deps) *Engine {
 	e := &Engine{
 		logger: d.Logger, consul: d.Consul, nomad: d.Nomad, store: d.Store, lanes: d.Lanes,
-		metrics: d.Metrics, follow: d.Follow, ops: newOpRegistry(),
+		metrics: d.Metrics, follow: d.Follow, ops: newOpRegistry(), index: newOpIndex(),
 		httpClient: &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
 		daemon:     context.Background(),
 		cfg:        cfg, sites: map[string]*site{}, siteStops: map[string]context.CancelFunc{},

@@ -161,7 +161,7 @@ func kvSlots(kv *storetest.KV, exchanged bool) {
 func testEngine(kv *storetest.KV, lanes laneOps) *Engine {
 	e := &Engine{
 		logger: hclog.NewNullLogger(), store: &store.Store{KV: kv, Prefix: "slotd"}, lanes: lanes,
-		metrics: metrics.New(), ops: newOpRegistry(), httpClient: http.DefaultClient,
+		metrics: metrics.New(), ops: newOpRegistry(), index: newOpIndex(), httpClient: http.DefaultClient,
 		daemon: context.Background(), runs: map[string]*run{},
 	}
 	e.leader.Store(true)

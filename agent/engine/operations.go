@@ -146,6 +146,9 @@ func (r *run) finish(err error) {
 	for attempt := 1; ; attempt++ {
 		jerr := e.store.MoveToHistory(op, r.historyLimit)
 		if jerr == nil {
+			if !op.Unchanged || op.State != api.StateSucceeded {
+				e.index.kept(op.ID, e.store.HistoryKey(op.Site, op.Seq))
+			}
 			break
 		}
 		if attempt == historyAttempts || r.lead.Err() != nil {

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	consulapi "github.com/hashicorp/consul/api"
 
@@ -24,6 +25,8 @@ type KV struct {
 	// Lost, if set, picks transactions whose answer is lost: they commit, and the caller
 	// gets an error as if the connection broke before the answer came.
 	Lost func(consulapi.KVTxnOps) bool
+	// Requests counts the requests the KV answered, reads and writes.
+	Requests atomic.Int64
 }
 
 // ErrLost is the error of a transaction whose answer Lost took.
@@ -36,6 +39,7 @@ func New() *KV { return &KV{index: 10, pairs: map[string]*consulapi.KVPair{}} }
 
 // List is Consul's, over the pairs in memory.
 func (f *KV) List(prefix string, _ *consulapi.QueryOptions) (consulapi.KVPairs, *consulapi.QueryMeta, error) {
+	f.Requests.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out consulapi.KVPairs
@@ -61,6 +65,7 @@ func (f *KV) Keys(prefix, _ string, q *consulapi.QueryOptions) ([]string, *consu
 
 // Get is Consul's, over the pairs in memory.
 func (f *KV) Get(key string, _ *consulapi.QueryOptions) (*consulapi.KVPair, *consulapi.QueryMeta, error) {
+	f.Requests.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p, ok := f.pairs[key]
@@ -73,6 +78,7 @@ func (f *KV) Get(key string, _ *consulapi.QueryOptions) (*consulapi.KVPair, *con
 
 // Txn is Consul's: check-and-set transactions, all or nothing.
 func (f *KV) Txn(ops consulapi.KVTxnOps, _ *consulapi.QueryOptions) (bool, *consulapi.KVTxnResponse, *consulapi.QueryMeta, error) {
+	f.Requests.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.Fail != nil {
