@@ -10,11 +10,11 @@ import (
 	"strconv"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
+
 	"github.com/slotd/slotd/agent/lanes"
 	"github.com/slotd/slotd/agent/query"
 	"github.com/slotd/slotd/agent/store"
-
-	consulapi "github.com/hashicorp/consul/api"
 )
 
 // The tags this daemon keeps on its own instance of the Consul service named by consul.service,

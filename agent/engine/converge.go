@@ -10,12 +10,10 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/slotd/slotd/agent/lanes"
-
-	"github.com/slotd/slotd/agent/store"
-
 	consulapi "github.com/hashicorp/consul/api"
 
+	"github.com/slotd/slotd/agent/lanes"
+	"github.com/slotd/slotd/agent/store"
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
 	"github.com/slotd/slotd/internal/failpoint"
@@ -387,4 +385,36 @@ func (e *Engine) restoreSlot(ctx context.Context, cfg *config.Site, slotName str
 		return ro, fmt.Errorf("bind %s to lane %s version %d: %w", slotName, ss.Lane.Value, ro.Version, err)
 	}
 	return ro, nil
+}
+
+// restoreContext bounds putting a lane back: its own deadline, because the failure may be the
+// operation's own deadline or cancel; and an end when the daemon stops or the leadership the
+// operation ran under (carried in ctx) ends, for a deposed leader writes nothing more.
+func (e *Engine) restoreContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	rctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
+	if lead, ok := ctx.Value(leadKey{}).(context.Context); ok {
+		context.AfterFunc(lead, cancel)
+	}
+	go func() {
+		select {
+		case <-e.daemon.Done():
+			cancel()
+		case <-rctx.Done():
+		}
+	}()
+	return rctx, cancel
+}
+
+// laneSick reports whether any instance of a lane fails its checks now.
+func (e *Engine) laneSick(ctx context.Context, site *config.Site, lane string) bool {
+	entries, _, err := e.lanes.Entries(ctx, site, lane, 0, 0)
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		if e.Checks.AggregatedStatus() != consulapi.HealthPassing {
+			return true
+		}
+	}
+	return false
 }

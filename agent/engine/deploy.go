@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/slotd/slotd/agent/lanes"
-
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
 )

@@ -3,8 +3,9 @@ package engine
 import (
 	"testing"
 
-	"github.com/slotd/slotd/api"
 	"github.com/stretchr/testify/assert"
+
+	"github.com/slotd/slotd/api"
 )
 
 // TestHideVars: the operation a deploy journals holds the sensitive variables' names with

@@ -4,11 +4,10 @@ import (
 	"context"
 	"time"
 
-	"github.com/slotd/slotd/agent/lanes"
-
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/slotd/slotd/agent/lanes"
 	"github.com/slotd/slotd/config"
 	"github.com/slotd/slotd/jobspec"
 )

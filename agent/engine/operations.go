@@ -13,7 +13,6 @@ import (
 
 	"github.com/slotd/slotd/agent/query"
 	"github.com/slotd/slotd/agent/store"
-
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/internal/failpoint"
 )

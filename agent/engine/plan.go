@@ -4,9 +4,7 @@ import (
 	"maps"
 
 	"github.com/slotd/slotd/agent/lanes"
-
 	"github.com/slotd/slotd/agent/store"
-
 	"github.com/slotd/slotd/config"
 )
 

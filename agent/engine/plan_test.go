@@ -3,12 +3,10 @@ package engine
 import (
 	"testing"
 
-	"github.com/slotd/slotd/agent/lanes"
-
-	"github.com/slotd/slotd/agent/store"
-
 	"github.com/stretchr/testify/assert"
 
+	"github.com/slotd/slotd/agent/lanes"
+	"github.com/slotd/slotd/agent/store"
 	"github.com/slotd/slotd/config"
 )
 

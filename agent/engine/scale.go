@@ -6,12 +6,10 @@ import (
 	"maps"
 	"strings"
 
-	"github.com/slotd/slotd/agent/lanes"
-
-	"github.com/slotd/slotd/agent/store"
-
 	consulapi "github.com/hashicorp/consul/api"
 
+	"github.com/slotd/slotd/agent/lanes"
+	"github.com/slotd/slotd/agent/store"
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
 )

@@ -6,11 +6,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/slotd/slotd/agent/store"
-	"github.com/slotd/slotd/agent/store/storetest"
-
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/agent/store"
+	"github.com/slotd/slotd/agent/store/storetest"
 )
 
 // TestBootstrapSeedsAndMigrates: a site's first start binds every slot and seeds any number of

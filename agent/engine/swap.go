@@ -4,20 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
-
-	"github.com/slotd/slotd/agent/lanes"
-
-	"github.com/slotd/slotd/agent/query"
-	"github.com/slotd/slotd/agent/store"
 
 	consulapi "github.com/hashicorp/consul/api"
 
+	"github.com/slotd/slotd/agent/lanes"
+	"github.com/slotd/slotd/agent/query"
+	"github.com/slotd/slotd/agent/store"
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
 	"github.com/slotd/slotd/internal/failpoint"
@@ -57,65 +51,6 @@ func (e *Engine) swapOp(site *config.Site, sourceName, targetName string) opFunc
 		}
 		return w.runPhases(ctx)
 	}
-}
-
-// load reads both slots' bindings and settings, and the app each lane runs.
-func (w *swap) load(ctx context.Context) error {
-	st, err := w.eng.store.LoadSlots(w.site.Name, nil)
-	if err != nil {
-		return err
-	}
-	s, t := st.Slots[w.source.Name], st.Slots[w.target.Name]
-	if s == nil || t == nil || s.Lane.Value == "" || t.Lane.Value == "" {
-		return fmt.Errorf("slots %s and %s must both be bound to a lane", w.source.Name, w.target.Name)
-	}
-	if w.op.Switched {
-		// A swap resumed after the switch: KV already holds the exchanged bindings.
-		s, t = t, s
-		sset, err := w.eng.resolveScale(ctx, w.site, w.target, s.Lane.Value, s.Values())
-		if err != nil {
-			return err
-		}
-		tset, err := w.eng.resolveScale(ctx, w.site, w.source, t.Lane.Value, t.Values())
-		if err != nil {
-			return err
-		}
-		w.src, w.tgt = swappedBack(sset, tset)
-	} else {
-		if w.src, err = w.eng.slotSet(ctx, w.site, w.source, s); err != nil {
-			return err
-		}
-		if w.tgt, err = w.eng.slotSet(ctx, w.site, w.target, t); err != nil {
-			return err
-		}
-		w.keepLiveScale(w.source, s, w.src)
-		w.keepLiveScale(w.target, t, w.tgt)
-	}
-	w.srcLane, w.tgtLane = s.Lane.Value, t.Lane.Value
-	if w.srcApp, err = w.eng.lanes.Submission(ctx, w.site, w.srcLane, s.BoundVersion(), true); err != nil {
-		return err
-	}
-	if w.tgtApp, err = w.eng.lanes.Submission(ctx, w.site, w.tgtLane, t.BoundVersion(), true); err != nil {
-		return err
-	}
-	return nil
-}
-
-// keepLiveScale writes the counts a "live" slot runs into its scale document as the swap
-// takes them, so KV shows the scale the swap keeps; a lost race only leaves the older counts.
-func (w *swap) keepLiveScale(slot *config.Slot, ss *store.SlotState, set store.SlotSettings) {
-	if !slot.ScaleLive || set.Scale == nil {
-		return
-	}
-	_, _ = w.eng.store.Txn(w.eng.store.ScaleOps(w.site.Name, slot.Name, ss.Scale, set.Scale))
-}
-
-// swappedBack recovers the settings of source and target as they were before the exchange,
-// from the lanes' slots after it: sticky settings and scale stayed, swappable ones travelled.
-func swappedBack(srcLaneSlot, tgtLaneSlot store.SlotSettings) (src, tgt store.SlotSettings) {
-	// srcLaneSlot is the slot now served by the source lane (the target), tgtLaneSlot the source.
-	return store.SlotSettings{Settings: srcLaneSlot.Settings, Sticky: tgtLaneSlot.Sticky, Scale: tgtLaneSlot.Scale, Live: tgtLaneSlot.Live},
-		store.SlotSettings{Settings: tgtLaneSlot.Settings, Sticky: srcLaneSlot.Sticky, Scale: srcLaneSlot.Scale, Live: srcLaneSlot.Live}
 }
 
 func (w *swap) runPhases(ctx context.Context) error {
@@ -392,45 +327,6 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 	}
 }
 
-// exchanged finds out whether an exchange whose answer was lost (cause) committed: the index
-// the journal holds it at when it did, or cause when it did not and never will. The journal
-// of a committed exchange says switched. One that says otherwise at the index the exchange
-// checked is written again at that index: once that write lands, the exchange cannot. Consul
-// is asked until it answers or the switch's deadline ends.
-func (w *swap) exchanged(ctx context.Context, cause error) (uint64, error) {
-	kv := w.eng.store
-	for attempt := 1; ; attempt++ {
-		cur, err := kv.RunningOperation(w.site.Name)
-		switch {
-		case err != nil:
-		case cur == nil || cur.ID != w.op.ID:
-			return 0, fmt.Errorf("%w; the journal no longer holds operation %s", cause, w.op.ID)
-		case cur.Switched:
-			w.eng.logger.Info("consul's answer to the exchange was lost, but it committed", "site", w.site.Name, "op", w.op.ID, "error", cause)
-			return cur.Index, nil
-		case cur.Index != w.op.Index:
-			return 0, cause // the journal moved on: the exchange's check fails for good
-		default:
-			err = kv.UpdateOperation(w.op)
-			if err == nil {
-				return 0, cause
-			}
-			if errors.Is(err, store.ErrStopping) {
-				return 0, err
-			}
-			if errors.Is(err, store.ErrConflict) {
-				continue // it landed meanwhile, or the journal moved: read again
-			}
-		}
-		if w.lead.Err() != nil {
-			return 0, store.ErrStopping
-		}
-		if serr := query.Sleep(ctx, query.Backoff(attempt)); serr != nil {
-			return 0, fmt.Errorf("%w: the exchange's answer was lost (%v) and consul did not tell whether it committed (%v)", errUndecided, cause, err)
-		}
-	}
-}
-
 // holdFor is how long the former target lane is held after the switch: the site's rollback
 // window, unless the lane was failing its checks as it left (nothing to roll back to).
 func (w *swap) holdFor() time.Duration {
@@ -601,142 +497,6 @@ func (w *swap) settle(ctx context.Context) error {
 	return nil
 }
 
-// leftHeld returns the swap that ended leaving its former target lane held for the next
-// operation, or nil.
-func leftHeld(op *api.Operation) *api.Operation {
-	p := op.Phase(api.PhaseSettle)
-	if (op.Kind != api.KindSwap && op.Kind != api.KindRollback) || !op.Switched || p == nil || p.State != api.PhaseSkipped {
-		return nil
-	}
-	return op
-}
-
-// touchesHeld reports whether op moves the lane of the slot whose lane is held anyway: a swap
-// from or into it (an instant swap back, or one that moves the lane through its own phases),
-// a deploy or scale of it (its rollout gives the lane the slot's settings). Any other
-// operation settles the held lane first.
-func touchesHeld(op *api.Operation, slot string) bool {
-	switch op.Kind {
-	case api.KindSwap, api.KindRollback:
-		return op.Source == slot || op.Target == slot
-	case api.KindDeploy, api.KindScale:
-		return op.Slot == slot
-	}
-	return false
-}
-
-// settleFirst runs the settle that a swap left to the next operation (the hold ended because
-// this operation started) as this operation's first phase, then the operation itself.
-func (e *Engine) settleFirst(cfg *config.Site, swap *api.Operation, fn opFunc) opFunc {
-	return func(ctx context.Context, r *run) error {
-		err := r.phase(api.PhaseSettle, api.StateSettling, func() error {
-			sctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
-			defer cancel()
-			ro, err := e.restoreSlot(sctx, cfg, swap.Source, lanes.GateHealthy)
-			if err != nil {
-				return fmt.Errorf("settle the lane held by swap %s into %s: %w", swap.ID, swap.Source, err)
-			}
-			r.note(api.PhaseSettle, fmt.Sprintf("lane held by swap %s: version %d serves %s", swap.ID, ro.Version, swap.Source))
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		return fn(ctx, r)
-	}
-}
-
-// holdEvent is what ended a wait of the monitor and hold: a control sent to the run, or the
-// target's degradation; neither on the deadline.
-type holdEvent struct {
-	control  string
-	degraded error
-}
-
-// await blocks until deadline, a control that the monitor and hold act on, the daemon
-// stopping, or, when watch is set, the target degrading past the threshold for the grace
-// period.
-func (w *swap) await(ctx context.Context, deadline time.Time, watch bool, m *config.Monitor, want int) (holdEvent, error) {
-	wctx, cancel := context.WithDeadline(ctx, deadline)
-	degraded := make(chan error, 1)
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		if watch {
-			if err := w.watchHealth(wctx, m, want); err != nil {
-				degraded <- err
-			}
-		}
-	}()
-	defer func() { cancel(); <-watched }() // the watch journals notes: it ends before the run goes on
-	for {
-		select {
-		case c := <-w.control:
-			switch c {
-			case ctlEndMonitor, ctlSettle, ctlFinish:
-				return holdEvent{control: c}, nil
-			}
-		case err := <-degraded:
-			return holdEvent{degraded: err}, nil
-		case <-w.eng.daemon.Done():
-			return holdEvent{}, store.ErrStopping
-		case <-wctx.Done():
-			if err := ctx.Err(); err != nil {
-				return holdEvent{}, err
-			}
-			return holdEvent{}, nil
-		}
-	}
-}
-
-// watchHealth blocks until ctx ends (nil) or the target lane's passing fraction stays below
-// the threshold for the grace period (an error that says what was seen).
-func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, want int) error {
-	var badSince time.Time
-	var degraded error
-	_ = w.eng.follow.Follow(ctx, query.Opts{Backend: "consul", Wait: query.BlockingWait, Always: true},
-		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
-			if !badSince.IsZero() {
-				wait = time.Second // look again when the grace period may have run out
-			}
-			entries, idx, err := w.eng.lanes.Entries(ctx, w.site, w.srcLane, index, wait)
-			if err != nil {
-				return 0, err
-			}
-			passing := 0
-			for _, e := range entries {
-				if e.Checks.AggregatedStatus() == consulapi.HealthPassing {
-					passing++
-				}
-			}
-			total := max(want, len(entries))
-			healthy := total > 0 && float64(passing)/float64(total) >= m.Threshold
-			switch {
-			case healthy:
-				badSince = time.Time{}
-			case badSince.IsZero():
-				badSince = time.Now()
-				w.note(api.PhaseMonitor, fmt.Sprintf("%d/%d instances of %s passing", passing, total, w.target.Name))
-			case time.Since(badSince) >= m.Grace:
-				degraded = fmt.Errorf("%s degraded: %d/%d instances passing for %s (threshold %.0f%%)",
-					w.target.Name, passing, total, time.Since(badSince).Round(time.Second), m.Threshold*100)
-			}
-			return idx, nil
-		},
-		func(uint64) bool { return degraded != nil })
-	return degraded
-}
-
-// instanceCount is how many instances the target lane has as the monitor starts; fewer
-// instances than that later counts as unhealthy.
-func (w *swap) instanceCount(ctx context.Context) int {
-	entries, _, err := w.eng.lanes.Entries(ctx, w.site, w.srcLane, 0, 0)
-	if err != nil {
-		return 0
-	}
-	return len(entries)
-}
-
 // undo puts the source lane back after apply, a preview or warm failed; a run that lost its
 // leadership puts nothing back: the next leader does.
 func (w *swap) undo(cause error) error {
@@ -777,115 +537,4 @@ func (w *swap) restoreBoth(cause error) error {
 		return fmt.Errorf("%w; putting lane %s back was stopped: %v", cause, w.srcLane, err)
 	}
 	return w.restoreSource(cause)
-}
-
-// restoreContext bounds putting a lane back: its own deadline, because the failure may be the
-// operation's own deadline or cancel; and an end when the daemon stops or the leadership the
-// operation ran under (carried in ctx) ends, for a deposed leader writes nothing more.
-func (e *Engine) restoreContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	rctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
-	if lead, ok := ctx.Value(leadKey{}).(context.Context); ok {
-		context.AfterFunc(lead, cancel)
-	}
-	go func() {
-		select {
-		case <-e.daemon.Done():
-			cancel()
-		case <-rctx.Done():
-		}
-	}()
-	return rctx, cancel
-}
-
-// laneSick reports whether any instance of a lane fails its checks now.
-func (e *Engine) laneSick(ctx context.Context, site *config.Site, lane string) bool {
-	entries, _, err := e.lanes.Entries(ctx, site, lane, 0, 0)
-	if err != nil {
-		return false
-	}
-	for _, e := range entries {
-		if e.Checks.AggregatedStatus() != consulapi.HealthPassing {
-			return true
-		}
-	}
-	return false
-}
-
-// warmInstances requests every warm-up path of every instance, in parallel across instances.
-// An instance is warm when each path answered with an accepted status within its attempts.
-func warmInstances(ctx context.Context, client *http.Client, wu *config.Warmup, entries []*consulapi.ServiceEntry) error {
-	var wg sync.WaitGroup
-	errs := make([]error, len(entries))
-	for i, e := range entries {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = warmInstance(ctx, client, wu, e)
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-func warmInstance(ctx context.Context, client *http.Client, wu *config.Warmup, e *consulapi.ServiceEntry) error {
-	addr := e.Service.Address
-	if addr == "" {
-		addr = e.Node.Address
-	}
-	base := "http://" + net.JoinHostPort(addr, strconv.Itoa(e.Service.Port))
-	for _, path := range wu.Paths {
-		var last string
-		ok := false
-		for attempt := 1; attempt <= wu.Attempts && !ok; attempt++ {
-			if attempt > 1 {
-				if err := query.Sleep(ctx, wu.Interval); err != nil {
-					return err
-				}
-			}
-			status, err := warmRequest(ctx, client, base+path, wu)
-			switch {
-			case err != nil:
-				last = err.Error()
-			case acceptedStatus(wu.Statuses, status):
-				ok = true
-			default:
-				last = fmt.Sprintf("status %d", status)
-			}
-		}
-		if !ok {
-			return fmt.Errorf("instance %s (%s) did not warm up on %s after %d attempts: %s", e.Service.ID, base, path, wu.Attempts, last)
-		}
-	}
-	return nil
-}
-
-func warmRequest(ctx context.Context, client *http.Client, url string, wu *config.Warmup) (int, error) {
-	ctx, cancel := context.WithTimeout(ctx, wu.Timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return 0, err
-	}
-	if wu.Host != "" {
-		req.Host = wu.Host
-	}
-	req.Header.Set("User-Agent", "slotd-warmup")
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	return resp.StatusCode, nil
-}
-
-func acceptedStatus(statuses []int, code int) bool {
-	if len(statuses) == 0 {
-		return code >= 200 && code < 400
-	}
-	for _, s := range statuses {
-		if s == code {
-			return true
-		}
-	}
-	return false
 }

@@ -9,14 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/slotd/slotd/agent/store/storetest"
-
-	"github.com/slotd/slotd/agent/store"
-
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/slotd/slotd/agent/store"
+	"github.com/slotd/slotd/agent/store/storetest"
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
 	"github.com/slotd/slotd/jobspec"

@@ -8,14 +8,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/slotd/slotd/agent/lanes"
-	"github.com/slotd/slotd/jobspec"
-
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/slotd/slotd/agent/lanes"
 	"github.com/slotd/slotd/agent/query"
 	"github.com/slotd/slotd/config"
+	"github.com/slotd/slotd/jobspec"
 )
 
 // watchShared follows, for every site while this daemon leads, all that its lanes depend on:

@@ -7,13 +7,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/slotd/slotd/agent/store"
-	"github.com/slotd/slotd/agent/store/storetest"
-
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/agent/store"
+	"github.com/slotd/slotd/agent/store/storetest"
 )
 
 func TestJobSums(t *testing.T) {

@@ -7,8 +7,9 @@ import (
 	"net/http/httptest"
 	"testing"
 
-	"github.com/slotd/slotd/api"
 	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/api"
 )
 
 var fuzzRoutes = []struct{ method, path string }{

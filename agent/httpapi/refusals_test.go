@@ -7,9 +7,10 @@ import (
 	"net/http/httptest"
 	"testing"
 
-	"github.com/slotd/slotd/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/api"
 )
 
 // TestRefusalsWhileStarting: writes that cannot run yet but will within seconds answer 503 with

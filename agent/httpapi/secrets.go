@@ -8,7 +8,6 @@ import (
 
 	"github.com/slotd/slotd/agent/engine"
 	"github.com/slotd/slotd/agent/store"
-
 	"github.com/slotd/slotd/api"
 )
 

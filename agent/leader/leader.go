@@ -15,6 +15,7 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
 	"github.com/slotd/slotd/agent/query"
 )
 

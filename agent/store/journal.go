@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	consulapi "github.com/hashicorp/consul/api"
+
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
 )
