@@ -14,7 +14,6 @@ import (
 	"github.com/slotd/slotd/agent/store"
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
-	"github.com/slotd/slotd/jobspec"
 )
 
 // What the HTTP API asks of the engine. The input is checked by the caller (names, keys,
@@ -59,101 +58,6 @@ func (e *Engine) SiteStates() map[string]string {
 		}
 	}
 	return out
-}
-
-// Status assembles a site's status from KV (bindings, operations) and Consul (instances);
-// detail adds each slot's instances and settings.
-func (e *Engine) Status(ctx context.Context, name string, detail bool) (*api.Site, error) {
-	s := e.site(name)
-	if s == nil {
-		return nil, fmt.Errorf("%w: no site %q", ErrNotFound, name)
-	}
-	cfg := s.config()
-	st, err := e.store.LoadSlots(cfg.Name, nil)
-	if err != nil {
-		return nil, err
-	}
-	entries, _, err := e.lanes.SiteEntries(ctx, cfg, 0, 0)
-	if err != nil {
-		return nil, err
-	}
-	view := &api.Site{Name: cfg.Name, Service: cfg.Service, Ready: s.snapshot().ready && e.Leading(), Slots: []api.Slot{}}
-	for _, slot := range cfg.Slots {
-		ss := st.Slot(slot.Name)
-		view.Slots = append(view.Slots, e.slotStatus(ctx, cfg, slot, ss, entries, detail))
-	}
-	running, err := e.store.RunningOperation(cfg.Name)
-	if err != nil {
-		return nil, err
-	}
-	if running != nil {
-		if mem := e.ops.get(running.ID); mem != nil {
-			running = mem
-		}
-		view.Operation = running
-		if slot, until, ok := holding(cfg, running); ok {
-			for i := range view.Slots {
-				if view.Slots[i].Name == slot {
-					view.Slots[i].HeldFor, view.Slots[i].HeldUntil = running.Target, &until
-				}
-			}
-		}
-	}
-	last, err := e.store.HistoryPage(cfg.Name, 1, 0)
-	if err != nil {
-		return nil, err
-	}
-	if len(last) > 0 {
-		view.LastOperation = &last[0]
-	}
-	return view, nil
-}
-
-// slotStatus is one slot's part of a site's status.
-func (e *Engine) slotStatus(ctx context.Context, cfg *config.Site, slot *config.Slot, ss *store.SlotState, entries []*consulapi.ServiceEntry, detail bool) api.Slot {
-	v := api.Slot{Name: slot.Name, Version: ss.BoundVersion(), Tags: slotTags(slot), AutoSwap: slot.AutoSwap}
-	if ss.Lane.Value != "" {
-		v.Lane = jobspec.JobID(cfg.Name, ss.Lane.Value)
-	}
-	for _, en := range entries {
-		if ss.Lane.Value == "" || en.Service.Meta[lanes.MetaLane] != ss.Lane.Value {
-			continue
-		}
-		v.Total++
-		status := en.Checks.AggregatedStatus()
-		if status == consulapi.HealthPassing {
-			v.Healthy++
-		}
-		if detail {
-			addr := en.Service.Address
-			if addr == "" {
-				addr = en.Node.Address
-			}
-			v.Instances = append(v.Instances, api.Instance{
-				Alloc: lanes.AllocOf(en.Service.ID), Node: en.Node.Node, Address: addr, Port: en.Service.Port,
-				Tags: en.Service.Tags, Healthy: status == consulapi.HealthPassing, Status: status,
-			})
-		}
-	}
-	if set, err := e.slotSet(ctx, cfg, slot, ss); err == nil {
-		v.Scale, v.ScaleSource = set.Scale, scaleSource(slot)
-	}
-	if detail {
-		set := ss.Values()
-		v.Settings = &api.Settings{Settings: set.Settings, Sticky: set.Sticky}
-	}
-	return v
-}
-
-// holding reports whether op is a swap that holds its former target lane now: the slot that
-// lane is bound to (the swap's source), and when the hold ends at the latest.
-func holding(cfg *config.Site, op *api.Operation) (string, time.Time, bool) {
-	sw, settle := op.Phase(api.PhaseSwitch), op.Phase(api.PhaseSettle)
-	if (op.Kind != api.KindSwap && op.Kind != api.KindRollback) || !op.Switched || api.Terminal(op.State) ||
-		sw == nil || sw.EndedAt == nil || settle == nil || settle.State != api.PhasePending || cfg.Monitor == nil {
-		return "", time.Time{}, false
-	}
-	return op.Source, sw.EndedAt.Add(cfg.Monitor.RollbackWindow), true
 }
 
 // owner is the owner of a declared site, or ErrNotFound.

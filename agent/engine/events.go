@@ -95,6 +95,17 @@ type (
 		op   *api.Operation
 		err  error
 	}
+	// evObserve: a read waits for a look at the site that reflects writes transactions.
+	evObserve struct {
+		writes uint64
+		reply  chan<- *observed
+	}
+	// evObserved: a look at the site saw ob, or failed.
+	evObserved struct {
+		lead context.Context
+		ob   *observed
+		err  error
+	}
 	// evTimer: a timer of the leadership lead ran out.
 	evTimer struct {
 		kind timerKind
@@ -114,6 +125,8 @@ func (evConverge) isEvent() {}
 func (evEnded) isEvent()    {}
 func (evMoved) isEvent()    {}
 func (evJournal) isEvent()  {}
+func (evObserve) isEvent()  {}
+func (evObserved) isEvent() {}
 func (evTimer) isEvent()    {}
 
 // handle is the owner's one decision point.
@@ -169,6 +182,19 @@ func (s *site) handle(ev event) {
 		s.check()
 	case evJournal:
 		s.adoptOrphan(ev)
+	case evObserve:
+		if s.status != nil && s.status.writes >= ev.writes {
+			ev.reply <- s.status
+			return
+		}
+		if s.lead == nil || !s.ready {
+			ev.reply <- nil
+			return
+		}
+		s.observers = append(s.observers, observer{writes: ev.writes, reply: ev.reply})
+		s.refresh()
+	case evObserved:
+		s.observedSite(ev)
 	case evTimer:
 		if ev.lead != s.lead || s.lead == nil {
 			return
@@ -229,6 +255,7 @@ func (s *site) booted(ev evBooted) {
 	}
 	s.booting, s.ready = false, true
 	s.log.Info("site ready")
+	s.look()
 	if op := ev.boot.pending; op != nil && s.running == nil {
 		if r := s.eng.inflight(s.name); r != nil {
 			// A run of an earlier owner of this site (removed by a reload, then declared

@@ -243,3 +243,39 @@ func TestOwnerDoesNotWaitOnIO(t *testing.T) {
 	writes.Wait()
 	assert.Equal(t, api.StateSucceeded, endOf(t, e, s, op.ID).State)
 }
+
+// TestStatusFromSnapshot: while this daemon leads, a site's status is the one its owner
+// published: a read costs no request to Consul or Nomad until something changed, and a read
+// after a write of this daemon sees the write.
+func TestStatusFromSnapshot(t *testing.T) {
+	kv := storetest.New()
+	kvSlots(kv, false)
+	e, _, _ := ownedSite(t, kv, testSite())
+	first, err := e.Status(context.Background(), "web", true)
+	require.NoError(t, err)
+	assert.True(t, first.Ready)
+	before := kv.Requests.Load()
+	for range 10 {
+		again, err := e.Status(context.Background(), "web", true)
+		require.NoError(t, err)
+		assert.Equal(t, first.Slots, again.Slots)
+	}
+	assert.Zero(t, kv.Requests.Load()-before, "ten reads of an unchanged site read nothing")
+
+	_, err = e.SetSetting("web", "staging", "FEATURE", "beta", false)
+	require.NoError(t, err)
+	after, err := e.Status(context.Background(), "web", true)
+	require.NoError(t, err)
+	var staging api.Slot
+	for _, sl := range after.Slots {
+		if sl.Name == "staging" {
+			staging = sl
+		}
+	}
+	require.NotNil(t, staging.Settings)
+	assert.Equal(t, "beta", staging.Settings.Settings["FEATURE"], "a read after a write sees it")
+	summary, err := e.Status(context.Background(), "web", false)
+	require.NoError(t, err)
+	assert.Nil(t, summary.Slots[0].Settings, "without detail, no settings")
+	assert.Nil(t, summary.Slots[0].Instances, "without detail, no instances")
+}

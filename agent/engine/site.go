@@ -84,6 +84,12 @@ type site struct {
 	// unmoved is an operation that ended here but is not in history yet (Consul refused the
 	// move): it is moved before anything else starts, and tried again until it is.
 	unmoved *api.Operation
+	// status is the site as the owner's last look saw it (look); observing is set while a look
+	// runs, stale when something changed since it began; observers wait for the next.
+	status    *observed
+	observing bool
+	stale     bool
+	observers []observer
 
 	mu   sync.Mutex
 	view published
@@ -94,6 +100,7 @@ type published struct {
 	cfg     *config.Site
 	ready   bool
 	running *run
+	status  *observed
 }
 
 func newSite(e *Engine, cfg *config.Site) *site {
@@ -117,7 +124,7 @@ func (s *site) config() *config.Site { return s.snapshot().cfg }
 
 func (s *site) publish() {
 	s.mu.Lock()
-	s.view = published{cfg: s.cfg, ready: s.ready && s.lead != nil, running: s.running}
+	s.view = published{cfg: s.cfg, ready: s.ready && s.lead != nil, running: s.running, status: s.status}
 	s.mu.Unlock()
 }
 
@@ -176,6 +183,7 @@ func (s *site) run(ctx context.Context) {
 			s.handle(ev)
 		case <-s.changed:
 			s.dirty = true
+			s.refresh()
 			s.check()
 		case <-resync.C:
 			s.dirty = true
@@ -188,7 +196,11 @@ func (s *site) run(ctx context.Context) {
 // running operation stops at its next phase boundary (run.phase checks the leadership). The
 // watches are the engine's: they end with the leadership.
 func (s *site) unlead() {
-	s.lead, s.ready, s.booting, s.reboot, s.comparing = nil, false, false, false, false
+	s.lead, s.ready, s.booting, s.reboot, s.comparing, s.observing, s.status = nil, false, false, false, false, false, nil
+	for _, o := range s.observers {
+		o.reply <- nil
+	}
+	s.observers = nil
 	for k, t := range s.timers {
 		t.Stop()
 		delete(s.timers, k)
@@ -200,6 +212,15 @@ func (s *site) unlead() {
 	}
 	s.starting, s.queued, s.next = nil, nil, nil
 	s.answerWaiters(nil, nil)
+}
+
+// refresh has the owner look at the site again: something it shows changed.
+func (s *site) refresh() {
+	if s.observing {
+		s.stale = true
+		return
+	}
+	s.look()
 }
 
 // after sends the owner a timer event of kind after d, unless the leadership it was planned

@@ -229,6 +229,7 @@ func (s *site) ended(r *run) {
 	if s.running == r {
 		s.running = nil
 	}
+	s.refresh()
 	if r.unmoved {
 		op := *r.op
 		s.unmoved = &op

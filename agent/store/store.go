@@ -57,6 +57,9 @@ type Store struct {
 	OnDeposed func(session string)
 	// Logger, if set, hears of what the store leaves for later (history it could not prune).
 	Logger hclog.Logger
+	// writes counts the transactions that returned: a read that starts after it saw n
+	// transactions return sees what the first n wrote.
+	writes atomic.Uint64
 }
 
 // Fence makes every later transaction check that session holds the leader lock ("" stops it).
@@ -69,6 +72,9 @@ func (s *Store) Unfence(session string) { s.session.CompareAndSwap(session, lost
 // lostSession fences a daemon that does not lead: no session holds the lock under that name,
 // so every transaction fails its check.
 const lostSession = "00000000-0000-0000-0000-000000000000"
+
+// Writes counts the transactions of this store that returned, whatever their outcome.
+func (s *Store) Writes() uint64 { return s.writes.Load() }
 
 // FencedBy is the session every transaction checks now ("" for none).
 func (s *Store) FencedBy() string {
@@ -365,6 +371,7 @@ func (s *Store) Txn(ops consulapi.KVTxnOps) (*consulapi.KVTxnResponse, error) {
 	q, cancel := Bounded(nil)
 	defer cancel()
 	ok, resp, _, err := s.KV.Txn(ops, q)
+	s.writes.Add(1)
 	if err != nil {
 		return nil, fmt.Errorf("consul kv transaction: %w", err)
 	}
