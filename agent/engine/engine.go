@@ -200,13 +200,6 @@ func (e *Engine) Reload(cfg *config.Config) {
 	}
 }
 
-// config is the daemon's declarations as last loaded.
-func (e *Engine) config() *config.Config {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.cfg
-}
-
 func (e *Engine) site(name string) *site {
 	e.mu.Lock()
 	defer e.mu.Unlock()

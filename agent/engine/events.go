@@ -191,7 +191,7 @@ func (s *site) handle(ev event) {
 			ev.reply <- nil
 			return
 		}
-		s.observers = append(s.observers, observer{writes: ev.writes, reply: ev.reply})
+		s.observers = append(s.observers, observer(ev))
 		s.refresh()
 	case evObserved:
 		s.observedSite(ev)

@@ -35,13 +35,13 @@ func TestLookupCost(t *testing.T) {
 	running := &api.Operation{ID: "op-running", Site: "s03", Kind: api.KindDeploy, State: api.StateDeploying}
 	require.NoError(t, e.store.CreateOperation(running))
 
-	cost := func(id string) (*api.Operation, error, int64) {
+	cost := func(id string) (*api.Operation, int64, error) {
 		before := kv.Requests.Load()
 		op, err := e.findOperation(id)
-		return op, err, kv.Requests.Load() - before
+		return op, kv.Requests.Load() - before, err
 	}
 
-	op, err, reads := cost("op-s07-05")
+	op, reads, err := cost("op-s07-05")
 	require.NoError(t, err)
 	assert.Equal(t, "s07", op.Site)
 	t.Logf("a known ID, first look-up: %d reads", reads)
@@ -49,26 +49,26 @@ func TestLookupCost(t *testing.T) {
 
 	var unknown int64
 	for i := range 100 {
-		_, err, reads := cost(fmt.Sprintf("op-nope-%03d", i))
+		_, reads, err := cost(fmt.Sprintf("op-nope-%03d", i))
 		require.ErrorIs(t, err, ErrNotFound)
 		unknown += reads
 	}
 	t.Logf("100 unknown IDs: %d reads (a walk of every history per ID read %d)", unknown, 100*sites*(kept+2))
 	assert.LessOrEqual(t, unknown, int64(100+1), "one read of the journals each, at most one scan of the histories")
 
-	op, err, reads = cost("op-running")
+	op, reads, err = cost("op-running")
 	require.NoError(t, err)
 	assert.Equal(t, api.StateDeploying, op.State)
 	assert.Equal(t, int64(1), reads, "a running operation is in the journals")
 
 	running.State = api.StateSucceeded
 	require.NoError(t, e.store.FinishOperation(running, kept))
-	op, err, reads = cost("op-running")
+	op, reads, err = cost("op-running")
 	require.NoError(t, err, "an operation seen running is found in its site's history once it ended")
 	assert.Equal(t, api.StateSucceeded, op.State)
 	assert.LessOrEqual(t, reads, int64(3), "the journals, the site's history, the entry")
 
-	op, err, reads = cost("op-s01-19")
+	op, reads, err = cost("op-s01-19")
 	require.NoError(t, err)
 	assert.Equal(t, "s01", op.Site)
 	assert.LessOrEqual(t, reads, int64(2), "indexed: the journals and the entry")

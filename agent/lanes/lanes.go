@@ -41,7 +41,7 @@ func New(nomad *nomadapi.Client, consul *consulapi.Client, follow *query.Followe
 	}
 }
 
-// laneJob reads a lane's job as Nomad has it, or nil when there is none (or it is stopped).
+// Job reads a lane's job as Nomad has it, or nil when there is none (or it is stopped).
 func (l *Lanes) Job(ctx context.Context, cfg *config.Site, lane string) (*nomadapi.Job, error) {
 	ctx, cancel := callCtx(ctx)
 	defer cancel()
@@ -57,7 +57,7 @@ func (l *Lanes) Job(ctx context.Context, cfg *config.Site, lane string) (*nomada
 	return job, nil
 }
 
-// jobVersion reads one version of a job.
+// JobVersion reads one version of a job.
 func (l *Lanes) JobVersion(ctx context.Context, id string, version uint64) (*nomadapi.Job, error) {
 	ctx, cancel := callCtx(ctx)
 	defer cancel()
@@ -86,7 +86,7 @@ func LaneEnv(job *nomadapi.Job, service string) map[string]string {
 	return map[string]string{}
 }
 
-// differs reports whether lane runs something else than src in state want, by Nomad's own plan
+// Differs reports whether lane runs something else than src in state want, by Nomad's own plan
 // of the job slotd would register.
 func (l *Lanes) Differs(ctx context.Context, cfg *config.Site, lane string, src Source, want State) (bool, error) {
 	job, err := l.Render(cfg, lane, src, want)
@@ -102,7 +102,7 @@ func (l *Lanes) Differs(ctx context.Context, cfg *config.Site, lane string, src 
 	return Classify(plan) != jobspec.NoChange, nil
 }
 
-// check parses src and checks that it can run as a lane of the site, touching nothing.
+// Check parses src and checks that it can run as a lane of the site, touching nothing.
 func (l *Lanes) Check(cfg *config.Site, src Source) error {
 	base, err := jobspec.Parse(l.parser, cfg.Job, src.Jobspec, src.Vars)
 	if err != nil {
@@ -131,7 +131,7 @@ const (
 	MetaLane = "slotd_lane"
 )
 
-// source is what a lane's app is made of: the jobspec text and its variables. Nomad keeps it
+// Source is what a lane's app is made of: the jobspec text and its variables. Nomad keeps it
 // with every job version as the job's submission, so a lane can be re-rendered with other tags
 // or settings without picking up a jobspec file that changed on disk since it was deployed.
 type Source struct {
@@ -139,7 +139,7 @@ type Source struct {
 	Vars    map[string]string
 }
 
-// submission returns the source of a lane's bound job version. Only when Nomad has none (a
+// Submission returns the source of a lane's bound job version. Only when Nomad has none (a
 // lane never registered, or a job purged by hand) is it the site's jobspec file with the
 // declared variables; any other error is an error, never a reason to render something else.
 func (l *Lanes) Submission(ctx context.Context, site *config.Site, lane string, version uint64, bound bool) (Source, error) {
@@ -184,7 +184,7 @@ func isNotFound(err error) bool {
 // parseCacheSize bounds the jobspec parses kept: a few per lane and version in use.
 const parseCacheSize = 256
 
-// render parses src through Nomad and renders it as lane with state want.
+// Render parses src through Nomad and renders it as lane with state want.
 func (l *Lanes) Render(site *config.Site, lane string, src Source, want State) (*nomadapi.Job, error) {
 	base, err := jobspec.Parse(l.parser, site.Job, src.Jobspec, src.Vars)
 	if err != nil {
@@ -248,7 +248,7 @@ func serviceBlocks(g *nomadapi.TaskGroup) []*nomadapi.Service {
 type Rollout struct {
 	Version uint64
 	Change  jobspec.Change
-	// Registered is how long ensureLane took until Nomad took the new version (render, plan,
+	// Registered is how long Ensure took until Nomad took the new version (render, plan,
 	// register): the rest of its time was the wait for Nomad's deployment and Consul.
 	Registered time.Duration
 }
@@ -256,7 +256,7 @@ type Rollout struct {
 // Gate is what Ensure waits for after it registered a lane.
 type Gate int
 
-// ensureLane makes lane run src in state want. It registers a new job version only when Nomad's
+// Ensure makes lane run src in state want. It registers a new job version only when Nomad's
 // plan shows a difference, check-and-set on the job's modify index (a job that is not there
 // must still not be there), then waits as g says.
 func (l *Lanes) Ensure(ctx context.Context, site *config.Site, lane string, src Source, want State, g Gate) (Rollout, error) {

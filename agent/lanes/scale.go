@@ -19,7 +19,7 @@ import (
 // "live": it changes only together with the counts, so it never restarts a lane on its own.
 const MetaScale = "slotd_scale"
 
-// laneCounts is the count of every task group of a lane's job in Nomad (nil when it has none)
+// Counts is the count of every task group of a lane's job in Nomad (nil when it has none)
 // and the slot the job runs as.
 func (l *Lanes) Counts(ctx context.Context, site *config.Site, lane string) (map[string]int, string, error) {
 	job, err := l.Job(ctx, site, lane)
@@ -107,7 +107,7 @@ func scaleMeta(job *nomadapi.Job, want State) {
 	}
 }
 
-// planLane asks Nomad's scheduler whether lane in state want would place, touching nothing:
+// Plan asks Nomad's scheduler whether lane in state want would place, touching nothing:
 // the pre-flight of a swap and a deploy. An error says which groups would not place and why;
 // the change says what registering it would do to the running allocations.
 func (l *Lanes) Plan(ctx context.Context, site *config.Site, lane string, src Source, want State) (jobspec.Change, error) {

@@ -19,7 +19,7 @@ import (
 
 // Waiting for what Nomad and Consul show of a lane after a register.
 
-// instanceCount is how many instances of the site's service the job runs.
+// InstanceCount is how many instances of the site's service the job runs.
 func InstanceCount(job *nomadapi.Job, service string) int {
 	n := 0
 	for _, g := range job.TaskGroups {
@@ -149,7 +149,7 @@ func InstancesReady(entries []*consulapi.ServiceEntry, wantTags []string, count 
 	return len(entries) == count && (passing == count || !healthy) && tagged == count, desc
 }
 
-// laneEntries reads the Consul instances of a lane, blocking on index when it is not zero.
+// Entries reads the Consul instances of a lane, blocking on index when it is not zero.
 func (l *Lanes) Entries(ctx context.Context, site *config.Site, lane string, index uint64, wait time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
 	all, idx, err := l.SiteEntries(ctx, site, index, wait)
 	if err != nil {
@@ -164,7 +164,7 @@ func (l *Lanes) Entries(ctx context.Context, site *config.Site, lane string, ind
 	return out, idx, nil
 }
 
-// siteEntries reads every Consul instance of the site's service that slotd manages.
+// SiteEntries reads every Consul instance of the site's service that slotd manages.
 func (l *Lanes) SiteEntries(ctx context.Context, site *config.Site, index uint64, wait time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
 	if index == 0 {
 		var cancel context.CancelFunc

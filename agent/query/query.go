@@ -39,11 +39,11 @@ type Opts struct {
 	Backend string        // "consul" or "nomad", the label of the error metric
 	Wait    time.Duration // how long one query blocks
 	Gap     time.Duration // the least time between two queries
-	// onError sees each failure (for logs and "last seen" messages); nil: ignore.
+	// OnError sees each failure (for logs and "last seen" messages); nil: ignore.
 	OnError func(error)
-	// count, if set, is called before each query (the per-site request metric).
+	// Count, if set, is called before each query (the per-site request metric).
 	Count func()
-	// always calls changed after every answer, even one with the same index (a wait that
+	// Always calls changed after every answer, even one with the same index (a wait that
 	// also watches the clock).
 	Always bool
 }
@@ -107,7 +107,7 @@ func (f *Follower) Follow(ctx context.Context, o Opts, q Func, changed func(inde
 // ErrDone is what a Follow callback's caller returns when it ended a wait on purpose.
 var ErrDone = errors.New("done")
 
-// backoff is the pause before retry n of a failed query: growing, capped, with jitter.
+// Backoff is the pause before retry n of a failed query: growing, capped, with jitter.
 func Backoff(n int) time.Duration {
 	d := 250 * time.Millisecond << min(n, 6)
 	return d/2 + rand.N(d/2)

@@ -19,7 +19,7 @@ import (
 
 func (s *Store) OperationKey(site string) string { return s.SiteKey(site, "operation") }
 
-// createOperation journals op as the site's running operation, in one write; ErrBusy when
+// CreateOperation journals op as the site's running operation, in one write; ErrBusy when
 // one exists. Its Seq (the history key) is the index it was created at.
 func (s *Store) CreateOperation(op *api.Operation) error {
 	b, err := json.Marshal(op)
@@ -38,7 +38,7 @@ func (s *Store) CreateOperation(op *api.Operation) error {
 	return nil
 }
 
-// updateOperation journals a new state of op; op.Index is the index it was last written at.
+// UpdateOperation journals a new state of op; op.Index is the index it was last written at.
 func (s *Store) UpdateOperation(op *api.Operation) error {
 	journal, err := s.JournalOp(op)
 	if err != nil {
@@ -52,7 +52,7 @@ func (s *Store) UpdateOperation(op *api.Operation) error {
 	return nil
 }
 
-// journalOp is the KV operation that journals op, for transactions that do more.
+// JournalOp is the KV operation that journals op, for transactions that do more.
 func (s *Store) JournalOp(op *api.Operation) (*consulapi.KVTxnOp, error) {
 	b, err := json.Marshal(op)
 	if err != nil {
@@ -71,7 +71,7 @@ func ResultIndex(resp *consulapi.KVTxnResponse, key string, old uint64) uint64 {
 	return old
 }
 
-// finishOperation ends op's journal entry: it moves op into the site's history, and in the
+// FinishOperation ends op's journal entry: it moves op into the site's history, and in the
 // same transaction deletes the oldest entries so that at most limit remain (see
 // HistoryKeeps). What does not fit into that transaction is deleted by the ones after it;
 // should one of those fail, the next finished operation deletes the rest.
@@ -165,7 +165,7 @@ type HistoryRef struct {
 	Seq uint64
 }
 
-// historyRefs lists the entries of a site's history, oldest first, from their keys alone.
+// HistoryRefs lists the entries of a site's history, oldest first, from their keys alone.
 // A key whose name is not a sequence number (written by hand) is no entry.
 func (s *Store) HistoryRefs(site string) ([]HistoryRef, error) {
 	q, cancel := Bounded(nil)
@@ -187,7 +187,7 @@ func (s *Store) HistoryRefs(site string) ([]HistoryRef, error) {
 	return refs, nil
 }
 
-// runningOperation reads the site's running operation, or nil.
+// RunningOperation reads the site's running operation, or nil.
 func (s *Store) RunningOperation(site string) (*api.Operation, error) {
 	q, cancel := Bounded(nil)
 	defer cancel()
@@ -209,7 +209,7 @@ func (s *Store) RunningOperation(site string) (*api.Operation, error) {
 	return &op, nil
 }
 
-// moveToHistory moves an operation that ended into history (see finishOperation), from
+// MoveToHistory moves an operation that ended into history (see finishOperation), from
 // whatever index the journal holds it at now; done already when the journal holds another
 // operation or none.
 func (s *Store) MoveToHistory(op *api.Operation, limit int) error {
@@ -224,7 +224,7 @@ func (s *Store) MoveToHistory(op *api.Operation, limit int) error {
 	return s.FinishOperation(op, limit)
 }
 
-// pendingOperation reads the site's journaled operation. One that already ended but whose
+// PendingOperation reads the site's journaled operation. One that already ended but whose
 // move into history failed is moved now: an operation that ended is never run again.
 func (s *Store) PendingOperation(site string, limit int) (*api.Operation, error) {
 	op, err := s.RunningOperation(site)
@@ -237,7 +237,7 @@ func (s *Store) PendingOperation(site string, limit int) (*api.Operation, error)
 	return nil, nil
 }
 
-// historyPage reads at most limit of a site's finished operations, newest first: those older
+// HistoryPage reads at most limit of a site's finished operations, newest first: those older
 // than before (its Seq), or the newest when before is 0.
 func (s *Store) HistoryPage(site string, limit int, before uint64) ([]api.Operation, error) {
 	ops := []api.Operation{}
@@ -248,7 +248,7 @@ func (s *Store) HistoryPage(site string, limit int, before uint64) ([]api.Operat
 	return ops, err
 }
 
-// walkHistory calls fn with a site's finished operations, newest first, from the one before
+// WalkHistory calls fn with a site's finished operations, newest first, from the one before
 // before (0: the newest), until fn returns false or bound entries were read. It lists the keys
 // once and reads one value at a time, so a walk that stops early reads little.
 func (s *Store) WalkHistory(site string, before uint64, bound int, fn func(*api.Operation) bool) error {
@@ -273,7 +273,7 @@ func (s *Store) WalkHistory(site string, before uint64, bound int, fn func(*api.
 	return nil
 }
 
-// historyEntry reads one entry of a history; nil when it was pruned since it was listed, or
+// HistoryEntry reads one entry of a history; nil when it was pruned since it was listed, or
 // holds no operation (written by hand).
 func (s *Store) HistoryEntry(ref HistoryRef) (*api.Operation, error) {
 	q, cancel := Bounded(nil)

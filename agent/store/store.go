@@ -104,7 +104,7 @@ func (s *Store) SiteKey(site string, parts ...string) string {
 	return s.SitesPrefix() + site + "/" + strings.Join(parts, "/")
 }
 
-// sitesPrefix is the KV folder of all sites.
+// SitesPrefix is the KV folder of all sites.
 func (s *Store) SitesPrefix() string { return s.Prefix + "/sites/" }
 
 // SlotSums reads the slots of these sites, as many sites to a transaction as Consul takes, and
@@ -206,7 +206,7 @@ func (s *SlotState) Doc(kind string) *SettingsDoc {
 	return &s.Settings
 }
 
-// boundTo reports whether KV binds the slot to version already (bindOps writes no version).
+// BoundTo reports whether KV binds the slot to version already (bindOps writes no version).
 func (s *SlotState) BoundTo(version uint64) bool {
 	return s.Version.Value == strconv.FormatUint(version, 10)
 }
@@ -232,7 +232,7 @@ func (st *SiteState) Slot(name string) *SlotState {
 	return s
 }
 
-// loadSlots reads every slot of a site. With a WaitIndex in q it blocks until the tree changes.
+// LoadSlots reads every slot of a site. With a WaitIndex in q it blocks until the tree changes.
 // A settings document that is not a JSON object of strings (a bad edit in the Consul UI) is an
 // error that names the key, so nothing acts on half-understood settings.
 func (s *Store) LoadSlots(site string, q *consulapi.QueryOptions) (*SiteState, error) {
@@ -340,7 +340,7 @@ func EncodeScale(counts map[string]int) string {
 	return string(b)
 }
 
-// scaleOps turns a slot's scale document from old into want: one operation, or none when equal.
+// ScaleOps turns a slot's scale document from old into want: one operation, or none when equal.
 func (s *Store) ScaleOps(site, slot string, old ScaleDoc, want map[string]int) consulapi.KVTxnOps {
 	if old.Index != 0 && maps.Equal(old.Values, want) {
 		return nil
@@ -357,7 +357,7 @@ func EncodeSettings(values map[string]string) string {
 	return string(b)
 }
 
-// txn runs KV operations atomically. It returns ErrConflict when a check-and-set lost.
+// Txn runs KV operations atomically. It returns ErrConflict when a check-and-set lost.
 func (s *Store) Txn(ops consulapi.KVTxnOps) (*consulapi.KVTxnResponse, error) {
 	if len(ops) == 0 {
 		return &consulapi.KVTxnResponse{}, nil
@@ -402,7 +402,7 @@ func DeleteCASOp(key string, index uint64) *consulapi.KVTxnOp {
 	return &consulapi.KVTxnOp{Verb: consulapi.KVDeleteCAS, Key: key, Index: index}
 }
 
-// bindOps binds slot to lane at version.
+// BindOps binds slot to lane at version.
 func (s *Store) BindOps(site, slot string, old *SlotState, lane string, version uint64) consulapi.KVTxnOps {
 	var ops consulapi.KVTxnOps
 	if old.LaneKV != jobspec.JobID(site, lane) || old.Lane.Index == 0 {
@@ -415,7 +415,7 @@ func (s *Store) BindOps(site, slot string, old *SlotState, lane string, version 
 	return ops
 }
 
-// docOps turns one settings document of slot from old into want: one operation, or none when
+// DocOps turns one settings document of slot from old into want: one operation, or none when
 // they are equal. Check-and-set against the index old was read at.
 func (s *Store) DocOps(site, slot, kind string, old SettingsDoc, want map[string]string) consulapi.KVTxnOps {
 	if old.Index != 0 && maps.Equal(old.Values, want) {
@@ -424,7 +424,7 @@ func (s *Store) DocOps(site, slot, kind string, old SettingsDoc, want map[string
 	return consulapi.KVTxnOps{CASOp(s.SlotKey(site, slot, kind), EncodeSettings(want), old.Index)}
 }
 
-// seedOps folds what a slot's settings document needs at start into one write: the entries of
+// SeedOps folds what a slot's settings document needs at start into one write: the entries of
 // the one-key-per-setting layout (the document wins where both have a key) and the declared
 // settings that neither has (HCL seeds, KV rules). The Legacy keys are deleted afterwards by
 // legacyDeletes, so a crash between the two loses nothing.
@@ -443,7 +443,7 @@ func (s *Store) SeedOps(site, slot, kind string, old SettingsDoc, declared map[s
 	return s.DocOps(site, slot, kind, old, want)
 }
 
-// legacyDeletes removes the one-key-per-setting entries of a slot once its document holds
+// LegacyDeletes removes the one-key-per-setting entries of a slot once its document holds
 // them, in transactions small enough for Consul.
 func (s *Store) LegacyDeletes(site, slot string, ss *SlotState) []consulapi.KVTxnOps {
 	var all consulapi.KVTxnOps
