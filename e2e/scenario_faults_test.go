@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -143,39 +142,7 @@ func TestDeposedLeaderFenced(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), faultTestTimeout)
 	defer cancel()
 
-	leader := startProcDaemon(t, stack, site, fmt.Sprintf("%s=switch.after-make=sleep(%s)", failpoint.Env, pause))
-	standby := launchProcDaemon(t, stack, site)
-	waitFollower(ctx, t, standby, leader)
-	lanes := leader.daemon().laneJobs(site.name)
-	waitServes(t, stack, prod, lanes["production"])
-	smp := startSampler(t, stack, prod, 4, faultTestTimeout)
-
-	op, err := leader.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
-	require.NoError(t, err, "start a swap of staging into production on the leader")
-	waitOpState(t, leader.daemon(), op.ID, api.StateSwitching, 5*time.Minute)
-	// Make is over (and the leader pauses) once Consul shows every instance of staging's lane
-	// with production's slot tag as well.
-	WaitFor(t, 2*time.Minute, "every instance of staging's lane tagged production", func() (bool, string) {
-		s, err := leader.client.Site(ctx, site.name)
-		if err != nil {
-			return false, err.Error()
-		}
-		for _, sl := range s.Slots {
-			if sl.Name != "staging" {
-				continue
-			}
-			if len(sl.Instances) == 0 {
-				return false, "no instance of staging's lane"
-			}
-			for _, in := range sl.Instances {
-				if !slices.Contains(in.Tags, "production") {
-					return false, fmt.Sprintf("instance %s tags %q", in.Alloc, in.Tags)
-				}
-			}
-			return true, ""
-		}
-		return false, "no slot staging"
-	})
+	leader, standby, lanes, smp, op := pausedAfterMake(ctx, t, stack, site, site, pause)
 	time.Sleep(time.Second)
 	cur, err := leader.client.Operation(ctx, op.ID, 0)
 	require.NoError(t, err)
@@ -238,6 +205,28 @@ func TestDeposedLeaderFenced(t *testing.T) {
 		return a.Lane == lanes["staging"] && a.Env["DB"] == "prod-db" && a.Env["FEATURE"] == "staging-feature"
 	})
 	assertAllServed(t, smp, prod)
+}
+
+// pausedAfterMake starts a leader of leaderSite (site as the leader sees it: its Consul address
+// may be a fault proxy's) that pauses for pause after make, and a standby of site; counts every
+// request to production; starts a swap of staging into production on the leader and returns
+// once make is over and the leader pauses.
+func pausedAfterMake(ctx context.Context, t testing.TB, stack *Stack, site, leaderSite siteSpec, pause time.Duration) (leader, standby *procDaemon, lanes map[string]string, smp *sampler, op *api.Operation) {
+	t.Helper()
+	prod := site.host("production")
+	leader = startProcDaemon(t, stack, leaderSite, fmt.Sprintf("%s=switch.after-make=sleep(%s)", failpoint.Env, pause))
+	standby = launchProcDaemon(t, stack, site)
+	waitFollower(ctx, t, standby, leader)
+	lanes = leader.daemon().laneJobs(site.name)
+	waitServes(t, stack, prod, lanes["production"])
+	smp = startSampler(t, stack, prod, 4, faultTestTimeout)
+	op, err := leader.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
+	require.NoError(t, err, "start a swap of staging into production on the leader")
+	waitOpState(t, leader.daemon(), op.ID, api.StateSwitching, 5*time.Minute)
+	// Make is over (and the leader pauses) once Consul shows every instance of staging's lane
+	// with production's slot tag as well.
+	waitTagged(ctx, t, leader.client, site.name, "staging", "production")
+	return leader, standby, lanes, smp, op
 }
 
 // assertOnceInHistory checks that operation id is in the site's history exactly once.

@@ -16,7 +16,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/slotd/slotd/api"
-	"github.com/slotd/slotd/internal/failpoint"
 )
 
 // TestDeposedLeaderRegistersNothing: the leader is cut off from Consul (a black hole: its
@@ -52,18 +51,8 @@ func TestDeposedLeaderRegistersNothing(t *testing.T) {
 	leaderSite := site
 	leaderSite.consul = consul.Addr()
 	prod := site.host("production")
-	leader := startProcDaemon(t, stack, leaderSite, fmt.Sprintf("%s=switch.after-make=sleep(%s)", failpoint.Env, pause))
-	standby := launchProcDaemon(t, stack, site)
-	waitFollower(ctx, t, standby, leader)
-	lanes := leader.daemon().laneJobs(site.name)
-	waitServes(t, stack, prod, lanes["production"])
-	smp := startSampler(t, stack, prod, 4, faultTestTimeout)
-
-	op, err := leader.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
-	require.NoError(t, err, "start a swap of staging into production on the leader")
+	leader, standby, lanes, smp, op := pausedAfterMake(ctx, t, stack, site, leaderSite, pause)
 	tl.add("swap %s started on the leader (consul through %s)", op.ID, consul.Addr())
-	waitOpState(t, leader.daemon(), op.ID, api.StateSwitching, 5*time.Minute)
-	waitTagged(ctx, t, leader.client, site.name, "staging", "production")
 	made := tl.add("make over: every instance of staging's lane %s tagged production; the leader pauses %s", lanes["staging"], pause)
 	wake := made.Add(pause)
 	cur, err := leader.client.Operation(ctx, op.ID, 0)
