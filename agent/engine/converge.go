@@ -406,13 +406,13 @@ func (e *Engine) restoreContext(ctx context.Context) (context.Context, context.C
 }
 
 // laneSick reports whether any instance of a lane fails its checks now.
-func (e *Engine) laneSick(ctx context.Context, site *config.Site, lane string) bool {
-	entries, _, err := e.lanes.Entries(ctx, site, lane, 0, 0)
+func (e *Engine) laneSick(ctx context.Context, cfg *config.Site, lane string) bool {
+	entries, _, err := e.lanes.Entries(ctx, cfg, lane, 0, 0)
 	if err != nil {
 		return false
 	}
-	for _, e := range entries {
-		if e.Checks.AggregatedStatus() != consulapi.HealthPassing {
+	for _, en := range entries {
+		if en.Checks.AggregatedStatus() != consulapi.HealthPassing {
 			return true
 		}
 	}

@@ -112,7 +112,7 @@ func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, want int) err
 			if !badSince.IsZero() {
 				wait = time.Second // look again when the grace period may have run out
 			}
-			entries, idx, err := w.eng.lanes.Entries(ctx, w.site, w.srcLane, index, wait)
+			entries, idx, err := w.eng.lanes.Entries(ctx, w.cfg, w.srcLane, index, wait)
 			if err != nil {
 				return 0, err
 			}
@@ -143,7 +143,7 @@ func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, want int) err
 // instanceCount is how many instances the target lane has as the monitor starts; fewer
 // instances than that later counts as unhealthy.
 func (w *swap) instanceCount(ctx context.Context) int {
-	entries, _, err := w.eng.lanes.Entries(ctx, w.site, w.srcLane, 0, 0)
+	entries, _, err := w.eng.lanes.Entries(ctx, w.cfg, w.srcLane, 0, 0)
 	if err != nil {
 		return 0
 	}

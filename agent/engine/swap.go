@@ -30,7 +30,7 @@ var swapPhases = []string{api.PhasePreflight, api.PhaseApply, api.PhaseWarm, api
 // swap carries out one swap of source into target, phase after phase (DESIGN.md §3).
 type swap struct {
 	*run
-	site           *config.Site
+	cfg            *config.Site
 	source, target *config.Slot
 	// The two lanes and what they ran when the swap started.
 	srcLane, tgtLane string
@@ -43,9 +43,9 @@ type swap struct {
 }
 
 // swapOp is the operation behind POST /swap, /rollback, auto-swap and the monitor's rollback.
-func (e *Engine) swapOp(site *config.Site, sourceName, targetName string) opFunc {
+func (e *Engine) swapOp(cfg *config.Site, sourceName, targetName string) opFunc {
 	return func(ctx context.Context, r *run) error {
-		w := &swap{run: r, site: site, source: site.Slot(sourceName), target: site.Slot(targetName)}
+		w := &swap{run: r, cfg: cfg, source: cfg.Slot(sourceName), target: cfg.Slot(targetName)}
 		if err := w.load(ctx); err != nil {
 			return err
 		}
@@ -135,7 +135,7 @@ func (w *swap) preflightDue() bool {
 // swap is instant: it goes straight to the switch. A preview swap still stops after apply.
 func (w *swap) preflight(ctx context.Context) error {
 	want := applied(w.target, w.src, w.tgt)
-	change, err := w.eng.lanes.Plan(ctx, w.site, w.srcLane, w.srcApp, want)
+	change, err := w.eng.lanes.Plan(ctx, w.cfg, w.srcLane, w.srcApp, want)
 	if err != nil {
 		return fmt.Errorf("pre-flight: %w; nothing was changed", err)
 	}
@@ -154,9 +154,9 @@ func (w *swap) preflight(ctx context.Context) error {
 // apply takes the source lane off the source's routes and gives it the target's sticky
 // settings and identity, reachable only through the target's preview tags.
 func (w *swap) apply(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.DeployTimeout)
 	defer cancel()
-	ro, err := w.eng.lanes.Ensure(ctx, w.site, w.srcLane, w.srcApp, applied(w.target, w.src, w.tgt), lanes.GateHealthy)
+	ro, err := w.eng.lanes.Ensure(ctx, w.cfg, w.srcLane, w.srcApp, applied(w.target, w.src, w.tgt), lanes.GateHealthy)
 	if err != nil {
 		return err
 	}
@@ -171,7 +171,7 @@ func (w *swap) preview(ctx context.Context) error {
 	if err := w.journal(); err != nil {
 		return err
 	}
-	w.eng.logger.Info("swap previewing", "site", w.site.Name, "op", w.op.ID, "preview_tags", strings.Join(w.target.PreviewTags, ","))
+	w.eng.logger.Info("swap previewing", "site", w.cfg.Name, "op", w.op.ID, "preview_tags", strings.Join(w.target.PreviewTags, ","))
 	for {
 		select {
 		case c := <-w.control:
@@ -191,29 +191,29 @@ func (w *swap) preview(ctx context.Context) error {
 
 // warm sends the site's warm-up requests to every instance of the source lane, directly.
 func (w *swap) warm(ctx context.Context) error {
-	entries, _, err := w.eng.lanes.Entries(ctx, w.site, w.srcLane, 0, 0)
+	entries, _, err := w.eng.lanes.Entries(ctx, w.cfg, w.srcLane, 0, 0)
 	if err != nil {
 		return err
 	}
 	if len(entries) == 0 {
 		return fmt.Errorf("lane %s has no instances in consul to warm up", w.srcLane)
 	}
-	err = warmInstances(ctx, w.eng.httpClient, w.site.Warmup, entries)
+	err = warmInstances(ctx, w.eng.httpClient, w.cfg.Warmup, entries)
 	if err != nil {
-		w.eng.metrics.WarmupFailures.WithLabelValues(w.site.Name).Inc()
+		w.eng.metrics.WarmupFailures.WithLabelValues(w.cfg.Name).Inc()
 		return err
 	}
-	w.note(api.PhaseWarm, fmt.Sprintf("%d instances answered %d paths", len(entries), len(w.site.Warmup.Paths)))
+	w.note(api.PhaseWarm, fmt.Sprintf("%d instances answered %d paths", len(entries), len(w.cfg.Warmup.Paths)))
 	return nil
 }
 
 // switchSlots moves the target's routes to the source lane, make before break, then exchanges
 // the bindings and swappable settings in one KV transaction.
 func (w *swap) switchSlots(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.DeployTimeout)
 	defer cancel()
 	t0 := time.Now()
-	made, err := w.eng.lanes.Ensure(ctx, w.site, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt), lanes.GateHealthy)
+	made, err := w.eng.lanes.Ensure(ctx, w.cfg, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt), lanes.GateHealthy)
 	t1 := time.Now()
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-make")
@@ -224,8 +224,8 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	if err != nil {
 		return w.restoreBoth(fmt.Errorf("give lane %s the routes of %s: %w", w.srcLane, w.target.Name, err))
 	}
-	w.tgtSick = w.eng.laneSick(ctx, w.site, w.tgtLane)
-	broken, err := w.eng.lanes.Ensure(ctx, w.site, w.tgtLane, w.tgtApp, drained(w.target, w.tgt, w.holdFor() > 0), lanes.GateTags)
+	w.tgtSick = w.eng.laneSick(ctx, w.cfg, w.tgtLane)
+	broken, err := w.eng.lanes.Ensure(ctx, w.cfg, w.tgtLane, w.tgtApp, drained(w.target, w.tgt, w.holdFor() > 0), lanes.GateTags)
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-break")
 	}
@@ -264,16 +264,16 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 		return err
 	}
 	for attempt := 0; ; attempt++ {
-		st, err := kv.LoadSlots(w.site.Name, nil)
+		st, err := kv.LoadSlots(w.cfg.Name, nil)
 		if err != nil {
 			return fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
 		}
 		s, t := st.Slot(w.source.Name), st.Slot(w.target.Name)
 		var ops consulapi.KVTxnOps
-		ops = append(ops, kv.BindOps(w.site.Name, w.target.Name, t, w.srcLane, srcLaneVersion)...)
-		ops = append(ops, kv.BindOps(w.site.Name, w.source.Name, s, w.tgtLane, tgtLaneVersion)...)
-		ops = append(ops, kv.DocOps(w.site.Name, w.source.Name, store.KindSwappable, s.Settings, t.Settings.Values)...)
-		ops = append(ops, kv.DocOps(w.site.Name, w.target.Name, store.KindSwappable, t.Settings, s.Settings.Values)...)
+		ops = append(ops, kv.BindOps(w.cfg.Name, w.target.Name, t, w.srcLane, srcLaneVersion)...)
+		ops = append(ops, kv.BindOps(w.cfg.Name, w.source.Name, s, w.tgtLane, tgtLaneVersion)...)
+		ops = append(ops, kv.DocOps(w.cfg.Name, w.source.Name, store.KindSwappable, s.Settings, t.Settings.Values)...)
+		ops = append(ops, kv.DocOps(w.cfg.Name, w.target.Name, store.KindSwappable, t.Settings, s.Settings.Values)...)
 		next := *w.op
 		next.Phases = append([]api.Phase(nil), w.op.Phases...)
 		next.Switched = true
@@ -291,7 +291,7 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 		if errors.Is(err, store.ErrConflict) && attempt < 5 {
 			// A setting was edited meanwhile, or the journal moved: read both again. The
 			// journal must still be this operation's.
-			cur, rerr := kv.RunningOperation(w.site.Name)
+			cur, rerr := kv.RunningOperation(w.cfg.Name)
 			if rerr != nil || cur == nil || cur.ID != w.op.ID {
 				return fmt.Errorf("exchange the bindings of %s and %s: the journal no longer holds operation %s", w.source.Name, w.target.Name, w.op.ID)
 			}
@@ -312,7 +312,7 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 			return fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
 		}
 		if next.Index == w.op.Index {
-			next.Index = store.ResultIndex(resp, kv.OperationKey(w.site.Name), w.op.Index)
+			next.Index = store.ResultIndex(resp, kv.OperationKey(w.cfg.Name), w.op.Index)
 		}
 		*w.op = next
 		w.eng.ops.publish(w.op)
@@ -330,10 +330,10 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 // holdFor is how long the former target lane is held after the switch: the site's rollback
 // window, unless the lane was failing its checks as it left (nothing to roll back to).
 func (w *swap) holdFor() time.Duration {
-	if w.tgtSick || w.site.Monitor == nil {
+	if w.tgtSick || w.cfg.Monitor == nil {
 		return 0
 	}
-	return w.site.Monitor.RollbackWindow
+	return w.cfg.Monitor.RollbackWindow
 }
 
 // afterSwitch is DESIGN.md §3 steps 4 and 5. The target's health is watched for the monitor
@@ -352,7 +352,7 @@ func (w *swap) afterSwitch(ctx context.Context) error {
 			return err
 		}
 	}
-	m := w.site.Monitor
+	m := w.cfg.Monitor
 	if (m == nil || m.Window <= 0) && w.done(api.PhaseSettle) {
 		w.skip(api.PhaseMonitor, "no monitor window")
 		return nil
@@ -458,7 +458,7 @@ func (w *swap) settlePhase(ctx context.Context) error {
 
 // settle gives the former target lane the source's sticky settings and routes, in one rollout.
 func (w *swap) settle(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, w.site.DeployTimeout)
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.DeployTimeout)
 	defer cancel()
 	drain := lanes.RouterDrain
 	if p := w.op.Phase(api.PhaseSwitch); p != nil && p.EndedAt != nil {
@@ -467,7 +467,7 @@ func (w *swap) settle(ctx context.Context) error {
 	if err := query.Sleep(ctx, max(drain, 0)); err != nil {
 		return err
 	}
-	st, err := w.eng.store.LoadSlots(w.site.Name, nil)
+	st, err := w.eng.store.LoadSlots(w.cfg.Name, nil)
 	if err != nil {
 		return err
 	}
@@ -482,11 +482,11 @@ func (w *swap) settle(ctx context.Context) error {
 		// routes. It takes the source's settings and routes as Nomad replaces its instances.
 		g = lanes.GateNone
 	}
-	ro, err := w.eng.lanes.Ensure(ctx, w.site, w.tgtLane, w.tgtApp, want, g)
+	ro, err := w.eng.lanes.Ensure(ctx, w.cfg, w.tgtLane, w.tgtApp, want, g)
 	if err != nil {
 		return fmt.Errorf("settle lane %s into %s: %w", w.tgtLane, w.source.Name, err)
 	}
-	if _, err := w.eng.store.Txn(w.eng.store.BindOps(w.site.Name, w.source.Name, s, w.tgtLane, ro.Version)); err != nil {
+	if _, err := w.eng.store.Txn(w.eng.store.BindOps(w.cfg.Name, w.source.Name, s, w.tgtLane, ro.Version)); err != nil {
 		return fmt.Errorf("bind %s to lane %s version %d: %w", w.source.Name, w.tgtLane, ro.Version, err)
 	}
 	msg := fmt.Sprintf("lane %s version %d serves %s", w.tgtLane, ro.Version, w.source.Name)
@@ -508,7 +508,7 @@ func (w *swap) undo(cause error) error {
 
 // restoreSource puts the source lane back as KV says for the source, and leaves the target alone.
 func (w *swap) restoreSource(cause error) error {
-	return w.eng.putSlotBack(w.ctx, w.site, w.source.Name, cause)
+	return w.eng.putSlotBack(w.ctx, w.cfg, w.source.Name, cause)
 }
 
 // restoreBoth undoes a switch that failed after it began, make before break: the target's lane
@@ -523,14 +523,14 @@ func (w *swap) restoreBoth(cause error) error {
 	if w.tgtSick {
 		g = lanes.GateTags
 	}
-	ro, err := w.eng.lanes.Ensure(ctx, w.site, w.tgtLane, w.tgtApp, steady(w.target, w.tgt), g)
+	ro, err := w.eng.lanes.Ensure(ctx, w.cfg, w.tgtLane, w.tgtApp, steady(w.target, w.tgt), g)
 	if err != nil {
 		return fmt.Errorf("%w; giving lane %s the routes of %s back failed too: %v", cause, w.tgtLane, w.target.Name, err)
 	}
-	if st, err := w.eng.store.LoadSlots(w.site.Name, nil); err == nil {
+	if st, err := w.eng.store.LoadSlots(w.cfg.Name, nil); err == nil {
 		t := st.Slot(w.target.Name)
 		if t.Lane.Value == w.tgtLane {
-			_, _ = w.eng.store.Txn(w.eng.store.BindOps(w.site.Name, w.target.Name, t, w.tgtLane, ro.Version))
+			_, _ = w.eng.store.Txn(w.eng.store.BindOps(w.cfg.Name, w.target.Name, t, w.tgtLane, ro.Version))
 		}
 	}
 	if err := query.Sleep(ctx, lanes.RouterDrain); err != nil {

@@ -14,7 +14,7 @@ import (
 
 // load reads both slots' bindings and settings, and the app each lane runs.
 func (w *swap) load(ctx context.Context) error {
-	st, err := w.eng.store.LoadSlots(w.site.Name, nil)
+	st, err := w.eng.store.LoadSlots(w.cfg.Name, nil)
 	if err != nil {
 		return err
 	}
@@ -25,30 +25,30 @@ func (w *swap) load(ctx context.Context) error {
 	if w.op.Switched {
 		// A swap resumed after the switch: KV already holds the exchanged bindings.
 		s, t = t, s
-		sset, err := w.eng.resolveScale(ctx, w.site, w.target, s.Lane.Value, s.Values())
+		sset, err := w.eng.resolveScale(ctx, w.cfg, w.target, s.Lane.Value, s.Values())
 		if err != nil {
 			return err
 		}
-		tset, err := w.eng.resolveScale(ctx, w.site, w.source, t.Lane.Value, t.Values())
+		tset, err := w.eng.resolveScale(ctx, w.cfg, w.source, t.Lane.Value, t.Values())
 		if err != nil {
 			return err
 		}
 		w.src, w.tgt = swappedBack(sset, tset)
 	} else {
-		if w.src, err = w.eng.slotSet(ctx, w.site, w.source, s); err != nil {
+		if w.src, err = w.eng.slotSet(ctx, w.cfg, w.source, s); err != nil {
 			return err
 		}
-		if w.tgt, err = w.eng.slotSet(ctx, w.site, w.target, t); err != nil {
+		if w.tgt, err = w.eng.slotSet(ctx, w.cfg, w.target, t); err != nil {
 			return err
 		}
 		w.keepLiveScale(w.source, s, w.src)
 		w.keepLiveScale(w.target, t, w.tgt)
 	}
 	w.srcLane, w.tgtLane = s.Lane.Value, t.Lane.Value
-	if w.srcApp, err = w.eng.lanes.Submission(ctx, w.site, w.srcLane, s.BoundVersion(), true); err != nil {
+	if w.srcApp, err = w.eng.lanes.Submission(ctx, w.cfg, w.srcLane, s.BoundVersion(), true); err != nil {
 		return err
 	}
-	if w.tgtApp, err = w.eng.lanes.Submission(ctx, w.site, w.tgtLane, t.BoundVersion(), true); err != nil {
+	if w.tgtApp, err = w.eng.lanes.Submission(ctx, w.cfg, w.tgtLane, t.BoundVersion(), true); err != nil {
 		return err
 	}
 	return nil
@@ -60,7 +60,7 @@ func (w *swap) keepLiveScale(slot *config.Slot, ss *store.SlotState, set store.S
 	if !slot.ScaleLive || set.Scale == nil {
 		return
 	}
-	_, _ = w.eng.store.Txn(w.eng.store.ScaleOps(w.site.Name, slot.Name, ss.Scale, set.Scale))
+	_, _ = w.eng.store.Txn(w.eng.store.ScaleOps(w.cfg.Name, slot.Name, ss.Scale, set.Scale))
 }
 
 // swappedBack recovers the settings of source and target as they were before the exchange,
@@ -79,13 +79,13 @@ func swappedBack(srcLaneSlot, tgtLaneSlot store.SlotSettings) (src, tgt store.Sl
 func (w *swap) exchanged(ctx context.Context, cause error) (uint64, error) {
 	kv := w.eng.store
 	for attempt := 1; ; attempt++ {
-		cur, err := kv.RunningOperation(w.site.Name)
+		cur, err := kv.RunningOperation(w.cfg.Name)
 		switch {
 		case err != nil:
 		case cur == nil || cur.ID != w.op.ID:
 			return 0, fmt.Errorf("%w; the journal no longer holds operation %s", cause, w.op.ID)
 		case cur.Switched:
-			w.eng.logger.Info("consul's answer to the exchange was lost, but it committed", "site", w.site.Name, "op", w.op.ID, "error", cause)
+			w.eng.logger.Info("consul's answer to the exchange was lost, but it committed", "site", w.cfg.Name, "op", w.op.ID, "error", cause)
 			return cur.Index, nil
 		case cur.Index != w.op.Index:
 			return 0, cause // the journal moved on: the exchange's check fails for good

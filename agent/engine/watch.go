@@ -175,11 +175,11 @@ func (e *Engine) refreshInstances(ctx context.Context, cfg *config.Site) {
 	for _, slot := range cfg.Slots {
 		lane := st.Slot(slot.Name).Lane.Value
 		pass, fail := 0, 0
-		for _, e := range entries {
-			if e.Service.Meta[lanes.MetaLane] != lane {
+		for _, en := range entries {
+			if en.Service.Meta[lanes.MetaLane] != lane {
 				continue
 			}
-			if e.Checks.AggregatedStatus() == consulapi.HealthPassing {
+			if en.Checks.AggregatedStatus() == consulapi.HealthPassing {
 				pass++
 			} else {
 				fail++

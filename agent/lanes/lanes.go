@@ -142,9 +142,9 @@ type Source struct {
 // Submission returns the source of a lane's bound job version. Only when Nomad has none (a
 // lane never registered, or a job purged by hand) is it the site's jobspec file with the
 // declared variables; any other error is an error, never a reason to render something else.
-func (l *Lanes) Submission(ctx context.Context, site *config.Site, lane string, version uint64, bound bool) (Source, error) {
+func (l *Lanes) Submission(ctx context.Context, cfg *config.Site, lane string, version uint64, bound bool) (Source, error) {
 	if bound {
-		id := jobspec.JobID(site.Name, lane)
+		id := jobspec.JobID(cfg.Name, lane)
 		cctx, cancel := callCtx(ctx)
 		sub, _, err := l.nomad.Jobs().Submission(id, int(version), (&nomadapi.QueryOptions{}).WithContext(cctx))
 		cancel()
@@ -156,17 +156,17 @@ func (l *Lanes) Submission(ctx context.Context, site *config.Site, lane string, 
 		}
 		l.logger.Warn("nomad has no source of the bound job version; using the jobspec file", "job", id, "version", version)
 	}
-	return FileSource(site, nil)
+	return FileSource(cfg, nil)
 }
 
 // FileSource reads the site's jobspec from disk with the declared variables overlaid by vars.
-func FileSource(site *config.Site, vars map[string]string) (Source, error) {
-	b, err := os.ReadFile(site.Job)
+func FileSource(cfg *config.Site, vars map[string]string) (Source, error) {
+	b, err := os.ReadFile(cfg.Job)
 	if err != nil {
-		return Source{}, fmt.Errorf("read jobspec of site %s: %w", site.Name, err)
+		return Source{}, fmt.Errorf("read jobspec of site %s: %w", cfg.Name, err)
 	}
 	all := map[string]string{}
-	for k, v := range site.Vars {
+	for k, v := range cfg.Vars {
 		all[k] = v
 	}
 	for k, v := range vars {
@@ -185,33 +185,33 @@ func isNotFound(err error) bool {
 const parseCacheSize = 256
 
 // Render parses src through Nomad and renders it as lane with state want.
-func (l *Lanes) Render(site *config.Site, lane string, src Source, want State) (*nomadapi.Job, error) {
-	base, err := jobspec.Parse(l.parser, site.Job, src.Jobspec, src.Vars)
+func (l *Lanes) Render(cfg *config.Site, lane string, src Source, want State) (*nomadapi.Job, error) {
+	base, err := jobspec.Parse(l.parser, cfg.Job, src.Jobspec, src.Vars)
 	if err != nil {
 		return nil, err
 	}
-	if err := jobspec.CheckLane(base, site.Job, site.Service); err != nil {
+	if err := jobspec.CheckLane(base, cfg.Job, cfg.Service); err != nil {
 		return nil, err
 	}
 	job := jobspec.Render(base, jobspec.Lane{
-		Site: site.Name, Lane: lane, Slot: want.Slot, Service: site.Service,
+		Site: cfg.Name, Lane: lane, Slot: want.Slot, Service: cfg.Service,
 		SlotTags: want.Tags, Env: want.Env,
 	})
-	if err := ApplyScale(job, site.Job, want); err != nil {
+	if err := ApplyScale(job, cfg.Job, want); err != nil {
 		return nil, err
 	}
 	for _, g := range job.TaskGroups {
 		for _, svc := range serviceBlocks(g) {
-			if svc.Name != site.Service {
+			if svc.Name != cfg.Service {
 				continue
 			}
 			if svc.Meta == nil {
 				svc.Meta = map[string]string{}
 			}
-			svc.Meta[MetaSite] = site.Name
+			svc.Meta[MetaSite] = cfg.Name
 			svc.Meta[MetaLane] = lane
 		}
-		DrainOnStop(g, site.Service)
+		DrainOnStop(g, cfg.Service)
 	}
 	return job, nil
 }
@@ -259,10 +259,10 @@ type Gate int
 // Ensure makes lane run src in state want. It registers a new job version only when Nomad's
 // plan shows a difference, check-and-set on the job's modify index (a job that is not there
 // must still not be there), then waits as g says.
-func (l *Lanes) Ensure(ctx context.Context, site *config.Site, lane string, src Source, want State, g Gate) (Rollout, error) {
-	id := jobspec.JobID(site.Name, lane)
+func (l *Lanes) Ensure(ctx context.Context, cfg *config.Site, lane string, src Source, want State, g Gate) (Rollout, error) {
+	id := jobspec.JobID(cfg.Name, lane)
 	start := time.Now()
-	job, err := l.Render(site, lane, src, want)
+	job, err := l.Render(cfg, lane, src, want)
 	if err != nil {
 		return Rollout{}, err
 	}
@@ -289,13 +289,13 @@ func (l *Lanes) Ensure(ctx context.Context, site *config.Site, lane string, src 
 		}
 		change = Classify(plan)
 		if change == jobspec.NoChange {
-			return Rollout{Version: *cur.Version, Change: change}, l.waitInstances(ctx, site, lane, job, g)
+			return Rollout{Version: *cur.Version, Change: change}, l.waitInstances(ctx, cfg, lane, job, g)
 		}
 	}
 	if err := failpoint.Inject(ctx, "lane.before-register"); err != nil {
 		return Rollout{}, err
 	}
-	l.logger.Debug("register lane", "site", site.Name, "lane", lane, "slot", want.Slot, "change", change.String(), "tags", strings.Join(want.Tags, ","))
+	l.logger.Debug("register lane", "site", cfg.Name, "lane", lane, "slot", want.Slot, "change", change.String(), "tags", strings.Join(want.Tags, ","))
 	cctx, cancel = callCtx(ctx)
 	resp, _, err := l.nomad.Jobs().RegisterOpts(job, opts, (&nomadapi.WriteOptions{}).WithContext(cctx))
 	cancel()
@@ -318,7 +318,7 @@ func (l *Lanes) Ensure(ctx context.Context, site *config.Site, lane string, src 
 			return ro, err
 		}
 	}
-	return ro, l.waitInstances(ctx, site, lane, job, g)
+	return ro, l.waitInstances(ctx, cfg, lane, job, g)
 }
 
 // registeredVersion is the version a register created: the job's version as of its modify

@@ -21,12 +21,12 @@ const MetaScale = "slotd_scale"
 
 // Counts is the count of every task group of a lane's job in Nomad (nil when it has none)
 // and the slot the job runs as.
-func (l *Lanes) Counts(ctx context.Context, site *config.Site, lane string) (map[string]int, string, error) {
-	job, err := l.Job(ctx, site, lane)
+func (l *Lanes) Counts(ctx context.Context, cfg *config.Site, lane string) (map[string]int, string, error) {
+	job, err := l.Job(ctx, cfg, lane)
 	if err != nil || job == nil {
 		return nil, "", err
 	}
-	return GroupCounts(job), LaneEnv(job, site.Service)[jobspec.EnvSlot], nil
+	return GroupCounts(job), LaneEnv(job, cfg.Service)[jobspec.EnvSlot], nil
 }
 
 // GroupCounts is the count of every task group of job (1 where the job leaves it out).
@@ -110,8 +110,8 @@ func scaleMeta(job *nomadapi.Job, want State) {
 // Plan asks Nomad's scheduler whether lane in state want would place, touching nothing:
 // the pre-flight of a swap and a deploy. An error says which groups would not place and why;
 // the change says what registering it would do to the running allocations.
-func (l *Lanes) Plan(ctx context.Context, site *config.Site, lane string, src Source, want State) (jobspec.Change, error) {
-	job, err := l.Render(site, lane, src, want)
+func (l *Lanes) Plan(ctx context.Context, cfg *config.Site, lane string, src Source, want State) (jobspec.Change, error) {
+	job, err := l.Render(cfg, lane, src, want)
 	if err != nil {
 		return jobspec.Restart, err
 	}
@@ -119,9 +119,9 @@ func (l *Lanes) Plan(ctx context.Context, site *config.Site, lane string, src So
 	plan, _, err := l.nomad.Jobs().Plan(job, true, (&nomadapi.WriteOptions{}).WithContext(cctx))
 	cancel()
 	if err != nil {
-		return jobspec.Restart, fmt.Errorf("plan job %s: %w", jobspec.JobID(site.Name, lane), err)
+		return jobspec.Restart, fmt.Errorf("plan job %s: %w", jobspec.JobID(cfg.Name, lane), err)
 	}
-	return Classify(plan), PlacementError(jobspec.JobID(site.Name, lane), want, plan)
+	return Classify(plan), PlacementError(jobspec.JobID(cfg.Name, lane), want, plan)
 }
 
 // PlacementError reads the allocations a plan could not place, nil when it places all.

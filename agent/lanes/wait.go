@@ -113,14 +113,14 @@ func (l *Lanes) allocFailures(id string, version uint64) string {
 
 // waitInstances waits until Consul shows exactly the lane's instances of job, each with the
 // job's tags for the service, and with GateHealthy every check passing.
-func (l *Lanes) waitInstances(ctx context.Context, site *config.Site, lane string, job *nomadapi.Job, g Gate) error {
-	want := jobspec.ServiceTags(job, site.Service)
-	count := InstanceCount(job, site.Service)
+func (l *Lanes) waitInstances(ctx context.Context, cfg *config.Site, lane string, job *nomadapi.Job, g Gate) error {
+	want := jobspec.ServiceTags(job, cfg.Service)
+	count := InstanceCount(job, cfg.Service)
 	seen := "no answer from consul yet"
 	ready := false
 	err := l.follow.Follow(ctx, query.Opts{Backend: "consul", Wait: query.BlockingWait, OnError: func(err error) { seen = err.Error() }},
 		func(ctx context.Context, index uint64, wait time.Duration) (uint64, error) {
-			entries, idx, err := l.Entries(ctx, site, lane, index, wait)
+			entries, idx, err := l.Entries(ctx, cfg, lane, index, wait)
 			if err == nil {
 				ready, seen = InstancesReady(entries, want, count, g == GateHealthy)
 			}
@@ -129,7 +129,7 @@ func (l *Lanes) waitInstances(ctx context.Context, site *config.Site, lane strin
 		func(uint64) bool { return ready })
 	if err != nil {
 		return fmt.Errorf("wait for %d passing instances of %s with tags [%s]: %w (last seen: %s)",
-			count, jobspec.JobID(site.Name, lane), strings.Join(want, ","), err, seen)
+			count, jobspec.JobID(cfg.Name, lane), strings.Join(want, ","), err, seen)
 	}
 	return nil
 }
@@ -150,8 +150,8 @@ func InstancesReady(entries []*consulapi.ServiceEntry, wantTags []string, count 
 }
 
 // Entries reads the Consul instances of a lane, blocking on index when it is not zero.
-func (l *Lanes) Entries(ctx context.Context, site *config.Site, lane string, index uint64, wait time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
-	all, idx, err := l.SiteEntries(ctx, site, index, wait)
+func (l *Lanes) Entries(ctx context.Context, cfg *config.Site, lane string, index uint64, wait time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
+	all, idx, err := l.SiteEntries(ctx, cfg, index, wait)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -165,20 +165,20 @@ func (l *Lanes) Entries(ctx context.Context, site *config.Site, lane string, ind
 }
 
 // SiteEntries reads every Consul instance of the site's service that slotd manages.
-func (l *Lanes) SiteEntries(ctx context.Context, site *config.Site, index uint64, wait time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
+func (l *Lanes) SiteEntries(ctx context.Context, cfg *config.Site, index uint64, wait time.Duration) ([]*consulapi.ServiceEntry, uint64, error) {
 	if index == 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = callCtx(ctx)
 		defer cancel()
 	}
 	q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
-	entries, meta, err := l.consul.Health().Service(site.Service, "", false, q)
+	entries, meta, err := l.consul.Health().Service(cfg.Service, "", false, q)
 	if err != nil {
-		return nil, 0, fmt.Errorf("read consul health of service %s: %w", site.Service, err)
+		return nil, 0, fmt.Errorf("read consul health of service %s: %w", cfg.Service, err)
 	}
 	var out []*consulapi.ServiceEntry
 	for _, e := range entries {
-		if e.Service.Meta[MetaSite] == site.Name {
+		if e.Service.Meta[MetaSite] == cfg.Name {
 			out = append(out, e)
 		}
 	}
