@@ -114,8 +114,12 @@ func (e *Engine) runSite(name string, s *site) {
 // Lead runs the sites under a leadership until lead ends: they are brought up, then kept
 // converged, and the shared watches run. It returns at once.
 func (e *Engine) Lead(lead context.Context) {
+	e.mu.Lock()
+	e.lead = lead
 	e.leader.Store(true)
 	e.metrics.Leader.Set(1)
+	e.mu.Unlock()
+	// After the leadership is recorded: one that has ended already is forgotten at once.
 	context.AfterFunc(lead, func() {
 		e.mu.Lock()
 		if e.lead == lead {
@@ -125,9 +129,6 @@ func (e *Engine) Lead(lead context.Context) {
 		}
 		e.mu.Unlock()
 	})
-	e.mu.Lock()
-	e.lead = lead
-	e.mu.Unlock()
 	e.watchShared(lead)
 	for _, s := range e.siteList() {
 		s.send(evLead{lead})

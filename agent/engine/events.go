@@ -110,6 +110,7 @@ type (
 	evTimer struct {
 		kind timerKind
 		lead context.Context
+		seq  int
 	}
 )
 
@@ -196,8 +197,8 @@ func (s *site) handle(ev event) {
 	case evObserved:
 		s.observedSite(ev)
 	case evTimer:
-		if ev.lead != s.lead || s.lead == nil {
-			return
+		if t := s.timers[ev.kind]; ev.lead != s.lead || s.lead == nil || t == nil || t.seq != ev.seq {
+			return // a leadership's that ended, or a timer replaced since
 		}
 		delete(s.timers, ev.kind)
 		s.timer(ev.kind)
@@ -224,13 +225,16 @@ func (s *site) timer(kind timerKind) {
 			q.answer(nil, fmt.Errorf("%w: the monitor of %s did not end", store.ErrBusy, s.running.op.ID))
 		}
 	case timerOrphan:
-		if s.idle() {
-			lead, name := s.lead, s.name
-			go func() {
-				op, err := s.eng.store.RunningOperation(name)
-				s.send(evJournal{lead: lead, op: op, err: err})
-			}()
+		if !s.idle() {
+			// Whatever runs or starts owns the journal now; look again once it is done.
+			s.after(timerOrphan, orphanCheck)
+			return
 		}
+		lead, name := s.lead, s.name
+		go func() {
+			op, err := s.eng.store.RunningOperation(name)
+			s.send(evJournal{lead: lead, op: op, err: err})
+		}()
 	case timerNext:
 		if s.next != nil {
 			s.startNext()
@@ -256,6 +260,11 @@ func (s *site) booted(ev evBooted) {
 	s.booting, s.ready = false, true
 	s.log.Info("site ready")
 	s.look()
+	if op := ev.boot.pending; op != nil && s.starting != nil {
+		// Most likely the entry of the start being journaled: decide once it is.
+		s.bootAgain = true
+		return
+	}
 	if op := ev.boot.pending; op != nil && s.running == nil {
 		if r := s.eng.inflight(s.name); r != nil {
 			// A run of an earlier owner of this site (removed by a reload, then declared
@@ -303,7 +312,7 @@ func (s *site) comparedLanes(ev evCompared) {
 		}
 		s.dirty = true
 		s.after(timerCheck, checkRetry)
-	case len(ev.slots) > 0 && s.idle():
+	case len(ev.slots) > 0 && s.idle() && s.next == nil:
 		s.converge(ev.slots, now)
 	default:
 		for _, w := range now {
@@ -343,15 +352,17 @@ func (s *site) convergeNow(reply chan<- answer) {
 // create Consul did not confirm (its journal entry may have landed after all). One that never
 // started is cleared, recorded as not started; one that did is taken over as after a restart.
 func (s *site) adoptOrphan(ev evJournal) {
-	if ev.lead != s.lead || !s.idle() || s.eng.inflight(s.name) != nil {
+	if ev.lead != s.lead {
 		return
 	}
-	if ev.err != nil {
-		s.after(timerOrphan, checkRetry)
+	if ev.err != nil || !s.idle() || s.eng.inflight(s.name) != nil {
+		s.after(timerOrphan, orphanCheck)
 		return
 	}
 	op := ev.op
 	if op == nil {
+		s.dirty = true
+		s.check()
 		return
 	}
 	if api.Terminal(op.State) {

@@ -13,7 +13,7 @@ import (
 const (
 	// rescanGap is the least time between two reads of every site's history for an ID that
 	// no index knows: a flood of unknown IDs costs one such read per gap, not one per ID.
-	rescanGap = 5 * time.Second
+	rescanGap = 2 * time.Second
 	// maxSighted bounds the IDs remembered from the journals between two rescans.
 	maxSighted = 10000
 	// lookupTimeout bounds the reads of one look-up.

@@ -279,3 +279,77 @@ func TestStatusFromSnapshot(t *testing.T) {
 	assert.Nil(t, summary.Slots[0].Settings, "without detail, no settings")
 	assert.Nil(t, summary.Slots[0].Instances, "without detail, no instances")
 }
+
+// TestFollowUpBeforeConverge: a pending follow-up goes before the site's own converging: a
+// lane that differs from KV (the held one) is not rolled out while the rollback waits to
+// start, and the rollback is not dropped for it.
+func TestFollowUpBeforeConverge(t *testing.T) {
+	kv := storetest.New()
+	kvSlots(kv, false)
+	cfg := testSite()
+	cfg.Monitor = &config.Monitor{Window: time.Minute, AutoRollback: true, Threshold: 1, RollbackWindow: time.Minute}
+	e, lanes, s := ownedSite(t, kv, cfg)
+	swap, err := e.Swap("web", "staging", "production", false)
+	require.NoError(t, err)
+	waitUntil(t, 10*time.Second, "the swap to monitor", func() bool {
+		cur := e.ops.get(swap.ID)
+		return cur != nil && (cur.State == api.StateMonitoring || cur.State == api.StateHolding)
+	})
+	var refused atomic.Int32
+	kv.Fail = func(ops consulapi.KVTxnOps) error {
+		if isCreate(ops) && refused.Add(1) <= 2 {
+			return errors.New("consul is away")
+		}
+		return nil
+	}
+	lanes.mu.Lock()
+	lanes.sick = map[string]bool{"b": true}
+	lanes.differ = map[string]bool{"a": true, "b": true}
+	lanes.mu.Unlock()
+	endOf(t, e, s, swap.ID)
+	s.poke()
+	var rollback *api.Operation
+	waitUntil(t, 20*time.Second, "the rollback to start", func() bool {
+		rollback = findOp(e, func(op *api.Operation) bool { return op.Kind == api.KindRollback })
+		return rollback != nil
+	})
+	kv.Fail = nil
+	assert.Nil(t, findOp(e, func(op *api.Operation) bool { return op.Trigger == triggerConverge }), "no converge before the rollback")
+	assert.Equal(t, swap.ID, rollback.RollbackOf)
+}
+
+// TestJournalNoOneRuns: an operation journaled for a site that no one runs (its start's
+// answer was lost and it landed late, or it was left undecided) is cleared or taken over
+// within seconds; the site's own converging does not turn it into a loop of refused starts.
+func TestJournalNoOneRuns(t *testing.T) {
+	kv := storetest.New()
+	kvSlots(kv, false)
+	e, lanes, s := ownedSite(t, kv, testSite())
+	stray := &api.Operation{ID: "op-stray", Site: "web", Kind: api.KindSwap, State: api.StatePending, Source: "staging", Target: "production",
+		Phases: []api.Phase{{Name: api.PhasePreflight, State: api.PhasePending}}}
+	require.NoError(t, e.store.CreateOperation(stray))
+	lanes.mu.Lock()
+	lanes.differ = map[string]bool{"a": true}
+	lanes.mu.Unlock()
+	before := kv.Requests.Load()
+	s.poke()
+	waitUntil(t, 4*orphanCheck, "the stray entry to be cleared", func() bool {
+		j, err := e.store.RunningOperation("web")
+		return err == nil && (j == nil || j.ID != "op-stray")
+	})
+	assert.Less(t, kv.Requests.Load()-before, int64(500), "no loop of refused starts")
+	hist, err := e.store.HistoryPage("web", 10, 0)
+	require.NoError(t, err)
+	var cleared *api.Operation
+	for _, h := range hist {
+		if h.ID == "op-stray" {
+			cleared = &h
+		}
+	}
+	require.NotNil(t, cleared, "the stray entry is in history")
+	assert.Equal(t, api.StateFailed, cleared.State)
+	assert.Contains(t, cleared.Error, "not started")
+	waitUntil(t, 10*time.Second, "the lanes to converge after it", func() bool {
+		return findOp(e, func(op *api.Operation) bool { return op.Trigger == triggerConverge && op.State == api.StateSucceeded }) != nil
+	})
+}

@@ -76,7 +76,11 @@ type site struct {
 	compared  int
 	waiters   []waiter
 	dirty     bool
-	timers    map[timerKind]*time.Timer
+	timerSeq  int
+	// bootAgain is set when a boot found a journaled operation while a start was being
+	// journaled: the site is brought up again once that start is decided.
+	bootAgain bool
+	timers    map[timerKind]*timer
 	// failures counts converge operations that failed in a row; holdUntil is when the next
 	// may start.
 	failures  int
@@ -107,7 +111,7 @@ func newSite(e *Engine, cfg *config.Site) *site {
 	s := &site{
 		eng: e, name: cfg.Name, log: e.logger.With("site", cfg.Name), cfg: cfg,
 		events: make(chan event), changed: make(chan struct{}, 1), stopped: make(chan struct{}),
-		timers: map[timerKind]*time.Timer{},
+		timers: map[timerKind]*timer{},
 	}
 	s.publish()
 	return s
@@ -202,7 +206,7 @@ func (s *site) unlead() {
 	}
 	s.observers = nil
 	for k, t := range s.timers {
-		t.Stop()
+		t.t.Stop()
 		delete(s.timers, k)
 	}
 	for _, req := range []*startReq{s.starting, s.queued} {
@@ -227,10 +231,27 @@ func (s *site) refresh() {
 // under has ended by then; a later call of the same kind replaces the earlier.
 func (s *site) after(kind timerKind, d time.Duration) {
 	if t := s.timers[kind]; t != nil {
-		t.Stop()
+		t.t.Stop()
 	}
-	lead := s.lead
-	s.timers[kind] = time.AfterFunc(d, func() { s.send(evTimer{kind: kind, lead: lead}) })
+	s.timerSeq++
+	t := &timer{seq: s.timerSeq}
+	ev := evTimer{kind: kind, lead: s.lead, seq: t.seq}
+	t.t = time.AfterFunc(d, func() { s.send(ev) })
+	s.timers[kind] = t
+}
+
+// timer is a pending timer of the owner; seq tells it from one that replaced it.
+type timer struct {
+	t   *time.Timer
+	seq int
+}
+
+// stopTimer stops the pending timer of kind, if any.
+func (s *site) stopTimer(kind timerKind) {
+	if t := s.timers[kind]; t != nil {
+		t.t.Stop()
+		delete(s.timers, kind)
+	}
 }
 
 // boot brings the site up in KV beside the owner: lanes bound, settings seeded and migrated,
@@ -286,7 +307,9 @@ func (e *Engine) unstartedFollowUp(cfg *config.Site) (*api.Operation, error) {
 
 // check compares the lanes with KV when the site is idle and something may have changed.
 func (s *site) check() {
-	if !s.idle() || s.comparing || !s.dirty {
+	if !s.idle() || s.comparing || !s.dirty || s.next != nil || s.timers[timerOrphan] != nil {
+		// A follow-up goes first; a journal that may hold an operation no one runs is looked
+		// at first.
 		return
 	}
 	if wait := time.Until(s.holdUntil); wait > 0 {

@@ -71,7 +71,7 @@ func (s *site) start(req *startReq) {
 		s.refuse(req, fmt.Errorf("%w: another operation is starting on site %s", store.ErrBusy, s.name))
 		return
 	}
-	if s.next != nil && !req.followUp {
+	if s.next != nil && !req.followUp && req.op.Trigger != triggerConverge {
 		s.log.Warn("follow-up dropped: another operation starts first", "follow_up", s.next.Next.Kind, "after", s.next.ID, "kind", req.op.Kind)
 		s.next = nil
 	}
@@ -176,21 +176,37 @@ func (s *site) created(ev evCreated) {
 	if ev.moved {
 		s.unmoved = nil
 	}
+	defer s.afterCreate()
 	var lost *lostCreate
 	switch {
 	case req.lead != s.lead:
-		// The leadership ended meanwhile: an entry that landed is the next leader's.
+		// The leadership ended meanwhile: an entry that landed under a later one of this
+		// daemon is looked for, as one that landed late.
 		req.answer(nil, ErrNotLeader)
+		if s.lead != nil {
+			s.after(timerOrphan, orphanCheck)
+		}
 		return
 	case errors.As(ev.err, &lost):
 		// It may land still: look again soon, and adopt or clear what landed.
 		s.after(timerOrphan, orphanCheck)
 		s.refuse(req, fmt.Errorf("journal operation %s: %w (slotd looks again in %s and clears it should it have landed)", req.op.ID, ev.err, orphanCheck))
 		return
+	case errors.Is(ev.err, store.ErrBusy):
+		// The journal holds an operation that no one here runs: look at it.
+		s.after(timerOrphan, orphanCheck)
+		s.refuse(req, ev.err)
+		return
 	case ev.err != nil:
 		s.refuse(req, ev.err)
-		s.dirty = true
-		s.check()
+		if req.op.Trigger == triggerConverge {
+			s.dirty, s.holdUntil = true, time.Now().Add(checkRetry)
+			s.after(timerCheck, checkRetry)
+		}
+		return
+	case s.running != nil:
+		// Something took the site over meanwhile (a boot resumed the journal): one executor.
+		s.refuse(req, fmt.Errorf("%w: %s %s runs on site %s", store.ErrBusy, s.running.op.Kind, s.running.op.ID, s.name))
 		return
 	}
 	if req.followUp {
@@ -201,6 +217,19 @@ func (s *site) created(ev evCreated) {
 	s.log.Info("operation started", "op", op.ID, "kind", op.Kind, "trigger", op.Trigger)
 	s.execute(op, req.fn)
 	req.answer(s.eng.ops.get(op.ID), nil)
+}
+
+// afterCreate brings the site up again when a boot found the journal busy while a start was
+// being journaled, now that the start is decided: what the journal holds then is run once.
+func (s *site) afterCreate() {
+	if !s.bootAgain {
+		return
+	}
+	s.bootAgain = false
+	if s.running == nil && s.lead != nil {
+		s.ready = false
+		s.boot()
+	}
 }
 
 // resume takes over an operation that a stopped daemon left journaled.
@@ -253,12 +282,13 @@ func (s *site) ended(r *run) {
 	}
 	if q := s.queued; q != nil {
 		s.queued = nil
-		if t := s.timers[timerQueue]; t != nil {
-			t.Stop()
-			delete(s.timers, timerQueue)
-		}
-		if s.lead == nil || r.left {
+		s.stopTimer(timerQueue)
+		switch {
+		case s.lead == nil:
 			q.answer(nil, ErrNotLeader)
+			return
+		case r.left:
+			q.answer(nil, fmt.Errorf("site %s is %w; nothing was started, retry in a few seconds", s.name, ErrStarting))
 			return
 		}
 		s.create(q, leftHeld(r.op))

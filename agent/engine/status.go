@@ -40,7 +40,7 @@ func (e *Engine) Status(ctx context.Context, name string, detail bool) (*api.Sit
 	pub := s.snapshot()
 	var ob *observed
 	if pub.ready && e.Leading() {
-		ob = s.observedSince(ctx, e.store.Writes())
+		ob = s.observedSince(ctx, e.store.Writes(name))
 	}
 	if ob == nil {
 		var err error
@@ -75,7 +75,7 @@ func (s *site) observedSince(ctx context.Context, writes uint64) *observed {
 // observe reads a site's status from KV (bindings, settings, operations), Consul (instances)
 // and, for a slot whose scale is live, Nomad.
 func (e *Engine) observe(ctx context.Context, cfg *config.Site) (*observed, error) {
-	ob := &observed{writes: e.store.Writes()}
+	ob := &observed{writes: e.store.Writes(cfg.Name)}
 	st, err := e.store.LoadSlots(cfg.Name, nil)
 	if err != nil {
 		return nil, err

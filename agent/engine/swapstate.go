@@ -90,7 +90,7 @@ func (w *swap) exchanged(ctx context.Context, cause error) (uint64, error) {
 		case cur.Index != w.op.Index:
 			return 0, cause // the journal moved on: the exchange's check fails for good
 		default:
-			err = kv.UpdateOperation(w.op)
+			err = w.write()
 			if err == nil {
 				return 0, cause
 			}

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,9 +58,10 @@ type Store struct {
 	OnDeposed func(session string)
 	// Logger, if set, hears of what the store leaves for later (history it could not prune).
 	Logger hclog.Logger
-	// writes counts the transactions that returned: a read that starts after it saw n
-	// transactions return sees what the first n wrote.
-	writes atomic.Uint64
+	// writes counts, per site, the transactions on its keys that returned: a read that
+	// starts after it saw n of them return sees what the first n wrote.
+	writesMu sync.Mutex
+	writes   map[string]uint64
 }
 
 // Fence makes every later transaction check that session holds the leader lock ("" stops it).
@@ -73,8 +75,30 @@ func (s *Store) Unfence(session string) { s.session.CompareAndSwap(session, lost
 // so every transaction fails its check.
 const lostSession = "00000000-0000-0000-0000-000000000000"
 
-// Writes counts the transactions of this store that returned, whatever their outcome.
-func (s *Store) Writes() uint64 { return s.writes.Load() }
+// Writes counts the transactions of this store on a site's keys that returned, whatever their
+// outcome.
+func (s *Store) Writes(site string) uint64 {
+	s.writesMu.Lock()
+	defer s.writesMu.Unlock()
+	return s.writes[site]
+}
+
+// wrote counts a transaction that returned on the sites whose keys it names.
+func (s *Store) wrote(ops consulapi.KVTxnOps) {
+	s.writesMu.Lock()
+	defer s.writesMu.Unlock()
+	if s.writes == nil {
+		s.writes = map[string]uint64{}
+	}
+	counted := map[string]bool{}
+	for _, op := range ops {
+		site, _, ok := strings.Cut(strings.TrimPrefix(op.Key, s.SitesPrefix()), "/")
+		if ok && strings.HasPrefix(op.Key, s.SitesPrefix()) && !counted[site] {
+			counted[site] = true
+			s.writes[site]++
+		}
+	}
+}
 
 // FencedBy is the session every transaction checks now ("" for none).
 func (s *Store) FencedBy() string {
@@ -371,7 +395,7 @@ func (s *Store) Txn(ops consulapi.KVTxnOps) (*consulapi.KVTxnResponse, error) {
 	q, cancel := Bounded(nil)
 	defer cancel()
 	ok, resp, _, err := s.KV.Txn(ops, q)
-	s.writes.Add(1)
+	s.wrote(ops)
 	if err != nil {
 		return nil, fmt.Errorf("consul kv transaction: %w", err)
 	}
