@@ -122,7 +122,13 @@ func (s *site) create(req *startReq, held *api.Operation) {
 		unmoved = &c
 	}
 	limit := s.cfg.HistoryLimit
+	lead := s.lead
 	go func() {
+		if lead.Err() != nil {
+			// No write of an ended leadership: the store's fence may be a later one's already.
+			s.send(evCreated{req: req, err: ErrNotLeader})
+			return
+		}
 		if unmoved != nil {
 			if err := s.eng.store.MoveToHistory(unmoved, limit); err != nil {
 				s.send(evCreated{req: req, err: fmt.Errorf("%w: operation %s ended but could not be recorded in history yet: %v", store.ErrBusy, unmoved.ID, err)})
