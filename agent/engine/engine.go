@@ -57,7 +57,6 @@ type Engine struct {
 	leader atomic.Bool
 
 	mu        sync.Mutex
-	cfg       *config.Config
 	sites     map[string]*site
 	siteStops map[string]context.CancelFunc
 	ownersCtx context.Context // the sites' owners run until it ends (nil before Run)
@@ -74,7 +73,7 @@ func New(cfg *config.Config, d Deps) *Engine {
 		metrics: d.Metrics, follow: d.Follow, ops: newOpRegistry(), index: newOpIndex(),
 		httpClient: &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
 		daemon:     context.Background(),
-		cfg:        cfg, sites: map[string]*site{}, siteStops: map[string]context.CancelFunc{},
+		sites:      map[string]*site{}, siteStops: map[string]context.CancelFunc{},
 		runs: map[string]*run{},
 	}
 	for _, sc := range cfg.Sites {
@@ -194,7 +193,6 @@ func (e *Engine) Reload(cfg *config.Config) {
 		delete(e.sites, name)
 		delete(e.siteStops, name)
 	}
-	e.cfg = cfg
 	e.mu.Unlock()
 	for _, fn := range tell {
 		fn()
