@@ -14,7 +14,6 @@ import (
 
 	"github.com/slotd/slotd/agent/lanes"
 	"github.com/slotd/slotd/agent/query"
-	"github.com/slotd/slotd/agent/store"
 )
 
 // The tags this daemon keeps on its own instance of the Consul service named by consul.service,
@@ -92,7 +91,7 @@ func (a *Agent) tagRole(ctx context.Context, service string, warned *bool) (done
 	if a.engine.Leading() {
 		want, other = tagLeader, tagStandby
 	}
-	ctx, cancel := context.WithTimeout(ctx, store.CallTimeout)
+	ctx, cancel := context.WithTimeout(ctx, query.CallTimeout)
 	defer cancel()
 	entries, _, err := a.ctlConsul.Catalog().Service(service, "", (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {

@@ -130,9 +130,6 @@ func (e *Engine) Rollback(name string) (*api.Operation, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !e.Leading() {
-		return nil, ErrNotLeader
-	}
 	return s.ask(func(reply chan<- answer) event { return evRollback{trigger: "api", reply: reply} })
 }
 

@@ -78,6 +78,25 @@ func isCreate(ops consulapi.KVTxnOps) bool {
 	return false
 }
 
+// monitored is testSite with a minute's monitor window and hold, rolling back by itself.
+func monitored() *config.Site {
+	cfg := testSite()
+	cfg.Monitor = &config.Monitor{Window: time.Minute, AutoRollback: true, Threshold: 1, RollbackWindow: time.Minute}
+	return cfg
+}
+
+// monitoringSwap swaps staging into production and returns the swap once it monitors.
+func monitoringSwap(t *testing.T, e *Engine) *api.Operation {
+	t.Helper()
+	swap, err := e.Swap("web", "staging", "production", false)
+	require.NoError(t, err)
+	waitUntil(t, 10*time.Second, "the swap to monitor", func() bool {
+		cur := e.ops.get(swap.ID)
+		return cur != nil && (cur.State == api.StateMonitoring || cur.State == api.StateHolding)
+	})
+	return swap
+}
+
 // findOp is the first operation this engine ran that matches.
 func findOp(e *Engine, match func(*api.Operation) bool) *api.Operation {
 	e.ops.mu.Lock()
@@ -153,21 +172,11 @@ func TestLostCreate(t *testing.T) {
 // swap's journal entry before the swap ends; a rollback whose start Consul refuses is tried
 // again, and one that no daemon started before it stopped is started by the next leader.
 func TestAutoRollbackIsJournaled(t *testing.T) {
-	monitored := func() *config.Site {
-		cfg := testSite()
-		cfg.Monitor = &config.Monitor{Window: time.Minute, AutoRollback: true, Threshold: 1, RollbackWindow: time.Minute}
-		return cfg
-	}
 	t.Run("decided, refused once, started", func(t *testing.T) {
 		kv := storetest.New()
 		kvSlots(kv, false)
 		e, lanes, s := ownedSite(t, kv, monitored())
-		swap, err := e.Swap("web", "staging", "production", false)
-		require.NoError(t, err)
-		waitUntil(t, 10*time.Second, "the swap to monitor", func() bool {
-			cur := e.ops.get(swap.ID)
-			return cur != nil && (cur.State == api.StateMonitoring || cur.State == api.StateHolding)
-		})
+		swap := monitoringSwap(t, e)
 		var refused atomic.Int32
 		kv.Fail = func(ops consulapi.KVTxnOps) error {
 			if isCreate(ops) && refused.Add(1) == 1 {
@@ -286,15 +295,8 @@ func TestStatusFromSnapshot(t *testing.T) {
 func TestFollowUpBeforeConverge(t *testing.T) {
 	kv := storetest.New()
 	kvSlots(kv, false)
-	cfg := testSite()
-	cfg.Monitor = &config.Monitor{Window: time.Minute, AutoRollback: true, Threshold: 1, RollbackWindow: time.Minute}
-	e, lanes, s := ownedSite(t, kv, cfg)
-	swap, err := e.Swap("web", "staging", "production", false)
-	require.NoError(t, err)
-	waitUntil(t, 10*time.Second, "the swap to monitor", func() bool {
-		cur := e.ops.get(swap.ID)
-		return cur != nil && (cur.State == api.StateMonitoring || cur.State == api.StateHolding)
-	})
+	e, lanes, s := ownedSite(t, kv, monitored())
+	swap := monitoringSwap(t, e)
 	var refused atomic.Int32
 	kv.Fail = func(ops consulapi.KVTxnOps) error {
 		if isCreate(ops) && refused.Add(1) <= 2 {

@@ -35,9 +35,6 @@ func (q *startReq) answer(op *api.Operation, err error) {
 
 // start asks the site's owner to start an operation (see site.start).
 func (e *Engine) start(s *site, op *api.Operation, phases []string, fn opFunc) (*api.Operation, error) {
-	if !e.Leading() {
-		return nil, ErrNotLeader
-	}
 	return s.ask(func(reply chan<- answer) event {
 		return evStart{&startReq{op: op, phases: phases, fn: fn, replies: []chan<- answer{reply}}}
 	})
@@ -338,6 +335,10 @@ func (s *site) startNext() {
 // rollback swaps back the newest swap of the site whose switch happened: the one monitoring or
 // holding now, else the newest in history (read beside the owner: evLastSwap).
 func (s *site) rollback(trigger string, reply chan<- answer) {
+	if !s.eng.Leading() {
+		reply <- answer{nil, ErrNotLeader} // before the history is read for nothing
+		return
+	}
 	if r := s.running; r != nil {
 		// A swap still monitoring its window, or holding its former target lane, is the one to
 		// roll back: the start ends the window, and the rollback takes the held lane back with

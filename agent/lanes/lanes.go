@@ -343,7 +343,7 @@ func (l *Lanes) registeredVersion(ctx context.Context, id string, modifyIndex ui
 
 // callCtx bounds one call that does not block on purpose.
 func callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, callTimeout)
+	return context.WithTimeout(ctx, query.CallTimeout)
 }
 
 // Classify reads Nomad's plan: nothing to do, an in-place update, or allocations replaced.
@@ -381,10 +381,6 @@ const (
 // how long settle waits before it restarts the former target lane: routers that watch Consul
 // (Fabio, Traefik) need a moment to drop it, so no request in flight meets an instance that stops.
 const RouterDrain = 2 * time.Second
-
-// callTimeout bounds one Nomad or Consul call that does not block on purpose: a server that
-// hangs must not hold an operation past its deadline.
-const callTimeout = 30 * time.Second
 
 // AllocOf takes the allocation ID out of a Nomad service ID: _nomad-task-<alloc>-<...>.
 func AllocOf(serviceID string) string {

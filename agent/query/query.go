@@ -26,6 +26,9 @@ const (
 	// Grace is how much longer than its wait a blocking query may take before slotd gives
 	// up on it: a server that hangs (not down) must not block an operation past its deadline.
 	Grace = 15 * time.Second
+	// CallTimeout bounds one Consul or Nomad call that does not block on purpose: a server
+	// that hangs must not hold an operation past its deadline.
+	CallTimeout = 30 * time.Second
 	// Gap is the least time between two queries of a site's watchers, so a busy cluster
 	// whose index moves all the time does not turn a watch into a tight loop.
 	Gap = 250 * time.Millisecond

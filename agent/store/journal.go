@@ -198,15 +198,7 @@ func (s *Store) RunningOperation(site string) (*api.Operation, error) {
 	if p == nil {
 		return nil, nil
 	}
-	var op api.Operation
-	if err := json.Unmarshal(p.Value, &op); err != nil {
-		return nil, fmt.Errorf("decode operation of site %s: %w", site, err)
-	}
-	op.Index = p.ModifyIndex
-	if op.Seq == 0 {
-		op.Seq = p.CreateIndex
-	}
-	return &op, nil
+	return decodeOperation(p)
 }
 
 // MoveToHistory moves an operation that ended into history (see finishOperation), from

@@ -14,11 +14,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/slotd/slotd/agent/query"
 	"github.com/slotd/slotd/config"
 	"github.com/slotd/slotd/jobspec"
 )
@@ -108,11 +108,7 @@ func (s *Store) FencedBy() string {
 
 func (s *Store) LeaderKey() string { return s.Prefix + "/leader" }
 
-// CallTimeout bounds one Consul or Nomad call that does not block on purpose: a server that
-// hangs must not hold an operation past its deadline.
-const CallTimeout = 30 * time.Second
-
-// Bounded gives q (or new options) a deadline of CallTimeout unless it has a context already.
+// Bounded gives q (or new options) a deadline of query.CallTimeout unless it has a context already.
 func Bounded(q *consulapi.QueryOptions) (*consulapi.QueryOptions, context.CancelFunc) {
 	if q == nil {
 		q = &consulapi.QueryOptions{}
@@ -120,7 +116,7 @@ func Bounded(q *consulapi.QueryOptions) (*consulapi.QueryOptions, context.Cancel
 	if q.Context() != context.Background() {
 		return q, func() {}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), CallTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), query.CallTimeout)
 	return q.WithContext(ctx), cancel
 }
 
