@@ -58,9 +58,14 @@ const (
 	PhaseWarm      = "warm"
 	PhaseSwitch    = "switch"
 	PhaseSettle    = "settle"
-	PhaseMonitor   = "monitor"
-	PhaseDeploy    = "deploy"
-	PhaseRollout   = "rollout"
+	// PhaseSettleHeld is the first phase of an operation that starts while a swap holds its
+	// former target lane and does not move that lane itself: it settles the lane the swap
+	// left held. It has a name of its own, so a swap that settles a held lane first still
+	// settles (and holds) its own former target lane in its own settle phase.
+	PhaseSettleHeld = "settle-held"
+	PhaseMonitor    = "monitor"
+	PhaseDeploy     = "deploy"
+	PhaseRollout    = "rollout"
 )
 
 // Operation is one deploy, swap or rollback of a site, journaled in Consul KV.

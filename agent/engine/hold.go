@@ -42,14 +42,14 @@ func touchesHeld(op *api.Operation, slot string) bool {
 // this operation started) as this operation's first phase, then the operation itself.
 func (e *Engine) settleFirst(cfg *config.Site, swap *api.Operation, fn opFunc) opFunc {
 	return func(ctx context.Context, r *run) error {
-		err := r.phase(api.PhaseSettle, api.StateSettling, func() error {
+		err := r.phase(api.PhaseSettleHeld, api.StateSettling, func() error {
 			sctx, cancel := context.WithTimeout(ctx, cfg.DeployTimeout)
 			defer cancel()
 			ro, err := e.restoreSlot(sctx, cfg, swap.Source, lanes.GateHealthy)
 			if err != nil {
 				return fmt.Errorf("settle the lane held by swap %s into %s: %w", swap.ID, swap.Source, err)
 			}
-			r.note(api.PhaseSettle, fmt.Sprintf("lane held by swap %s: version %d serves %s", swap.ID, ro.Version, swap.Source))
+			r.note(api.PhaseSettleHeld, fmt.Sprintf("lane held by swap %s: version %d serves %s", swap.ID, ro.Version, swap.Source))
 			return nil
 		})
 		if err != nil {

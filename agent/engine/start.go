@@ -101,7 +101,7 @@ func (s *site) start(req *startReq) {
 func (s *site) create(req *startReq, held *api.Operation) {
 	op := req.op
 	if held != nil && !touchesHeld(op, held.Source) {
-		req.phases = append([]string{api.PhaseSettle}, req.phases...)
+		req.phases = append([]string{api.PhaseSettleHeld}, req.phases...)
 		req.fn = s.eng.settleFirst(s.cfg, held, req.fn)
 	}
 	now := time.Now().UTC()
