@@ -90,6 +90,10 @@ type Operation struct {
 	// Switched is set in the same KV transaction that exchanges the two slots' bindings: from
 	// then on the swap is done as far as routing goes, and a restarted daemon settles it.
 	Switched bool `json:"switched,omitempty"`
+	// TargetSick is journaled with the exchange: the target's lane was failing its checks as
+	// it left the target's routes (a rollback away from a degraded production). A daemon that
+	// takes the swap over then neither holds that lane nor waits for its health as it settles.
+	TargetSick bool `json:"target_sick,omitempty"`
 	// HandedOff is set when a daemon stopped gracefully between two phases and left the
 	// operation to the next leader, which goes on from there; an operation interrupted any
 	// other way is finished only past its warm-up, and undone before.

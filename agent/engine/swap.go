@@ -38,7 +38,8 @@ type swap struct {
 	// The settings of the two slots when the swap started (after the exchange: as they were
 	// before it); the lanes are rendered from them until the site converges to KV after.
 	src, tgt store.SlotSettings
-	// tgtSick is set when the target lane failed its checks as it left the target's routes.
+	// tgtSick is set when the target lane failed its checks as it left the target's routes;
+	// the exchange journals it (Operation.TargetSick) for a daemon that takes the swap over.
 	tgtSick bool
 }
 
@@ -276,7 +277,7 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 		ops = append(ops, kv.DocOps(w.cfg.Name, w.target.Name, store.KindSwappable, t.Settings, s.Settings.Values)...)
 		next := *w.op
 		next.Phases = append([]api.Phase(nil), w.op.Phases...)
-		next.Switched = true
+		next.Switched, next.TargetSick = true, w.tgtSick
 		if p := next.Phase(api.PhaseSwitch); p != nil {
 			p.Message = fmt.Sprintf("%s → lane %s, %s → lane %s", w.target.Name, w.srcLane, w.source.Name, w.tgtLane)
 		}

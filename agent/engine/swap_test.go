@@ -477,3 +477,53 @@ func TestRollbackOfRemovedSlot(t *testing.T) {
 	assert.ErrorIs(t, err, store.ErrBadRequest)
 	assert.Contains(t, err.Error(), "no longer both declared")
 }
+
+// TestTakenOverSwapKnowsTargetWasSick: a rollback away from a degraded production (its lane
+// failing its checks at the break) whose daemon dies right after the exchange. The next leader
+// knows from the journal that the former production lane was sick: it is not held, and its
+// settle is not health-gated (Nomad cannot finish a health-gated rollout of it).
+func TestTakenOverSwapKnowsTargetWasSick(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer app.Close()
+	kv := storetest.New()
+	kvSlots(kv, false)
+	cfg := testSite()
+	cfg.Monitor = &config.Monitor{RollbackWindow: time.Minute, Threshold: 1}
+	newLanes := func() *fakeLanes {
+		return &fakeLanes{versions: map[string]uint64{"a": 10, "b": 20}, instance: strings.TrimPrefix(app.URL, "http://"), sick: map[string]bool{"a": true}}
+	}
+
+	// The first daemon: everything after the exchange is lost, as if it died there.
+	first := testEngine(kv, newLanes())
+	first.httpClient = app.Client()
+	exchangedOnce := false
+	kv.Fail = func(ops consulapi.KVTxnOps) error {
+		if isExchange(ops) && !exchangedOnce {
+			exchangedOnce = true
+			return nil
+		}
+		if exchangedOnce {
+			return errors.New("the daemon is dead")
+		}
+		return nil
+	}
+	op := phased()
+	require.NoError(t, first.store.CreateOperation(op))
+	_ = first.swapOp(cfg, "staging", "production")(context.Background(), first.newRun(nil, context.Background(), op))
+	kv.Fail = nil
+	require.True(t, exchangedOnce)
+	journaled, err := first.store.RunningOperation("web")
+	require.NoError(t, err)
+	require.True(t, journaled.Switched)
+
+	// The next leader takes it over.
+	lanes := newLanes()
+	next := testEngine(kv, lanes)
+	next.httpClient = app.Client()
+	start := time.Now()
+	err = next.recoverOp(cfg, journaled)(context.Background(), next.newRun(nil, context.Background(), journaled))
+	require.NoError(t, err)
+	assert.Less(t, time.Since(start), 20*time.Second, "no hold of a sick lane")
+	assert.Equal(t, []string{"a as staging [staging urlprefix-staging/] DB=staging-db FEATURE=prod-feature none"}, lanes.calls,
+		"the sick former production lane settles at once, not health-gated")
+}

@@ -34,6 +34,7 @@ func (w *swap) load(ctx context.Context) error {
 			return err
 		}
 		w.src, w.tgt = swappedBack(sset, tset)
+		w.tgtSick = w.op.TargetSick
 	} else {
 		if w.src, err = w.eng.slotSet(ctx, w.cfg, w.source, s); err != nil {
 			return err
