@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -50,6 +51,8 @@ type fakeLanes struct {
 	sick       map[string]bool
 	differ     map[string]bool
 	differWait time.Duration
+	// kv is where Running looks for what a lane never moved in the test runs.
+	kv *storetest.KV
 }
 
 func scaleText(want lanes.State) string {
@@ -84,7 +87,7 @@ func gateName(g lanes.Gate) string {
 	return map[lanes.Gate]string{lanes.GateHealthy: "healthy", lanes.GateTags: "tags", lanes.GateNone: "none"}[g]
 }
 
-func (f *fakeLanes) Ensure(_ context.Context, _ *config.Site, lane string, _ lanes.Source, want lanes.State, g lanes.Gate) (lanes.Rollout, error) {
+func (f *fakeLanes) Ensure(_ context.Context, cfg *config.Site, lane string, _ lanes.Source, want lanes.State, g lanes.Gate) (lanes.Rollout, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	call := fmt.Sprintf("%s as %s [%s] DB=%s FEATURE=%s %s", lane, want.Slot, strings.Join(want.Tags, " "), want.Env["DB"], want.Env["FEATURE"], gateName(g))
@@ -92,6 +95,12 @@ func (f *fakeLanes) Ensure(_ context.Context, _ *config.Site, lane string, _ lan
 	f.scales = append(f.scales, fmt.Sprintf("%s as %s %s", lane, want.Slot, scaleText(want)))
 	if f.fail != nil && f.fail(call) {
 		return lanes.Rollout{}, errors.New("nomad says no")
+	}
+	if want.InPlace {
+		cur, err := f.running(cfg, lane)
+		if err != nil || cur.Slot != want.Slot || !maps.Equal(cur.Env, want.Env) || !maps.Equal(cur.Scale, want.Scale) {
+			return lanes.Rollout{}, lanes.ErrWouldRestart
+		}
 	}
 	if !f.keep {
 		f.versions[lane]++
@@ -160,6 +169,9 @@ func kvSlots(kv *storetest.KV, exchanged bool) {
 }
 
 func testEngine(kv *storetest.KV, lanes laneOps) *Engine {
+	if f, ok := lanes.(*fakeLanes); ok && f.kv == nil {
+		f.kv = kv
+	}
 	e := &Engine{
 		logger: hclog.NewNullLogger(), store: &store.Store{KV: kv, Prefix: "slotd"}, lanes: lanes,
 		metrics: metrics.New(), ops: newOpRegistry(), index: newOpIndex(), httpClient: http.DefaultClient,
@@ -198,3 +210,37 @@ func (f *fakeLanes) Render(*config.Site, string, lanes.Source, lanes.State) (*no
 func (f *fakeLanes) Check(*config.Site, lanes.Source) error { return nil }
 
 var _ laneOps = (*fakeLanes)(nil)
+
+// Running is the state the lane was last moved to, without its routes. A lane never moved in
+// this test runs what KV says for the slot bound to it (with the counts it runs, if known).
+func (f *fakeLanes) Running(_ context.Context, cfg *config.Site, lane string, _ lanes.Source) (lanes.State, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.running(cfg, lane)
+}
+
+func (f *fakeLanes) running(cfg *config.Site, lane string) (lanes.State, error) {
+	if st, ok := f.last[lane]; ok {
+		st.Tags, st.InPlace = nil, false
+		return st, nil
+	}
+	if f.kv == nil {
+		return lanes.State{}, fmt.Errorf("fake: lane %s runs nothing known", lane)
+	}
+	prefix := "slotd/sites/" + cfg.Name + "/slots/"
+	for _, key := range f.kv.AllKeys() {
+		slot, ok := strings.CutSuffix(strings.TrimPrefix(key, prefix), "/lane")
+		if !strings.HasPrefix(key, prefix) || !ok || f.kv.Value(key) != jobspec.JobID(cfg.Name, lane) {
+			continue
+		}
+		var set, sticky map[string]string
+		_ = json.Unmarshal([]byte(f.kv.Value(prefix+slot+"/settings")), &set)
+		_ = json.Unmarshal([]byte(f.kv.Value(prefix+slot+"/sticky")), &sticky)
+		st := lanes.State{Slot: slot, Env: effectiveEnv(set, sticky), Scale: maps.Clone(f.counts[lane])}
+		if s := cfg.Slot(slot); s != nil {
+			st.Live = s.ScaleLive
+		}
+		return st, nil
+	}
+	return lanes.State{}, fmt.Errorf("fake: lane %s runs nothing known", lane)
+}

@@ -27,6 +27,8 @@ type laneOps interface {
 	Plan(ctx context.Context, cfg *config.Site, lane string, src lanes.Source, want lanes.State) (jobspec.Change, error)
 	// Differs says whether the lane runs something else than src in state want (convergence).
 	Differs(ctx context.Context, cfg *config.Site, lane string, src lanes.Source, want lanes.State) (bool, error)
+	// Running is the state the lane's job runs now, without routes (lanes.Running).
+	Running(ctx context.Context, cfg *config.Site, lane string, src lanes.Source) (lanes.State, error)
 	// Job is the lane's job as Nomad runs it (nil: none, or stopped); JobVersion one version of it.
 	Job(ctx context.Context, cfg *config.Site, lane string) (*nomadapi.Job, error)
 	JobVersion(ctx context.Context, id string, version uint64) (*nomadapi.Job, error)

@@ -36,20 +36,13 @@ func applied(target *config.Slot, src, tgt store.SlotSettings) lanes.State {
 		Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
 }
 
-// switched: the source lane on the target's routes (phase 3, make).
-func switched(target *config.Slot, src, tgt store.SlotSettings) lanes.State {
-	return lanes.State{Slot: target.Name, Tags: slotTags(target), Env: effectiveEnv(src.Settings, tgt.Sticky),
-		Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
-}
-
-// drained: the target lane off every route, still with the target's settings and scale
-// (phase 3, break). A lane that will be held keeps the target's previous_tags.
-func drained(target *config.Slot, tgt store.SlotSettings, hold bool) lanes.State {
-	var tags []string
+// drainedTags are the tags of the target lane as it leaves the target's routes (phase 3,
+// break): none, or the target's previous_tags when the lane will be held.
+func drainedTags(target *config.Slot, hold bool) []string {
 	if hold {
-		tags = append(tags, target.PreviousTags...)
+		return append([]string(nil), target.PreviousTags...)
 	}
-	return lanes.State{Slot: target.Name, Tags: tags, Env: effectiveEnv(tgt.Settings, tgt.Sticky), Scale: maps.Clone(tgt.Scale), Live: tgt.Live}
+	return nil
 }
 
 // laneName is the name of lane i of a site: a, b, c, …, z, aa, ab, …

@@ -51,15 +51,19 @@ func TestSwapStates(t *testing.T) {
 	assert.Equal(t, map[string]string{"FEATURE": "on", "DB": "prod-db"}, a.Env, "apply: own swappable, target's sticky")
 	assert.Equal(t, "production", a.Slot)
 
-	s := switched(prod, src, tgt)
+	// Make and break retag what the lanes run: the source lane as apply left it, the target
+	// lane as it ran.
+	s := lanes.Retagged(a, slotTags(prod))
 	assert.Equal(t, []string{"production", "urlprefix-www/"}, s.Tags)
 	assert.Equal(t, a.Env, s.Env, "switch is tags-only for the source lane")
+	assert.True(t, s.InPlace)
 
-	d := drained(prod, tgt, false)
+	running := steady(prod, tgt)
+	d := lanes.Retagged(running, drainedTags(prod, false))
 	assert.Empty(t, d.Tags, "the target lane leaves every route")
 	assert.Equal(t, map[string]string{"FEATURE": "off", "DB": "prod-db"}, d.Env, "switch is tags-only for the target lane")
 
-	h := drained(prod, tgt, true)
+	h := lanes.Retagged(running, drainedTags(prod, true))
 	assert.Equal(t, []string{"urlprefix-previous/"}, h.Tags, "a held lane keeps only the target's previous_tags")
 	assert.Equal(t, d.Env, h.Env, "a held lane keeps the target's settings")
 	// A swap back inside the hold: the held lane as apply would have it differs in tags only.

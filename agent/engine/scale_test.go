@@ -43,9 +43,10 @@ func TestSwapScale(t *testing.T) {
 			wantKVProd: `{"app": 3}`,
 		},
 		{
-			name: "declared in HCL: the declaration wins over KV",
-			op:   phased(),
-			prod: func(s *config.Slot) { s.Scale = map[string]int{"app": 5} },
+			name:  "declared in HCL: the declaration wins over KV",
+			op:    phased(),
+			prod:  func(s *config.Slot) { s.Scale = map[string]int{"app": 5} },
+			liveA: 5, // as the declaration made it
 			wantScales: []string{"plan b as production app=5", "b as production app=5", "b as production app=5",
 				"a as production app=5", "a as staging app=1"},
 		},

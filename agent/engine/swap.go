@@ -214,7 +214,7 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.DeployTimeout)
 	defer cancel()
 	t0 := time.Now()
-	made, err := w.eng.lanes.Ensure(ctx, w.cfg, w.srcLane, w.srcApp, switched(w.target, w.src, w.tgt), lanes.GateHealthy)
+	made, err := w.retag(ctx, w.srcLane, w.srcApp, slotTags(w.target), lanes.GateHealthy)
 	t1 := time.Now()
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-make")
@@ -226,7 +226,7 @@ func (w *swap) switchSlots(ctx context.Context) error {
 		return w.restoreBoth(fmt.Errorf("give lane %s the routes of %s: %w", w.srcLane, w.target.Name, err))
 	}
 	w.tgtSick = w.eng.laneSick(ctx, w.cfg, w.tgtLane)
-	broken, err := w.eng.lanes.Ensure(ctx, w.cfg, w.tgtLane, w.tgtApp, drained(w.target, w.tgt, w.holdFor() > 0), lanes.GateTags)
+	broken, err := w.retag(ctx, w.tgtLane, w.tgtApp, drainedTags(w.target, w.holdFor() > 0), lanes.GateTags)
 	if err == nil {
 		err = failpoint.Inject(ctx, "switch.after-break")
 	}
@@ -250,6 +250,19 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	w.note(api.PhaseSwitch, fmt.Sprintf("%s; make %s (registered after %s), break %s (registered after %s), exchange %s",
 		w.op.Phase(api.PhaseSwitch).Message, ms(t1.Sub(t0)), ms(made.Registered), ms(t2.Sub(t1)), ms(broken.Registered), ms(time.Since(t2))))
 	return nil
+}
+
+// retag gives lane other routes and nothing else: make and break change tags only, in place,
+// of what the lane runs (for make: what apply registered and warm warmed). The settings and
+// scale KV asks for now may have changed since apply (a swap taken over by the next leader, a
+// setting written meanwhile): the site converges to them once the swap has ended, through its
+// update rules, and never by restarting a lane as it takes on or leaves a route.
+func (w *swap) retag(ctx context.Context, lane string, app lanes.Source, tags []string, g lanes.Gate) (lanes.Rollout, error) {
+	runs, err := w.eng.lanes.Running(ctx, w.cfg, lane, app)
+	if err != nil {
+		return lanes.Rollout{}, err
+	}
+	return w.eng.lanes.Ensure(ctx, w.cfg, lane, app, lanes.Retagged(runs, tags), g)
 }
 
 // ms rounds a duration to the millisecond, for messages.

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/slotd/slotd/agent/lanes"
 	"github.com/slotd/slotd/agent/store"
 	"github.com/slotd/slotd/agent/store/storetest"
 	"github.com/slotd/slotd/api"
@@ -72,6 +73,9 @@ const (
 	giveBackA = "a as production [production urlprefix-www/] DB=prod-db FEATURE=prod-feature healthy"
 	restoreB  = "b as staging [staging urlprefix-staging/] DB=staging-db FEATURE=staging-feature healthy"
 )
+
+// appliedB is what lane b runs once apply moved it (applyB).
+var appliedB = lanes.State{Slot: "production", Env: map[string]string{"DB": "prod-db", "FEATURE": "staging-feature"}}
 
 // TestSwapResumeAndRestore runs the swap, its resume after a stop and its restore paths against
 // a KV in memory and fake lanes: which lane moves to which state, in which order, and what KV
@@ -233,11 +237,14 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			defer app.Close()
 			kv := storetest.New()
 			kvSlots(kv, tc.exchanged)
-			lanes := &fakeLanes{versions: map[string]uint64{"a": 10, "b": 20}, fail: tc.failLane}
+			fl := &fakeLanes{versions: map[string]uint64{"a": 10, "b": 20}, fail: tc.failLane}
 			if !tc.noWarm {
-				lanes.instance = strings.TrimPrefix(app.URL, "http://")
+				fl.instance = strings.TrimPrefix(app.URL, "http://")
 			}
-			e := testEngine(kv, lanes)
+			if succeeded(tc.op, api.PhaseApply) && !tc.exchanged {
+				fl.last = map[string]lanes.State{"b": appliedB}
+			}
+			e := testEngine(kv, fl)
 			e.httpClient = app.Client()
 			cfg := testSite()
 			require.NoError(t, e.store.CreateOperation(tc.op))
@@ -255,7 +262,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 			} else {
 				assert.ErrorContains(t, err, tc.wantErr)
 			}
-			assert.Equal(t, tc.wantCalls, lanes.calls)
+			assert.Equal(t, tc.wantCalls, fl.calls)
 			assert.Equal(t, jobspec.JobID("web", tc.wantProd), kv.Value("slotd/sites/web/slots/production/lane"), "production's lane in KV")
 			journaled, jerr := e.store.RunningOperation("web")
 			require.NoError(t, jerr)
@@ -526,4 +533,31 @@ func TestTakenOverSwapKnowsTargetWasSick(t *testing.T) {
 	assert.Less(t, time.Since(start), 20*time.Second, "no hold of a sick lane")
 	assert.Equal(t, []string{"a as staging [staging urlprefix-staging/] DB=staging-db FEATURE=prod-feature none"}, lanes.calls,
 		"the sick former production lane settles at once, not health-gated")
+}
+
+// TestResumedSwapMakesWhatWasWarmed: a swap taken over after its warm-up, with production's
+// sticky value, staging's swappable value and production's scale changed in KV since apply.
+// Make gives the candidate production's routes with exactly what apply registered and warm
+// warmed (tags only: no instance restarts under production's routes), and break takes them off
+// production's lane with what it runs. KV's new values reach the lanes after the swap.
+func TestResumedSwapMakesWhatWasWarmed(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer app.Close()
+	kv := storetest.New()
+	kvSlots(kv, false)
+	fl := &fakeLanes{versions: map[string]uint64{"a": 10, "b": 20}, instance: strings.TrimPrefix(app.URL, "http://"),
+		last: map[string]lanes.State{"b": appliedB, "a": {Slot: "production", Env: map[string]string{"DB": "prod-db", "FEATURE": "prod-feature"}}}}
+	e := testEngine(kv, fl)
+	e.httpClient = app.Client()
+	op := phased(api.PhaseSucceeded, api.PhaseSucceeded) // applied and warmed; the daemon died
+	require.NoError(t, e.store.CreateOperation(op))
+	kv.Put("slotd/sites/web/slots/production/sticky", `{"DB": "new-prod-db"}`)
+	kv.Put("slotd/sites/web/slots/staging/settings", `{"FEATURE": "newer-feature"}`)
+	kv.Put("slotd/sites/web/slots/production/scale", `{"app": 7}`)
+
+	err := e.recoverOp(testSite(), op)(context.Background(), e.newRun(nil, context.Background(), op))
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, len(fl.calls), 2)
+	assert.Equal(t, []string{makeB, breakA}, fl.calls[:2], "make and break change tags only, of what the lanes run")
+	assert.Equal(t, "b as production jobspec", fl.scales[0], "make keeps the scale that was warmed")
 }

@@ -122,6 +122,9 @@ type State struct {
 	// counts are a "live" slot's, which the lane's meta then shows as live.
 	Scale map[string]int
 	Live  bool
+	// InPlace asks for a change of tags only: Ensure answers ErrWouldRestart rather than
+	// register a version that replaces instances (see Retagged).
+	InPlace bool
 }
 
 // Service meta that slotd puts on the site's service, so the Consul UI (and slotd) can tell
@@ -291,6 +294,9 @@ func (l *Lanes) Ensure(ctx context.Context, cfg *config.Site, lane string, src S
 		if change == jobspec.NoChange {
 			return Rollout{Version: *cur.Version, Change: change}, l.waitInstances(ctx, cfg, lane, job, g)
 		}
+	}
+	if change == jobspec.Restart && want.InPlace {
+		return Rollout{}, fmt.Errorf("give lane %s the tags [%s]: %w; nothing was registered", id, strings.Join(want.Tags, " "), ErrWouldRestart)
 	}
 	if err := failpoint.Inject(ctx, "lane.before-register"); err != nil {
 		return Rollout{}, err
