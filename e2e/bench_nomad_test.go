@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -53,7 +54,7 @@ func BenchmarkSideBySide(b *testing.B) {
 	// their monitor goes on and ends when the next operation starts.
 	site := newSite(func(s *siteSpec) { s.monitor = `window = "30m"` })
 	d := startDaemon(b, stack, site)
-	nj := startNativeJob(b, stack)
+	nj := startNativeJob(b, stack, 2, nil)
 	host := site.host("production")
 	lanes := d.laneJobs(site.name)
 	waitServes(b, stack, host, lanes["production"])
@@ -145,6 +146,67 @@ func BenchmarkSideBySide(b *testing.B) {
 	b.ReportMetric(float64(slotdInstant.toAllNew.Milliseconds()), "slotd-instant-rollback-ms")
 	b.ReportMetric(float64(slotdInstant.failed), "slotd-rollback-non200")
 	b.ReportMetric(float64(nomadRevert.failed), "nomad-revert-non200")
+}
+
+// Bounds of BenchmarkSideBySideAtScale: its size, and what each instance asks of the node
+// (a tenth of the usual CPU, so that both sides' 40 instances at the peak fit the one node).
+const (
+	sbsScaleN       = 10
+	sbsScaleCPU     = "20"
+	sbsScaleDefault = "bench-side-by-side-scale.md"
+)
+
+// BenchmarkSideBySideAtScale puts a full slotd swap of a 10-instance site, whose jobspec says
+// max_parallel = 1, next to Nomad's canary = 10 and a promote, on the same stack with the same
+// test app and load as BenchmarkSideBySide: from the call until slotd switched (its hold lasts
+// the run, so its settle does not run beside Nomad's rollout) and until Nomad's deployment
+// succeeded. It prints one table with the ratios and writes it to SLOTD_BENCH_OUT (default
+// bin/bench-side-by-side-scale.md).
+func BenchmarkSideBySideAtScale(b *testing.B) {
+	stack := Shared(b)
+	out := cmp.Or(os.Getenv("SLOTD_BENCH_OUT"), filepath.Join(filepath.Dir(sourceDir()), "bin", sbsScaleDefault))
+	vars := map[string]string{"count": strconv.Itoa(sbsScaleN), "cpu": sbsScaleCPU}
+	site := newSite(func(s *siteSpec) {
+		s.monitor = `window = "30m"`
+		s.vars = vars
+	})
+	d := startDaemon(b, stack, site)
+	nj := startNativeJob(b, stack, sbsScaleN, map[string]string{"cpu": sbsScaleCPU})
+	lanes := d.laneJobs(site.name)
+	waitSlot(b, d, site.name, "production", lanes["production"], sbsScaleN)
+	waitSlot(b, d, site.name, "staging", lanes["staging"], sbsScaleN)
+
+	b.ResetTimer()
+	var op *api.Operation
+	slotdSwap := measure(b, stack, site.host("production"), lanes["production"], lanes["staging"], laneOf, func() time.Time {
+		op = switched(b, d, func(ctx context.Context) (*api.Operation, error) {
+			return d.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
+		}, false)
+		return time.Now()
+	})
+	b.Logf("slotd swap of %d instances: %s; %s", sbsScaleN, slotdSwap, phaseTimes(op))
+	for _, p := range op.Phases {
+		if p.Message != "" {
+			b.Logf("  %s: %s", p.Name, p.Message)
+		}
+	}
+	nomadPromote := measure(b, stack, nj.host, "v1", "v2", versionOf, func() time.Time {
+		return nj.rollout(func() uint64 { return nj.register("v2") }, nil)
+	})
+	b.Logf("nomad canary = %d + promote: %s", sbsScaleN, nomadPromote)
+	b.StopTimer()
+
+	table := sideBySideTable([]comparison{{
+		fmt.Sprintf("new version at %d instances (slotd swap, max_parallel = 1 / Nomad canary = %d + promote)", sbsScaleN, sbsScaleN),
+		slotdSwap, nomadPromote,
+	}}, nil, nil)
+	require.NoError(b, os.MkdirAll(filepath.Dir(out), 0o755))
+	require.NoError(b, os.WriteFile(out, []byte(table), 0o644))
+	fmt.Fprintf(os.Stderr, "\n%s\nwritten to %s\n", table, out)
+	b.ReportMetric(float64(slotdSwap.operation.Milliseconds()), "slotd-swap-ms")
+	b.ReportMetric(float64(nomadPromote.operation.Milliseconds()), "nomad-promote-ms")
+	b.ReportMetric(float64(slotdSwap.failed), "slotd-non200")
+	b.ReportMetric(float64(nomadPromote.failed), "nomad-non200")
 }
 
 // settleNow ends the hold of the site's running swap and returns once its lane settled.
@@ -249,22 +311,24 @@ func measure(b *testing.B, stack *Stack, host, oldV, newV string, which func(app
 }
 
 // nativeJob is the test app as a plain Nomad job, not managed by slotd, with Nomad's own
-// blue/green: canary = count = 2, max_parallel = 2, no auto-promote, routed by Fabio on host.
+// blue/green: canary = count = max_parallel, no auto-promote, routed by Fabio on host.
 type nativeJob struct {
 	b     *testing.B
 	stack *Stack
 	id    string
 	host  string
-	first uint64 // the job version that runs v1
-	app   int    // the app version of the job's latest registration
+	count int
+	vars  map[string]string // further job variables (resources)
+	first uint64            // the job version that runs v1
+	app   int               // the app version of the job's latest registration
 }
 
-// startNativeJob registers v1 and waits until Fabio sends every request to it. The job is
-// purged when the benchmark ends, however it ends.
-func startNativeJob(b *testing.B, stack *Stack) *nativeJob {
+// startNativeJob registers v1 with count instances and the job variables vars, and waits until
+// Fabio sends every request to it. The job is purged when the benchmark ends, however it ends.
+func startNativeJob(b *testing.B, stack *Stack, count int, vars map[string]string) *nativeJob {
 	b.Helper()
 	suffix := Suffix()
-	nj := &nativeJob{b: b, stack: stack, id: "native-" + suffix, host: "native-" + suffix + ".test"}
+	nj := &nativeJob{b: b, stack: stack, id: "native-" + suffix, host: "native-" + suffix + ".test", count: count, vars: vars}
 	b.Cleanup(func() {
 		if _, _, err := stack.Nomad.Jobs().Deregister(nj.id, true, nil); err != nil {
 			b.Logf("purge job %s: %v", nj.id, err)
@@ -282,13 +346,13 @@ func (nj *nativeJob) register(appVersion string) uint64 {
 	nj.b.Helper()
 	n, err := strconv.Atoi(strings.TrimPrefix(appVersion, "v"))
 	require.NoError(nj.b, err, "app version %q", appVersion)
-	job := nj.stack.TestAppJob(nj.b, nj.id, map[string]string{
-		"service": nj.id, "count": "2", "app_version": appVersion,
-	})
+	vars := map[string]string{"service": nj.id, "count": strconv.Itoa(nj.count), "app_version": appVersion}
+	maps.Copy(vars, nj.vars)
+	job := nj.stack.TestAppJob(nj.b, nj.id, vars)
 	tg := job.TaskGroups[0]
 	tg.Services[0].Tags = append(tg.Services[0].Tags, "urlprefix-"+nj.host+"/")
-	tg.Update.Canary = new(2)
-	tg.Update.MaxParallel = new(2)
+	tg.Update.Canary = new(nj.count)
+	tg.Update.MaxParallel = new(nj.count)
 	tg.Update.AutoPromote = new(false)
 	_, _, err = nj.stack.Nomad.Jobs().Register(job, nil)
 	require.NoError(nj.b, err, "register %s %s", nj.id, appVersion)
@@ -372,6 +436,9 @@ func sideBySideTable(cs []comparison, slotdSwitch, nomadSwitch []time.Duration) 
 		row(c.title+": call → switched (slotd; its monitor goes on) / deployment done (Nomad)", float64(s.operation), float64(n.operation), dur)
 	}
 	for _, p := range []int{50, 90, 99} {
+		if len(slotdSwitch) == 0 && len(nomadSwitch) == 0 {
+			break
+		}
 		row(fmt.Sprintf("switch as the router sees it (slotd: %d swaps, from the switch phase's start; Nomad: %d promotes, from its canaries' first answer; to the last answer from the old version): p%d", len(slotdSwitch), len(nomadSwitch), p),
 			float64(percentile(slotdSwitch, p)), float64(percentile(nomadSwitch, p)), dur)
 	}

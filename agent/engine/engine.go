@@ -49,7 +49,7 @@ type Engine struct {
 	follow  *query.Follower
 	ops     *opRegistry
 	index   *opIndex
-	// httpClient sends the warm-up requests: no keep-alive, no proxy.
+	// httpClient sends the warm-up requests (newWarmupClient).
 	httpClient *http.Client
 
 	// daemon is Run's context: done once the daemon stops.
@@ -71,7 +71,7 @@ func New(cfg *config.Config, d Deps) *Engine {
 	e := &Engine{
 		logger: d.Logger, consul: d.Consul, nomad: d.Nomad, store: d.Store, lanes: d.Lanes,
 		metrics: d.Metrics, follow: d.Follow, ops: newOpRegistry(), index: newOpIndex(),
-		httpClient: &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
+		httpClient: newWarmupClient(),
 		daemon:     context.Background(),
 		sites:      map[string]*site{}, siteStops: map[string]context.CancelFunc{},
 		runs: map[string]*run{},

@@ -82,6 +82,36 @@ func TestSwapStates(t *testing.T) {
 	}
 }
 
+// TestSwapStatesRouted: the lanes of a swap that carry no public route (the candidate in apply,
+// the target lane drained or held) roll out in one batch; a lane that carries a slot's routes
+// (made, settled, steady) keeps the jobspec's update rules.
+func TestSwapStatesRouted(t *testing.T) {
+	prod := &config.Slot{Name: "production", Tags: []string{"urlprefix-www/"}, PreviewTags: []string{"urlprefix-preview/"},
+		PreviousTags: []string{"urlprefix-previous/"}}
+	staging := &config.Slot{Name: "staging", Tags: []string{"urlprefix-staging/"}}
+	bare := &config.Slot{Name: "qa"}
+	cfg := &config.Site{Name: "web", Slots: []*config.Slot{prod, staging, bare}}
+	var set store.SlotSettings
+	tests := []struct {
+		name   string
+		want   lanes.State
+		routed bool
+	}{
+		{"apply: the candidate", applied(prod, set, set), false},
+		{"apply into a slot without preview tags", applied(bare, set, set), false},
+		{"switch, make: the candidate gets the target's routes", switched(prod, set, set), true},
+		{"switch, break: the target lane drained", drained(prod, set, false), false},
+		{"switch, break: the target lane held", drained(prod, set, true), false},
+		{"settle: the former target lane into the source", steady(staging, set), true},
+		{"steady: a slot without tags has its name", steady(bare, set), true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.routed, lanes.Routed(cfg, tc.want.Tags), "tags %q", tc.want.Tags)
+		})
+	}
+}
+
 func TestEffectiveEnvStickyWins(t *testing.T) {
 	env := effectiveEnv(map[string]string{"A": "swap", "B": "b"}, map[string]string{"A": "sticky"})
 	assert.Equal(t, map[string]string{"A": "sticky", "B": "b"}, env)

@@ -187,7 +187,9 @@ func isNotFound(err error) bool {
 // parseCacheSize bounds the jobspec parses kept: a few per lane and version in use.
 const parseCacheSize = 256
 
-// Render parses src through Nomad and renders it as lane with state want.
+// Render parses src through Nomad and renders it as lane with state want. A lane whose want
+// carries no public route (apply's candidate, a drained or held lane) rolls out in one batch
+// (OneBatch); one that carries routes keeps the jobspec's update rules.
 func (l *Lanes) Render(cfg *config.Site, lane string, src Source, want State) (*nomadapi.Job, error) {
 	base, err := jobspec.Parse(l.parser, cfg.Job, src.Jobspec, src.Vars)
 	if err != nil {
@@ -203,6 +205,7 @@ func (l *Lanes) Render(cfg *config.Site, lane string, src Source, want State) (*
 	if err := ApplyScale(job, cfg.Job, want); err != nil {
 		return nil, err
 	}
+	routed := Routed(cfg, want.Tags)
 	for _, g := range job.TaskGroups {
 		for _, svc := range serviceBlocks(g) {
 			if svc.Name != cfg.Service {
@@ -215,6 +218,9 @@ func (l *Lanes) Render(cfg *config.Site, lane string, src Source, want State) (*
 			svc.Meta[MetaLane] = lane
 		}
 		DrainOnStop(g, cfg.Service)
+		if !routed {
+			OneBatch(g, cfg.Service)
+		}
 	}
 	return job, nil
 }
