@@ -99,9 +99,9 @@ func TestSwapStatesRouted(t *testing.T) {
 	}{
 		{"apply: the candidate", applied(prod, set, set), false},
 		{"apply into a slot without preview tags", applied(bare, set, set), false},
-		{"switch, make: the candidate gets the target's routes", switched(prod, set, set), true},
-		{"switch, break: the target lane drained", drained(prod, set, false), false},
-		{"switch, break: the target lane held", drained(prod, set, true), false},
+		{"switch, make: the candidate gets the target's routes", lanes.Retagged(applied(prod, set, set), slotTags(prod)), true},
+		{"switch, break: the target lane drained", lanes.Retagged(steady(prod, set), drainedTags(prod, false)), false},
+		{"switch, break: the target lane held", lanes.Retagged(steady(prod, set), drainedTags(prod, true)), false},
 		{"settle: the former target lane into the source", steady(staging, set), true},
 		{"steady: a slot without tags has its name", steady(bare, set), true},
 	}
