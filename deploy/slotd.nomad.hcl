@@ -1,6 +1,6 @@
 # slotd as a Nomad service job. Run it with the binary from a release archive:
 #
-#   nomad var put nomad/jobs/slotd slots_hcl=@slots.hcl web=@web.nomad.hcl
+#   nomad var put nomad/jobs/slotd slots_hcl=@slots.hcl web=@web.nomad.hcl api_token=@api_token
 #   nomad job run -var artifact_url=https://…/slotd_linux_amd64.tar.gz -var 'jobspecs=["web"]' slotd.nomad.hcl
 #
 # or with a Docker image built from this repository's Dockerfile (-var driver=docker -var image=…).
@@ -9,8 +9,10 @@
 # - The Nomad variable nomad/jobs/slotd holds the declarations: key slots_hcl is a slots.hcl with
 #   the sites (and kv_prefix, log_level); each name in var.jobspecs is a key holding the jobspec of
 #   that name, written to local/config/jobs/<name>.nomad.hcl (declare it as
-#   job = "jobs/<name>.nomad.hcl"). Optional keys: consul_token, nomad_token (tokens of the
-#   daemon) and api_token (the bearer token its API requires). Changing slots_hcl or a jobspec
+#   job = "jobs/<name>.nomad.hcl"). Key api_token is required: the bearer token the API
+#   requires (the API listens on the node's address; without api_token the daemon refuses to
+#   start, naming the empty secrets/api_token). Optional keys: consul_token, nomad_token (tokens
+#   of the daemon). Changing slots_hcl or a jobspec
 #   reloads the daemon (SIGHUP) without restarting it; a file with errors keeps the old ones.
 # - This job owns the daemon's own settings (local/config/00-nomad.hcl): where it listens, where
 #   it keeps its state, how it reaches Consul and Nomad. Leave http, consul, nomad and data_dir
@@ -138,10 +140,8 @@ job "slotd" {
           # Written by the slotd job: the daemon's own settings.
           data_dir = "{{ env "NOMAD_ALLOC_DIR" }}/data"
           http {
-            address = "{{ env "NOMAD_ADDR_http" }}"
-          {{- with nomadVar "nomad/jobs/slotd" }}{{ with .api_token.Value }}
+            address    = "{{ env "NOMAD_ADDR_http" }}"
             token_file = "{{ env "NOMAD_SECRETS_DIR" }}/api_token"
-          {{- end }}{{ end }}
           }
           consul {
             address = "${var.consul_address}"
@@ -157,7 +157,7 @@ job "slotd" {
         destination = "secrets/api_token"
         perms       = "0600"
         data        = <<-EOT
-          {{- with nomadVar "nomad/jobs/slotd" }}{{ .api_token.Value }}{{ end -}}
+          {{- with nomadVar "nomad/jobs/slotd" }}{{ with .api_token }}{{ .Value }}{{ end }}{{ end -}}
         EOT
       }
 
