@@ -106,7 +106,11 @@ job "slotd" {
 
     task "slotd" {
       driver = var.driver
-      # A stopping daemon hands its running operation to the next leader at a phase boundary.
+      # A stopping daemon hands its running operation to the next leader at a phase boundary:
+      # it lets running phases finish for 20 s, then cancels them (the next leader takes them
+      # over from the journal), releases the leader lock and stops its API, in at most 30 s
+      # (agent.StopTime). Nomad clients cut kill_timeout down to their max_kill_timeout, 30 s
+      # unless their client block raises it; so this fits a default client.
       kill_timeout = "30s"
 
       dynamic "artifact" {

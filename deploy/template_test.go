@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"text/template"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -13,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/zclconf/go-cty/cty"
 
+	"github.com/slotd/slotd/agent"
 	"github.com/slotd/slotd/config"
 )
 
@@ -125,4 +127,33 @@ func TestJobRequiresAPIToken(t *testing.T) {
 			assert.Equal(t, env["NOMAD_ADDR_http"], cfg.HTTP.Address)
 		})
 	}
+}
+
+// nomadMaxKillTimeout is a Nomad client's max_kill_timeout when its configuration leaves it out:
+// a job's kill_timeout above it is cut down to it.
+const nomadMaxKillTimeout = 30 * time.Second
+
+// TestKillTimeoutCoversTheStop: Nomad waits the task's kill_timeout after SIGTERM before it
+// kills the daemon; that must cover the daemon's stop (its phases' grace, the release of the
+// leadership, the API's shutdown), and fit under a default client's max_kill_timeout, which
+// would cut it down silently.
+func TestKillTimeoutCoversTheStop(t *testing.T) {
+	src, err := os.ReadFile("slotd.nomad.hcl")
+	require.NoError(t, err)
+	f, diags := hclsyntax.ParseConfig(src, "slotd.nomad.hcl", hcl.InitialPos)
+	require.False(t, diags.HasErrors(), diags.Error())
+	var task *hclsyntax.Block
+	for _, b := range f.Body.(*hclsyntax.Body).Blocks {
+		if b.Type == "job" {
+			task = child(t, child(t, b, "group"), "task")
+		}
+	}
+	attr := task.Body.Attributes["kill_timeout"]
+	require.NotNil(t, attr, "the slotd task sets no kill_timeout (Nomad's default is 5s)")
+	v, diags := attr.Expr.Value(nil)
+	require.False(t, diags.HasErrors(), diags.Error())
+	kill, err := time.ParseDuration(v.AsString())
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, kill, agent.StopTime, "kill_timeout %s is shorter than the daemon's stop (%s)", kill, agent.StopTime)
+	assert.LessOrEqual(t, kill, nomadMaxKillTimeout, "kill_timeout %s is over a default client's max_kill_timeout", kill)
 }
