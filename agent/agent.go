@@ -131,6 +131,19 @@ func newClients(cfg *config.Config, conns int) (*consulapi.Client, *nomadapi.Cli
 // Addr is where the HTTP API listens.
 func (a *Agent) Addr() string { return a.server.Addr() }
 
+const (
+	// apiShutdown bounds the API's graceful shutdown, the last step of a stop.
+	apiShutdown = 5 * time.Second
+	// releaseTime is what ending the leadership takes on a stop: cancelled phases return and
+	// the lock is released (one Consul call each), so the next leader takes it at once.
+	releaseTime = 5 * time.Second
+	// StopTime is the longest a daemon takes to stop after SIGTERM: the grace of running
+	// phases, the release of the leadership, the API's shutdown. A supervisor's kill timeout
+	// (Nomad's kill_timeout) must be at least this long, or the daemon is killed mid-phase and
+	// the next leader waits for the lock's session to expire.
+	StopTime = engine.ShutdownGrace + releaseTime + apiShutdown
+)
+
 // Run serves the API and, while this daemon holds the leader lock, runs the sites. It returns
 // when ctx ends, after running phases finished (or their grace passed) and the API stopped.
 func (a *Agent) Run(ctx context.Context) error {
@@ -169,7 +182,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	stopProbes()
 	<-probesDone
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), apiShutdown)
 	defer cancel()
 	_ = a.server.Shutdown(shutdownCtx)
 	return err

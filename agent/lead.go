@@ -47,9 +47,21 @@ func (a *Agent) sessionFile() string {
 	return filepath.Join(dir, "leader-session-"+hex.EncodeToString(sum[:6]))
 }
 
+// advertise is the leader key's value: the API's URL, which a standby's 503 names and clients
+// follow with the token, then the machine's name for people.
 func (a *Agent) advertise() string {
 	host, _ := os.Hostname()
-	return fmt.Sprintf("http://%s (%s)", a.Addr(), host)
+	return advertisement(a.Addr(), a.config().HTTP.TLSCertFile != "", host)
+}
+
+// advertisement is the URL of an API at addr, in the scheme it serves (https with a TLS
+// certificate, so a client never sends the token in clear text to a TLS listener), then host.
+func advertisement(addr string, tls bool, host string) string {
+	scheme := "http"
+	if tls {
+		scheme = "https"
+	}
+	return fmt.Sprintf("%s://%s (%s)", scheme, addr, host)
 }
 
 // leaderAddress reads who holds the leader lock, for 503 answers and /v1/health: "" when no

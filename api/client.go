@@ -489,6 +489,11 @@ func (c *Client) do(ctx context.Context, method string, query url.Values, in, ou
 		se := ans.statusError()
 		if leader := leaderBase(se, base); leader != "" && refused == nil && method != http.MethodGet {
 			// A standby refused a write: nothing was done; the leader is asked instead, once.
+			if c.token != "" && clearToRemote(leader) {
+				return fmt.Errorf("%s %s: %s does not lead; the leader is at %s, and the token is not sent in clear text over http to a host other than loopback: "+
+					"serve the API over TLS (http { tls_cert_file, tls_key_file }), so that the leader names an https address, or send the request to the leader itself: %w",
+					method, path, base, se.LeaderAddress, se)
+			}
 			base, refused = leader, se
 			continue
 		}
@@ -527,6 +532,21 @@ func leaderBase(se *StatusError, base string) string {
 		return ""
 	}
 	return u.Scheme + "://" + u.Host + cur.Path
+}
+
+// clearToRemote reports whether a request to base would cross the network unencrypted: http
+// to a host other than localhost or a loopback IP.
+func clearToRemote(base string) bool {
+	u, err := url.Parse(base)
+	if err != nil || u.Scheme != "http" {
+		return err != nil
+	}
+	host := u.Hostname()
+	if strings.EqualFold(host, "localhost") {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsLoopback()
 }
 
 // answer is a response, read whole.

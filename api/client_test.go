@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -12,12 +13,15 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/internal/testcert"
 )
 
 // request is what the fake agent saw.
@@ -703,4 +707,106 @@ func TestWritesFollowTheLeader(t *testing.T) {
 	var se *StatusError
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, http.StatusServiceUnavailable, se.Code)
+}
+
+// hostsTransport records the host of every request; it sends those to loopback and fails
+// the others, as a network that reaches no other machine.
+type hostsTransport struct {
+	mu    sync.Mutex
+	hosts []string
+}
+
+func (h *hostsTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	h.mu.Lock()
+	h.hosts = append(h.hosts, r.URL.Host)
+	h.mu.Unlock()
+	if h := r.URL.Hostname(); h != "127.0.0.1" && h != "localhost" {
+		return nil, errors.New("no route to " + r.URL.Host)
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestForwardKeepsTheTokenEncrypted: a write that a standby refuses is sent on to the leader it
+// names, except with a token to an http address beyond loopback: then nothing is sent there and
+// the error says why and what to change.
+func TestForwardKeepsTheTokenEncrypted(t *testing.T) {
+	leader := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = w.Write([]byte(`{"id":"op-1","state":"pending"}`))
+	}))
+	t.Cleanup(leader.Close)
+	cases := []struct {
+		name, leader, token string
+		forwarded           bool
+		err                 string
+	}{
+		{name: "token to http beyond loopback", leader: "http://10.255.0.1:4680", token: "s3cret", err: "the token is not sent in clear text"},
+		{name: "token to http on a host name", leader: "http://slotd-1.internal:4680", token: "s3cret", err: "tls_cert_file"},
+		{name: "no token to http beyond loopback", leader: "http://10.255.0.1:4680", forwarded: true, err: "not the leader"},
+		{name: "token to https beyond loopback", leader: "https://10.255.0.1:4680", token: "s3cret", forwarded: true, err: "not the leader"},
+		{name: "token to http on loopback", leader: leader.URL, token: "s3cret", forwarded: true},
+		{name: "token to http on localhost", leader: strings.Replace(leader.URL, "127.0.0.1", "localhost", 1), token: "s3cret", forwarded: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			standby := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = fmt.Fprintf(w, `{"error":"not the leader","leader_address":%q}`, tc.leader)
+			}))
+			t.Cleanup(standby.Close)
+			tr := &hostsTransport{}
+			c, err := NewClient(Config{Address: standby.URL, Token: tc.token, HTTPClient: &http.Client{Transport: tr}})
+			require.NoError(t, err)
+			_, err = c.Swap(context.Background(), "web", SwapRequest{Source: "staging", Target: "production"})
+			if tc.err == "" {
+				require.NoError(t, err)
+			} else {
+				require.ErrorContains(t, err, tc.err)
+			}
+			leaderHost := strings.TrimPrefix(strings.TrimPrefix(tc.leader, "http://"), "https://")
+			if tc.forwarded {
+				assert.Equal(t, []string{strings.TrimPrefix(standby.URL, "http://"), leaderHost}, tr.hosts)
+			} else {
+				assert.Equal(t, []string{strings.TrimPrefix(standby.URL, "http://")}, tr.hosts, "nothing sent to the leader")
+				var se *StatusError
+				assert.ErrorAs(t, err, &se, "the standby's refusal is kept")
+			}
+		})
+	}
+}
+
+// TestForwardToATLSLeader: a standby names a leader that serves TLS with a self-signed
+// certificate; the client trusts it through CACert and sends the write there with the token.
+func TestForwardToATLSLeader(t *testing.T) {
+	certs := testcert.Write(t)
+	var gotAuth string
+	leader := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotAuth = r.Header.Get("Authorization")
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = w.Write([]byte(`{"id":"op-1","state":"pending"}`))
+	}))
+	pair, err := tls.LoadX509KeyPair(certs.CertFile, certs.KeyFile)
+	require.NoError(t, err)
+	leader.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
+	leader.StartTLS()
+	t.Cleanup(leader.Close)
+	standby := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = fmt.Fprintf(w, `{"error":"not the leader","leader_address":%q}`, leader.URL)
+	}))
+	t.Cleanup(standby.Close)
+
+	c, err := NewClient(Config{Address: standby.URL, Token: "s3cret", CACert: certs.CertFile})
+	require.NoError(t, err)
+	op, err := c.Swap(context.Background(), "web", SwapRequest{Source: "staging", Target: "production"})
+	require.NoError(t, err)
+	assert.Equal(t, "op-1", op.ID)
+	assert.Equal(t, "Bearer s3cret", gotAuth)
+
+	gotAuth = ""
+	c, err = NewClient(Config{Address: standby.URL, Token: "s3cret"})
+	require.NoError(t, err)
+	_, err = c.Swap(context.Background(), "web", SwapRequest{Source: "staging", Target: "production"})
+	require.Error(t, err, "a leader whose certificate the client does not trust")
+	assert.Empty(t, gotAuth)
 }

@@ -68,6 +68,28 @@ func TestValidateARealFile(t *testing.T) {
 	assert.Regexp(t, `(?m)^`+regexp.QuoteMeta(path)+`:\d+:\d+: `, r.stderr)
 }
 
+// TestOpenAPIRefused: an API listening beyond loopback without token_file is refused by
+// validate and by the agent, which starts no daemon; the message names token_file and the
+// opt-out.
+func TestOpenAPIRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "slots.hcl")
+	require.NoError(t, os.WriteFile(path, []byte("http { address = \"0.0.0.0:4680\" }\n"), 0o600))
+	for _, args := range [][]string{{"validate", path}, {"agent", "-config", path}} {
+		t.Run(args[0], func(t *testing.T) {
+			e, stdout, stderr := testEnv("", nil)
+			e.newDaemon = func(*config.Config, hclog.Logger) (daemon, error) {
+				return nil, errors.New("a daemon was started")
+			}
+			assert.Equal(t, 1, e.run(args))
+			assert.Empty(t, stdout.String())
+			assert.Contains(t, stderr.String(), path+":1:8: API open to the network")
+			assert.Contains(t, stderr.String(), "set token_file")
+			assert.Contains(t, stderr.String(), "insecure_no_token = true")
+			assert.NotContains(t, stderr.String(), "a daemon was started")
+		})
+	}
+}
+
 // fakeDaemon records what the agent command does with it.
 type fakeDaemon struct {
 	started chan struct{}

@@ -33,6 +33,7 @@ const (
 // Run runs the command line args (without the program name) and returns the exit code.
 func Run(args []string, stdout, stderr io.Writer) int {
 	e := &env{
+		stdin:      os.Stdin,
 		stdout:     stdout,
 		stderr:     stderr,
 		getenv:     os.Getenv,
@@ -51,6 +52,8 @@ func Run(args []string, stdout, stderr io.Writer) int {
 
 // env is everything a command touches outside its arguments, so tests can replace it.
 type env struct {
+	// stdin is where `settings … set KEY=-` reads its value.
+	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
 	now            func() time.Time
@@ -167,7 +170,7 @@ func describeError(err error) string {
 	msg := fmt.Sprintf("%s (HTTP %d)", se.Message, se.Code)
 	switch {
 	case se.Code == 401:
-		msg += "; pass the agent's token with -token or " + api.EnvToken
+		msg += "; pass the agent's token with -token-file, " + api.EnvToken + " or -token"
 	case se.Code == 503 && se.LeaderAddress != "":
 		msg += "; the leader is at " + se.LeaderAddress
 	}

@@ -47,7 +47,7 @@ func TestUsage(t *testing.T) {
 		{name: "history limit zero", args: []string{"history", "web", "-limit", "0"}, code: 2, stderr: "-limit 0: show 1 or more"},
 		{name: "history before not a seq", args: []string{"history", "web", "-before", "last"}, code: 2, stderr: `invalid value "last" for flag -before`},
 		{name: "follow without an id", args: []string{"follow"}, code: 2, stderr: "want an operation ID"},
-		{name: "settings set without a value", args: []string{"settings", "web", "staging", "set", "K"}, code: 2, stderr: `set wants KEY=VALUE, got "K"`},
+		{name: "settings set without a value", args: []string{"settings", "web", "staging", "set", "K"}, code: 2, stderr: `set wants KEY=VALUE, KEY=@FILE or KEY=-, got "K"`},
 		{name: "settings sticky unset", args: []string{"settings", "web", "staging", "unset", "K", "-sticky"}, code: 2, stderr: "-sticky goes with set"},
 		{name: "settings sticky show", args: []string{"settings", "web", "staging", "-sticky"}, code: 2, stderr: "-sticky goes with set"},
 		{name: "settings unknown sub-command", args: []string{"settings", "web", "staging", "frob", "K"}, code: 2, stderr: `unknown sub-command "frob"`},
@@ -89,14 +89,14 @@ func TestHelpOnEveryCommand(t *testing.T) {
 				case "agent", "deploy", "swap", "settings":
 					assert.NotEmpty(t, own, "a Command options block before the Client options")
 				}
-				for _, f := range []string{"address", "token", "ca-cert", "json", "detach", "wait"} {
+				for _, f := range []string{"address", "token", "token-file", "ca-cert", "json", "detach", "wait"} {
 					assert.NotContains(t, own, "-"+f, "client option -%s among the command's own", f)
 				}
 				switch cmd.name {
 				case "agent", "validate":
 					assert.Empty(t, client, "%s calls no agent: no client options", cmd.name)
 				default:
-					for _, f := range []string{"-address=<URL>", "-token=<token>", "-ca-cert=<file>", "-json", "-detach", "-wait=<duration>"} {
+					for _, f := range []string{"-address=<URL>", "-token=<token>", "-token-file=<file>", "-ca-cert=<file>", "-json", "-detach", "-wait=<duration>"} {
 						assert.Contains(t, client, "\n  "+f+"\n", "client option %s", f)
 					}
 				}
@@ -172,7 +172,12 @@ Client options:
     state; progress goes to stderr)
 
   -token=<token>
-    bearer token for the agent's API ($SLOTD_TOKEN)
+    bearer token for the agent's API; prefer -token-file or $SLOTD_TOKEN: a
+    -token shows in the process list and shell history
+
+  -token-file=<file>
+    file holding the bearer token (surrounding white space is ignored); else
+    $SLOTD_TOKEN
 
   -wait=<duration>
     how long a write waits, with one line saying so, while the agent is starting
@@ -387,7 +392,7 @@ func TestErrors(t *testing.T) {
 		{"no such slot", 404, api.ErrorResponse{Error: `site web has no slot "stagin"`},
 			"error: site web has no slot \"stagin\" (HTTP 404)\n"},
 		{"no token", 401, api.ErrorResponse{Error: "missing or wrong token"},
-			"error: missing or wrong token (HTTP 401); pass the agent's token with -token or SLOTD_TOKEN\n"},
+			"error: missing or wrong token (HTTP 401); pass the agent's token with -token-file, SLOTD_TOKEN or -token\n"},
 		{"not the leader, and the leader cannot be reached", 503, api.ErrorResponse{Error: "not the leader", LeaderAddress: "http://127.0.0.1:1"},
 			"error: not the leader (HTTP 503); the leader is at http://127.0.0.1:1\n"},
 	}

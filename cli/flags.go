@@ -124,11 +124,12 @@ func wrap(text, indent string, width int) string {
 
 // clientFlags are the flags of every command that calls the agent.
 type clientFlags struct {
-	address string
-	token   string
-	caCert  string
-	json    bool
-	detach  bool
+	address   string
+	token     string
+	tokenFile string
+	caCert    string
+	json      bool
+	detach    bool
 	// reveal is a command option of the commands that print settings (registerReveal).
 	reveal bool
 	wait   time.Duration
@@ -140,7 +141,8 @@ type clientFlags struct {
 func (cf *clientFlags) register(fs *flagSet, follows bool) {
 	own := flag.NewFlagSet("client", flag.ContinueOnError)
 	own.StringVar(&cf.address, "address", "", "`URL` of the slotd agent ($"+api.EnvAddress+", default "+api.DefaultAddress+")")
-	own.StringVar(&cf.token, "token", "", "bearer `token` for the agent's API ($"+api.EnvToken+")")
+	own.StringVar(&cf.token, "token", "", "bearer `token` for the agent's API; prefer -token-file or $"+api.EnvToken+": a -token shows in the process list and shell history")
+	own.StringVar(&cf.tokenFile, "token-file", "", "`file` holding the bearer token (surrounding white space is ignored); else $"+api.EnvToken)
 	own.StringVar(&cf.caCert, "ca-cert", "", "PEM `file` of the CA that signed the agent's TLS certificate ($"+api.EnvCACert+")")
 	own.BoolVar(&cf.json, "json", false, "print the result as JSON on stdout (for a followed operation: its final state; progress goes to stderr)")
 	detach := "return as soon as the operation starts instead of following it"
@@ -190,7 +192,16 @@ func (e *env) client(cf *clientFlags) (*api.Client, error) {
 	if c.Address == "" {
 		c.Address = e.getenv(api.EnvAddress)
 	}
-	if c.Token == "" {
+	switch {
+	case c.Token != "" && cf.tokenFile != "":
+		return nil, errors.New("-token and -token-file both give the token; keep one (-token-file keeps it out of argv)")
+	case cf.tokenFile != "":
+		token, err := readTokenFile(cf.tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		c.Token = token
+	case c.Token == "":
 		c.Token = e.getenv(api.EnvToken)
 	}
 	if c.CACert == "" {

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -141,6 +142,7 @@ func testEnv(addr string, vars map[string]string) (*env, *bytes.Buffer, *bytes.B
 		vars[api.EnvAddress] = addr
 	}
 	e := &env{
+		stdin:      strings.NewReader(""),
 		stdout:     &stdout,
 		stderr:     &stderr,
 		getenv:     func(k string) string { return vars[k] },

@@ -10,18 +10,23 @@ func settingsCommand() *command {
 	return &command{
 		name:     "settings",
 		synopsis: "show, set or remove a slot's settings",
-		usage:    "<site> <slot> [set KEY=VALUE [-sticky] | unset KEY] [options]",
+		usage:    "<site> <slot> [set KEY=VALUE|KEY=@FILE|KEY=- [-sticky] | unset KEY] [options]",
 		help: `
 Without a sub-command, prints the slot's swappable settings (they travel with the app on a
 swap) and sticky settings (they stay with the slot). Sticky values print as <hidden> unless
 -reveal is given. 'set' sets one, swappable unless -sticky; 'unset' removes one. A change
 rolls the slot's lane out with its new environment.
 
+A value written on the command line shows in the process list and shell history: give a
+secret as KEY=@FILE (the file's content) or KEY=- (read from stdin). Either drops exactly one
+trailing newline. A value that itself starts with @ or is - goes through a file.
+
 Examples:
   slotd settings web staging
   slotd settings web production -reveal
   slotd settings web staging set FEATURE_X=on
-  slotd settings web production set DATABASE_URL=postgres://prod-db/app -sticky
+  slotd settings web production set DATABASE_URL=@db-url.txt -sticky
+  vault kv get -field=url secret/db | slotd settings web production set DATABASE_URL=- -sticky
   slotd settings web staging unset FEATURE_X`,
 		run: runSettings,
 	}
@@ -45,7 +50,7 @@ func runSettings(e *env, cmd *command, args []string) int {
 		var found bool
 		key, value, found = strings.Cut(pos[3], "=")
 		if !found || key == "" {
-			return e.usageError(cmd, "set wants KEY=VALUE, got %q", pos[3])
+			return e.usageError(cmd, "set wants KEY=VALUE, KEY=@FILE or KEY=-, got %q", pos[3])
 		}
 		action = "set"
 	case len(pos) == 4 && pos[2] == "unset":
@@ -60,6 +65,12 @@ func runSettings(e *env, cmd *command, args []string) int {
 	}
 	if *sticky && action != "set" {
 		return e.usageError(cmd, "-sticky goes with set")
+	}
+	if action == "set" {
+		var err error
+		if value, err = e.settingValue(key, value); err != nil {
+			return e.fail(err)
+		}
 	}
 
 	c, err := e.client(&cf)

@@ -85,6 +85,10 @@ type HTTP struct {
 	ReadRequiresToken *bool  `hcl:"read_requires_token,optional"`
 	TLSCertFile       string `hcl:"tls_cert_file,optional"`
 	TLSKeyFile        string `hcl:"tls_key_file,optional"`
+	// InsecureNoToken lets an address other than loopback serve without token_file, for an
+	// API that something in front of it authenticates; without it such a daemon refuses to
+	// start, since anyone who reaches it could reveal sticky values, swap and deploy.
+	InsecureNoToken bool `hcl:"insecure_no_token,optional"`
 
 	// Token is read from TokenFile after decoding; empty means the API is open.
 	Token string `json:"-"`

@@ -77,6 +77,7 @@ func (b *builder) validateDaemon() {
 	}
 	b.tlsPair(h, "tls_cert_file", "tls_key_file", h.TLSCertFile)
 	b.tlsPair(h, "tls_key_file", "tls_cert_file", h.TLSKeyFile)
+	b.openAPI(h)
 	if h.ReadRequiresToken != nil && *h.ReadRequiresToken && !b.src.set(h.Range, "token_file") {
 		b.errorf(b.src.attrRange(h.Range, "read_requires_token"), "No token to require",
 			"read_requires_token is true but http sets no token_file; set token_file, or remove read_requires_token.")
@@ -106,6 +107,41 @@ func validNomadURL(u *url.URL) bool {
 	default:
 		return false
 	}
+}
+
+// openAPI refuses an API that others can reach without a token, unless insecure_no_token says
+// something in front of it authenticates; and insecure_no_token with a token, which says two
+// things at once.
+func (b *builder) openAPI(h HTTP) {
+	tokenSet := b.src.set(h.Range, "token_file")
+	switch {
+	case h.InsecureNoToken && tokenSet:
+		b.errorf(b.src.attrRange(h.Range, "insecure_no_token"), "Token and no token",
+			"insecure_no_token is true but http sets token_file; remove insecure_no_token to require the token.")
+	case !tokenSet && !h.InsecureNoToken && !LoopbackAddress(h.Address):
+		if _, _, err := net.SplitHostPort(h.Address); err != nil {
+			return // reported as an invalid address
+		}
+		b.errorf(b.src.attrRange(h.Range, "address"), "API open to the network",
+			"http address %q is reachable from other machines and http sets no token_file, so anyone who reaches it could reveal sticky values, swap and deploy; "+
+				"set token_file to a file holding the bearer token, or listen on loopback (such as %q), "+
+				"or, when a proxy in front of slotd authenticates every request, set insecure_no_token = true.",
+			h.Address, DefaultHTTPAddress)
+	}
+}
+
+// LoopbackAddress reports whether a host:port listens on loopback only: localhost or a loopback
+// IP. An empty host, a wildcard or any other name may be reached from other machines.
+func LoopbackAddress(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // tlsPair checks one of the two TLS files of the API: the other must be set with it, and the

@@ -1,6 +1,6 @@
 # slotd as a Nomad service job. Run it with the binary from a release archive:
 #
-#   nomad var put nomad/jobs/slotd slots_hcl=@slots.hcl web=@web.nomad.hcl
+#   nomad var put nomad/jobs/slotd slots_hcl=@slots.hcl web=@web.nomad.hcl api_token=@api_token
 #   nomad job run -var artifact_url=https://…/slotd_linux_amd64.tar.gz -var 'jobspecs=["web"]' slotd.nomad.hcl
 #
 # or with a Docker image built from this repository's Dockerfile (-var driver=docker -var image=…).
@@ -9,8 +9,10 @@
 # - The Nomad variable nomad/jobs/slotd holds the declarations: key slots_hcl is a slots.hcl with
 #   the sites (and kv_prefix, log_level); each name in var.jobspecs is a key holding the jobspec of
 #   that name, written to local/config/jobs/<name>.nomad.hcl (declare it as
-#   job = "jobs/<name>.nomad.hcl"). Optional keys: consul_token, nomad_token (tokens of the
-#   daemon) and api_token (the bearer token its API requires). Changing slots_hcl or a jobspec
+#   job = "jobs/<name>.nomad.hcl"). Key api_token is required: the bearer token the API
+#   requires (the API listens on the node's address; without api_token the daemon refuses to
+#   start, naming the empty secrets/api_token). Optional keys: consul_token, nomad_token (tokens
+#   of the daemon). Changing slots_hcl or a jobspec
 #   reloads the daemon (SIGHUP) without restarting it; a file with errors keeps the old ones.
 # - This job owns the daemon's own settings (local/config/00-nomad.hcl): where it listens, where
 #   it keeps its state, how it reaches Consul and Nomad. Leave http, consul, nomad and data_dir
@@ -104,7 +106,11 @@ job "slotd" {
 
     task "slotd" {
       driver = var.driver
-      # A stopping daemon hands its running operation to the next leader at a phase boundary.
+      # A stopping daemon hands its running operation to the next leader at a phase boundary:
+      # it lets running phases finish for 20 s, then cancels them (the next leader takes them
+      # over from the journal), releases the leader lock and stops its API, in at most 30 s
+      # (agent.StopTime). Nomad clients cut kill_timeout down to their max_kill_timeout, 30 s
+      # unless their client block raises it; so this fits a default client.
       kill_timeout = "30s"
 
       dynamic "artifact" {
@@ -138,10 +144,8 @@ job "slotd" {
           # Written by the slotd job: the daemon's own settings.
           data_dir = "{{ env "NOMAD_ALLOC_DIR" }}/data"
           http {
-            address = "{{ env "NOMAD_ADDR_http" }}"
-          {{- with nomadVar "nomad/jobs/slotd" }}{{ with .api_token.Value }}
+            address    = "{{ env "NOMAD_ADDR_http" }}"
             token_file = "{{ env "NOMAD_SECRETS_DIR" }}/api_token"
-          {{- end }}{{ end }}
           }
           consul {
             address = "${var.consul_address}"
@@ -157,7 +161,7 @@ job "slotd" {
         destination = "secrets/api_token"
         perms       = "0600"
         data        = <<-EOT
-          {{- with nomadVar "nomad/jobs/slotd" }}{{ .api_token.Value }}{{ end -}}
+          {{- with nomadVar "nomad/jobs/slotd" }}{{ with .api_token }}{{ .Value }}{{ end }}{{ end -}}
         EOT
       }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/slotd/slotd/agent"
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
+	"github.com/slotd/slotd/internal/testcert"
 )
 
 // siteSpec describes one site of a test's slots.hcl; the zero value plus a name is valid.
@@ -34,6 +35,8 @@ type siteSpec struct {
 	// previousTags routes the host previous("production") to production's held lane (previous_tags).
 	previousTags bool
 	token        string
+	// tls, when set, makes the daemon serve its API over TLS with that certificate.
+	tls testcert.Files
 	// settings and sticky declare further swappable and sticky settings, by slot name, besides
 	// each slot's FEATURE and DB.
 	settings map[string]map[string]string
@@ -74,6 +77,9 @@ func (s siteSpec) hcl(t testing.TB, stack *Stack, httpAddr string) string {
 		require.NoError(t, os.WriteFile(p, []byte(s.token+"\n"), 0o600))
 		tokenFile = fmt.Sprintf("token_file = %q", p)
 	}
+	if s.tls.CertFile != "" {
+		tokenFile += fmt.Sprintf("\n  tls_cert_file = %q\n  tls_key_file = %q", s.tls.CertFile, s.tls.KeyFile)
+	}
 	return fmt.Sprintf(`
 log_level = "debug"
 kv_prefix = %[1]q
@@ -86,6 +92,14 @@ consul { address = %[5]q }
 nomad  { address = %[6]q }
 %[7]s`, s.kvPrefix(), t.TempDir(), httpAddr, tokenFile, cmp.Or(s.consul, stack.ConsulAddr), cmp.Or(s.nomad, stack.NomadAddr),
 		s.siteHCL(t, TestAppJobspec()))
+}
+
+// apiURL is the base URL of a daemon of the site listening at addr.
+func (s siteSpec) apiURL(addr string) string {
+	if s.tls.CertFile != "" {
+		return "https://" + addr
+	}
+	return "http://" + addr
 }
 
 // kvPrefix is the site's own KV folder: tests on the shared stack never see each other's state.
@@ -229,7 +243,7 @@ func startDaemon(t testing.TB, stack *Stack, site siteSpec) *daemon {
 	t.Cleanup(d.stop)
 	// The scenarios check sticky values, so the harness's client reveals them; TestSecrets
 	// reads without.
-	client, err := api.NewClient(api.Config{Address: "http://" + addr, Token: site.token, Reveal: true})
+	client, err := api.NewClient(api.Config{Address: site.apiURL(addr), Token: site.token, CACert: site.tls.CertFile, Reveal: true})
 	require.NoError(t, err)
 	d.client = client
 	d.waitReady(site.name)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
+	"github.com/slotd/slotd/internal/testcert"
 )
 
 // TestReloadAppliesNewRoutes: SIGHUP's reload with a new route for staging rolls it out to
@@ -86,6 +87,43 @@ func TestLeaderElection(t *testing.T) {
 	first.stop()
 	second.waitReady(site.name)
 	op = second.swap(site.name, "staging", "production")
+	assert.Equal(t, api.StateSucceeded, op.State, op.Error)
+}
+
+// TestForwardOverTLS: two daemons serve their API over TLS (a self-signed certificate made by
+// the test) and require a token. The standby's 503 names the leader by https, and a write with
+// the token sent to the standby reaches the leader through a client that trusts the CA.
+func TestForwardOverTLS(t *testing.T) {
+	t.Parallel()
+	stack := Shared(t)
+	site := newSite(func(s *siteSpec) {
+		s.tls = testcert.Write(t)
+		s.token = "tok-" + Suffix()
+	})
+	first := startDaemon(t, stack, site)
+
+	second := &daemon{t: t, cfg: withHTTPAddress(first.cfg, freeAddr(t))}
+	second.addr = second.cfg.HTTP.Address
+	second.start()
+	t.Cleanup(second.stop)
+	client, err := api.NewClient(api.Config{Address: site.apiURL(second.addr), Token: site.token, CACert: site.tls.CertFile})
+	require.NoError(t, err)
+	ctx := context.Background()
+	WaitFor(t, 30*time.Second, "the second daemon answering as a standby", func() (bool, string) {
+		h, err := client.Health(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return !h.Leader && h.LeaderAddress != "", fmt.Sprintf("%+v", h)
+	})
+	h, err := client.Health(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "https://"+first.addr, h.LeaderAddress, "the leader is named in the scheme it serves")
+
+	op, err := client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production"})
+	require.NoError(t, err, "a write sent to the standby reaches the TLS leader")
+	op, err = first.client.Wait(ctx, op.ID, nil)
+	require.NoError(t, err)
 	assert.Equal(t, api.StateSucceeded, op.State, op.Error)
 }
 

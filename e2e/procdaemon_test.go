@@ -21,7 +21,7 @@ import (
 // Bounds of the waits on a slotd process.
 const (
 	// procStopTimeout bounds a SIGTERM stop: an idle daemon stops at once, a running phase may
-	// take up to the agent's shutdown grace (2m) to finish.
+	// take up to the agent's stop time (agent.StopTime, 30s) to finish or be handed over.
 	procStopTimeout = 3 * time.Minute
 	// procKillTimeout bounds the wait for a SIGKILLed process to be reaped.
 	procKillTimeout = 10 * time.Second

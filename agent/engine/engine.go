@@ -20,9 +20,10 @@ import (
 	"github.com/slotd/slotd/config"
 )
 
-// shutdownGrace is how long a stopping daemon lets running phases finish before their
-// leadership ends, which cancels them.
-const shutdownGrace = 2 * time.Minute
+// ShutdownGrace is how long a stopping daemon lets running phases finish before their
+// leadership ends, which cancels them and leaves them to the next leader (their journal says
+// where they were). It fits Nomad's default max_kill_timeout (30 s) with agent.StopTime.
+const ShutdownGrace = 20 * time.Second
 
 // Deps are what the engine works with: Consul and Nomad for the shared watches, the store and
 // the lanes for everything else.
@@ -135,9 +136,9 @@ func (e *Engine) Lead(lead context.Context) {
 }
 
 // Drain waits, once the daemon stops, until every running operation has ended its phase or
-// shutdownGrace passed; the caller then ends the leadership, which cancels what still runs.
+// ShutdownGrace passed; the caller then ends the leadership, which cancels what still runs.
 func (e *Engine) Drain() {
-	deadline := time.After(shutdownGrace)
+	deadline := time.After(ShutdownGrace)
 	e.waitRuns(deadline)
 }
 
@@ -152,7 +153,7 @@ func (e *Engine) waitRuns(deadline <-chan time.Time) {
 		select {
 		case <-r.done:
 		case <-deadline:
-			e.logger.Warn("running phases did not finish in time; cancelling them", "grace", shutdownGrace)
+			e.logger.Warn("running phases did not finish in time; cancelling them", "grace", ShutdownGrace)
 			return
 		}
 	}
