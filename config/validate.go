@@ -251,6 +251,8 @@ func (b *builder) validateSlot(sl *Slot) {
 	}
 	b.settingNames(sl, "settings", sl.Settings)
 	b.settingNames(sl, "sticky", sl.Sticky)
+	b.settingValues(sl, "settings", sl.Settings)
+	b.settingValues(sl, "sticky", sl.Sticky)
 	b.validateScale(sl)
 	for _, key := range sortedKeys(sl.Sticky) {
 		if _, ok := sl.Settings[key]; ok {
@@ -409,6 +411,25 @@ func (b *builder) settingNames(sl *Slot, attr string, settings map[string]string
 			b.errorf(at, "Reserved setting name",
 				"Setting name %q in %s starts with %s, which slotd reserves for SLOTD_SITE, SLOTD_SLOT and SLOTD_LANE; rename it.",
 				key, attr, reservedPrefix)
+		}
+	}
+}
+
+// settingValues checks the values of one settings map (attr is settings or sticky) and the size
+// of the document they are seeded into, as the API and KV check them; the size only once the
+// names and values are right, which are the problems to fix first.
+func (b *builder) settingValues(sl *Slot, attr string, settings map[string]string) {
+	bad := false
+	for _, key := range sortedKeys(settings) {
+		bad = bad || !envName.MatchString(key)
+		if err := CheckSettingValue(key, settings[key]); err != nil {
+			b.errorf(b.src.keyRange(sl.Range, attr, key), "Invalid setting value", "%s of slot %q: %v.", attr, sl.Name, err)
+			bad = true
+		}
+	}
+	if !bad {
+		if err := CheckSettings(attr, settings); err != nil {
+			b.errorf(b.src.attrRange(sl.Range, attr), "Settings too large", "%s of slot %q: %v.", attr, sl.Name, err)
 		}
 	}
 }

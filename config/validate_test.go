@@ -192,6 +192,13 @@ func TestRules(t *testing.T) {
 			src:     decl{prod: "    settings = { DB = \"x\" }\n    sticky = { DB = \"y\" } " + marker}.String(),
 			summary: "Setting both swappable and sticky", detail: `"DB" of slot "production"`,
 		},
+		{name: "settings value with a NUL byte", src: decl{prod: `    settings = { A = "x", B = "x\u0000y" } ` + marker}.String(), summary: "Invalid setting value", detail: `settings of slot "production": the value of setting "B" holds a NUL byte`, col: 27},
+		{name: "sticky value too long", src: decl{prod: `    sticky = { BIG = "` + strings.Repeat("x", MaxSettingValue+1) + `" } ` + marker}.String(), summary: "Invalid setting value", detail: "over the limit of 65536 bytes (64 KiB)"},
+		{
+			name:    "settings document too large",
+			src:     decl{staging: "    settings = { " + marker + "\n      A = \"" + strings.Repeat("a", 50000) + "\"\n      B = \"" + strings.Repeat("b", 50000) + "\"\n      C = \"" + strings.Repeat("c", 50000) + "\"\n    }"}.String(),
+			summary: "Settings too large", detail: "the settings document of 3 settings is 150035 bytes, over the limit of 131072 bytes",
+		},
 		{name: "settings key twice", src: decl{prod: `    settings = { A = "x", A = "y" } ` + marker}.String(), summary: "Duplicate key", col: 27},
 		{name: "vars key twice", src: decl{site: `  vars = { a = "x", "a" = "y" } ` + marker}.String(), summary: "Duplicate key"},
 

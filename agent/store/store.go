@@ -281,7 +281,7 @@ func (s *Store) LoadSlots(site string, q *consulapi.QueryOptions) (*SiteState, e
 		case len(parts) == 2 && parts[1] == "version":
 			sl.Version = v
 		case len(parts) == 2 && (parts[1] == KindSwappable || parts[1] == KindSticky):
-			values, err := DecodeSettings(p.Value)
+			values, err := DecodeSettings(parts[1], p.Value)
 			if err != nil {
 				bad = append(bad, fmt.Errorf("%s: %w: fix or delete it in Consul KV", p.Key, err))
 				continue
@@ -305,9 +305,10 @@ func (s *Store) LoadSlots(site string, q *consulapi.QueryOptions) (*SiteState, e
 	return st, nil
 }
 
-// DecodeSettings reads a settings document: a JSON object whose values are strings, whose
-// keys are environment variable names outside slotd's reserved SLOTD_ prefix.
-func DecodeSettings(b []byte) (map[string]string, error) {
+// DecodeSettings reads a settings document of kind: a JSON object whose values are strings,
+// whose keys are environment variable names outside slotd's reserved SLOTD_ prefix, within
+// the limits of config.CheckSettings.
+func DecodeSettings(kind string, b []byte) (map[string]string, error) {
 	values := map[string]string{}
 	if strings.TrimSpace(string(b)) == "" {
 		return values, nil
@@ -319,6 +320,9 @@ func DecodeSettings(b []byte) (map[string]string, error) {
 		if err := CheckSettingKey(k); err != nil {
 			return nil, err
 		}
+	}
+	if err := config.CheckSettings(kind, values); err != nil {
+		return nil, err
 	}
 	return values, nil
 }
@@ -366,15 +370,6 @@ func (s *Store) ScaleOps(site, slot string, old ScaleDoc, want map[string]int) c
 		return nil
 	}
 	return consulapi.KVTxnOps{CASOp(s.SlotKey(site, slot, KeyScale), EncodeScale(want), old.Index)}
-}
-
-// EncodeSettings writes a settings document, one key a line in key order, for the Consul UI.
-func EncodeSettings(values map[string]string) string {
-	if values == nil {
-		values = map[string]string{}
-	}
-	b, _ := json.MarshalIndent(values, "", "  ")
-	return string(b)
 }
 
 // Txn runs KV operations atomically. It returns ErrConflict when a check-and-set lost.
@@ -441,7 +436,7 @@ func (s *Store) DocOps(site, slot, kind string, old SettingsDoc, want map[string
 	if old.Index != 0 && maps.Equal(old.Values, want) {
 		return nil
 	}
-	return consulapi.KVTxnOps{CASOp(s.SlotKey(site, slot, kind), EncodeSettings(want), old.Index)}
+	return consulapi.KVTxnOps{CASOp(s.SlotKey(site, slot, kind), config.EncodeSettings(want), old.Index)}
 }
 
 // SeedOps folds what a slot's settings document needs at start into one write: the entries of
