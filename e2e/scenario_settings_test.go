@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"maps"
 	"testing"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
 )
 
 // TestSettingsTravel: a swap moves the swappable settings with the app and leaves the sticky ones
@@ -96,4 +98,77 @@ func TestSettingsTravel(t *testing.T) {
 		}
 	}
 	assert.NotEmpty(t, rollouts, "a settings operation in the history after the settings changes (history: %d new)", len(hist)-len(before))
+}
+
+// TestUnsetDeclaredSettingStaysUnset: a setting declared in slots.hcl that an operator unsets
+// stays unset through a reload and a restart of the daemon (each brings the site up in KV
+// again, as a failover does); a key newly declared is seeded by the reload.
+func TestUnsetDeclaredSettingStaysUnset(t *testing.T) {
+	stack := Shared(t)
+	site := newSite(func(s *siteSpec) {
+		s.settings = map[string]map[string]string{"production": {"EXTRA": "declared-extra"}}
+		s.vars = map[string]string{"show_env": "FEATURE,DB,EXTRA,ADDED"}
+	})
+	d := startDaemon(t, stack, site)
+	ctx := context.Background()
+	prod := site.host("production")
+	lane := d.laneJobs(site.name)["production"]
+	answers := func(what, extra, added string) {
+		t.Helper()
+		waitAnswers(t, stack, prod, 2*time.Minute, "production with "+what, func(a appAnswer) bool {
+			return a.Lane == lane && a.Env["EXTRA"] == extra && a.Env["ADDED"] == added && a.Env["FEATURE"] == "prod-feature"
+		})
+	}
+	inKV := func(when string, added bool) {
+		t.Helper()
+		set, err := d.client.Settings(ctx, site.name, "production")
+		require.NoError(t, err)
+		assert.NotContains(t, set.Settings, "EXTRA", "%s: the unset EXTRA is not seeded again", when)
+		assert.Equal(t, "prod-feature", set.Settings["FEATURE"], when)
+		if added {
+			assert.Equal(t, "new", set.Settings["ADDED"], "%s: the newly declared ADDED is seeded", when)
+		}
+	}
+	answers("EXTRA", "declared-extra", "")
+
+	require.NoError(t, d.client.DeleteSetting(ctx, site.name, "production", "EXTRA"))
+	answers("EXTRA unset", "", "")
+	waitIdle(t, d, site.name)
+
+	// A reload with the same declarations brings the site up in KV again.
+	require.NoError(t, d.agent.Reload(d.cfg))
+	d.waitReady(site.name)
+	inKV("after a reload", false)
+
+	// A reload that declares a new key seeds it, and only it.
+	next := withDeclaredSetting(d.cfg, site.name, "production", "ADDED", "new")
+	require.NoError(t, d.agent.Reload(next))
+	d.cfg = next
+	answers("ADDED and EXTRA still unset", "", "new")
+	waitIdle(t, d, site.name)
+	inKV("after a reload that declares ADDED", true)
+
+	d.restart(site.name)
+	inKV("after a restart", true)
+	answers("the same after a restart", "", "new")
+}
+
+// withDeclaredSetting is cfg with one more swappable setting declared for slot of site.
+func withDeclaredSetting(cfg *config.Config, site, slot, key, value string) *config.Config {
+	next := *cfg
+	next.Sites = nil
+	for _, sc := range cfg.Sites {
+		c := *sc
+		c.Slots = nil
+		for _, sl := range sc.Slots {
+			s := *sl
+			if sc.Name == site && sl.Name == slot {
+				s.Settings = maps.Clone(sl.Settings)
+				s.Settings[key] = value
+			}
+			c.Slots = append(c.Slots, &s)
+		}
+		next.Sites = append(next.Sites, &c)
+	}
+	return &next
 }

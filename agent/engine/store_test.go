@@ -115,3 +115,71 @@ func TestSetSettingRefusesTooMuch(t *testing.T) {
 	require.ErrorIs(t, err, store.ErrBadRequest)
 	assert.ErrorContains(t, err, `the value of setting "D" holds a NUL byte`)
 }
+
+// TestBootstrapSeedsOnce: a declared setting that an operator unset stays unset through every
+// later start (a reload, a failover), after a swap too; a key newly declared is seeded.
+func TestBootstrapSeedsOnce(t *testing.T) {
+	kv := storetest.New()
+	cfg := testSite()
+	cfg.Slots[0].Settings = map[string]string{"FEATURE": "declared"}
+	cfg.Slots[0].Sticky = map[string]string{"DB": "prod-db"}
+	e := testEngine(kv, &fakeLanes{versions: map[string]uint64{}})
+	boot := func() store.SlotSettings {
+		t.Helper()
+		_, err := e.bootstrap(context.Background(), cfg)
+		require.NoError(t, err)
+		st, err := e.store.LoadSlots("web", nil)
+		require.NoError(t, err)
+		return st.Slot("production").Values()
+	}
+	prod := boot()
+	assert.Equal(t, map[string]string{"FEATURE": "declared"}, prod.Settings)
+	assert.Equal(t, map[string]string{"DB": "prod-db"}, prod.Sticky)
+	assert.JSONEq(t, `{"settings": ["FEATURE"], "sticky": ["DB"]}`, kv.Value("slotd/sites/web/slots/production/seeded"))
+
+	// The operator unsets both (slotd settings … unset).
+	kv.Put("slotd/sites/web/slots/production/settings", `{}`)
+	kv.Put("slotd/sites/web/slots/production/sticky", `{}`)
+	before := kv.Index()
+	prod = boot()
+	assert.Empty(t, prod.Settings, "an unset swappable key stays unset")
+	assert.Empty(t, prod.Sticky, "an unset sticky key stays unset")
+	assert.Equal(t, before, kv.Index(), "nothing is written")
+
+	// A key newly declared is seeded; the unset ones stay unset.
+	cfg.Slots[0].Settings["NEW"] = "fresh"
+	prod = boot()
+	assert.Equal(t, map[string]string{"NEW": "fresh"}, prod.Settings)
+	assert.Empty(t, prod.Sticky)
+
+	// A swap moves the swappable documents, not the records: production now holds what
+	// staging's app had, and its own declarations, seeded once, are not seeded into it.
+	kv.Put("slotd/sites/web/slots/staging/settings", `{"NEW": "fresh"}`)
+	kv.Put("slotd/sites/web/slots/production/settings", `{"OTHER": "staging's"}`)
+	prod = boot()
+	assert.Equal(t, map[string]string{"OTHER": "staging's"}, prod.Settings)
+}
+
+// TestBootstrapSeedsAnUpgradedSiteOnce: a site whose slots have no seed record yet (bound by
+// an older slotd) is seeded where keys are absent, as before, once; then it has a record.
+func TestBootstrapSeedsAnUpgradedSiteOnce(t *testing.T) {
+	kv := storetest.New()
+	kvSlots(kv, false)
+	cfg := testSite()
+	cfg.Slots[0].Settings = map[string]string{"FEATURE": "declared", "MISSING": "declared"}
+	e := testEngine(kv, &fakeLanes{versions: map[string]uint64{}})
+	_, err := e.bootstrap(context.Background(), cfg)
+	require.NoError(t, err)
+	st, err := e.store.LoadSlots("web", nil)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"FEATURE": "prod-feature", "MISSING": "declared"}, st.Slot("production").Settings.Values)
+	assert.JSONEq(t, `{"settings": ["FEATURE", "MISSING"], "sticky": []}`, kv.Value("slotd/sites/web/slots/production/seeded"))
+	assert.JSONEq(t, `{"settings": [], "sticky": []}`, kv.Value("slotd/sites/web/slots/staging/seeded"))
+
+	kv.Put("slotd/sites/web/slots/production/settings", `{"FEATURE": "prod-feature"}`)
+	_, err = e.bootstrap(context.Background(), cfg)
+	require.NoError(t, err)
+	st, err = e.store.LoadSlots("web", nil)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"FEATURE": "prod-feature"}, st.Slot("production").Settings.Values, "unset after the upgrade: stays unset")
+}
