@@ -3,6 +3,7 @@ package config
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"unicode/utf8"
@@ -25,6 +26,22 @@ const (
 	MaxSettingsDocument = 128 << 10
 )
 
+// nomadInterpolation is what Nomad replaces in a task's env values (helper/args.ReplaceEnv of
+// Nomad 1.6, applied by client/taskenv to every env value): ${name}, with the value of the
+// task's variable or node attribute of that name, or kept as written when there is none. It has
+// no escape.
+var nomadInterpolation = regexp.MustCompile(`\$\{[a-zA-Z0-9_\-\.]+\}`)
+
+// NomadInterpolates reports whether Nomad could change value in a task's env: it holds a
+// ${name} form. Such a setting reaches the task through a template (jobspec.Render), whose
+// variables Nomad takes as they are.
+func NomadInterpolates(value string) bool { return nomadInterpolation.MatchString(value) }
+
+// maxEnvFileLine is the longest line Nomad reads from a template's env file (go-envparse reads
+// with a bufio.Scanner's default buffer): a setting delivered through one takes one line,
+// KEY="value" with the value escaped as a JSON string, at most 6 bytes for each of its bytes.
+const maxEnvFileLine = 64 << 10
+
 // CheckSettingValue says what is wrong with the value of setting key, or nil. The message
 // never holds the value: a sticky one is a secret.
 func CheckSettingValue(key, value string) error {
@@ -36,6 +53,9 @@ func CheckSettingValue(key, value string) error {
 			key, len(value), MaxSettingValue)
 	case !utf8.ValidString(value):
 		return fmt.Errorf("the value of setting %q is not valid UTF-8, which a settings document (JSON) cannot keep as it is; write it as text, such as base64", key)
+	case NomadInterpolates(value) && len(key)+3+6*len(value) >= maxEnvFileLine:
+		return fmt.Errorf("the value of setting %q holds ${…}, which Nomad would replace in a task's env, so it reaches the task through a template's env file, whose lines Nomad reads up to 64 KiB; keep such a value under %d bytes",
+			key, (maxEnvFileLine-3-len(key))/6)
 	}
 	return nil
 }

@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"maps"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -171,4 +173,62 @@ func withDeclaredSetting(cfg *config.Config, site, slot, key, value string) *con
 		next.Sites = append(next.Sites, &c)
 	}
 	return &next
+}
+
+// TestSettingValuesReachTheAppExactly: values that look like Nomad's interpolation (${…}), a
+// consul-template action ({{ … }}) or an HCL template (%{ … }) reach the app exactly as set,
+// swappable and sticky, also after a swap moves them; Nomad interpolates ${…} in a task's env,
+// so such values take another way into the task.
+func TestSettingValuesReachTheAppExactly(t *testing.T) {
+	stack := Shared(t)
+	values := map[string]string{
+		"ALLOC":  "${NOMAD_ALLOC_ID}",
+		"NODE":   "id=${node.unique.id} os=${attr.kernel.name}",
+		"OTHER":  "${FEATURE}/${SLOTD_SLOT}",
+		"ESC":    "$${NOMAD_TASK_NAME} and $NOMAD_TASK_NAME",
+		"UNSET":  "${NO_SUCH_VARIABLE}",
+		"TMPL":   `{{ env "HOME" }} %{ if true }x%{ endif } "quoted" 'single' \back\slash # not a comment`,
+		"LINES":  "one\ntwo\tthree\r\n{{",
+		"UTF":    "é 日本 ${NOMAD_JOB_NAME} \u2028",
+		"PLAIN":  "no interpolation here",
+		"EMPTY":  "",
+		"SPACES": "  ${NOMAD_DC}  ",
+	}
+	keys := slices.Sorted(maps.Keys(values))
+	site := newSite(func(s *siteSpec) {
+		s.vars = map[string]string{"show_env": "FEATURE,DB," + strings.Join(keys, ",")}
+	})
+	d := startDaemon(t, stack, site)
+	ctx := context.Background()
+	prod, staging := site.host("production"), site.host("staging")
+	for _, k := range keys {
+		// Swappable on staging, sticky on production.
+		require.NoError(t, d.client.SetSetting(ctx, site.name, "staging", k, values[k], false))
+		require.NoError(t, d.client.SetSetting(ctx, site.name, "production", k, "p"+values[k], true))
+	}
+	exactly := func(host, prefix string) {
+		t.Helper()
+		waitAnswers(t, stack, host, 3*time.Minute, host+" with every value exactly", func(a appAnswer) bool {
+			for _, k := range keys {
+				if a.Env[k] != prefix+values[k] {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	exactly(staging, "")
+	exactly(prod, "p")
+	waitIdle(t, d, site.name)
+
+	op := d.swap(site.name, "staging", "production")
+	require.Equal(t, api.StateSucceeded, op.State, op.Error)
+	// production's sticky values stay; staging keeps no swappable ones of its own now, and
+	// production's swappable ones are staging's.
+	exactly(prod, "p")
+	set, err := d.client.Settings(ctx, site.name, "production")
+	require.NoError(t, err)
+	for _, k := range keys {
+		assert.Equal(t, values[k], set.Settings[k], "production's swappable %s in KV after the swap", k)
+	}
 }

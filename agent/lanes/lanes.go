@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/http"
 	"os"
 	"strings"
@@ -79,7 +78,7 @@ func LaneEnv(job *nomadapi.Job, service string) map[string]string {
 	for _, g := range job.TaskGroups {
 		for _, svc := range serviceBlocks(g) {
 			if svc.Name == service && len(g.Tasks) > 0 {
-				return maps.Clone(g.Tasks[0].Env)
+				return jobspec.TaskEnv(g.Tasks[0])
 			}
 		}
 	}
