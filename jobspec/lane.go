@@ -103,6 +103,36 @@ func CheckLane(job *nomadapi.Job, file, service string) error {
 	return errors.Join(errs...)
 }
 
+// CheckRouteTags checks that the tags job gives site's service, which every lane carries, lead
+// to no one slot: none is a slot's name or one of its route tags. config checks the tags a job
+// file writes literally when it loads the declarations; this checks them as Nomad parsed them,
+// with a deploy's variables.
+func CheckRouteTags(job *nomadapi.Job, file string, site *config.Site) error {
+	// routes names the slot each name and route tag leads to, and how.
+	routes := map[string]string{}
+	for _, sl := range site.Slots {
+		routes[sl.Name] = fmt.Sprintf("the name of slot %q", sl.Name)
+		for _, l := range []struct {
+			attr string
+			tags []string
+		}{{"tags", sl.Tags}, {"preview_tags", sl.PreviewTags}, {"previous_tags", sl.PreviousTags}} {
+			for _, tag := range l.tags {
+				if _, ok := routes[tag]; !ok {
+					routes[tag] = fmt.Sprintf("in %s of slot %q", l.attr, sl.Name)
+				}
+			}
+		}
+	}
+	var errs []error
+	for _, tag := range ServiceTags(job, site.Service) {
+		if route, ok := routes[tag]; ok {
+			errs = append(errs, fmt.Errorf("%s: service %q has tag %q, %s: every lane carries the job's own tags, so each would serve that route; remove the tag from the job",
+				file, site.Service, tag, route))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Render returns a deep copy of base made into lane l:
 //   - ID and Name "<site>-<lane>";
 //   - the service named l.Service (in every group or task that registers it) gets its jobspec

@@ -7,6 +7,8 @@ import (
 	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/config"
 )
 
 func TestRender(t *testing.T) {
@@ -239,3 +241,33 @@ func TestRenderSettingsNomadWouldInterpolate(t *testing.T) {
 	}
 }
 
+// TestCheckRouteTags: a tag the job gives the site's service, as Nomad parsed it, that is a
+// slot's name or route tag is refused, naming it: every lane would carry it.
+func TestCheckRouteTags(t *testing.T) {
+	site := &config.Site{Name: "web", Service: "web", Slots: []*config.Slot{
+		{Name: "production", Tags: []string{"urlprefix-www/"}, PreviewTags: []string{"urlprefix-preview/"}},
+		{Name: "staging", PreviousTags: []string{"urlprefix-old/"}},
+	}}
+	cases := []struct {
+		name string
+		tags []string
+		want string // part of the error; "" for none
+	}{
+		{name: "tags of its own", tags: []string{"v1", "metrics"}},
+		{name: "a slot's route tag", tags: []string{"v1", "urlprefix-www/"}, want: `jobs/web.nomad.hcl: service "web" has tag "urlprefix-www/", in tags of slot "production"`},
+		{name: "a preview tag", tags: []string{"urlprefix-preview/"}, want: `in preview_tags of slot "production"`},
+		{name: "a previous tag", tags: []string{"urlprefix-old/"}, want: `in previous_tags of slot "staging"`},
+		{name: "a slot's name", tags: []string{"staging"}, want: `has tag "staging", the name of slot "staging": every lane carries`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			job := testJob(t, func(j *nomadapi.Job) { service(j).Tags = tc.tags })
+			err := CheckRouteTags(job, "jobs/web.nomad.hcl", site)
+			if tc.want == "" {
+				assert.NoError(t, err)
+				return
+			}
+			assert.ErrorContains(t, err, tc.want)
+		})
+	}
+}

@@ -107,7 +107,7 @@ func (l *Lanes) Check(cfg *config.Site, src Source) error {
 	if err != nil {
 		return err
 	}
-	return jobspec.CheckLane(base, cfg.Job, cfg.Service)
+	return errors.Join(jobspec.CheckLane(base, cfg.Job, cfg.Service), jobspec.CheckRouteTags(base, cfg.Job, cfg))
 }
 
 // State is what a lane should run: which slot it believes it serves (SLOTD_SLOT), the
