@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
-	"slices"
 	"strings"
 	"unicode/utf8"
 )
@@ -63,12 +62,7 @@ func CheckSettingValue(key, value string) error {
 // CheckSettings checks one settings document of kind ("settings" or "sticky"): every value,
 // then the size of the document KV would hold. It returns the first problem, by key order.
 func CheckSettings(kind string, values map[string]string) error {
-	keys := make([]string, 0, len(values))
-	for k := range values {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
+	for _, k := range sortedKeys(values) {
 		if err := CheckSettingValue(k, values[k]); err != nil {
 			return err
 		}

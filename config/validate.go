@@ -241,11 +241,11 @@ func (b *builder) validateSlot(sl *Slot) {
 		b.errorf(b.src.labelRange(sl.Range), "Invalid slot name",
 			"Slot name %q is not a DNS label: %s. It becomes a Consul tag and DNS name.", sl.Name, labelRule)
 	}
-	for _, attr := range routeTagLists(sl) {
-		for i, tag := range attr.tags {
+	for _, attr := range sl.RouteTagLists() {
+		for i, tag := range attr.Tags {
 			if strings.TrimSpace(tag) == "" {
-				b.errorf(b.src.itemRange(sl.Range, attr.name, i), "Empty tag",
-					"%s holds an empty tag; remove it.", attr.name)
+				b.errorf(b.src.itemRange(sl.Range, attr.Attr, i), "Empty tag",
+					"%s holds an empty tag; remove it.", attr.Attr)
 			}
 		}
 	}
@@ -261,17 +261,6 @@ func (b *builder) validateSlot(sl *Slot) {
 				key, sl.Name)
 		}
 	}
-}
-
-// tagList is one of a slot's lists of route tags.
-type tagList struct {
-	name string
-	tags []string
-}
-
-// routeTagLists are the lists of route tags a slot declares.
-func routeTagLists(sl *Slot) []tagList {
-	return []tagList{{"tags", sl.Tags}, {"preview_tags", sl.PreviewTags}, {"previous_tags", sl.PreviousTags}}
 }
 
 // validateRouteTags checks that every route tag leads to one slot. A lane carries its slot's
@@ -301,12 +290,12 @@ func (b *builder) validateRouteTags(s *Site) {
 				"The job file tags service %q with %q at %s, the name of slot %q: every lane would carry it and serve that slot's route; remove the tag from the job file.",
 				s.Service, sl.Name, position(jt), sl.Name)
 		}
-		for _, list := range routeTagLists(sl) {
-			for i, tag := range list.tags {
+		for _, list := range sl.RouteTagLists() {
+			for i, tag := range list.Tags {
 				if strings.TrimSpace(tag) == "" {
 					continue
 				}
-				at := b.src.itemRange(sl.Range, list.name, i)
+				at := b.src.itemRange(sl.Range, list.Attr, i)
 				other, named := byName[tag]
 				prev, taken := first[tag]
 				jt, inJob := jobTags[tag]
@@ -314,15 +303,15 @@ func (b *builder) validateRouteTags(s *Site) {
 				case named && other != sl:
 					b.errorf(at, "Route tag names another slot",
 						"%s of slot %q holds %q, the name of slot %q: its lane would serve that slot's route; remove the tag.",
-						list.name, sl.Name, tag, tag)
+						list.Attr, sl.Name, tag, tag)
 				case taken && prev.slot != sl:
 					b.errorf(at, "Shared route tag",
 						"%s of slot %q holds %q, which slot %q declares too (at %s): a route tag leads to one slot; remove it from one of them.",
-						list.name, sl.Name, tag, prev.slot.Name, position(prev.at))
+						list.Attr, sl.Name, tag, prev.slot.Name, position(prev.at))
 				case inJob:
 					b.errorf(at, "Route tag in the jobspec's tags",
 						"%s of slot %q holds %q, which the job file gives service %q at %s: every lane carries it, so it would route to all of them; remove it from one of them.",
-						list.name, sl.Name, tag, s.Service, position(jt))
+						list.Attr, sl.Name, tag, s.Service, position(jt))
 				}
 				if !taken {
 					first[tag] = declared{sl, at}

@@ -112,13 +112,10 @@ func CheckRouteTags(job *nomadapi.Job, file string, site *config.Site) error {
 	routes := map[string]string{}
 	for _, sl := range site.Slots {
 		routes[sl.Name] = fmt.Sprintf("the name of slot %q", sl.Name)
-		for _, l := range []struct {
-			attr string
-			tags []string
-		}{{"tags", sl.Tags}, {"preview_tags", sl.PreviewTags}, {"previous_tags", sl.PreviousTags}} {
-			for _, tag := range l.tags {
+		for _, l := range sl.RouteTagLists() {
+			for _, tag := range l.Tags {
 				if _, ok := routes[tag]; !ok {
-					routes[tag] = fmt.Sprintf("in %s of slot %q", l.attr, sl.Name)
+					routes[tag] = fmt.Sprintf("in %s of slot %q", l.Attr, sl.Name)
 				}
 			}
 		}
