@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -231,4 +232,55 @@ func TestSettingValuesReachTheAppExactly(t *testing.T) {
 	for _, k := range keys {
 		assert.Equal(t, values[k], set.Settings[k], "production's swappable %s in KV after the swap", k)
 	}
+}
+
+// TestKVEditOverTheLimitsRefused: a settings document edited in the Consul UI with a value a
+// task cannot carry, or larger than a swap can exchange, is refused with an error that names
+// its key and the limit, and nothing is rolled out until it is fixed.
+func TestKVEditOverTheLimitsRefused(t *testing.T) {
+	stack := Shared(t)
+	site := newSite()
+	d := startDaemon(t, stack, site)
+	ctx := context.Background()
+	prod := site.host("production")
+	lane := d.laneJobs(site.name)["production"]
+	serves := func(db string) {
+		t.Helper()
+		waitAnswers(t, stack, prod, 2*time.Minute, "production with DB="+db, func(a appAnswer) bool {
+			return a.Lane == lane && a.Env["DB"] == db
+		})
+	}
+	serves("prod-db")
+	key := site.kvPrefix() + "/sites/" + site.name + "/slots/production/sticky"
+	put := func(doc string) {
+		t.Helper()
+		_, err := stack.Consul.KV().Put(&consulapi.KVPair{Key: key, Value: []byte(doc)}, nil)
+		require.NoError(t, err, "write %s", key)
+	}
+	big := strings.Repeat("x", 50000)
+	for _, tc := range []struct{ name, doc, want string }{
+		{"a NUL byte", `{"DB": "edited\u0000"}`, `the value of setting "DB" holds a NUL byte`},
+		{"a document over 128 KiB", `{"DB": "edited", "A": "` + big + `", "B": "` + big + `", "C": "` + big + `"}`,
+			"over the limit of 131072 bytes (128 KiB)"},
+	} {
+		put(tc.doc)
+		WaitFor(t, time.Minute, tc.name+": the settings refused, naming the key", func() (bool, string) {
+			_, err := d.client.Settings(ctx, site.name, "production")
+			if err == nil {
+				return false, "the settings are read without an error"
+			}
+			return strings.Contains(err.Error(), key) && strings.Contains(err.Error(), tc.want), err.Error()
+		})
+		// The lane keeps what it ran: sampled for a while, as nothing tells of a rollout that
+		// does not happen.
+		for range 10 {
+			status, ans, err := get(ctx, stack, prod)
+			require.NoError(t, err)
+			require.Equal(t, 200, status)
+			require.Equal(t, "prod-db", ans.Env["DB"], "%s: nothing is rolled out", tc.name)
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	put(`{"DB": "fixed"}`)
+	serves("fixed")
 }
