@@ -90,6 +90,40 @@ func TestOpenAPIRefused(t *testing.T) {
 	}
 }
 
+// TestValidateRefusesSharedRouteTags: slotd validate names a route tag that would lead to two
+// slots: one the job file gives every lane, one another slot declares, or another slot's name.
+func TestValidateRefusesSharedRouteTags(t *testing.T) {
+	dir := t.TempDir()
+	job := `job "web" {
+  group "app" {
+    service {
+      name = "web"
+      tags = ["urlprefix-www.example.com/"]
+    }
+  }
+}
+`
+	slots := `site "web" {
+  job     = "web.nomad.hcl"
+  service = "web"
+  slot "production" { tags = ["urlprefix-www.example.com/"] }
+  slot "staging" { tags = ["urlprefix-staging.example.com/", "production"] }
+  slot "qa" { preview_tags = ["urlprefix-staging.example.com/"] }
+}
+`
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "web.nomad.hcl"), []byte(job), 0o600))
+	path := filepath.Join(dir, "slots.hcl")
+	require.NoError(t, os.WriteFile(path, []byte(slots), 0o600))
+	r := run(t, "", "validate", path)
+	assert.Equal(t, 1, r.code)
+	assert.Empty(t, r.stdout)
+	assert.Equal(t, path+`:4:31: Route tag in the jobspec's tags; tags of slot "production" holds "urlprefix-www.example.com/", which the job file gives service "web" at `+
+		filepath.Join(dir, "web.nomad.hcl")+`:5:15: every lane carries it, so it would route to all of them; remove it from one of them.
+`+path+`:5:62: Route tag names another slot; tags of slot "staging" holds "production", the name of slot "production": its lane would serve that slot's route; remove the tag.
+`+path+`:6:31: Shared route tag; preview_tags of slot "qa" holds "urlprefix-staging.example.com/", which slot "staging" declares too (at `+path+`:5:28): a route tag leads to one slot; remove it from one of them.
+`, r.stderr)
+}
+
 // fakeDaemon records what the agent command does with it.
 type fakeDaemon struct {
 	started chan struct{}

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
 )
 
 func TestUsage(t *testing.T) {
@@ -417,6 +418,14 @@ func TestErrors(t *testing.T) {
 		r := run(t, "http://127.0.0.1:1", "status", "-address", "ftp://x")
 		assert.Equal(t, 1, r.code)
 		assert.Contains(t, r.stderr, "scheme must be http or https")
+	})
+	t.Run("a setting value the agent would refuse", func(t *testing.T) {
+		f := newFakeAPI(t)
+		f.reply("PUT /v1/sites/{site}/slots/{slot}/settings/{key}", 204, nil)
+		r := run(t, f.srv.URL, "settings", "web", "staging", "set", "BIG="+strings.Repeat("x", config.MaxSettingValue+1))
+		assert.Equal(t, 1, r.code)
+		assert.Equal(t, "error: the value of setting \"BIG\" is 65537 bytes, over the limit of 65536 bytes (64 KiB) for one value; keep larger data in a file or a store the app reads\n", r.stderr)
+		assert.Empty(t, f.requests(), "nothing is sent")
 	})
 	t.Run("complete without a running operation", func(t *testing.T) {
 		f := newFakeAPI(t)

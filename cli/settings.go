@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/slotd/slotd/config"
 )
 
 func settingsCommand() *command {
@@ -51,6 +53,9 @@ func runSettings(e *env, cmd *command, args []string) int {
 		key, value, found = strings.Cut(pos[3], "=")
 		if !found || key == "" {
 			return e.usageError(cmd, "set wants KEY=VALUE, KEY=@FILE or KEY=-, got %q", pos[3])
+		}
+		if err := config.CheckSettingValue(key, value); err != nil {
+			return e.fail(err)
 		}
 		action = "set"
 	case len(pos) == 4 && pos[2] == "unset":

@@ -218,6 +218,18 @@ type Slot struct {
 	Range hcl.Range `hcl:",def_range"`
 }
 
+// TagList is one of a slot's lists of route tags: Attr names it as slots.hcl writes it.
+type TagList struct {
+	Attr string
+	Tags []string
+}
+
+// RouteTagLists are the lists of route tags the slot declares: tags, preview_tags and
+// previous_tags.
+func (sl *Slot) RouteTagLists() []TagList {
+	return []TagList{{"tags", sl.Tags}, {"preview_tags", sl.PreviewTags}, {"previous_tags", sl.PreviousTags}}
+}
+
 // ScaleDeclared reports whether the slot's scale is declared in HCL (counts or "live"): such a
 // scale is changed in the declarations, not through the API.
 func (sl *Slot) ScaleDeclared() bool { return sl.Scale != nil || sl.ScaleLive }

@@ -107,7 +107,7 @@ func configFiles(path string) ([]string, error) {
 	return names, nil
 }
 
-// readDeclarations reads the file at name, or as much of it as shows that it is over
+// readDeclarations reads the file at name (declarations, or a jobspec), or as much of it as shows that it is over
 // maxFileSize: parseFile rejects it then, and reading the rest would be wasted.
 func readDeclarations(name string) ([]byte, error) {
 	f, err := os.Open(name)

@@ -214,6 +214,7 @@ func (b *builder) validateSite(s *Site) {
 		seen[sl.Name] = sl
 	}
 	b.validateAutoSwap(s)
+	b.validateRouteTags(s)
 }
 
 // validateSensitiveVars checks that sensitive_vars lists job variable names, each once.
@@ -276,25 +277,82 @@ func (b *builder) validateSlot(sl *Slot) {
 		b.errorf(b.src.labelRange(sl.Range), "Invalid slot name",
 			"Slot name %q is not a DNS label: %s. It becomes a Consul tag and DNS name.", sl.Name, labelRule)
 	}
-	for _, attr := range []struct {
-		name string
-		tags []string
-	}{{"tags", sl.Tags}, {"preview_tags", sl.PreviewTags}, {"previous_tags", sl.PreviousTags}} {
-		for i, tag := range attr.tags {
+	for _, attr := range sl.RouteTagLists() {
+		for i, tag := range attr.Tags {
 			if strings.TrimSpace(tag) == "" {
-				b.errorf(b.src.itemRange(sl.Range, attr.name, i), "Empty tag",
-					"%s holds an empty tag; remove it.", attr.name)
+				b.errorf(b.src.itemRange(sl.Range, attr.Attr, i), "Empty tag",
+					"%s holds an empty tag; remove it.", attr.Attr)
 			}
 		}
 	}
 	b.settingNames(sl, "settings", sl.Settings)
 	b.settingNames(sl, "sticky", sl.Sticky)
+	b.settingValues(sl, "settings", sl.Settings)
+	b.settingValues(sl, "sticky", sl.Sticky)
 	b.validateScale(sl)
 	for _, key := range sortedKeys(sl.Sticky) {
 		if _, ok := sl.Settings[key]; ok {
 			b.errorf(b.src.keyRange(sl.Range, "sticky", key), "Setting both swappable and sticky",
 				"Setting %q of slot %q is in both settings and sticky; keep it in one: sticky stays with the slot, settings move with the app on a swap.",
 				key, sl.Name)
+		}
+	}
+}
+
+// validateRouteTags checks that every route tag leads to one slot. A lane carries its slot's
+// name and tags as Consul tags, and every lane carries the tags of the jobspec's service: a tag
+// that two slots declare, that names another slot, or that the jobspec gives every lane routes
+// one slot's traffic to another's lane (staging declaring production's host serves staging's
+// secrets under production's name).
+func (b *builder) validateRouteTags(s *Site) {
+	byName := map[string]*Slot{}
+	for _, sl := range s.Slots {
+		if _, ok := byName[sl.Name]; !ok {
+			byName[sl.Name] = sl
+		}
+	}
+	jobTags := jobServiceTags(s)
+	type declared struct {
+		slot *Slot
+		at   hcl.Range
+	}
+	first := map[string]declared{}
+	for _, sl := range s.Slots {
+		if byName[sl.Name] != sl {
+			continue // a duplicate slot, reported as such
+		}
+		if jt, ok := jobTags[sl.Name]; ok {
+			b.errorf(b.src.labelRange(sl.Range), "Slot name in the jobspec's tags",
+				"The job file tags service %q with %q at %s, the name of slot %q: every lane would carry it and serve that slot's route; remove the tag from the job file.",
+				s.Service, sl.Name, position(jt), sl.Name)
+		}
+		for _, list := range sl.RouteTagLists() {
+			for i, tag := range list.Tags {
+				if strings.TrimSpace(tag) == "" {
+					continue
+				}
+				at := b.src.itemRange(sl.Range, list.Attr, i)
+				other, named := byName[tag]
+				prev, taken := first[tag]
+				jt, inJob := jobTags[tag]
+				switch {
+				case named && other != sl:
+					b.errorf(at, "Route tag names another slot",
+						"%s of slot %q holds %q, the name of slot %q: its lane would serve that slot's route; remove the tag.",
+						list.Attr, sl.Name, tag, tag)
+				case taken && prev.slot != sl:
+					b.errorf(at, "Shared route tag",
+						"%s of slot %q holds %q, which slot %q declares too (at %s): a route tag leads to one slot; remove it from one of them.",
+						list.Attr, sl.Name, tag, prev.slot.Name, position(prev.at))
+				case inJob:
+					b.errorf(at, "Route tag in the jobspec's tags",
+						"%s of slot %q holds %q, which the job file gives service %q at %s: every lane carries it, so it would route to all of them; remove it from one of them.",
+						list.Attr, sl.Name, tag, s.Service, position(jt))
+				}
+				if !taken {
+					first[tag] = declared{sl, at}
+				}
+			}
 		}
 	}
 }
@@ -378,6 +436,25 @@ func (b *builder) settingNames(sl *Slot, attr string, settings map[string]string
 			b.errorf(at, "Reserved setting name",
 				"Setting name %q in %s starts with %s, which slotd reserves for SLOTD_SITE, SLOTD_SLOT and SLOTD_LANE; rename it.",
 				key, attr, reservedPrefix)
+		}
+	}
+}
+
+// settingValues checks the values of one settings map (attr is settings or sticky) and the size
+// of the document they are seeded into, as the API and KV check them; the size only once the
+// names and values are right, which are the problems to fix first.
+func (b *builder) settingValues(sl *Slot, attr string, settings map[string]string) {
+	bad := false
+	for _, key := range sortedKeys(settings) {
+		bad = bad || !envName.MatchString(key)
+		if err := CheckSettingValue(key, settings[key]); err != nil {
+			b.errorf(b.src.keyRange(sl.Range, attr, key), "Invalid setting value", "%s of slot %q: %v.", attr, sl.Name, err)
+			bad = true
+		}
+	}
+	if !bad {
+		if err := CheckSettings(attr, settings); err != nil {
+			b.errorf(b.src.attrRange(sl.Range, attr), "Settings too large", "%s of slot %q: %v.", attr, sl.Name, err)
 		}
 	}
 }

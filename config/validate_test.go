@@ -52,6 +52,32 @@ var caseFiles = map[string]string{
 	"jobs/x":      "",
 	"cert.pem":    "",
 	"key.pem":     "",
+	"tagged.nomad.hcl": `job "web" {
+  group "app" {
+    service {
+      name = "web"
+      tags = ["edge", "qa", "${NOMAD_ALLOC_ID}", var.tag]
+    }
+    task "server" {
+      service {
+        name = "web"
+        tags = ["from-task"]
+      }
+    }
+  }
+  group "other" {
+    service {
+      name = "api"
+      tags = ["api-only"]
+    }
+  }
+}
+`,
+}
+
+// taggedJob is a declarations file of site "web" whose job is tagged.nomad.hcl.
+func taggedJob(d decl) string {
+	return strings.Replace(d.String(), `job     = "job.nomad.hcl"`, `job     = "tagged.nomad.hcl"`, 1)
 }
 
 // TestRules has one case per rule: a file with exactly one mistake gets exactly one problem, on
@@ -166,6 +192,13 @@ func TestRules(t *testing.T) {
 			src:     decl{prod: "    settings = { DB = \"x\" }\n    sticky = { DB = \"y\" } " + marker}.String(),
 			summary: "Setting both swappable and sticky", detail: `"DB" of slot "production"`,
 		},
+		{name: "settings value with a NUL byte", src: decl{prod: `    settings = { A = "x", B = "x\u0000y" } ` + marker}.String(), summary: "Invalid setting value", detail: `settings of slot "production": the value of setting "B" holds a NUL byte`, col: 27},
+		{name: "sticky value too long", src: decl{prod: `    sticky = { BIG = "` + strings.Repeat("x", MaxSettingValue+1) + `" } ` + marker}.String(), summary: "Invalid setting value", detail: "over the limit of 65536 bytes (64 KiB)"},
+		{
+			name:    "settings document too large",
+			src:     decl{staging: "    settings = { " + marker + "\n      A = \"" + strings.Repeat("a", 50000) + "\"\n      B = \"" + strings.Repeat("b", 50000) + "\"\n      C = \"" + strings.Repeat("c", 50000) + "\"\n    }"}.String(),
+			summary: "Settings too large", detail: "the settings document of 3 settings is 150035 bytes, over the limit of 131072 bytes",
+		},
 		{name: "settings key twice", src: decl{prod: `    settings = { A = "x", A = "y" } ` + marker}.String(), summary: "Duplicate key", col: 27},
 		{name: "vars key twice", src: decl{site: `  vars = { a = "x", "a" = "y" } ` + marker}.String(), summary: "Duplicate key"},
 
@@ -219,6 +252,41 @@ func TestRules(t *testing.T) {
 		// Tags.
 		{name: "tag empty", src: decl{prod: `    tags = ["a", ""] ` + marker}.String(), summary: "Empty tag", detail: "tags holds", col: 18},
 		{name: "preview tag blank", src: decl{prod: `    preview_tags = [" "] ` + marker}.String(), summary: "Empty tag", detail: "preview_tags holds"},
+		{
+			name:    "tag shared by two slots",
+			src:     decl{prod: `    tags = ["www.example.com"]`, staging: `    tags = ["a", "www.example.com"] ` + marker}.String(),
+			summary: "Shared route tag", detail: `tags of slot "staging" holds "www.example.com", which slot "production" declares too (at $DIR/slots.hcl:`, col: 18,
+		},
+		{
+			name:    "preview tag shared with a previous tag",
+			src:     decl{prod: `    previous_tags = ["old"]`, staging: `    preview_tags = ["old"] ` + marker}.String(),
+			summary: "Shared route tag", detail: `preview_tags of slot "staging" holds "old"`,
+		},
+		{
+			name:    "tag names another slot",
+			src:     decl{staging: `    tags = ["production"] ` + marker}.String(),
+			summary: "Route tag names another slot", detail: `tags of slot "staging" holds "production", the name of slot "production"`,
+		},
+		{
+			name:    "preview tag names another slot",
+			src:     decl{site: `  slot "qa" { preview_tags = ["staging"] } ` + marker}.String(),
+			summary: "Route tag names another slot",
+		},
+		{
+			name:    "tag in the jobspec's service tags",
+			src:     taggedJob(decl{prod: `    tags = ["edge"] ` + marker}),
+			summary: "Route tag in the jobspec's tags", detail: `which the job file gives service "web" at $DIR/tagged.nomad.hcl:5:15`,
+		},
+		{
+			name:    "tag in a task service's tags",
+			src:     taggedJob(decl{staging: `    previous_tags = ["from-task"] ` + marker}),
+			summary: "Route tag in the jobspec's tags", detail: `tagged.nomad.hcl:10:17`,
+		},
+		{
+			name:    "slot name in the jobspec's service tags",
+			src:     taggedJob(decl{site: `  slot "qa" {} ` + marker}),
+			summary: "Slot name in the jobspec's tags", detail: `with "qa" at $DIR/tagged.nomad.hcl:5:23, the name of slot "qa"`, col: 8,
+		},
 
 		// The daemon's own settings.
 		{name: "log_level", src: decl{daemon: `log_level = "verbose" ` + marker}.String(), summary: "Invalid log_level", detail: "trace, debug, info, warn, error"},
@@ -316,6 +384,11 @@ func TestValidEdges(t *testing.T) {
 		{name: "no sites at all", src: `log_level = "warn"`},
 		{name: "scale counts and live", src: decl{prod: `    scale = { app = 10, worker = 0 }`, staging: `    scale = "live"`}.String()},
 		{name: "history_limit one", src: decl{daemon: `history_limit = 1`, site: `  history_limit = 1`}.String()},
+		{name: "a slot's own name among its tags", src: decl{prod: `    tags = ["production", "www"]`, staging: `    tags = ["staging"]`}.String()},
+		{name: "one tag in a slot's own lists", src: decl{prod: `    tags = ["www"]` + "\n" + `    previous_tags = ["www"]`}.String()},
+		{name: "tags of another service in the jobspec", src: taggedJob(decl{prod: `    tags = ["api-only"]`})},
+		{name: "tags the jobspec computes", src: taggedJob(decl{prod: `    tags = ["$${NOMAD_ALLOC_ID}"]`})},
+		{name: "a jobspec that does not parse", src: strings.Replace(decl{prod: `    tags = ["edge"]`}.String(), `job     = "job.nomad.hcl"`, `job     = "token"`, 1)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/slotd/slotd/config"
 )
 
 // The env vars Render gives every task: which site, slot and lane it runs as.
@@ -24,6 +26,10 @@ const (
 	MetaSite = "slotd_site"
 	MetaLane = "slotd_lane"
 )
+
+// SettingsFile is where, in each task's folder, Render has Nomad write the settings that must
+// not reach the task through its env (see Render), as a template with env = true.
+const SettingsFile = "local/slotd-settings.env"
 
 // Lane is everything that makes a lane's job differ from the parsed jobspec.
 type Lane struct {
@@ -97,12 +103,42 @@ func CheckLane(job *nomadapi.Job, file, service string) error {
 	return errors.Join(errs...)
 }
 
+// CheckRouteTags checks that the tags job gives site's service, which every lane carries, lead
+// to no one slot: none is a slot's name or one of its route tags. config checks the tags a job
+// file writes literally when it loads the declarations; this checks them as Nomad parsed them,
+// with a deploy's variables.
+func CheckRouteTags(job *nomadapi.Job, file string, site *config.Site) error {
+	// routes names the slot each name and route tag leads to, and how.
+	routes := map[string]string{}
+	for _, sl := range site.Slots {
+		routes[sl.Name] = fmt.Sprintf("the name of slot %q", sl.Name)
+		for _, l := range sl.RouteTagLists() {
+			for _, tag := range l.Tags {
+				if _, ok := routes[tag]; !ok {
+					routes[tag] = fmt.Sprintf("in %s of slot %q", l.Attr, sl.Name)
+				}
+			}
+		}
+	}
+	var errs []error
+	for _, tag := range ServiceTags(job, site.Service) {
+		if route, ok := routes[tag]; ok {
+			errs = append(errs, fmt.Errorf("%s: service %q has tag %q, %s: every lane carries the job's own tags, so each would serve that route; remove the tag from the job",
+				file, site.Service, tag, route))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Render returns a deep copy of base made into lane l:
 //   - ID and Name "<site>-<lane>";
 //   - the service named l.Service (in every group or task that registers it) gets its jobspec
 //     tags followed by l.SlotTags, without duplicates or empty tags; its checks are left alone;
 //   - every task's Env gains l.Env and SLOTD_SITE, SLOTD_SLOT, SLOTD_LANE, which override the
-//     same keys from the jobspec;
+//     same keys from the jobspec; but a setting whose value Nomad would interpolate in Env
+//     (config.NomadInterpolates: it holds ${name}, which Nomad replaces with no escape) goes
+//     into a template instead, rendered to SettingsFile with env = true: Nomad takes a
+//     template's variables as they are, so the task gets the value exactly as set;
 //   - job Meta gains slotd_site and slotd_lane.
 //
 // Render is pure: the same inputs give deeply equal jobs, and base is never modified.
@@ -116,6 +152,13 @@ func Render(base *nomadapi.Job, l Lane) *nomadapi.Job {
 	env := maps.Clone(l.Env)
 	if env == nil {
 		env = make(map[string]string, 3)
+	}
+	literal := map[string]string{}
+	for k, v := range env {
+		if config.NomadInterpolates(v) {
+			literal[k] = v
+			delete(env, k)
+		}
 	}
 	env[EnvSite] = l.Site
 	env[EnvSlot] = l.Slot
@@ -132,6 +175,12 @@ func Render(base *nomadapi.Job, l Lane) *nomadapi.Job {
 				t.Env = make(map[string]string, len(env))
 			}
 			maps.Copy(t.Env, env)
+			if len(literal) > 0 {
+				for k := range literal {
+					delete(t.Env, k)
+				}
+				t.Templates = append(t.Templates, settingsTemplate(literal))
+			}
 		}
 	}
 
@@ -141,6 +190,43 @@ func Render(base *nomadapi.Job, l Lane) *nomadapi.Job {
 	job.Meta[MetaSite] = l.Site
 	job.Meta[MetaLane] = l.Lane
 	return job
+}
+
+// settingsTemplate delivers vars to a task as a template with env = true. Each is one line of
+// the env file, KEY="value" with the value a JSON string, which Nomad's env file parser
+// (go-envparse) reads back exactly, and with every '{' escaped so that no part of a value is
+// ever a template action for consul-template, which renders the file.
+func settingsTemplate(vars map[string]string) *nomadapi.Template {
+	var b strings.Builder
+	for _, k := range sortedKeys(vars) {
+		q, _ := json.Marshal(vars[k])
+		fmt.Fprintf(&b, "%s=%s\n", k, strings.ReplaceAll(string(q), "{", `\u007b`))
+	}
+	t := &nomadapi.Template{DestPath: new(SettingsFile), EmbeddedTmpl: new(b.String()), Envvars: new(true)}
+	t.Canonicalize()
+	return t
+}
+
+// TaskEnv is the environment Render gave task: its Env and the settings of its SettingsFile
+// template.
+func TaskEnv(task *nomadapi.Task) map[string]string {
+	env := maps.Clone(task.Env)
+	if env == nil {
+		env = map[string]string{}
+	}
+	for _, t := range task.Templates {
+		if t == nil || deref(t.DestPath, "") != SettingsFile || !deref(t.Envvars, false) {
+			continue
+		}
+		for _, line := range strings.Split(deref(t.EmbeddedTmpl, ""), "\n") {
+			k, q, ok := strings.Cut(line, "=")
+			var v string
+			if ok && json.Unmarshal([]byte(q), &v) == nil {
+				env[k] = v
+			}
+		}
+	}
+	return env
 }
 
 // ServiceTags returns the tags of the named service in job: those of the first group that

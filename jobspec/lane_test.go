@@ -1,11 +1,14 @@
 package jobspec
 
 import (
+	"strings"
 	"testing"
 
 	nomadapi "github.com/hashicorp/nomad/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/slotd/slotd/config"
 )
 
 func TestRender(t *testing.T) {
@@ -182,4 +185,89 @@ func TestServiceTags(t *testing.T) {
 	tags := ServiceTags(job, "web")
 	tags[0] = "changed"
 	assert.Equal(t, []string{"v1"}, service(job).Tags, "the result is a copy")
+}
+
+// TestRenderSettingsNomadWouldInterpolate: a setting whose value holds ${name} reaches the task
+// through the SettingsFile template, not Env (where Nomad would replace it); every other
+// setting stays in Env; TaskEnv gives back every value exactly.
+func TestRenderSettingsNomadWouldInterpolate(t *testing.T) {
+	cases := []struct {
+		name    string
+		value   string
+		literal bool // delivered through the template
+	}{
+		{name: "plain", value: "postgres://db/app"},
+		{name: "empty", value: ""},
+		{name: "a dollar without braces", value: "$NOMAD_ALLOC_ID and $$"},
+		{name: "braces that Nomad does not match", value: "${} ${a b} ${", literal: false},
+		{name: "a consul-template action in env", value: `{{ env "HOME" }}`},
+		{name: "an alloc variable", value: "${NOMAD_ALLOC_ID}", literal: true},
+		{name: "a node attribute", value: "x-${attr.kernel.name}-y", literal: true},
+		{name: "an HCL escape", value: "$${NOMAD_TASK_NAME}", literal: true},
+		{name: "another setting", value: "${FEATURE_X}", literal: true},
+		{name: "an unknown variable", value: "${NO_SUCH}", literal: true},
+		{name: "quotes, backslashes, a hash", value: `${A} "q" 'single' \n\\ # not a comment`, literal: true},
+		{name: "control characters", value: "${A}\none\ttwo\r\x01", literal: true},
+		{name: "template actions", value: "${A} {{ env \"HOME\" }} {{- x -}} }} {", literal: true},
+		{name: "unicode", value: "${A} é 日本 \u2028 😀 <&>", literal: true},
+		{name: "spaces at the ends", value: "  ${A}  ", literal: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			l := stagingLane()
+			l.Env["VALUE"] = tc.value
+			job := Render(testJob(t, func(j *nomadapi.Job) { task(j).Env["VALUE"] = "from-jobspec" }), l)
+			tk := task(job)
+			assert.Equal(t, "on", tk.Env["FEATURE_X"], "other settings stay in env")
+			if !tc.literal {
+				assert.Equal(t, tc.value, tk.Env["VALUE"])
+				assert.Empty(t, tk.Templates)
+			} else {
+				assert.NotContains(t, tk.Env, "VALUE", "nothing for Nomad to interpolate, and the jobspec's value is overridden")
+				require.Len(t, tk.Templates, 1)
+				tmpl := tk.Templates[0]
+				assert.Equal(t, SettingsFile, *tmpl.DestPath)
+				assert.True(t, *tmpl.Envvars)
+				data := *tmpl.EmbeddedTmpl
+				assert.NotContains(t, data, "{", "no template action for consul-template")
+				assert.Len(t, strings.Split(strings.TrimSuffix(data, "\n"), "\n"), 1, "one line a setting")
+				for _, c := range data[:len(data)-1] {
+					assert.GreaterOrEqual(t, c, ' ', "no control character in the env file, which Nomad's parser refuses")
+				}
+			}
+			assert.Equal(t, tc.value, TaskEnv(tk)["VALUE"], "TaskEnv gives back the value as set")
+			assert.Equal(t, "staging", TaskEnv(tk)[EnvSlot])
+		})
+	}
+}
+
+// TestCheckRouteTags: a tag the job gives the site's service, as Nomad parsed it, that is a
+// slot's name or route tag is refused, naming it: every lane would carry it.
+func TestCheckRouteTags(t *testing.T) {
+	site := &config.Site{Name: "web", Service: "web", Slots: []*config.Slot{
+		{Name: "production", Tags: []string{"urlprefix-www/"}, PreviewTags: []string{"urlprefix-preview/"}},
+		{Name: "staging", PreviousTags: []string{"urlprefix-old/"}},
+	}}
+	cases := []struct {
+		name string
+		tags []string
+		want string // part of the error; "" for none
+	}{
+		{name: "tags of its own", tags: []string{"v1", "metrics"}},
+		{name: "a slot's route tag", tags: []string{"v1", "urlprefix-www/"}, want: `jobs/web.nomad.hcl: service "web" has tag "urlprefix-www/", in tags of slot "production"`},
+		{name: "a preview tag", tags: []string{"urlprefix-preview/"}, want: `in preview_tags of slot "production"`},
+		{name: "a previous tag", tags: []string{"urlprefix-old/"}, want: `in previous_tags of slot "staging"`},
+		{name: "a slot's name", tags: []string{"staging"}, want: `has tag "staging", the name of slot "staging": every lane carries`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			job := testJob(t, func(j *nomadapi.Job) { service(j).Tags = tc.tags })
+			err := CheckRouteTags(job, "jobs/web.nomad.hcl", site)
+			if tc.want == "" {
+				assert.NoError(t, err)
+				return
+			}
+			assert.ErrorContains(t, err, tc.want)
+		})
+	}
 }

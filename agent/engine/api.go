@@ -207,6 +207,11 @@ func (e *Engine) changeSetting(name, slot string, change func(*store.SlotState) 
 		edit.Settings.Values, edit.Sticky.Values = ss.Values().Settings, ss.Values().Sticky
 		var ops consulapi.KVTxnOps
 		for kind, values := range change(edit) {
+			// Checked here, before anything is written: a document that KV would hold but a
+			// swap could not exchange must not be found at the switch.
+			if err := config.CheckSettings(kind, values); err != nil {
+				return api.Settings{}, fmt.Errorf("%w: slot %s: %v", store.ErrBadRequest, slot, err)
+			}
 			ops = append(ops, e.store.DocOps(name, slot, kind, old[kind], values)...)
 		}
 		_, err = e.store.Txn(ops)

@@ -24,7 +24,7 @@ import (
 // how a site is brought up in KV, how its lanes are compared with KV, and how they converge.
 
 // bootstrap brings a site's KV to its declared shape: every slot bound to a lane, declared
-// settings seeded where absent, settings of the one-key-per-setting layout folded into their
+// settings seeded once (store.SeedOps), settings of the one-key-per-setting layout folded into their
 // documents. One transaction per slot, so a site of any size starts. It returns the operation
 // a stopped daemon left journaled, if any. What is already right is not written again.
 func (e *Engine) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operation, error) {
@@ -51,8 +51,11 @@ func (e *Engine) bootstrap(ctx context.Context, cfg *config.Site) (*api.Operatio
 			// Written by an older slotd as the lane's short name: KV holds the job ID.
 			ops = append(ops, store.CASOp(e.store.SlotKey(cfg.Name, slot.Name, "lane"), jobspec.JobID(cfg.Name, ss.Lane.Value), ss.Lane.Index))
 		}
-		ops = append(ops, e.store.SeedOps(cfg.Name, slot.Name, store.KindSwappable, ss.Settings, slot.Settings)...)
-		ops = append(ops, e.store.SeedOps(cfg.Name, slot.Name, store.KindSticky, ss.Sticky, slot.Sticky)...)
+		seed, err := e.store.SeedOps(cfg.Name, slot.Name, ss, store.SlotSettings{Settings: slot.Settings, Sticky: slot.Sticky})
+		if err != nil {
+			return nil, fmt.Errorf("site %s: %w", cfg.Name, err)
+		}
+		ops = append(ops, seed...)
 		scale, err := e.seedScale(ctx, cfg, slot, ss, lanes[slot.Name])
 		if err != nil {
 			return nil, fmt.Errorf("scale of slot %s of site %s: %w", slot.Name, cfg.Name, err)

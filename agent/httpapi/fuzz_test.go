@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
 )
 
 var fuzzRoutes = []struct{ method, path string }{
@@ -73,6 +75,9 @@ func TestRequestChecks(t *testing.T) {
 		{"unknown slot", "POST", "/v1/sites/web/swap", "Bearer s3cret", `{"source":"qa"}`, 404},
 		{"bad setting key", "PUT", "/v1/sites/web/slots/staging/settings/1BAD", "Bearer s3cret", `{"value":"x"}`, 400},
 		{"reserved setting key", "PUT", "/v1/sites/web/slots/staging/settings/SLOTD_SLOT", "Bearer s3cret", `{"value":"x"}`, 400},
+		{"setting value with a NUL byte", "PUT", "/v1/sites/web/slots/staging/settings/K", "Bearer s3cret", `{"value":"a\u0000b"}`, 400},
+		{"setting value over 64 KiB", "PUT", "/v1/sites/web/slots/staging/settings/K", "Bearer s3cret", `{"value":"` + strings.Repeat("a", config.MaxSettingValue+1) + `"}`, 400},
+		{"setting value of 64 KiB, not the leader", "PUT", "/v1/sites/web/slots/staging/settings/K", "Bearer s3cret", `{"value":"` + strings.Repeat("a", config.MaxSettingValue) + `"}`, 503},
 		{"body over 1 MiB", "PUT", "/v1/sites/web/slots/staging/settings/K", "Bearer s3cret", string(big), 413},
 		{"history limit not a number", "GET", "/v1/sites/web/history?limit=ten", "Bearer s3cret", "", 400},
 		{"history limit zero", "GET", "/v1/sites/web/history?limit=0", "Bearer s3cret", "", 400},

@@ -44,3 +44,19 @@ func TestRefusalsWhileStarting(t *testing.T) {
 		})
 	}
 }
+
+// TestSettingValueRefused: a value that no task environment can carry is refused before the
+// backend is asked, with what to fix, and without the value (a sticky one is a secret).
+func TestSettingValueRefused(t *testing.T) {
+	b := newFakeBackend("", nil)
+	b.leading, b.ready = true, true
+	s := b.server(t)
+	rec := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, httptest.NewRequest("PUT", "/v1/sites/web/slots/production/settings/DB",
+		bytes.NewReader([]byte(`{"value":"secret\u0000tail","sticky":true}`))))
+	require.Equal(t, http.StatusBadRequest, rec.Code, rec.Body.String())
+	var e api.ErrorResponse
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &e))
+	assert.Equal(t, `bad request: the value of setting "DB" holds a NUL byte, which no environment variable can carry; remove it`, e.Error)
+	assert.Zero(t, b.started, "the backend is not asked")
+}

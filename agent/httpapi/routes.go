@@ -141,6 +141,9 @@ func (s *Server) setSetting(r *http.Request) (prepared, error) {
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
+	if err := config.CheckSettingValue(key, req.Value); err != nil {
+		return nil, fmt.Errorf("%w: %v", store.ErrBadRequest, err)
+	}
 	return answer(http.StatusOK, func(context.Context) (api.Settings, error) {
 		return s.b.SetSetting(cfg.Name, slot.Name, key, req.Value, req.Sticky)
 	}), nil

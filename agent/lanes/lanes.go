@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/http"
 	"os"
 	"strings"
@@ -79,7 +78,7 @@ func LaneEnv(job *nomadapi.Job, service string) map[string]string {
 	for _, g := range job.TaskGroups {
 		for _, svc := range serviceBlocks(g) {
 			if svc.Name == service && len(g.Tasks) > 0 {
-				return maps.Clone(g.Tasks[0].Env)
+				return jobspec.TaskEnv(g.Tasks[0])
 			}
 		}
 	}
@@ -108,7 +107,7 @@ func (l *Lanes) Check(cfg *config.Site, src Source) error {
 	if err != nil {
 		return err
 	}
-	return jobspec.CheckLane(base, cfg.Job, cfg.Service)
+	return errors.Join(jobspec.CheckLane(base, cfg.Job, cfg.Service), jobspec.CheckRouteTags(base, cfg.Job, cfg))
 }
 
 // State is what a lane should run: which slot it believes it serves (SLOTD_SLOT), the

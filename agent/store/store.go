@@ -32,6 +32,10 @@ const (
 	KindSticky    = "sticky"
 	// KeyScale holds a slot's instance counts per task group, a JSON object such as {"app": 3}.
 	KeyScale = "scale"
+	// KeySeeded holds a slot's seed record (SeedRecord), such as
+	// {"settings": ["FEATURE"], "sticky": ["DATABASE_URL"]}: its declared settings that were
+	// seeded once, and are not seeded again.
+	KeySeeded = "seeded"
 )
 
 // KVAPI is what the store needs of Consul's KV: a seam for unit tests of the swap.
@@ -198,6 +202,8 @@ type SlotState struct {
 	Sticky   SettingsDoc
 	// Scale is the slot's sticky instance counts per task group (nil Values: none stored yet).
 	Scale ScaleDoc
+	// Seeded is the slot's seed record.
+	Seeded SeedRecord
 }
 
 // ScaleDoc is a slot's scale document: task group → instance count.
@@ -281,7 +287,7 @@ func (s *Store) LoadSlots(site string, q *consulapi.QueryOptions) (*SiteState, e
 		case len(parts) == 2 && parts[1] == "version":
 			sl.Version = v
 		case len(parts) == 2 && (parts[1] == KindSwappable || parts[1] == KindSticky):
-			values, err := DecodeSettings(p.Value)
+			values, err := DecodeSettings(parts[1], p.Value)
 			if err != nil {
 				bad = append(bad, fmt.Errorf("%s: %w: fix or delete it in Consul KV", p.Key, err))
 				continue
@@ -295,6 +301,13 @@ func (s *Store) LoadSlots(site string, q *consulapi.QueryOptions) (*SiteState, e
 				continue
 			}
 			sl.Scale = ScaleDoc{Values: counts, Index: p.ModifyIndex}
+		case len(parts) == 2 && parts[1] == KeySeeded:
+			keys, err := decodeSeeded(p.Value)
+			if err != nil {
+				bad = append(bad, fmt.Errorf("%s: %w: fix or delete it in Consul KV", p.Key, err))
+				continue
+			}
+			sl.Seeded = SeedRecord{Keys: keys, Index: p.ModifyIndex}
 		case len(parts) == 3 && (parts[1] == KindSwappable || parts[1] == KindSticky) && parts[2] != "":
 			sl.Doc(parts[1]).Legacy[parts[2]] = v
 		}
@@ -305,9 +318,10 @@ func (s *Store) LoadSlots(site string, q *consulapi.QueryOptions) (*SiteState, e
 	return st, nil
 }
 
-// DecodeSettings reads a settings document: a JSON object whose values are strings, whose
-// keys are environment variable names outside slotd's reserved SLOTD_ prefix.
-func DecodeSettings(b []byte) (map[string]string, error) {
+// DecodeSettings reads a settings document of kind: a JSON object whose values are strings,
+// whose keys are environment variable names outside slotd's reserved SLOTD_ prefix, within
+// the limits of config.CheckSettings.
+func DecodeSettings(kind string, b []byte) (map[string]string, error) {
 	values := map[string]string{}
 	if strings.TrimSpace(string(b)) == "" {
 		return values, nil
@@ -319,6 +333,9 @@ func DecodeSettings(b []byte) (map[string]string, error) {
 		if err := CheckSettingKey(k); err != nil {
 			return nil, err
 		}
+	}
+	if err := config.CheckSettings(kind, values); err != nil {
+		return nil, err
 	}
 	return values, nil
 }
@@ -366,15 +383,6 @@ func (s *Store) ScaleOps(site, slot string, old ScaleDoc, want map[string]int) c
 		return nil
 	}
 	return consulapi.KVTxnOps{CASOp(s.SlotKey(site, slot, KeyScale), EncodeScale(want), old.Index)}
-}
-
-// EncodeSettings writes a settings document, one key a line in key order, for the Consul UI.
-func EncodeSettings(values map[string]string) string {
-	if values == nil {
-		values = map[string]string{}
-	}
-	b, _ := json.MarshalIndent(values, "", "  ")
-	return string(b)
 }
 
 // Txn runs KV operations atomically. It returns ErrConflict when a check-and-set lost.
@@ -441,26 +449,84 @@ func (s *Store) DocOps(site, slot, kind string, old SettingsDoc, want map[string
 	if old.Index != 0 && maps.Equal(old.Values, want) {
 		return nil
 	}
-	return consulapi.KVTxnOps{CASOp(s.SlotKey(site, slot, kind), EncodeSettings(want), old.Index)}
+	return consulapi.KVTxnOps{CASOp(s.SlotKey(site, slot, kind), config.EncodeSettings(want), old.Index)}
 }
 
-// SeedOps folds what a slot's settings document needs at start into one write: the entries of
-// the one-key-per-setting layout (the document wins where both have a key) and the declared
-// settings that neither has (HCL seeds, KV rules). The Legacy keys are deleted afterwards by
-// legacyDeletes, so a crash between the two loses nothing.
-func (s *Store) SeedOps(site, slot, kind string, old SettingsDoc, declared map[string]string) consulapi.KVTxnOps {
-	want := maps.Clone(old.Values)
-	for k, v := range old.Legacy {
-		if _, ok := want[k]; !ok {
-			want[k] = v.Value
+// SeedOps folds what a slot's settings documents need at start into one write: the entries of
+// the one-key-per-setting layout (the document wins where both have a key), and each declared
+// setting that the document does not hold and the slot's seed record does not list, so a
+// declared key is seeded once: an operator's unset stays unset, and a key newly declared is
+// seeded. The record (KeySeeded) is written in the same transaction and lists the keys declared
+// now, so a key declared again after it was left out is a new declaration. A slot without a
+// record (one bound before records, or a new slot) is seeded where keys are absent, once.
+// The Legacy keys are deleted afterwards by LegacyDeletes, so a crash between the two loses
+// nothing. A document that seeding would make larger than config.CheckSettings takes is an
+// error: nothing is written.
+func (s *Store) SeedOps(site, slot string, ss *SlotState, declared SlotSettings) (consulapi.KVTxnOps, error) {
+	var ops consulapi.KVTxnOps
+	record := map[string][]string{}
+	for _, kind := range []string{KindSwappable, KindSticky} {
+		old := *ss.Doc(kind)
+		decl := declared.Settings
+		if kind == KindSticky {
+			decl = declared.Sticky
+		}
+		want := maps.Clone(old.Values)
+		for k, v := range old.Legacy {
+			if _, ok := want[k]; !ok {
+				want[k] = v.Value
+			}
+		}
+		for k, v := range decl {
+			if _, ok := want[k]; !ok && !slices.Contains(ss.Seeded.Keys[kind], k) {
+				want[k] = v
+			}
+		}
+		if err := config.CheckSettings(kind, want); err != nil {
+			return nil, fmt.Errorf("seed %s of slot %s: %w", kind, slot, err)
+		}
+		ops = append(ops, s.DocOps(site, slot, kind, old, want)...)
+		record[kind] = SortedKeys(decl)
+	}
+	if ss.Seeded.Index == 0 || !maps.EqualFunc(ss.Seeded.Keys, record, slices.Equal) {
+		ops = append(ops, CASOp(s.SlotKey(site, slot, KeySeeded), encodeSeeded(record), ss.Seeded.Index))
+	}
+	return ops, nil
+}
+
+// SeedRecord is a slot's seed record (KeySeeded): by kind, the declared settings that were
+// seeded into the slot, or found there, when they were declared. It belongs to the slot, as
+// the declarations in slots.hcl do, and a swap does not exchange it: a swap moves what the
+// swappable documents hold, and a declaration of the slot that was seeded once is not seeded
+// again into the app that moved in.
+type SeedRecord struct {
+	Keys  map[string][]string
+	Index uint64 // 0: no record
+}
+
+// encodeSeeded writes a seed record, one kind a line, for the Consul UI.
+func encodeSeeded(keys map[string][]string) string {
+	b, _ := json.MarshalIndent(keys, "", "  ")
+	return string(b)
+}
+
+// decodeSeeded reads a seed record: a JSON object of the two kinds, each a list of setting keys.
+func decodeSeeded(b []byte) (map[string][]string, error) {
+	keys := map[string][]string{}
+	if err := json.Unmarshal(b, &keys); err != nil {
+		return nil, fmt.Errorf(`not a JSON object of setting keys by kind such as {"settings": ["FEATURE"], "sticky": []} (%v)`, err)
+	}
+	for kind, list := range keys {
+		if kind != KindSwappable && kind != KindSticky {
+			return nil, fmt.Errorf("kind %q is neither %q nor %q", kind, KindSwappable, KindSticky)
+		}
+		for _, k := range list {
+			if err := CheckSettingKey(k); err != nil {
+				return nil, err
+			}
 		}
 	}
-	for k, v := range declared {
-		if _, ok := want[k]; !ok {
-			want[k] = v
-		}
-	}
-	return s.DocOps(site, slot, kind, old, want)
+	return keys, nil
 }
 
 // LegacyDeletes removes the one-key-per-setting entries of a slot once its document holds
