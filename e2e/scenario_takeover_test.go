@@ -54,12 +54,12 @@ func TestTakenOverSwapKeepsWarmedLane(t *testing.T) {
 	p.restart()
 	sw := waitSwitched(ctx, t, p.client, op.ID)
 	t.Logf("swap %s taken over and switched: %s", op.ID, phaseTimes(sw))
+	assert.Equal(t, warmed, runningAllocs(t, stack, lanes["staging"]),
+		"allocations of lane %s before and after it took production's routes (make must change its tags only)", lanes["staging"])
 	// Production is the lane as warm-up warmed it: production's sticky DB as it was at apply.
 	waitAnswers(t, stack, prod, 30*time.Second, lanes["staging"]+" with DB=prod-db FEATURE=staging-feature", func(a appAnswer) bool {
 		return a.Lane == lanes["staging"] && a.Env["DB"] == "prod-db" && a.Env["FEATURE"] == "staging-feature"
 	})
-	assert.Equal(t, warmed, runningAllocs(t, stack, lanes["staging"]),
-		"allocations of lane %s before and after it took production's routes (make must change its tags only)", lanes["staging"])
 
 	waitOpState(t, d, op.ID, api.StateMonitoring, 5*time.Minute)
 	_, err = p.client.Cancel(ctx, op.ID)
