@@ -387,8 +387,9 @@ func deployStaging(t testing.TB, d *daemon, site siteSpec, vars map[string]strin
 	require.Equal(t, api.StateSucceeded, op.State, "deploy %v into staging: %s (%s)", vars, op.Error, phaseTimes(op))
 }
 
-// assertHolds checks that the site shows its staging slot held for production until the end
-// of the swap's switch plus hold.
+// assertHolds checks that the site shows the swap's source slot (the one bound to the former
+// target lane) held for its target until the end of the swap's switch plus hold, and no other
+// slot held.
 func assertHolds(ctx context.Context, t testing.TB, c *api.Client, site string, swap *api.Operation, hold time.Duration) {
 	t.Helper()
 	sw := swap.Phase(api.PhaseSwitch)
@@ -397,9 +398,9 @@ func assertHolds(ctx context.Context, t testing.TB, c *api.Client, site string, 
 	require.NoError(t, err, "read site %s", site)
 	for _, sl := range s.Slots {
 		switch sl.Name {
-		case "staging":
-			assert.Equal(t, "production", sl.HeldFor, "staging's lane %s is held for production", sl.Lane)
-			if assert.NotNil(t, sl.HeldUntil, "staging shows when its hold ends") {
+		case swap.Source:
+			assert.Equal(t, swap.Target, sl.HeldFor, "%s's lane %s is held for %s", sl.Name, sl.Lane, swap.Target)
+			if assert.NotNil(t, sl.HeldUntil, "%s shows when its hold ends", sl.Name) {
 				assert.WithinDuration(t, sw.EndedAt.Add(hold), *sl.HeldUntil, time.Millisecond, "the hold ends %s after the switch", hold)
 			}
 		default:
