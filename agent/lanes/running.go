@@ -37,21 +37,51 @@ func (l *Lanes) Running(ctx context.Context, cfg *config.Site, lane string, src 
 	return RunningState(job, base, cfg.Service), nil
 }
 
-// RunningState is the state job runs, base being the same app rendered with no settings: its
-// settings are the environment base does not have (or has with another value), without the
-// SLOTD_ variables Render adds.
+// RunningState is the state job runs, base being the same app rendered with no settings.
+// Render gives every task of the job the same settings, so a setting is a variable that every
+// task has with one value, which some task's own environment (in base) does not have, or has
+// with another value; the SLOTD_ variables Render adds are not settings.
 func RunningState(job, base *nomadapi.Job, service string) State {
-	env, baseEnv := LaneEnv(job, service), LaneEnv(base, service)
+	env := LaneEnv(job, service)
 	st := State{Slot: env[jobspec.EnvSlot], Env: map[string]string{}, Scale: GroupCounts(job), Live: job.Meta[MetaScale] == "live"}
+	runs, own := taskEnvs(job), taskEnvs(base)
 	for k, v := range env {
 		if strings.HasPrefix(k, "SLOTD_") {
 			continue
 		}
-		if bv, ok := baseEnv[k]; !ok || bv != v {
+		everywhere, added := true, false
+		for task, te := range runs {
+			if tv, ok := te[k]; !ok || tv != v {
+				everywhere = false
+				break
+			}
+			if ov, ok := own[task][k]; !ok || ov != v {
+				added = true
+			}
+		}
+		if everywhere && added {
 			st.Env[k] = v
 		}
 	}
 	return st
+}
+
+// taskEnvs is the environment of every task of job, by group and task name.
+func taskEnvs(job *nomadapi.Job) map[string]map[string]string {
+	out := map[string]map[string]string{}
+	for _, g := range job.TaskGroups {
+		for _, t := range g.Tasks {
+			out[deref(g.Name)+"/"+t.Name] = jobspec.TaskEnv(t)
+		}
+	}
+	return out
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 // Retagged is the state st with other routes, in place: Ensure refuses it if Nomad's plan says

@@ -1,6 +1,7 @@
 package lanes
 
 import (
+	"maps"
 	"testing"
 
 	nomadapi "github.com/hashicorp/nomad/api"
@@ -45,6 +46,38 @@ func TestRunningState(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			assert.Equal(t, tc.want, RunningState(tc.job, base, "web"))
+		})
+	}
+}
+
+// TestRunningStateTwoTasks: a setting is in every task with one value; a variable each task's
+// jobspec sets itself (to different values) is not a setting, even where a setting could have
+// given the first task the same value.
+func TestRunningStateTwoTasks(t *testing.T) {
+	job := func(app, sidecar map[string]string) *nomadapi.Job {
+		j := laneJob(app, 1, nil)
+		j.TaskGroups[0].Tasks = append(j.TaskGroups[0].Tasks, &nomadapi.Task{Name: "sidecar", Env: sidecar})
+		return j
+	}
+	slotd := map[string]string{"SLOTD_SLOT": "production", "SLOTD_LANE": "b", "SLOTD_SITE": "web"}
+	with := func(env map[string]string) map[string]string {
+		out := maps.Clone(env)
+		maps.Copy(out, slotd)
+		return out
+	}
+	base := job(with(map[string]string{"PORT": "8080"}), with(map[string]string{"PORT": "9090"}))
+	tests := []struct {
+		name string
+		job  *nomadapi.Job
+		want map[string]string
+	}{
+		{"each task's own PORT, no setting", job(with(map[string]string{"PORT": "8080"}), with(map[string]string{"PORT": "9090"})), map[string]string{}},
+		{"a setting PORT equal to the first task's own", job(with(map[string]string{"PORT": "8080"}), with(map[string]string{"PORT": "8080"})), map[string]string{"PORT": "8080"}},
+		{"a setting in both tasks", job(with(map[string]string{"PORT": "8080", "DB": "x"}), with(map[string]string{"PORT": "9090", "DB": "x"})), map[string]string{"DB": "x"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, RunningState(tc.job, base, "web").Env)
 		})
 	}
 }
