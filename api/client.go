@@ -541,12 +541,17 @@ func clearToRemote(base string) bool {
 	if err != nil || u.Scheme != "http" {
 		return err != nil
 	}
-	host := u.Hostname()
+	return !LoopbackHost(u.Hostname())
+}
+
+// LoopbackHost reports whether host is localhost or a loopback IP: reached from this machine
+// only. An empty host, a wildcard or any other name may be reached from other machines.
+func LoopbackHost(host string) bool {
 	if strings.EqualFold(host, "localhost") {
-		return false
+		return true
 	}
 	ip := net.ParseIP(host)
-	return ip == nil || !ip.IsLoopback()
+	return ip != nil && ip.IsLoopback()
 }
 
 // answer is a response, read whole.

@@ -54,9 +54,6 @@ func runSettings(e *env, cmd *command, args []string) int {
 		if !found || key == "" {
 			return e.usageError(cmd, "set wants KEY=VALUE, KEY=@FILE or KEY=-, got %q", pos[3])
 		}
-		if err := config.CheckSettingValue(key, value); err != nil {
-			return e.fail(err)
-		}
 		action = "set"
 	case len(pos) == 4 && pos[2] == "unset":
 		key, action = pos[3], "unset"
@@ -74,6 +71,10 @@ func runSettings(e *env, cmd *command, args []string) int {
 	if action == "set" {
 		var err error
 		if value, err = e.settingValue(key, value); err != nil {
+			return e.fail(err)
+		}
+		// The value itself, read from a file or stdin where one is named, not the @FILE.
+		if err := config.CheckSettingValue(key, value); err != nil {
 			return e.fail(err)
 		}
 	}

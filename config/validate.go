@@ -16,6 +16,8 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
+
+	"github.com/slotd/slotd/api"
 )
 
 var (
@@ -134,14 +136,7 @@ func (b *builder) openAPI(h HTTP) {
 // IP. An empty host, a wildcard or any other name may be reached from other machines.
 func LoopbackAddress(hostport string) bool {
 	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return false
-	}
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return err == nil && api.LoopbackHost(host)
 }
 
 // tlsPair checks one of the two TLS files of the API: the other must be set with it, and the

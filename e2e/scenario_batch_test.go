@@ -34,12 +34,7 @@ func TestSwapAppliesInOneBatch(t *testing.T) {
 
 	// A preview stops after apply, so apply's deployment is read as apply left it (the switch
 	// updates the same allocations in place, into a deployment of its own).
-	op, err := d.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production", Preview: true})
-	require.NoError(t, err, "start a preview swap")
-	op, err = d.client.Wait(ctx, op.ID, nil)
-	require.NoError(t, err, "wait for the preview swap")
-	require.Equal(t, api.StatePreviewing, op.State, "preview swap: %s", op.Error)
-	t.Logf("previewing: %s", phaseTimes(op))
+	op := startPreview(ctx, t, d, site.name)
 
 	applied, _, err := stack.Nomad.Jobs().Info(candidate, nil)
 	require.NoError(t, err)

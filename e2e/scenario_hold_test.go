@@ -284,16 +284,7 @@ func TestSettleCommand(t *testing.T) {
 	staging := site.host("staging")
 	assertHolds(ctx, t, d.client, site.name, swap, monitorWindow)
 
-	settled, err := d.client.Settle(ctx, site.name)
-	require.NoError(t, err, "settle while the swap %s holds", swap.ID)
-	assert.Equal(t, swap.ID, settled.ID, "settle answers the swap that holds")
-	// The settle phase ends, then the swap's state is monitoring again.
-	settled, err = d.client.Follow(ctx, settled, func(o *api.Operation) bool {
-		p := o.Phase(api.PhaseSettle)
-		return p != nil && p.State != api.PhasePending && p.State != api.PhaseRunning && o.State != api.StateSettling || api.Terminal(o.State)
-	}, nil)
-	require.NoError(t, err, "follow the swap %s until it settled", swap.ID)
-	t.Logf("swap after settle: %s", phaseTimes(settled))
+	settled := settleHeld(ctx, t, d, site.name, swap)
 	p := settled.Phase(api.PhaseSettle)
 	require.Equal(t, api.PhaseSucceeded, p.State, "settle phase: %s", p.Message)
 	sw := settled.Phase(api.PhaseSwitch)
@@ -581,4 +572,20 @@ func steadyFrom(samples []sample, from time.Time, ok func(appAnswer) bool) (time
 // lastSamples formats the last n samples for a failure message.
 func lastSamples(ss []sample, n int) string {
 	return firstSamples(ss[max(0, len(ss)-n):], n)
+}
+
+// settleHeld ends the hold of swap with slotd settle and returns the swap once its settle phase
+// ended (its state is monitoring again, or it ended).
+func settleHeld(ctx context.Context, t *testing.T, d *daemon, site string, swap *api.Operation) *api.Operation {
+	t.Helper()
+	settled, err := d.client.Settle(ctx, site)
+	require.NoError(t, err, "settle while the swap %s holds", swap.ID)
+	assert.Equal(t, swap.ID, settled.ID, "settle answers the swap that holds")
+	settled, err = d.client.Follow(ctx, settled, func(o *api.Operation) bool {
+		p := o.Phase(api.PhaseSettle)
+		return p != nil && p.State != api.PhasePending && p.State != api.PhaseRunning && o.State != api.StateSettling || api.Terminal(o.State)
+	}, nil)
+	require.NoError(t, err, "follow the swap %s until it settled", swap.ID)
+	t.Logf("swap after settle: %s", phaseTimes(settled))
+	return settled
 }

@@ -27,16 +27,6 @@ func TestPreview(t *testing.T) {
 	defer cancel()
 	terminal := func(o *api.Operation) bool { return api.Terminal(o.State) }
 
-	startPreview := func() *api.Operation {
-		t.Helper()
-		op, err := d.client.Swap(ctx, site.name, api.SwapRequest{Source: "staging", Target: "production", Preview: true})
-		require.NoError(t, err, "start a preview swap")
-		op, err = d.client.Wait(ctx, op.ID, nil)
-		require.NoError(t, err, "wait for the preview swap")
-		require.Equal(t, api.StatePreviewing, op.State, "preview swap: %s", op.Error)
-		t.Logf("previewing: %s", phaseTimes(op))
-		return op
-	}
 	// checkPreviewing checks what users see while a swap is previewing.
 	checkPreviewing := func() {
 		t.Helper()
@@ -63,7 +53,7 @@ func TestPreview(t *testing.T) {
 	}
 
 	// Preview, then cancel.
-	op := startPreview()
+	op := startPreview(ctx, t, d, site.name)
 	checkPreviewing()
 	op, err := d.client.Cancel(ctx, op.ID)
 	require.NoError(t, err, "cancel the preview")
@@ -82,7 +72,7 @@ func TestPreview(t *testing.T) {
 	waitServes(t, stack, prod, lanes["production"])
 
 	// Preview again, then complete.
-	op = startPreview()
+	op = startPreview(ctx, t, d, site.name)
 	checkPreviewing()
 	op, err = d.client.Complete(ctx, op.ID)
 	require.NoError(t, err, "complete the preview")
@@ -99,4 +89,17 @@ func TestPreview(t *testing.T) {
 	waitAnswers(t, stack, staging, 30*time.Second, lanes["production"]+" with staging's sticky DB", func(a appAnswer) bool {
 		return a.Lane == lanes["production"] && a.Env["DB"] == "staging-db" && a.Env["FEATURE"] == "prod-feature"
 	})
+}
+
+// startPreview starts a preview swap of staging into production and returns it once it
+// previews (after apply).
+func startPreview(ctx context.Context, t *testing.T, d *daemon, site string) *api.Operation {
+	t.Helper()
+	op, err := d.client.Swap(ctx, site, api.SwapRequest{Source: "staging", Target: "production", Preview: true})
+	require.NoError(t, err, "start a preview swap")
+	op, err = d.client.Wait(ctx, op.ID, nil)
+	require.NoError(t, err, "wait for the preview swap")
+	require.Equal(t, api.StatePreviewing, op.State, "preview swap: %s", op.Error)
+	t.Logf("previewing: %s", phaseTimes(op))
+	return op
 }

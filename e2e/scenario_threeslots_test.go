@@ -87,15 +87,7 @@ func TestSwapDuringAnotherHold(t *testing.T) {
 		assert.False(t, err == nil && status == 200, "the qa host answered during the second swap's hold: %+v", ans)
 	}
 
-	settled, err := d.client.Settle(ctx, site.name)
-	require.NoError(t, err, "settle while the swap %s holds", second.ID)
-	assert.Equal(t, second.ID, settled.ID, "settle answers the swap that holds")
-	settled, err = d.client.Follow(ctx, settled, func(o *api.Operation) bool {
-		p := o.Phase(api.PhaseSettle)
-		return p != nil && p.State != api.PhasePending && p.State != api.PhaseRunning && o.State != api.StateSettling || api.Terminal(o.State)
-	}, nil)
-	require.NoError(t, err, "follow the swap %s until it settled", second.ID)
-	t.Logf("second swap after settle: %s", phaseTimes(settled))
+	settled := settleHeld(ctx, t, d, site.name, second)
 	if p := settled.Phase(api.PhaseSettle); assert.NotNil(t, p) {
 		assert.Equal(t, api.PhaseSucceeded, p.State, "the second swap's settle: %s", p.Message)
 	}

@@ -66,22 +66,16 @@ func RunningState(job, base *nomadapi.Job, service string) State {
 	return st
 }
 
-// taskEnvs is the environment of every task of job, by group and task name.
+// taskEnvs is the environment of every task of job, by group (its place in the job: a lane's
+// job and its base come from one jobspec) and task name.
 func taskEnvs(job *nomadapi.Job) map[string]map[string]string {
 	out := map[string]map[string]string{}
-	for _, g := range job.TaskGroups {
+	for i, g := range job.TaskGroups {
 		for _, t := range g.Tasks {
-			out[deref(g.Name)+"/"+t.Name] = jobspec.TaskEnv(t)
+			out[fmt.Sprintf("%d/%s", i, t.Name)] = jobspec.TaskEnv(t)
 		}
 	}
 	return out
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
 }
 
 // Retagged is the state st with other routes, in place: Ensure refuses it if Nomad's plan says
