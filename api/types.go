@@ -108,6 +108,12 @@ type Operation struct {
 	// degraded swap, or the swap a deploy into an auto_swap slot starts. It is journaled with
 	// the decision, so when the daemon stops before starting it the next leader does.
 	Next *FollowUp `json:"next,omitempty"`
+	// Group names the swap group of a group operation (its Site is empty) and of each member
+	// site's part of one; GroupOperation is, on a member's part, the group operation's ID.
+	// Members are a group operation's parts, one per member site.
+	Group          string        `json:"group,omitempty"`
+	GroupOperation string        `json:"group_operation,omitempty"`
+	Members        []GroupMember `json:"members,omitempty"`
 	// Unchanged is set on a settings rollout that found every lane already running what KV
 	// says: it changed nothing, so when it succeeds it is not kept in the history.
 	Unchanged bool `json:"unchanged,omitempty"`
@@ -132,6 +138,24 @@ type FollowUp struct {
 	Source     string `json:"source"`
 	Target     string `json:"target"`
 	RollbackOf string `json:"rollback_of,omitempty"`
+}
+
+// GroupMember is one member site's part of a group operation: the site's own operation (its
+// ID, and its state as the group operation last wrote it).
+type GroupMember struct {
+	Site      string `json:"site"`
+	Operation string `json:"operation"`
+	State     string `json:"state"`
+	Error     string `json:"error,omitempty"`
+}
+
+// Group is a swap group as GET /v1/groups shows it: its member sites, the running group
+// operation (absent when idle) and the newest finished one.
+type Group struct {
+	Name          string     `json:"name"`
+	Sites         []string   `json:"sites"`
+	Operation     *Operation `json:"operation,omitempty"`
+	LastOperation *Operation `json:"last_operation,omitempty"`
 }
 
 // Phase is one step of an operation.
@@ -234,7 +258,7 @@ type DeployRequest struct {
 	Vars map[string]string `json:"vars"`
 }
 
-// SwapRequest is the body of POST /v1/sites/{site}/swap.
+// SwapRequest is the body of POST /v1/sites/{site}/swap and POST /v1/groups/{group}/swap.
 type SwapRequest struct {
 	Source  string `json:"source"`
 	Target  string `json:"target"`

@@ -69,6 +69,8 @@ type Config struct {
 
 	// Sites in name order.
 	Sites []*Site
+	// Groups in name order: sites swapped as one (group "storefront" { sites = [...] }).
+	Groups []*Group
 
 	// Files are the files the declarations were read from, as named to Load or Parse.
 	Files []string
@@ -238,6 +240,26 @@ func (sl *Slot) ScaleDeclared() bool { return sl.Scale != nil || sl.ScaleLive }
 const MaxScale = 10000
 
 // Site returns the site with the given name, or nil.
+// Group is a swap group: declared sites swapped as one operation. A site can belong to
+// several groups.
+type Group struct {
+	Name  string   `hcl:"name,label"`
+	Sites []string `hcl:"sites"`
+
+	// Range is where the block is declared, for messages.
+	Range hcl.Range `hcl:",def_range"`
+}
+
+// Group is the declared group of that name, or nil.
+func (c *Config) Group(name string) *Group {
+	for _, g := range c.Groups {
+		if g.Name == name {
+			return g
+		}
+	}
+	return nil
+}
+
 func (c *Config) Site(name string) *Site {
 	for _, s := range c.Sites {
 		if s.Name == name {

@@ -58,6 +58,7 @@ type Engine struct {
 	leader atomic.Bool
 
 	mu        sync.Mutex
+	groups    []*config.Group
 	sites     map[string]*site
 	siteStops map[string]context.CancelFunc
 	ownersCtx context.Context // the sites' owners run until it ends (nil before Run)
@@ -75,7 +76,7 @@ func New(cfg *config.Config, d Deps) *Engine {
 		httpClient: newWarmupClient(),
 		daemon:     context.Background(),
 		sites:      map[string]*site{}, siteStops: map[string]context.CancelFunc{},
-		runs: map[string]*run{},
+		runs: map[string]*run{}, groups: cfg.Groups,
 	}
 	for _, sc := range cfg.Sites {
 		e.sites[sc.Name] = newSite(e, sc)
@@ -170,6 +171,7 @@ func (e *Engine) stopping() bool { return e.daemon.Err() != nil }
 // its owner stops, and its lanes keep running.
 func (e *Engine) Reload(cfg *config.Config) {
 	e.mu.Lock()
+	e.groups = cfg.Groups
 	// The owners hear of it after e.mu is released: an owner busy must not hold up readers.
 	var tell []func()
 	for _, sc := range cfg.Sites {
