@@ -269,6 +269,34 @@ func (c *Client) Rollback(ctx context.Context, site string) (*Operation, error) 
 	return &out, nil
 }
 
+// Groups lists the declared swap groups with their running and last group operations.
+func (c *Client) Groups(ctx context.Context) ([]Group, error) {
+	var out []Group
+	if err := c.do(ctx, http.MethodGet, nil, nil, &out, "groups"); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SwapGroup starts a swap of source into target on every member site of a group, as one
+// operation (POST /v1/groups/{group}/swap).
+func (c *Client) SwapGroup(ctx context.Context, group string, req SwapRequest) (*Operation, error) {
+	var out Operation
+	if err := c.do(ctx, http.MethodPost, nil, req, &out, "groups", group, "swap"); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// RollbackGroup swaps back the group's last group swap on every member, as one operation.
+func (c *Client) RollbackGroup(ctx context.Context, group string) (*Operation, error) {
+	var out Operation
+	if err := c.do(ctx, http.MethodPost, nil, nil, &out, "groups", group, "rollback"); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // Settle ends the hold of the site's last swap now: the held lane takes its own slot's
 // settings and routes. It answers the swap, whose settle phase then runs.
 func (c *Client) Settle(ctx context.Context, site string) (*Operation, error) {
