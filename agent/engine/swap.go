@@ -278,38 +278,20 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 		return err
 	}
 	for attempt := 0; ; attempt++ {
-		st, err := kv.LoadSlots(w.cfg.Name, nil)
-		if err != nil {
-			return fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
-		}
-		s, t := st.Slot(w.source.Name), st.Slot(w.target.Name)
-		var ops consulapi.KVTxnOps
-		ops = append(ops, kv.BindOps(w.cfg.Name, w.target.Name, t, w.srcLane, srcLaneVersion)...)
-		ops = append(ops, kv.BindOps(w.cfg.Name, w.source.Name, s, w.tgtLane, tgtLaneVersion)...)
-		ops = append(ops, kv.DocOps(w.cfg.Name, w.source.Name, store.KindSwappable, s.Settings, t.Settings.Values)...)
-		ops = append(ops, kv.DocOps(w.cfg.Name, w.target.Name, store.KindSwappable, t.Settings, s.Settings.Values)...)
-		next := *w.op
-		next.Phases = append([]api.Phase(nil), w.op.Phases...)
-		next.Switched, next.TargetSick = true, w.tgtSick
-		if p := next.Phase(api.PhaseSwitch); p != nil {
-			p.Message = fmt.Sprintf("%s → lane %s, %s → lane %s", w.target.Name, w.srcLane, w.source.Name, w.tgtLane)
-		}
-		journal, err := kv.JournalOp(&next)
+		x, err := w.exchangeOps(srcLaneVersion, tgtLaneVersion)
 		if err != nil {
 			return err
 		}
 		if w.lead.Err() != nil {
 			return store.ErrStopping
 		}
-		resp, err := kv.Txn(append(ops, journal))
+		resp, err := kv.Txn(append(x.ops, x.journal))
 		if errors.Is(err, store.ErrConflict) && attempt < 5 {
 			// A setting was edited meanwhile, or the journal moved: read both again. The
 			// journal must still be this operation's.
-			cur, rerr := kv.RunningOperation(w.cfg.Name)
-			if rerr != nil || cur == nil || cur.ID != w.op.ID {
-				return fmt.Errorf("exchange the bindings of %s and %s: the journal no longer holds operation %s", w.source.Name, w.target.Name, w.op.ID)
+			if err := w.rereadJournal(); err != nil {
+				return err
 			}
-			w.op.Index = cur.Index
 			continue
 		}
 		if err != nil && !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrStopping) {
@@ -318,27 +300,79 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 			// the index the exchange checks makes sure it never does later.
 			var committed uint64
 			if committed, err = w.exchanged(ctx, err); err == nil {
-				next.Index = committed
+				x.next.Index = committed
 				resp = &consulapi.KVTxnResponse{}
 			}
 		}
 		if err != nil {
 			return fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
 		}
-		if next.Index == w.op.Index {
-			next.Index = store.ResultIndex(resp, kv.OperationKey(w.cfg.Name), w.op.Index)
-		}
-		*w.op = next
-		w.eng.ops.publish(w.op)
-		// Settings as KV has them now; the scales stay as the swap resolved them (a live
-		// slot's counts were read from its lane before this lane moved).
-		src, tgt := s.Values(), t.Values()
-		src.Scale, src.Live, tgt.Scale, tgt.Live = w.src.Scale, w.src.Live, w.tgt.Scale, w.tgt.Live
-		w.src, w.tgt = src, tgt
+		w.exchangedTo(x, resp)
 		// Past the exchange the swap is done as far as routing goes: a failure here is the
 		// switch's, not a reason to undo it.
 		return failpoint.Inject(ctx, "switch.after-exchange")
 	}
+}
+
+// exchangeWrite is one swap's part of an exchange: the writes of the bindings and swappable
+// settings, the journal entry that says switched, and the slots as they were read.
+type exchangeWrite struct {
+	ops     consulapi.KVTxnOps
+	journal *consulapi.KVTxnOp
+	next    *api.Operation
+	s, t    *store.SlotState
+}
+
+// exchangeOps reads both slots and writes what the exchange changes, check-and-set against
+// what was read: the source lane bound to the target at srcLaneVersion, the target lane to the
+// source at tgtLaneVersion, the swappable settings the other way round.
+func (w *swap) exchangeOps(srcLaneVersion, tgtLaneVersion uint64) (*exchangeWrite, error) {
+	kv := w.eng.store
+	st, err := kv.LoadSlots(w.cfg.Name, nil)
+	if err != nil {
+		return nil, fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
+	}
+	x := &exchangeWrite{s: st.Slot(w.source.Name), t: st.Slot(w.target.Name)}
+	x.ops = append(x.ops, kv.BindOps(w.cfg.Name, w.target.Name, x.t, w.srcLane, srcLaneVersion)...)
+	x.ops = append(x.ops, kv.BindOps(w.cfg.Name, w.source.Name, x.s, w.tgtLane, tgtLaneVersion)...)
+	x.ops = append(x.ops, kv.DocOps(w.cfg.Name, w.source.Name, store.KindSwappable, x.s.Settings, x.t.Settings.Values)...)
+	x.ops = append(x.ops, kv.DocOps(w.cfg.Name, w.target.Name, store.KindSwappable, x.t.Settings, x.s.Settings.Values)...)
+	next := *w.op
+	next.Phases = append([]api.Phase(nil), w.op.Phases...)
+	next.Switched, next.TargetSick = true, w.tgtSick
+	if p := next.Phase(api.PhaseSwitch); p != nil {
+		p.Message = fmt.Sprintf("%s → lane %s, %s → lane %s", w.target.Name, w.srcLane, w.source.Name, w.tgtLane)
+	}
+	x.next = &next
+	if x.journal, err = kv.JournalOp(&next); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// rereadJournal takes the index the journal holds the operation at now, after a lost race;
+// an error when it no longer holds this operation.
+func (w *swap) rereadJournal() error {
+	cur, err := w.eng.store.RunningOperation(w.cfg.Name)
+	if err != nil || cur == nil || cur.ID != w.op.ID {
+		return fmt.Errorf("exchange the bindings of %s and %s: the journal no longer holds operation %s", w.source.Name, w.target.Name, w.op.ID)
+	}
+	w.op.Index = cur.Index
+	return nil
+}
+
+// exchangedTo takes the outcome of an exchange that committed: the journal entry it wrote, and
+// the settings as KV has them now (the scales stay as the swap resolved them: a live slot's
+// counts were read from its lane before this lane moved).
+func (w *swap) exchangedTo(x *exchangeWrite, resp *consulapi.KVTxnResponse) {
+	if x.next.Index == w.op.Index {
+		x.next.Index = store.ResultIndex(resp, w.eng.store.OperationKey(w.cfg.Name), w.op.Index)
+	}
+	*w.op = *x.next
+	w.eng.ops.publish(w.op)
+	src, tgt := x.s.Values(), x.t.Values()
+	src.Scale, src.Live, tgt.Scale, tgt.Live = w.src.Scale, w.src.Live, w.tgt.Scale, w.tgt.Live
+	w.src, w.tgt = src, tgt
 }
 
 // holdFor is how long the former target lane is held after the switch: the site's rollback
