@@ -173,16 +173,21 @@ func (w *swap) preview(ctx context.Context) error {
 		return err
 	}
 	w.eng.logger.Info("swap previewing", "site", w.cfg.Name, "op", w.op.ID, "preview_tags", strings.Join(w.target.PreviewTags, ","))
+	return w.awaitComplete(ctx)
+}
+
+// awaitComplete waits while the operation previews, until it is completed (nil) or cancelled.
+func (r *run) awaitComplete(ctx context.Context) error {
 	for {
 		select {
-		case c := <-w.control:
+		case c := <-r.control:
 			switch c {
 			case ctlComplete:
 				return nil
 			case ctlCancel:
 				return fmt.Errorf("%w while previewing", errCancelled)
 			}
-		case <-w.eng.daemon.Done():
+		case <-r.eng.daemon.Done():
 			return store.ErrStopping
 		case <-ctx.Done():
 			return ctx.Err()
@@ -248,7 +253,7 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	// Where the switch's time went: what is ours (render, plan, register: "registered") and
 	// what is Nomad's and Consul's (the rest of make and break, until Consul shows the tags).
 	w.note(api.PhaseSwitch, fmt.Sprintf("%s; make %s (registered after %s), break %s (registered after %s), exchange %s",
-		w.op.Phase(api.PhaseSwitch).Message, ms(t1.Sub(t0)), ms(made.Registered), ms(t2.Sub(t1)), ms(broken.Registered), ms(time.Since(t2))))
+		w.op.Phase(api.PhaseSwitch).Message, roundMs(t1.Sub(t0)), roundMs(made.Registered), roundMs(t2.Sub(t1)), roundMs(broken.Registered), roundMs(time.Since(t2))))
 	return nil
 }
 
@@ -266,7 +271,7 @@ func (w *swap) retag(ctx context.Context, lane string, app lanes.Source, tags []
 }
 
 // ms rounds a duration to the millisecond, for messages.
-func ms(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+func roundMs(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 
 // exchange binds the target to the source lane and the source to the target lane, and swaps
 // their swappable settings, in one transaction together with the journal entry that says so:
@@ -415,8 +420,23 @@ func (w *swap) afterSwitch(ctx context.Context) error {
 	}
 	started := time.Now()
 	return w.phase(api.PhaseMonitor, api.StateMonitoring, func() error {
-		return w.monitorAndHold(ctx, m, monEnd, holdEnd, started)
+		return w.monitorAndHold(ctx, swapHolder{w: w, m: m, want: w.instanceCount(ctx)}, monEnd, holdEnd, started)
 	})
+}
+
+// holder is what the monitor and hold watch and settle: one swap's target and held lane, or
+// every member's of a group operation.
+type holder interface {
+	// watch returns when ctx ends (nil) or the target degraded (why).
+	watch(ctx context.Context) error
+	// settleHeld settles the held lanes now; the monitor goes on.
+	settleHeld(ctx context.Context) error
+	// autoRollback reports whether a degradation rolls back by itself.
+	autoRollback() bool
+	// heldLanes names the lanes held, for messages.
+	heldLanes() string
+	// stateIs tells of a new state of the operation (monitoring or holding).
+	stateIs(state string)
 }
 
 // monitorAndHold runs until both the monitor window and the hold are over. What ends them
@@ -424,14 +444,13 @@ func (w *swap) afterSwitch(ctx context.Context) error {
 // cancel (both, settled now), the target degrading (with auto_rollback: the swap ends and a
 // rollback takes the held lane back, instantly; without: the monitor reports it and the hold
 // goes on, so a rollback by hand is still instant).
-func (w *swap) monitorAndHold(ctx context.Context, m *config.Monitor, monEnd, holdEnd, started time.Time) error {
-	want := w.instanceCount(ctx)
+func (r *run) monitorAndHold(ctx context.Context, h holder, monEnd, holdEnd, started time.Time) error {
 	var degraded error
 	watching := time.Now().Before(monEnd)
 	for {
-		holding := !w.done(api.PhaseSettle)
+		holding := !succeeded(r.op, api.PhaseSettle)
 		if holding && !time.Now().Before(holdEnd) {
-			if err := w.settleDuringMonitor(ctx); err != nil {
+			if err := h.settleHeld(ctx); err != nil {
 				return err
 			}
 			continue
@@ -447,40 +466,45 @@ func (w *swap) monitorAndHold(ctx context.Context, m *config.Monitor, monEnd, ho
 				deadline = holdEnd
 			}
 		}
-		if w.op.State != state {
-			w.op.State, w.op.UpdatedAt = state, time.Now().UTC()
-			_ = w.journal()
+		if r.op.State != state {
+			r.op.State, r.op.UpdatedAt = state, time.Now().UTC()
+			_ = r.journal()
+			h.stateIs(state)
 		}
-		ev, err := w.await(ctx, deadline, watching, m, want)
+		var watch func(context.Context) error
+		if watching {
+			watch = h.watch
+		}
+		ev, err := r.await(ctx, deadline, watch)
 		switch {
 		case err != nil:
 			return err
 		case ev.degraded != nil:
 			watching = false
-			if m.AutoRollback {
+			if h.autoRollback() {
 				if holding {
-					w.skip(api.PhaseSettle, fmt.Sprintf("lane %s stays held for the rollback", w.tgtLane))
+					r.skip(api.PhaseSettle, fmt.Sprintf("%s stays held for the rollback", h.heldLanes()))
 				}
 				// Journaled before the swap ends: should this daemon stop before the rollback
 				// starts, the next leader starts it.
-				w.op.Next = &api.FollowUp{Kind: api.KindRollback, Trigger: "monitor", Source: w.op.Source, Target: w.op.Target, RollbackOf: w.op.ID}
-				if err := w.journal(); err != nil {
+				r.op.Next = &api.FollowUp{Kind: api.KindRollback, Trigger: "monitor", Source: r.op.Source, Target: r.op.Target, RollbackOf: r.op.ID}
+				if err := r.journal(); err != nil {
 					return err
 				}
 				return fmt.Errorf("%w: rolling back", ev.degraded)
 			}
 			degraded = ev.degraded
-			w.note(api.PhaseMonitor, fmt.Sprintf("%v; no automatic rollback (auto_rollback is off)", degraded))
+			r.note(api.PhaseMonitor, fmt.Sprintf("%v; no automatic rollback (auto_rollback is off)", degraded))
 		case ev.control == ctlEndMonitor:
 			msg := fmt.Sprintf("ended early after %s: another operation started; no automatic rollback", time.Since(started).Round(time.Second))
 			if holding {
-				w.skip(api.PhaseSettle, fmt.Sprintf("lane %s left held for the next operation, which settles it", w.tgtLane))
+				r.skip(api.PhaseSettle, fmt.Sprintf("%s left held for the next operation, which settles it", h.heldLanes()))
 			}
-			w.note(api.PhaseMonitor, msg)
+			r.note(api.PhaseMonitor, msg)
 			return degraded
 		case ev.control == ctlFinish:
 			watching = false
-			w.note(api.PhaseMonitor, fmt.Sprintf("ended early after %s: the swap was cancelled; no automatic rollback", time.Since(started).Round(time.Second)))
+			r.note(api.PhaseMonitor, fmt.Sprintf("ended early after %s: the swap was cancelled; no automatic rollback", time.Since(started).Round(time.Second)))
 			holdEnd = time.Now()
 		case ev.control == ctlSettle:
 			holdEnd = time.Now()
@@ -488,6 +512,20 @@ func (w *swap) monitorAndHold(ctx context.Context, m *config.Monitor, monEnd, ho
 	}
 	return degraded
 }
+
+// swapHolder is the holder of one swap: its target watched against the site's monitor, with
+// as many instances as it had when the monitor started.
+type swapHolder struct {
+	w    *swap
+	m    *config.Monitor
+	want int
+}
+
+func (h swapHolder) watch(ctx context.Context) error      { return h.w.watchHealth(ctx, h.m, h.want) }
+func (h swapHolder) settleHeld(ctx context.Context) error { return h.w.settleDuringMonitor(ctx) }
+func (h swapHolder) autoRollback() bool                   { return h.m.AutoRollback }
+func (h swapHolder) heldLanes() string                    { return "lane " + h.w.tgtLane }
+func (swapHolder) stateIs(string)                         {}
 
 // settleDuringMonitor settles the held lane while the swap's state is monitoring or holding;
 // the end of the settle phase is journaled with that state back, in one write.

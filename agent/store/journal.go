@@ -44,19 +44,32 @@ func (s *Store) JournalKey(op *api.Operation) string { return s.root(op) + "oper
 // CreateOperation journals op as the site's running operation, in one write; ErrBusy when
 // one exists. Its Seq (the history key) is the index it was created at.
 func (s *Store) CreateOperation(op *api.Operation) error {
-	b, err := json.Marshal(op)
-	if err != nil {
-		return err
+	return s.CreateOperations(op)
+}
+
+// CreateOperations journals every op as the running operation of its site or group in one
+// transaction: all of them, or none (ErrBusy when any journal holds an operation already).
+// A group operation and its members' parts start so.
+func (s *Store) CreateOperations(ops ...*api.Operation) error {
+	txn := make(consulapi.KVTxnOps, 0, len(ops))
+	for _, op := range ops {
+		b, err := json.Marshal(op)
+		if err != nil {
+			return err
+		}
+		txn = append(txn, CASOp(s.JournalKey(op), string(b), 0))
 	}
-	resp, err := s.Txn(consulapi.KVTxnOps{CASOp(s.JournalKey(op), string(b), 0)})
+	resp, err := s.Txn(txn)
 	if errors.Is(err, ErrConflict) {
 		return ErrBusy
 	}
 	if err != nil {
 		return err
 	}
-	op.Index = ResultIndex(resp, s.JournalKey(op), 0)
-	op.Seq = op.Index
+	for _, op := range ops {
+		op.Index = ResultIndex(resp, s.JournalKey(op), 0)
+		op.Seq = op.Index
+	}
 	return nil
 }
 
@@ -223,6 +236,11 @@ func (s *Store) historyRefs(root string) ([]HistoryRef, error) {
 // RunningOperation reads the site's running operation, or nil.
 func (s *Store) RunningOperation(site string) (*api.Operation, error) {
 	return s.runningAt(s.OperationKey(site))
+}
+
+// Journaled reads what op's journal (its site's or its group's) holds now, or nil.
+func (s *Store) Journaled(op *api.Operation) (*api.Operation, error) {
+	return s.runningAt(s.JournalKey(op))
 }
 
 // RunningGroupOperation reads the group's running group operation, or nil.
