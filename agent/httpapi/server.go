@@ -281,7 +281,11 @@ func (s *Server) run(r *http.Request, rt route, a access) (int, any, error) {
 // member of the {group}. A site is not while its owner has not heard of the leadership yet or
 // is still bringing it up.
 func (s *Server) ready(r *http.Request) error {
-	if g := s.b.Group(r.PathValue("group")); g != nil {
+	if name := r.PathValue("group"); name != "" {
+		g := s.b.Group(name)
+		if g == nil {
+			return nil // gone since the route looked it up: the backend says so
+		}
 		for _, site := range g.Sites {
 			if !s.b.Ready(site) {
 				return fmt.Errorf("site %s of group %s is %w; nothing was started, retry in a few seconds", site, g.Name, engine.ErrStarting)
