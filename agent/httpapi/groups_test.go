@@ -6,10 +6,13 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/slotd/slotd/agent/metrics"
 	"github.com/slotd/slotd/api"
+	"github.com/slotd/slotd/config"
 )
 
 // TestGroupRoutes: the group routes check the group, the body and the slots of every member
@@ -120,4 +123,34 @@ func TestGroupRoutes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// vanishingGroup is a backend whose groups are gone after the first lookup, as after a reload
+// that removes them while a request is checked.
+type vanishingGroup struct {
+	*fakeBackend
+	lookups int
+}
+
+func (b *vanishingGroup) Group(name string) *config.Group {
+	b.lookups++
+	if b.lookups > 1 {
+		return nil
+	}
+	return b.fakeBackend.Group(name)
+}
+
+// TestGroupGoneWhileChecked: a group removed between the route's lookup and the readiness
+// check is left to the backend to answer, not refused as a site "" that is starting.
+func TestGroupGoneWhileChecked(t *testing.T) {
+	fb := newFakeBackend("", nil)
+	fb.leading, fb.ready = true, true
+	b := &vanishingGroup{fakeBackend: fb}
+	s, err := New(fb.cfg.HTTP.Address, b, metrics.New().Registry, hclog.NewNullLogger())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	rec := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, httptest.NewRequest("POST", "/v1/groups/storefront/rollback", nil))
+	assert.Equal(t, 202, rec.Code, rec.Body.String())
+	assert.Equal(t, 1, fb.started, "the backend was asked")
 }
