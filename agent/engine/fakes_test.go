@@ -44,7 +44,7 @@ type fakeLanes struct {
 	// "plan <lane> as <slot> <scale>"; planErr fails the plans.
 	scales  []string
 	planErr error
-	// last is the state each lane was last moved to, for plans.
+	// last is the state each lane was last moved to, for plans, by "<site>/<lane>".
 	last map[string]lanes.State
 	// sick marks the lanes whose instances fail their checks; differ the lanes that Differs
 	// says run something else than KV asks (after differWait).
@@ -72,11 +72,11 @@ func (f *fakeLanes) Counts(_ context.Context, _ *config.Site, lane string) (map[
 	return maps.Clone(f.counts[lane]), f.serves[lane], nil
 }
 
-func (f *fakeLanes) Plan(_ context.Context, _ *config.Site, lane string, _ lanes.Source, want lanes.State) (jobspec.Change, error) {
+func (f *fakeLanes) Plan(_ context.Context, cfg *config.Site, lane string, _ lanes.Source, want lanes.State) (jobspec.Change, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.scales = append(f.scales, fmt.Sprintf("plan %s as %s %s", lane, want.Slot, scaleText(want)))
-	cur, ok := f.last[lane]
+	cur, ok := f.last[cfg.Name+"/"+lane]
 	if ok && cur.Slot == want.Slot && maps.Equal(cur.Env, want.Env) && maps.Equal(cur.Scale, want.Scale) {
 		return jobspec.TagsOnly, f.planErr
 	}
@@ -108,7 +108,7 @@ func (f *fakeLanes) Ensure(_ context.Context, cfg *config.Site, lane string, _ l
 	if f.last == nil {
 		f.last = map[string]lanes.State{}
 	}
-	f.last[lane] = want
+	f.last[cfg.Name+"/"+lane] = want
 	delete(f.differ, lane) // it runs what was asked now
 	if f.counts != nil && want.Scale != nil {
 		f.counts[lane], f.serves[lane] = maps.Clone(want.Scale), want.Slot
@@ -151,21 +151,24 @@ func testSite() *config.Site {
 }
 
 // kvSlots writes production on lane a and staging on lane b, or the other way round.
-func kvSlots(kv *storetest.KV, exchanged bool) {
-	prodLane, stagingLane := "web-a", "web-b"
+func kvSlots(kv *storetest.KV, exchanged bool) { kvSite(kv, "web", exchanged) }
+
+// kvSite is kvSlots of any site.
+func kvSite(kv *storetest.KV, site string, exchanged bool) {
+	prodLane, stagingLane := site+"-a", site+"-b"
 	prodFeature, stagingFeature := "prod-feature", "staging-feature"
 	if exchanged {
-		prodLane, stagingLane = "web-b", "web-a"
+		prodLane, stagingLane = stagingLane, prodLane
 		prodFeature, stagingFeature = stagingFeature, prodFeature
 	}
-	kv.Put("slotd/sites/web/slots/production/lane", prodLane)
-	kv.Put("slotd/sites/web/slots/production/version", "3")
-	kv.Put("slotd/sites/web/slots/production/settings", `{"FEATURE": "`+prodFeature+`"}`)
-	kv.Put("slotd/sites/web/slots/production/sticky", `{"DB": "prod-db"}`)
-	kv.Put("slotd/sites/web/slots/staging/lane", stagingLane)
-	kv.Put("slotd/sites/web/slots/staging/version", "5")
-	kv.Put("slotd/sites/web/slots/staging/settings", `{"FEATURE": "`+stagingFeature+`"}`)
-	kv.Put("slotd/sites/web/slots/staging/sticky", `{"DB": "staging-db"}`)
+	kv.Put("slotd/sites/"+site+"/slots/production/lane", prodLane)
+	kv.Put("slotd/sites/"+site+"/slots/production/version", "3")
+	kv.Put("slotd/sites/"+site+"/slots/production/settings", `{"FEATURE": "`+prodFeature+`"}`)
+	kv.Put("slotd/sites/"+site+"/slots/production/sticky", `{"DB": "prod-db"}`)
+	kv.Put("slotd/sites/"+site+"/slots/staging/lane", stagingLane)
+	kv.Put("slotd/sites/"+site+"/slots/staging/version", "5")
+	kv.Put("slotd/sites/"+site+"/slots/staging/settings", `{"FEATURE": "`+stagingFeature+`"}`)
+	kv.Put("slotd/sites/"+site+"/slots/staging/sticky", `{"DB": "staging-db"}`)
 }
 
 func testEngine(kv *storetest.KV, lanes laneOps) *Engine {
@@ -220,7 +223,7 @@ func (f *fakeLanes) Running(_ context.Context, cfg *config.Site, lane string, _ 
 }
 
 func (f *fakeLanes) running(cfg *config.Site, lane string) (lanes.State, error) {
-	if st, ok := f.last[lane]; ok {
+	if st, ok := f.last[cfg.Name+"/"+lane]; ok {
 		st.Tags, st.InPlace = nil, false
 		return st, nil
 	}

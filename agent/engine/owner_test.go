@@ -27,11 +27,7 @@ import (
 // ownedSite is a site whose owner runs in e under a leadership until the test ends.
 func ownedSite(t *testing.T, kv *storetest.KV, cfg *config.Site) (*Engine, *fakeLanes, *site) {
 	t.Helper()
-	app := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
-	t.Cleanup(app.Close)
-	lanes := &fakeLanes{versions: map[string]uint64{"a": 10, "b": 20}, instance: strings.TrimPrefix(app.URL, "http://")}
-	e := testEngine(kv, lanes)
-	e.httpClient = app.Client()
+	e, lanes := warmableEngine(t, kv)
 	s := newSite(e, cfg)
 	e.sites = map[string]*site{cfg.Name: s}
 	ctx, stop := context.WithCancel(context.Background())
@@ -45,6 +41,16 @@ func ownedSite(t *testing.T, kv *storetest.KV, cfg *config.Site) (*Engine, *fake
 	})
 	waitUntil(t, 10*time.Second, "the site is ready", func() bool { return s.snapshot().ready })
 	return e, lanes, s
+}
+
+// warmableEngine is a test engine whose lanes' instances answer warm-up requests.
+func warmableEngine(t *testing.T, kv *storetest.KV) (*Engine, *fakeLanes) {
+	app := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	t.Cleanup(app.Close)
+	lanes := &fakeLanes{versions: map[string]uint64{"a": 10, "b": 20}, instance: strings.TrimPrefix(app.URL, "http://")}
+	e := testEngine(kv, lanes)
+	e.httpClient = app.Client()
+	return e, lanes
 }
 
 func waitUntil(t *testing.T, d time.Duration, what string, ok func() bool) {

@@ -242,7 +242,7 @@ func TestSwapResumeAndRestore(t *testing.T) {
 				fl.instance = strings.TrimPrefix(app.URL, "http://")
 			}
 			if succeeded(tc.op, api.PhaseApply) && !tc.exchanged {
-				fl.last = map[string]lanes.State{"b": appliedB}
+				fl.last = map[string]lanes.State{"web/b": appliedB}
 			}
 			e := testEngine(kv, fl)
 			e.httpClient = app.Client()
@@ -546,7 +546,7 @@ func TestResumedSwapMakesWhatWasWarmed(t *testing.T) {
 	kv := storetest.New()
 	kvSlots(kv, false)
 	fl := &fakeLanes{versions: map[string]uint64{"a": 10, "b": 20}, instance: strings.TrimPrefix(app.URL, "http://"),
-		last: map[string]lanes.State{"b": appliedB, "a": {Slot: "production", Env: map[string]string{"DB": "prod-db", "FEATURE": "prod-feature"}}}}
+		last: map[string]lanes.State{"web/b": appliedB, "web/a": {Slot: "production", Env: map[string]string{"DB": "prod-db", "FEATURE": "prod-feature"}}}}
 	e := testEngine(kv, fl)
 	e.httpClient = app.Client()
 	op := phased(api.PhaseSucceeded, api.PhaseSucceeded) // applied and warmed; the daemon died
