@@ -242,12 +242,27 @@ func (e *Engine) History(name string, limit int, before uint64) ([]api.Operation
 // Operation answers an operation; with index it blocks until the index differs or ctx ends.
 func (e *Engine) Operation(ctx context.Context, id string, index uint64) (*api.Operation, error) {
 	if op := e.ops.get(id); op != nil {
-		if index == 0 {
-			return op, nil
+		if index != 0 {
+			op = e.ops.wait(ctx, id, index)
 		}
-		return e.ops.wait(ctx, id, index), nil
+		return e.withParts(op), nil
 	}
 	return e.findOperation(id)
+}
+
+// withParts is a running group operation with its members' parts as they are now (the group
+// journals their states at its own phase boundaries only).
+func (e *Engine) withParts(op *api.Operation) *api.Operation {
+	if op == nil || op.Site != "" || api.Terminal(op.State) {
+		return op
+	}
+	op.Members = slices.Clone(op.Members)
+	for i, m := range op.Members {
+		if part := e.ops.get(m.Operation); part != nil {
+			op.Members[i].State, op.Members[i].Error = part.State, part.Error
+		}
+	}
+	return op
 }
 
 // running finds the run of an operation in flight in this daemon, and its state now.

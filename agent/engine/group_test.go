@@ -155,6 +155,14 @@ func TestGroupSwapExchangesInOneTransaction(t *testing.T) {
 		assert.Equal(t, op.ID, h[0].GroupOperation, "%s keeps its part in its history", site)
 	}
 	assert.Empty(t, kv.Value("slotd/groups/store/operation"))
+
+	_, err = g.e.Rollback("web")
+	require.ErrorIs(t, err, store.ErrBadRequest, "a member's part is rolled back with its group")
+	assert.Contains(t, err.Error(), "slotd rollback -group store")
+	g.e.ops = newOpRegistry() // forgotten: read back from KV
+	found, err := g.e.Operation(context.Background(), op.ID, 0)
+	require.NoError(t, err)
+	assert.Equal(t, api.StateSucceeded, found.State)
 }
 
 func TestGroupSwapFailingMemberUndoesAll(t *testing.T) {

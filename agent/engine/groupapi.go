@@ -47,7 +47,7 @@ func (e *Engine) GroupStatus(ctx context.Context, name string) (*api.Group, erro
 	}
 	out := &api.Group{Name: g.Name, Sites: slices.Clone(g.Sites)}
 	if run := e.activeGroup(name); run != nil {
-		out.Operation = e.ops.get(run.op.ID)
+		out.Operation = e.withParts(e.ops.get(run.op.ID))
 	} else {
 		op, err := e.store.RunningGroupOperation(name)
 		if err != nil {
@@ -276,7 +276,7 @@ func (e *Engine) journalGroup(lead context.Context, gop *api.Operation, parts []
 	}
 	// It may land still: each site's look for an orphan finds its part, which then joins the
 	// group taken over from its journal, and is undone, since nothing began.
-	return fmt.Errorf("journal group operation %s: %w", gop.ID, err)
+	return &lostCreate{fmt.Errorf("journal group operation %s: %w", gop.ID, err)}
 }
 
 // whoIsBusy names the journal that held an operation when a group operation was to start.

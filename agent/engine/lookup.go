@@ -122,7 +122,7 @@ func (e *Engine) findOperation(id string) (*api.Operation, error) {
 		key = found[id]
 	}
 	if key == "" {
-		return nil, notFound
+		return e.findGroupOperation(id, notFound)
 	}
 	op, err := e.store.OperationAt(key)
 	if err != nil {
@@ -132,4 +132,19 @@ func (e *Engine) findOperation(id string) (*api.Operation, error) {
 		return nil, notFound // pruned since
 	}
 	return op, nil
+}
+
+// findGroupOperation looks for a group operation by ID in every declared group's folder, one
+// read each; notFound when none has it.
+func (e *Engine) findGroupOperation(id string, notFound error) (*api.Operation, error) {
+	for _, g := range e.GroupNames() {
+		op, err := e.store.FindGroupOperation(g, id)
+		if err != nil {
+			return nil, err
+		}
+		if op != nil {
+			return op, nil
+		}
+	}
+	return nil, notFound
 }

@@ -445,6 +445,11 @@ func (e *Engine) lastSwap(site string, limit int) (*api.Operation, error) {
 
 // rollbackOf swaps back the given swap.
 func (s *site) rollbackOf(last *api.Operation, trigger string, reply chan<- answer) {
+	if last.GroupOperation != "" {
+		reply <- answer{nil, fmt.Errorf("%w: the last swap of site %s was its part of group operation %s of group %q: roll the group back as one (slotd rollback -group %s), or swap this site's slots yourself",
+			store.ErrBadRequest, s.name, last.GroupOperation, last.Group, last.Group)}
+		return
+	}
 	if s.cfg.Slot(last.Source) == nil || s.cfg.Slot(last.Target) == nil {
 		reply <- answer{nil, fmt.Errorf("%w: the last swap of site %s moved slots %s and %s, which are no longer both declared", store.ErrBadRequest, s.name, last.Source, last.Target)}
 		return

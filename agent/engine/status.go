@@ -161,7 +161,7 @@ func (e *Engine) present(cfg *config.Site, ob *observed, ready, detail bool) *ap
 		if running.GroupOperation != "" {
 			// A member's part of a group operation: the site shows the group operation.
 			if g := e.ops.get(running.GroupOperation); g != nil {
-				view.Operation = g
+				view.Operation = e.withParts(g)
 			}
 		}
 	}

@@ -62,8 +62,12 @@ func New() *Metrics {
 }
 
 func (m *Metrics) Finished(op *api.Operation) {
-	m.OpsFinished.WithLabelValues(op.Site, op.Kind, op.State).Inc()
+	site := op.Site
+	if site == "" && op.Group != "" {
+		site = "group/" + op.Group // a group operation; its members' parts count for their sites
+	}
+	m.OpsFinished.WithLabelValues(site, op.Kind, op.State).Inc()
 	if op.Kind == api.KindRollback {
-		m.Rollbacks.WithLabelValues(op.Site, op.Trigger).Inc()
+		m.Rollbacks.WithLabelValues(site, op.Trigger).Inc()
 	}
 }

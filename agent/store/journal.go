@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -410,6 +411,26 @@ func (s *Store) HistoryIndex(ctx context.Context, sites []string) (map[string]st
 		return nil, fmt.Errorf("read the histories of %d sites: %w", len(sites), err)
 	}
 	return out, nil
+}
+
+// FindGroupOperation reads a group's operation by ID, running or in its history, in one read
+// of the group's folder; nil when the group has none of that ID.
+func (s *Store) FindGroupOperation(group, id string) (*api.Operation, error) {
+	q, cancel := Bounded(nil)
+	defer cancel()
+	pairs, _, err := s.KV.List(s.GroupKey(group), q)
+	if err != nil {
+		return nil, fmt.Errorf("read group %s: %w", group, err)
+	}
+	for _, p := range pairs {
+		if !bytes.Contains(p.Value, []byte(`"`+id+`"`)) {
+			continue
+		}
+		if op, err := decodeOperation(p); err == nil && op.ID == id {
+			return op, nil
+		}
+	}
+	return nil, nil
 }
 
 // OperationAt reads the operation kept at a history key, nil when there is none.
