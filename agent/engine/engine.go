@@ -57,12 +57,15 @@ type Engine struct {
 	daemon context.Context
 	leader atomic.Bool
 
-	mu        sync.Mutex
-	groups    []*config.Group
-	sites     map[string]*site
-	siteStops map[string]context.CancelFunc
-	ownersCtx context.Context // the sites' owners run until it ends (nil before Run)
-	lead      context.Context // the leadership under way, nil while this daemon does not lead
+	mu     sync.Mutex
+	groups []*config.Group
+	// historyLimit is how many finished group operations each group keeps (the top-level
+	// history_limit).
+	historyLimit int
+	sites        map[string]*site
+	siteStops    map[string]context.CancelFunc
+	ownersCtx    context.Context // the sites' owners run until it ends (nil before Run)
+	lead         context.Context // the leadership under way, nil while this daemon does not lead
 
 	runsMu sync.Mutex
 	runs   map[string]*run // the run in flight per site name, whichever owner started it
@@ -80,6 +83,7 @@ func New(cfg *config.Config, d Deps) *Engine {
 		daemon:     context.Background(),
 		sites:      map[string]*site{}, siteStops: map[string]context.CancelFunc{},
 		runs: map[string]*run{}, groups: cfg.Groups, groupRuns: map[string]*groupRun{},
+		historyLimit: cfg.HistoryLimit,
 	}
 	for _, sc := range cfg.Sites {
 		e.sites[sc.Name] = newSite(e, sc)
@@ -175,7 +179,7 @@ func (e *Engine) stopping() bool { return e.daemon.Err() != nil }
 // its owner stops, and its lanes keep running.
 func (e *Engine) Reload(cfg *config.Config) {
 	e.mu.Lock()
-	e.groups = cfg.Groups
+	e.groups, e.historyLimit = cfg.Groups, cfg.HistoryLimit
 	// The owners hear of it after e.mu is released: an owner busy must not hold up readers.
 	var tell []func()
 	for _, sc := range cfg.Sites {

@@ -79,6 +79,7 @@ func (e *Engine) activeGroup(name string) *groupRun {
 // newGroupRun registers a group operation's run; e.groupsMu is held.
 func (e *Engine) newGroupRun(op *api.Operation, lead context.Context) *groupRun {
 	g := &groupRun{run: e.newRun(nil, lead, op), name: op.Group, joined: make(chan struct{})}
+	g.historyLimit = e.groupHistoryLimit()
 	for _, m := range op.Members {
 		g.members = append(g.members, &member{site: m.Site, opID: m.Operation, result: make(chan error, 1)})
 	}

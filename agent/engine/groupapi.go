@@ -65,6 +65,13 @@ func (e *Engine) GroupStatus(ctx context.Context, name string) (*api.Group, erro
 	return out, nil
 }
 
+// groupHistoryLimit is how many finished group operations a group keeps.
+func (e *Engine) groupHistoryLimit() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.historyLimit
+}
+
 // GroupHistory is a page of a group's finished group operations, newest first.
 func (e *Engine) GroupHistory(name string, limit int, before uint64) ([]api.Operation, error) {
 	if e.Group(name) == nil {
@@ -197,7 +204,7 @@ func (e *Engine) startGroup(name string, gop *api.Operation, rollbackOf map[stri
 		if !api.Terminal(cur.State) {
 			return nil, fmt.Errorf("%w: group %q has group operation %s journaled (%s)", store.ErrBusy, name, cur.ID, cur.State)
 		}
-		if err := e.store.MoveToHistory(cur, 0); err != nil {
+		if err := e.store.MoveToHistory(cur, e.groupHistoryLimit()); err != nil {
 			return nil, err
 		}
 	}
@@ -321,7 +328,7 @@ func (e *Engine) leadGroup(lead context.Context, name string) error {
 		return nil
 	}
 	if cur != nil {
-		if err := e.store.MoveToHistory(cur, 0); err != nil {
+		if err := e.store.MoveToHistory(cur, e.groupHistoryLimit()); err != nil {
 			return err
 		}
 	}
