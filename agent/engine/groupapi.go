@@ -132,8 +132,8 @@ func (e *Engine) GroupRollback(name string) (*api.Operation, error) {
 }
 
 // startRollbackOf starts the rollback of a group operation: each member's part reverses that
-// member's part of it. The members of the operation just ended may not have told their sites
-// yet: the start is tried again for a few seconds while they are busy.
+// member's part of it. The parts of the operation just ended may not have told their sites'
+// owners yet (microseconds): the start is tried again for a few seconds while they are busy.
 func (e *Engine) startRollbackOf(last *api.Operation, trigger string) (*api.Operation, error) {
 	op := &api.Operation{Kind: api.KindRollback, Trigger: trigger, Source: last.Source, Target: last.Target, RollbackOf: last.ID}
 	of := map[string]string{}
@@ -141,7 +141,7 @@ func (e *Engine) startRollbackOf(last *api.Operation, trigger string) (*api.Oper
 		of[m.Site] = m.Operation
 	}
 	var err error
-	for attempt := 1; attempt <= 20; attempt++ {
+	for attempt := 1; attempt <= 100; attempt++ {
 		var started *api.Operation
 		if started, err = e.startGroup(last.Group, op, of); err == nil {
 			return started, nil
@@ -149,7 +149,7 @@ func (e *Engine) startRollbackOf(last *api.Operation, trigger string) (*api.Oper
 		if !errors.Is(err, store.ErrBusy) && !errors.Is(err, ErrStarting) {
 			return nil, err
 		}
-		time.Sleep(250 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 	return nil, err
 }

@@ -272,6 +272,7 @@ func newOpRegistry() *opRegistry { return &opRegistry{ops: map[string]*opEntry{}
 func (g *opRegistry) publish(op *api.Operation) {
 	c := *op
 	c.Phases = append([]api.Phase(nil), op.Phases...)
+	c.Members = append([]api.GroupMember(nil), op.Members...)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	e, ok := g.ops[op.ID]
