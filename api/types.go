@@ -114,6 +114,9 @@ type Operation struct {
 	Group          string        `json:"group,omitempty"`
 	GroupOperation string        `json:"group_operation,omitempty"`
 	Members        []GroupMember `json:"members,omitempty"`
+	// Measurements are the evaluations of the site's analyses (monitor { analysis … }) during
+	// the operation, oldest first (at most MaxMeasurements, the newest kept).
+	Measurements []Measurement `json:"measurements,omitempty"`
 	// Unchanged is set on a settings rollout that found every lane already running what KV
 	// says: it changed nothing, so when it succeeds it is not kept in the history.
 	Unchanged bool `json:"unchanged,omitempty"`
@@ -138,6 +141,43 @@ type FollowUp struct {
 	Source     string `json:"source"`
 	Target     string `json:"target"`
 	RollbackOf string `json:"rollback_of,omitempty"`
+}
+
+// MaxMeasurements bounds an operation's Measurements.
+const MaxMeasurements = 100
+
+// Verdicts of an analysis' evaluation.
+const (
+	VerdictPass         = "pass"
+	VerdictFail         = "fail"
+	VerdictInconclusive = "inconclusive"
+)
+
+// Measurement is one evaluation of an analysis: what its query measured and what that means.
+type Measurement struct {
+	Analysis string    `json:"analysis"`
+	Phase    string    `json:"phase"` // warm (before the switch, on the candidate) or monitor
+	At       time.Time `json:"at"`
+	// Value is what the query returned; absent when it returned nothing.
+	Value   *float64 `json:"value,omitempty"`
+	Verdict string   `json:"verdict"`
+	// Message says why a verdict is fail or inconclusive, or what the bounds are.
+	Message string `json:"message,omitempty"`
+}
+
+// Event is what a notify webhook receives (DESIGN: notifications): one event of an operation.
+type Event struct {
+	// Event is "<kind>.<what>": swap.started, swap.phase_ended, swap.switched,
+	// swap.analysis_failed, swap.rolled_back, swap.succeeded, swap.failed, swap.cancelled (and
+	// the same of deploy, rollback, scale, settings).
+	Event string `json:"event"`
+	// Delivery identifies this posting (the same on every retry).
+	Delivery  string     `json:"delivery"`
+	At        time.Time  `json:"at"`
+	Site      string     `json:"site,omitempty"`
+	Group     string     `json:"group,omitempty"`
+	Phase     *Phase     `json:"phase,omitempty"`
+	Operation *Operation `json:"operation"`
 }
 
 // GroupMember is one member site's part of a group operation: the site's own operation (its

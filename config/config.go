@@ -71,6 +71,8 @@ type Config struct {
 	Sites []*Site
 	// Groups in name order: sites swapped as one (group "storefront" { sites = [...] }).
 	Groups []*Group
+	// Notify are the webhooks told of every operation's events.
+	Notify []*Notify
 
 	// Files are the files the declarations were read from, as named to Load or Parse.
 	Files []string
@@ -152,6 +154,7 @@ type Site struct {
 
 	Warmup  *Warmup  `hcl:"warmup,block"`
 	Monitor *Monitor `hcl:"monitor,block"`
+	Gates   []*Gate  `hcl:"gate,block"`
 	Slots   []*Slot  `hcl:"slot,block"`
 
 	// Range is where the site is declared (its `site "name"` header), for messages.
@@ -191,8 +194,64 @@ type Monitor struct {
 	// written, or Window when left out; 0 settles at once.
 	RollbackWindowRaw string `hcl:"rollback_window,optional"`
 	RollbackWindow    time.Duration
+	// Analyses judge a swap by metrics (Prometheus queries) as well as by health checks.
+	Analyses []*Analysis `hcl:"analysis,block"`
 
 	// Range is where the block is declared, for messages; zero when it was left out.
+	Range hcl.Range `hcl:",def_range"`
+}
+
+// Analysis is one metric check of a swap: a Prometheus query evaluated every Interval during
+// the monitor window (and before the switch, on the candidate, with BeforeSwitch); Failures
+// evaluations in a row outside [Min, Max] fail it. Query is a Go text/template (see
+// analysis.Vars for what it can name).
+type Analysis struct {
+	Name        string   `hcl:"name,label"`
+	Prometheus  string   `hcl:"prometheus"`
+	Query       string   `hcl:"query"`
+	Max         *float64 `hcl:"max,optional"`
+	Min         *float64 `hcl:"min,optional"`
+	IntervalRaw string   `hcl:"interval,optional"`
+	Interval    time.Duration
+	// Failures is how many failing evaluations in a row fail the analysis (default 1).
+	Failures int `hcl:"failures,optional"`
+	// OnInconclusive is what an evaluation that measured nothing (Prometheus unreachable, an
+	// empty result) counts as: "pass", "fail", or "pause" (the default).
+	OnInconclusive string `hcl:"on_inconclusive,optional"`
+	// BeforeSwitch evaluates it on the candidate too, after warm-up and before any route
+	// moves, for as long as BeforeSwitchFor (default: Interval × Failures).
+	BeforeSwitch       bool   `hcl:"before_switch,optional"`
+	BeforeSwitchForRaw string `hcl:"before_switch_for,optional"`
+	BeforeSwitchFor    time.Duration
+
+	Range hcl.Range `hcl:",def_range"`
+}
+
+// Gate is a confirmation asked of a webhook at a point of a swap (today "before-switch"):
+// slotd posts the operation and waits up to Timeout for a 2xx; anything else leaves the swap
+// previewing, for -complete or -cancel.
+type Gate struct {
+	Name       string `hcl:"name,label"`
+	Webhook    string `hcl:"webhook"`
+	TimeoutRaw string `hcl:"timeout,optional"`
+	Timeout    time.Duration
+	SecretFile string `hcl:"secret_file,optional"`
+	// Secret is read from SecretFile after decoding: the request is signed with it.
+	Secret string `json:"-"`
+
+	Range hcl.Range `hcl:",def_range"`
+}
+
+// Notify is a webhook that every operation event (or those Events name) is posted to, signed
+// with the secret of SecretFile; Format "slack" posts a Slack-compatible body.
+type Notify struct {
+	Name       string   `hcl:"name,label"`
+	Webhook    string   `hcl:"webhook"`
+	Events     []string `hcl:"events,optional"`
+	SecretFile string   `hcl:"secret_file,optional"`
+	Format     string   `hcl:"format,optional"`
+	Secret     string   `json:"-"`
+
 	Range hcl.Range `hcl:",def_range"`
 }
 

@@ -25,11 +25,12 @@ type file struct {
 	// HistoryLimit is the default of every site's history_limit.
 	HistoryLimit *int `hcl:"history_limit,optional"`
 
-	HTTP   *HTTP    `hcl:"http,block"`
-	Consul *Consul  `hcl:"consul,block"`
-	Nomad  *Nomad   `hcl:"nomad,block"`
-	Sites  []*Site  `hcl:"site,block"`
-	Groups []*Group `hcl:"group,block"`
+	HTTP   *HTTP     `hcl:"http,block"`
+	Consul *Consul   `hcl:"consul,block"`
+	Nomad  *Nomad    `hcl:"nomad,block"`
+	Sites  []*Site   `hcl:"site,block"`
+	Groups []*Group  `hcl:"group,block"`
+	Notify []*Notify `hcl:"notify,block"`
 
 	name string // as given to Load or Parse
 	dir  string // absolute folder of the file: config_dir, where relative paths start
