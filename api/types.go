@@ -114,6 +114,9 @@ type Operation struct {
 	Group          string        `json:"group,omitempty"`
 	GroupOperation string        `json:"group_operation,omitempty"`
 	Members        []GroupMember `json:"members,omitempty"`
+	// Waiting says why an operation waits previewing for -complete or -cancel although it was
+	// not asked to preview: a gate refused, or an analysis before the switch was inconclusive.
+	Waiting string `json:"waiting,omitempty"`
 	// Measurements are the evaluations of the site's analyses (monitor { analysis … }) during
 	// the operation, oldest first (at most MaxMeasurements, the newest kept).
 	Measurements []Measurement `json:"measurements,omitempty"`

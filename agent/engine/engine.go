@@ -35,6 +35,10 @@ type Deps struct {
 	Metrics *metrics.Metrics
 	Follow  *query.Follower
 	Logger  hclog.Logger
+	// Notify takes every operation's events (nil: none are sent); Gates answers the sites'
+	// gates (nil: a declared gate refuses).
+	Notify Notifier
+	Gates  Gatekeeper
 }
 
 // Engine owns the declared sites. Its scopes are contexts: the daemon's (Run's ctx: once it
@@ -48,6 +52,8 @@ type Engine struct {
 	lanes   laneOps
 	metrics *metrics.Metrics
 	follow  *query.Follower
+	notify  Notifier
+	gates   Gatekeeper
 	ops     *opRegistry
 	index   *opIndex
 	// httpClient sends the warm-up requests (newWarmupClient).
@@ -78,7 +84,7 @@ type Engine struct {
 func New(cfg *config.Config, d Deps) *Engine {
 	e := &Engine{
 		logger: d.Logger, consul: d.Consul, nomad: d.Nomad, store: d.Store, lanes: d.Lanes,
-		metrics: d.Metrics, follow: d.Follow, ops: newOpRegistry(), index: newOpIndex(),
+		metrics: d.Metrics, follow: d.Follow, notify: d.Notify, gates: d.Gates, ops: newOpRegistry(), index: newOpIndex(),
 		httpClient: newWarmupClient(),
 		daemon:     context.Background(),
 		sites:      map[string]*site{}, siteStops: map[string]context.CancelFunc{},

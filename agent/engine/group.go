@@ -322,6 +322,9 @@ func (g *groupRun) runPhases(ctx context.Context, ms []*member) error {
 				return g.undo(ms, err)
 			}
 		}
+		if err := g.beforeSwitch(ctx, ms); err != nil {
+			return g.undo(ms, err)
+		}
 		if err := g.phase(api.PhaseSwitch, api.StateSwitching, func() error {
 			return g.alongside(ms, api.PhaseSwitch, api.StateSwitching, func() error { return g.switchAll(ctx, ms) })
 		}); err != nil {
@@ -514,6 +517,15 @@ func memberErrors(ms []*member, errs []error) error {
 	return out
 }
 
+// beforeSwitch asks every member site's before-switch gate, side by side (a group swap; a
+// group rollback does not wait for them): any refusal leaves the group waiting previewing.
+func (g *groupRun) beforeSwitch(ctx context.Context, ms []*member) error {
+	if g.op.Kind != api.KindSwap {
+		return nil
+	}
+	return g.waitUnless(ctx, side(ms, func(_ int, m *member) error { return g.eng.gate(ctx, m.cfg, gateBeforeSwitch, g.op) }))
+}
+
 // preview holds every member after apply until the group operation is completed or cancelled.
 func (g *groupRun) preview(ctx context.Context, ms []*member) error {
 	now := time.Now().UTC()
@@ -685,6 +697,7 @@ func (g *groupRun) exchange(ctx context.Context, ms []*member, made, broken []la
 		}
 		*g.op = next
 		g.eng.ops.publish(g.op)
+		g.eng.tell(g.op, evSwitched, nil)
 		return failpoint.Inject(ctx, "group.switch.after-exchange")
 	}
 }

@@ -253,6 +253,7 @@ func (e *Engine) startGroup(name string, gop *api.Operation, rollbackOf map[stri
 	release(nil) // each site runs its part, which joins g
 	e.logger.Info("group operation started", "group", name, "op", gop.ID, "kind", gop.Kind, "members", fmt.Sprint(cfg.Sites))
 	go e.runGroup(g)
+	e.tell(gop, evStarted, nil)
 	return e.ops.get(gop.ID), nil
 }
 

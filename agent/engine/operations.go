@@ -159,6 +159,7 @@ func (r *run) finish(err error) {
 	}
 	e.ops.publish(op)
 	e.metrics.Finished(op)
+	e.tell(op, op.State, nil) // succeeded, failed or cancelled
 	level := e.logger.Info
 	if op.State != api.StateSucceeded {
 		level = e.logger.Warn
@@ -210,6 +211,7 @@ func (r *run) phase(name, state string, fn func() error) error {
 		p.State, p.Message = api.PhaseFailed, err.Error()
 	}
 	e.metrics.PhaseSeconds.WithLabelValues(r.op.Site, r.op.Kind, name, p.State).Observe(end.Sub(*p.StartedAt).Seconds())
+	e.tell(r.op, evPhaseEnded, p)
 	if jerr := r.journal(); jerr != nil && (err == nil || errors.Is(jerr, store.ErrStopping)) {
 		return jerr // deposed: that, not the phase's own outcome, decides what happens next
 	}

@@ -280,6 +280,7 @@ func (s *site) created(ev evCreated) {
 	}
 	op := req.op
 	s.eng.metrics.OpsStarted.WithLabelValues(s.name, op.Kind).Inc()
+	s.eng.tell(op, evStarted, nil)
 	s.log.Info("operation started", "op", op.ID, "kind", op.Kind, "trigger", op.Trigger)
 	s.execute(op, req.fn)
 	req.answer(s.eng.ops.get(op.ID), nil)

@@ -80,6 +80,9 @@ func (w *swap) runPhases(ctx context.Context) error {
 				return w.undo(err)
 			}
 		}
+		if err := w.beforeSwitch(ctx); err != nil {
+			return w.undo(err)
+		}
 		if err := w.phase(api.PhaseSwitch, api.StateSwitching, func() error { return w.switchSlots(ctx) }); err != nil {
 			return err
 		}
@@ -174,6 +177,36 @@ func (w *swap) preview(ctx context.Context) error {
 	}
 	w.eng.logger.Info("swap previewing", "site", w.cfg.Name, "op", w.op.ID, "preview_tags", strings.Join(w.target.PreviewTags, ","))
 	return w.awaitComplete(ctx)
+}
+
+// beforeSwitch asks the site's before-switch gate, for a swap (a rollback does not wait for
+// it): when the gate refuses or does not answer in time, the swap waits previewing, with the
+// reason in Waiting, until it is completed (it goes on) or cancelled (undone).
+func (w *swap) beforeSwitch(ctx context.Context) error {
+	if w.op.Kind != api.KindSwap {
+		return nil
+	}
+	return w.waitUnless(ctx, w.eng.gate(ctx, w.cfg, gateBeforeSwitch, w.op))
+}
+
+// gateBeforeSwitch is the gate asked between warm-up and switch.
+const gateBeforeSwitch = "before-switch"
+
+// waitUnless waits previewing for complete or cancel when why is not nil, with why in Waiting.
+func (r *run) waitUnless(ctx context.Context, why error) error {
+	if why == nil {
+		return nil
+	}
+	r.eng.logger.Warn("operation waits for complete or cancel", "site", r.op.Site, "group", r.op.Group, "op", r.op.ID, "why", why)
+	r.op.State, r.op.Waiting, r.op.UpdatedAt = api.StatePreviewing, why.Error(), time.Now().UTC()
+	if err := r.journal(); err != nil {
+		return err
+	}
+	if err := r.awaitComplete(ctx); err != nil {
+		return err
+	}
+	r.op.Waiting = ""
+	return nil
 }
 
 // awaitComplete waits while the operation previews, until it is completed (nil) or cancelled.
@@ -313,6 +346,7 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 			return fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
 		}
 		w.exchangedTo(x, resp)
+		w.eng.tell(w.op, evSwitched, nil)
 		// Past the exchange the swap is done as far as routing goes: a failure here is the
 		// switch's, not a reason to undo it.
 		return failpoint.Inject(ctx, "switch.after-exchange")
@@ -491,6 +525,7 @@ func (r *run) monitorAndHold(ctx context.Context, h holder, monEnd, holdEnd, sta
 				if err := r.journal(); err != nil {
 					return err
 				}
+				r.eng.tell(r.op, evRolledBack, nil)
 				return fmt.Errorf("%w: rolling back", ev.degraded)
 			}
 			degraded = ev.degraded
