@@ -372,30 +372,60 @@ func waitServes(t testing.TB, stack *Stack, host, lane string) {
 // site blocks of the others appended (each keeps its own lanes; the kv_prefix is the first's).
 func startDaemonSites(t testing.TB, stack *Stack, first siteSpec, others ...siteSpec) *daemon {
 	t.Helper()
-	for _, s := range append([]siteSpec{first}, others...) {
+	return startDaemonOn(t, stack, "", append([]siteSpec{first}, others...))
+}
+
+// startDaemonGroup starts one agent for the sites, as startDaemonSites does, with the sites
+// declared as the swap group named group.
+func startDaemonGroup(t testing.TB, stack *Stack, group string, sites ...siteSpec) *daemon {
+	t.Helper()
+	return startDaemonOn(t, stack, groupHCL(group, sites), sites)
+}
+
+// startDaemonOn starts one agent for the sites with the declarations extra after their site
+// blocks, and waits until every site is ready.
+func startDaemonOn(t testing.TB, stack *Stack, extra string, sites []siteSpec) *daemon {
+	t.Helper()
+	for _, s := range sites {
 		stack.PurgeSiteAtEnd(t, s.name)
 	}
 	addr := freeAddr(t)
-	src := first.hcl(t, stack, addr)
-	for _, o := range others {
-		block := o.hcl(t, stack, addr)
-		i := strings.Index(block, "\nsite ")
-		require.GreaterOrEqual(t, i, 0, "no site block in the rendered slots.hcl")
-		src += block[i:]
-	}
 	path := filepath.Join(t.TempDir(), "slots.hcl")
-	require.NoError(t, os.WriteFile(path, []byte(src), 0o644))
+	require.NoError(t, os.WriteFile(path, []byte(sitesHCL(t, stack, addr, sites)+extra), 0o644))
 	cfg, err := config.Load(path)
 	require.NoError(t, err, "load the test's slots.hcl")
 	d := &daemon{t: t, cfg: cfg, addr: addr}
 	d.start()
 	t.Cleanup(d.stop)
-	d.client, err = api.NewClient(api.Config{Address: "http://" + addr, Token: first.token, Reveal: true})
+	d.client, err = api.NewClient(api.Config{Address: "http://" + addr, Token: sites[0].token, Reveal: true})
 	require.NoError(t, err)
-	for _, s := range append([]siteSpec{first}, others...) {
+	for _, s := range sites {
 		d.waitReady(s.name)
 	}
 	return d
+}
+
+// sitesHCL renders the slots.hcl of one agent for several sites: the first site's, with the
+// site blocks of the others appended.
+func sitesHCL(t testing.TB, stack *Stack, addr string, sites []siteSpec) string {
+	t.Helper()
+	src := sites[0].hcl(t, stack, addr)
+	for _, o := range sites[1:] {
+		block := o.hcl(t, stack, addr)
+		i := strings.Index(block, "\nsite ")
+		require.GreaterOrEqual(t, i, 0, "no site block in the rendered slots.hcl")
+		src += block[i:]
+	}
+	return src
+}
+
+// groupHCL renders the declaration of a swap group of the sites.
+func groupHCL(name string, sites []siteSpec) string {
+	names := make([]string, len(sites))
+	for i, s := range sites {
+		names[i] = s.name
+	}
+	return fmt.Sprintf("\ngroup %q {\n  sites = %s\n}\n", name, hclList(names))
 }
 
 // laneJobs maps each slot of the site to the job ID of the lane that serves it now.
