@@ -278,6 +278,16 @@ func (c *Client) Groups(ctx context.Context) ([]Group, error) {
 	return out, nil
 }
 
+// Group is one swap group, with its running group operation (nil when idle) and its newest
+// finished one.
+func (c *Client) Group(ctx context.Context, group string) (*Group, error) {
+	var out Group
+	if err := c.do(ctx, http.MethodGet, nil, nil, &out, "groups", group); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // SwapGroup starts a swap of source into target on every member site of a group, as one
 // operation (POST /v1/groups/{group}/swap).
 func (c *Client) SwapGroup(ctx context.Context, group string, req SwapRequest) (*Operation, error) {
@@ -339,7 +349,7 @@ func (c *Client) Cancel(ctx context.Context, id string) (*Operation, error) {
 	return &out, nil
 }
 
-// HistoryPage picks a page of a site's history; the zero value asks for the newest page of the
+// HistoryPage picks a page of a site's or a group's history; the zero value asks for the newest page of the
 // server's default size (50).
 type HistoryPage struct {
 	// Limit is how many operations to answer at most (0: the server's default); the server
@@ -350,17 +360,32 @@ type HistoryPage struct {
 	Before uint64
 }
 
+// query is the page as the history routes read it.
+func (p HistoryPage) query() url.Values {
+	q := url.Values{}
+	if p.Limit != 0 {
+		q.Set("limit", strconv.Itoa(p.Limit))
+	}
+	if p.Before != 0 {
+		q.Set("before", strconv.FormatUint(p.Before, 10))
+	}
+	return q
+}
+
 // History lists a page of a site's finished operations, newest first.
 func (c *Client) History(ctx context.Context, site string, page HistoryPage) ([]Operation, error) {
-	q := url.Values{}
-	if page.Limit != 0 {
-		q.Set("limit", strconv.Itoa(page.Limit))
-	}
-	if page.Before != 0 {
-		q.Set("before", strconv.FormatUint(page.Before, 10))
-	}
 	var out []Operation
-	if err := c.do(ctx, http.MethodGet, q, nil, &out, "sites", site, "history"); err != nil {
+	if err := c.do(ctx, http.MethodGet, page.query(), nil, &out, "sites", site, "history"); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// GroupHistory lists a page of a group's finished group operations, newest first; a group
+// keeps as many as the daemon's top-level history_limit.
+func (c *Client) GroupHistory(ctx context.Context, group string, page HistoryPage) ([]Operation, error) {
+	var out []Operation
+	if err := c.do(ctx, http.MethodGet, page.query(), nil, &out, "groups", group, "history"); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -179,6 +179,42 @@ func TestClientRequests(t *testing.T) {
 			method: "GET", uri: "/v1/sites/web/history?before=1234&limit=5",
 		},
 		{
+			name:   "groups",
+			call:   func(ctx context.Context, c *Client) (any, error) { return c.Groups(ctx) },
+			status: 200, answer: `[{"name":"storefront","sites":["shop","blog"],"operation":` + opJSON + `}]`,
+			want:   []Group{{Name: "storefront", Sites: []string{"shop", "blog"}, Operation: wantOp}},
+			method: "GET", uri: "/v1/groups",
+		},
+		{
+			name:   "group escapes its name",
+			call:   func(ctx context.Context, c *Client) (any, error) { return c.Group(ctx, "a b/c") },
+			status: 200, answer: `{"name":"a b/c","sites":["shop","blog"],"last_operation":` + opJSON + `}`,
+			want:   &Group{Name: "a b/c", Sites: []string{"shop", "blog"}, LastOperation: wantOp},
+			method: "GET", uri: "/v1/groups/a%20b%2Fc",
+		},
+		{
+			name: "group swap",
+			call: func(ctx context.Context, c *Client) (any, error) {
+				return c.SwapGroup(ctx, "storefront", SwapRequest{Source: "staging", Target: "production"})
+			},
+			status: 202, answer: opJSON, want: wantOp,
+			method: "POST", uri: "/v1/groups/storefront/swap", wantBody: `{"source":"staging","target":"production","preview":false}`,
+		},
+		{
+			name:   "group rollback",
+			call:   func(ctx context.Context, c *Client) (any, error) { return c.RollbackGroup(ctx, "storefront") },
+			status: 202, answer: opJSON, want: wantOp,
+			method: "POST", uri: "/v1/groups/storefront/rollback",
+		},
+		{
+			name: "group history page",
+			call: func(ctx context.Context, c *Client) (any, error) {
+				return c.GroupHistory(ctx, "storefront", HistoryPage{Limit: 5, Before: 1234})
+			},
+			status: 200, answer: `[` + opJSON + `]`, want: []Operation{*wantOp},
+			method: "GET", uri: "/v1/groups/storefront/history?before=1234&limit=5",
+		},
+		{
 			name:   "health",
 			call:   func(ctx context.Context, c *Client) (any, error) { return c.Health(ctx) },
 			status: 200, answer: `{"status":"ok","leader":true,"version":"0.1.0"}`,

@@ -186,7 +186,11 @@ func runValidate(e *env, cmd *command, args []string) int {
 	if len(cfg.Files) > 0 {
 		files = strings.Join(cfg.Files, ", ")
 	}
-	fmt.Fprintf(e.stdout, "ok: %s, %s (%s)\n", plural(len(cfg.Sites), "site"), plural(slots, "slot"), files)
+	counts := plural(len(cfg.Sites), "site") + ", " + plural(slots, "slot")
+	if len(cfg.Groups) > 0 {
+		counts += ", " + plural(len(cfg.Groups), "group")
+	}
+	fmt.Fprintf(e.stdout, "ok: %s (%s)\n", counts, files)
 	return exitOK
 }
 

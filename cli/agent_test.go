@@ -28,6 +28,11 @@ func TestValidate(t *testing.T) {
 		Files: []string{"conf/a.hcl", "conf/b.hcl"},
 	}
 	one := &config.Config{Sites: []*config.Site{{Name: "web", Slots: []*config.Slot{{Name: "production"}}}}}
+	grouped := &config.Config{
+		Sites:  good.Sites,
+		Groups: []*config.Group{{Name: "store", Sites: []string{"api", "web"}}},
+		Files:  good.Files,
+	}
 	problems := errors.New("slots.hcl:3:5: Missing required argument; The argument \"job\" is required.\n" +
 		"slots.hcl:9:14: Unknown slot; auto_swap names no slot of site web.")
 
@@ -40,6 +45,7 @@ func TestValidate(t *testing.T) {
 	}{
 		{name: "good", cfg: good, stdout: "ok: 2 sites, 3 slots (conf/a.hcl, conf/b.hcl)\n"},
 		{name: "one of each", cfg: one, stdout: "ok: 1 site, 1 slot (conf)\n"},
+		{name: "groups", cfg: grouped, stdout: "ok: 2 sites, 3 slots, 1 group (conf/a.hcl, conf/b.hcl)\n"},
 		{name: "every problem", err: problems, code: 1, stderr: problems.Error() + "\n"},
 	}
 	for _, tc := range cases {

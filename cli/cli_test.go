@@ -42,7 +42,16 @@ func TestUsage(t *testing.T) {
 		{name: "swap with four slots", args: []string{"swap", "web", "a", "b", "c"}, code: 2, stderr: "got 4 arguments"},
 		{name: "complete and cancel", args: []string{"swap", "-complete", "-cancel", "web"}, code: 2, stderr: "exclude each other"},
 		{name: "complete with preview", args: []string{"swap", "-complete", "web", "-preview"}, code: 2, stderr: "-preview starts a swap"},
-		{name: "complete without a site", args: []string{"swap", "-complete"}, code: 2, stderr: "want a site, got 0"},
+		{name: "complete without a site", args: []string{"swap", "-complete"}, code: 2, stderr: "want a site or -group, got 0"},
+		{name: "group swap with a site too", args: []string{"swap", "-group", "storefront", "web", "staging", "production"}, code: 2,
+			stderr: "error: -group storefront names the sites; give only the source slot and maybe a target slot, not a site (got web staging production)\n"},
+		{name: "group swap without a source", args: []string{"swap", "-group", "storefront"}, code: 2, stderr: "with -group, want a source slot and maybe a target slot, got 0 arguments"},
+		{name: "group swap with an empty group", args: []string{"swap", "-group", "", "staging"}, code: 2, stderr: `invalid value "" for flag -group: empty: name a group declared in slots.hcl`},
+		{name: "group complete with a site too", args: []string{"swap", "-complete", "-group", "storefront", "web"}, code: 2, stderr: "-group storefront names the sites; give no site with it (got web)"},
+		{name: "group cancel with preview", args: []string{"swap", "-cancel", "-group", "storefront", "-preview"}, code: 2, stderr: "-preview starts a swap"},
+		{name: "group rollback with a site too", args: []string{"rollback", "web", "-group", "storefront"}, code: 2, stderr: "-group storefront names the sites; give no site with it (got web)"},
+		{name: "rollback with two sites", args: []string{"rollback", "web", "api"}, code: 2, stderr: "want a site, got 2 arguments"},
+		{name: "group history with a site too", args: []string{"history", "-group", "storefront", "web"}, code: 2, stderr: "-group storefront names the sites; give no site with it (got web)"},
 		{name: "rollback without a site", args: []string{"rollback"}, code: 2, stderr: "want a site"},
 		{name: "history without a site", args: []string{"history"}, code: 2, stderr: "want a site"},
 		{name: "history limit zero", args: []string{"history", "web", "-limit", "0"}, code: 2, stderr: "-limit 0: show 1 or more"},
@@ -322,6 +331,36 @@ func TestCommandsCallTheAPI(t *testing.T) {
 			want: []seen{{Method: "GET", Path: "/v1/sites", Query: "reveal=true"}},
 		},
 		{
+			name: "group swap into production by default",
+			args: []string{"swap", "-group", "storefront", "staging", "-detach"},
+			want: []seen{{Method: "POST", Path: "/v1/groups/storefront/swap", Body: `{"source":"staging","target":"production","preview":false}`}},
+		},
+		{
+			name: "group swap with a target and preview",
+			args: []string{"swap", "staging", "qa", "-preview", "-group", "storefront", "-detach"},
+			want: []seen{{Method: "POST", Path: "/v1/groups/storefront/swap", Body: `{"source":"staging","target":"qa","preview":true}`}},
+		},
+		{
+			name: "complete finds the group's operation",
+			args: []string{"swap", "-complete", "-group", "storefront", "-detach"},
+			want: []seen{{Method: "GET", Path: "/v1/groups/storefront"}, {Method: "POST", Path: "/v1/operations/op-1/complete"}},
+		},
+		{
+			name: "cancel finds the group's operation",
+			args: []string{"swap", "-group", "storefront", "-cancel", "-detach"},
+			want: []seen{{Method: "GET", Path: "/v1/groups/storefront"}, {Method: "POST", Path: "/v1/operations/op-1/cancel"}},
+		},
+		{
+			name: "group rollback",
+			args: []string{"rollback", "-group", "storefront", "-detach"},
+			want: []seen{{Method: "POST", Path: "/v1/groups/storefront/rollback"}},
+		},
+		{
+			name: "group history",
+			args: []string{"history", "-group", "storefront", "-limit", "5"},
+			want: []seen{{Method: "GET", Path: "/v1/groups/storefront/history", Query: "limit=6"}},
+		},
+		{
 			name: "follow -detach reads the operation once",
 			args: []string{"follow", "op-1", "-detach"},
 			want: []seen{{Method: "GET", Path: "/v1/operations/op-1"}},
@@ -343,6 +382,10 @@ func TestCommandsCallTheAPI(t *testing.T) {
 			f.reply("GET /v1/sites/{site}/slots/{slot}/settings", 200, api.Settings{})
 			f.reply("GET /v1/sites", 200, []api.Site{})
 			f.reply("GET /v1/sites/{site}/history", 200, []api.Operation{})
+			f.reply("POST /v1/groups/{group}/swap", 202, started)
+			f.reply("POST /v1/groups/{group}/rollback", 202, started)
+			f.reply("GET /v1/groups/{group}", 200, api.Group{Name: "storefront", Sites: []string{"web", "api"}, Operation: &started})
+			f.reply("GET /v1/groups/{group}/history", 200, []api.Operation{})
 			f.operation(started)
 
 			e, stdout, stderr := testEnv(f.srv.URL, tc.env)
@@ -491,16 +534,39 @@ func TestStatusTable(t *testing.T) {
 	}
 	f := newFakeAPI(t)
 	f.reply("GET /v1/sites", 200, sites)
+	f.reply("GET /v1/groups", 200, []api.Group{})
 	r := run(t, f.srv.URL, "status")
 	require.Equal(t, 0, r.code, r.stderr)
-	assert.Equal(t, strings.Join([]string{
+	table := []string{
 		"SITE         SLOT        LANE           VERSION  HEALTHY  SCALE           LAST OPERATION",
 		"web          production  web-a          12       3/3      app=3,worker=1  swap succeeded 1m ago",
 		"web          staging     web-b          7        1/2      app=2           ",
 		"api-gateway  production  api-gateway-a  1        0/0      -               swap warming for 12s",
 		"empty        -           -              -        -        -               -",
+	}
+	assert.Equal(t, strings.Join(append(table, ""), "\n"), r.stdout, "no groups, no groups table")
+
+	// Groups follow the sites: their sites, and the running or last group operation with its ID.
+	groupRunning := swapOp(6, api.StateSwitching)
+	groupRunning.ID, groupRunning.Site, groupRunning.Group, groupRunning.CreatedAt = "op-7", "", "storefront", now.Add(-5*time.Second)
+	groupLast := swapOp(5, api.StateFailed)
+	groupLast.ID, groupLast.Site, groupLast.Group = "op-6", "", "edge"
+	f = newFakeAPI(t)
+	f.reply("GET /v1/sites", 200, sites)
+	f.reply("GET /v1/groups", 200, []api.Group{
+		{Name: "edge", Sites: []string{"api-gateway", "web"}, LastOperation: &groupLast},
+		{Name: "storefront", Sites: []string{"web", "api-gateway"}, Operation: &groupRunning},
+		{Name: "idle", Sites: []string{"web", "empty"}},
+	})
+	r = run(t, f.srv.URL, "status")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, strings.Join(append(table,
 		"",
-	}, "\n"), r.stdout)
+		"GROUP       SITES             OPERATION",
+		"edge        api-gateway, web  swap op-6 failed 1m ago",
+		"storefront  web, api-gateway  swap op-7 switching for 5s",
+		"idle        web, empty        -",
+		""), "\n"), r.stdout)
 }
 
 // TestLaneText: a held slot's lane says whose settings it still runs, and until when.
@@ -611,6 +677,50 @@ func TestHistoryTable(t *testing.T) {
 	assert.Equal(t, "no finished operations on site web\n", r.stdout)
 }
 
+// TestGroupHistoryTable: a group's history lists its group operations with the errors of
+// their members, and a full page says how to ask for the next with -group.
+func TestGroupHistoryTable(t *testing.T) {
+	failed := swapOp(8, api.StateFailed)
+	failed.ID, failed.Site, failed.Group, failed.Seq = "op-9", "", "storefront", 9
+	failed.Error = "warm failed on site blog; every site is back as it was"
+	failed.Members = []api.GroupMember{
+		{Site: "web", Operation: "op-10", State: api.StateCancelled},
+		{Site: "blog", Operation: "op-11", State: api.StateFailed, Error: "10.0.0.3:20001 answered 503 to /healthz"},
+	}
+	done := swapOp(9, api.StateSucceeded)
+	done.ID, done.Site, done.Group, done.Seq = "op-5", "", "storefront", 5
+	older := done
+	older.ID, older.Seq = "op-2", 2
+
+	f := newFakeAPI(t)
+	f.reply("GET /v1/groups/{group}/history", 200, []api.Operation{failed, done, older})
+	r := run(t, f.srv.URL, "history", "-group", "storefront", "-limit", "2")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, strings.Join([]string{
+		"ID    KIND  SLOTS                  STATE      STARTED  TOOK   DETAIL",
+		"op-9  swap  staging -> production  failed     1m ago   12.1s  warm failed on site blog; every site is back as it was; blog: 10.0.0.3:20001 answered 503 to /healthz",
+		"op-5  swap  staging -> production  succeeded  1m ago   12.1s  -",
+		"older operations: slotd history -group storefront -limit 2 -before 5",
+		"",
+	}, "\n"), r.stdout)
+	assert.Equal(t, []seen{{Method: "GET", Path: "/v1/groups/storefront/history", Query: "limit=3"}}, f.requests())
+
+	f = newFakeAPI(t)
+	f.reply("GET /v1/groups/{group}/history", 200, []api.Operation{})
+	r = run(t, f.srv.URL, "history", "-group", "storefront")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, "no finished operations on group storefront\n", r.stdout)
+
+	// A member's own part says which group operation it belongs to.
+	part := swapOp(9, api.StateSucceeded)
+	part.ID, part.Group, part.GroupOperation = "op-10", "storefront", "op-9"
+	f = newFakeAPI(t)
+	f.reply("GET /v1/sites/{site}/history", 200, []api.Operation{part})
+	r = run(t, f.srv.URL, "history", "web")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "op-10  swap  staging -> production  succeeded  1m ago   12.1s  part of op-9 of group storefront\n")
+}
+
 // TestHistoryPages: -limit and -before ask the API for a page (one more than shown, to know
 // whether older operations are kept), and a full page ends with how to ask for the next.
 func TestHistoryPages(t *testing.T) {
@@ -711,4 +821,20 @@ func TestWaitsWhileStarting(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGroupSwapGivenASite: a site given with -group where the source slot goes is named as
+// such; another unknown slot keeps the agent's message.
+func TestGroupSwapGivenASite(t *testing.T) {
+	f := newFakeAPI(t)
+	f.reply("POST /v1/groups/{group}/swap", 404, api.ErrorResponse{Error: `not found: site web of group storefront has no slot "x" (slots: production, staging)`})
+	f.reply("GET /v1/groups/{group}", 200, api.Group{Name: "storefront", Sites: []string{"web", "blog"}})
+
+	r := run(t, f.srv.URL, "swap", "-group", "storefront", "web", "staging")
+	assert.Equal(t, 1, r.code)
+	assert.Equal(t, "error: web is a site of group storefront, not a slot: with -group give the slots only, such as slotd swap -group storefront staging production\n", r.stderr)
+
+	r = run(t, f.srv.URL, "swap", "-group", "storefront", "qa")
+	assert.Equal(t, 1, r.code)
+	assert.Equal(t, "error: not found: site web of group storefront has no slot \"x\" (slots: production, staging) (HTTP 404)\n", r.stderr)
 }

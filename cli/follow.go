@@ -25,10 +25,11 @@ type follower struct {
 	now func() time.Time
 	tty bool
 
-	op     *api.Operation // newest version seen
-	phases map[string]*seenPhase
-	frame  int
-	drawn  bool // the spinner line is on screen
+	op      *api.Operation // newest version seen
+	phases  map[string]*seenPhase
+	members map[string]memberSeen // a group operation's member sites, by site
+	frame   int
+	drawn   bool // the spinner line is on screen
 }
 
 // seenPhase is what has been printed about a phase.
@@ -39,10 +40,11 @@ type seenPhase struct {
 }
 
 func newFollower(w io.Writer, now func() time.Time, tty bool) *follower {
-	return &follower{w: w, now: now, tty: tty, phases: map[string]*seenPhase{}}
+	return &follower{w: w, now: now, tty: tty, phases: map[string]*seenPhase{}, members: map[string]memberSeen{}}
 }
 
-// update prints what changed since the previous version.
+// update prints what changed since the previous version: its phases, and the state of each
+// member site of a group operation.
 func (f *follower) update(op *api.Operation) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -53,6 +55,9 @@ func (f *follower) update(op *api.Operation) {
 	f.op = op
 	for i := range op.Phases {
 		f.updatePhase(&op.Phases[i])
+	}
+	for _, m := range op.Members {
+		f.updateMember(m)
 	}
 }
 
@@ -133,8 +138,8 @@ func (f *follower) finish(op *api.Operation, wantCancelled bool) int {
 		return exitError
 	case api.StatePreviewing:
 		f.printf("%s %s is previewing: %s's candidate is on %s's preview routes.\n", op.Kind, op.ID, op.Source, op.Target)
-		f.printf("  finish the swap:  slotd swap -complete %s\n", op.Site)
-		f.printf("  cancel it:        slotd swap -cancel %s\n", op.Site)
+		f.printf("  finish the swap:  slotd swap -complete %s\n", subjectOfOperation(op).arg())
+		f.printf("  cancel it:        slotd swap -cancel %s\n", subjectOfOperation(op).arg())
 		return exitOK
 	default:
 		f.printf("%s %s is %s\n", op.Kind, op.ID, op.State)
@@ -220,7 +225,11 @@ func (f *follower) printf(format string, args ...any) {
 // describe is the first line about an operation: what it does to which slots.
 func describe(op *api.Operation) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s: %s", op.Kind, op.ID, op.Site)
+	if op.Site == "" && op.Group != "" {
+		fmt.Fprintf(&b, "%s %s: group %s%s", op.Kind, op.ID, op.Group, suffix(" ", parens(strings.Join(memberSites(op), ", "))))
+	} else {
+		fmt.Fprintf(&b, "%s %s: %s", op.Kind, op.ID, op.Site)
+	}
 	switch op.Kind {
 	case api.KindDeploy:
 		fmt.Fprintf(&b, "/%s", op.Slot)
@@ -243,6 +252,9 @@ func describe(op *api.Operation) string {
 	}
 	if op.Trigger != "" && op.Trigger != "api" {
 		notes = append(notes, "started by "+op.Trigger)
+	}
+	if op.GroupOperation != "" {
+		notes = append(notes, "part of "+op.GroupOperation+" of group "+op.Group)
 	}
 	if len(notes) > 0 {
 		fmt.Fprintf(&b, " (%s)", strings.Join(notes, ", "))

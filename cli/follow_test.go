@@ -28,6 +28,37 @@ var (
 	swapPreview   = withPreview(swapOp(4, api.StatePreviewing, phase("apply", "succeeded", 0, 3.2, ""), phase("warm", "pending", -1, -1, "")))
 )
 
+// A group swap of storefront (web and blog) as the agent journals it: its phases, and each
+// member's part.
+func groupSwap(index uint64, state string, web, blog string, phases ...api.Phase) api.Operation {
+	op := swapOp(index, state, phases...)
+	op.ID, op.Site, op.Group = "op-g", "", "storefront"
+	op.Members = []api.GroupMember{{Site: "web", State: web}, {Site: "blog", State: blog}}
+	if web != api.StatePending {
+		op.Members[0].Operation = "op-w"
+	}
+	if blog != api.StatePending {
+		op.Members[1].Operation = "op-b"
+	}
+	return op
+}
+
+var (
+	groupPending = groupSwap(1, api.StatePending, api.StatePending, api.StatePending, phase("warm", "pending", -1, -1, ""), phase("switch", "pending", -1, -1, ""))
+	groupWarming = groupSwap(2, api.StateWarming, api.StateWarming, api.StateApplying, phase("warm", "running", 0, -1, ""), phase("switch", "pending", -1, -1, ""))
+	groupWarmed  = groupSwap(3, api.StateWarming, api.StateWarming, api.StateWarming, phase("warm", "running", 0, -1, ""), phase("switch", "pending", -1, -1, ""))
+	groupDone    = groupSwap(4, api.StateSucceeded, api.StateSucceeded, api.StateSucceeded, phase("warm", "succeeded", 0, 2, ""), phase("switch", "succeeded", 2, 2.1, "2 sites switched in one transaction"))
+	groupFailed  = withMemberError(withError(groupSwap(4, api.StateFailed, api.StateCancelled, api.StateFailed, phase("warm", "failed", 0, 9, "blog did not warm"), phase("switch", "skipped", -1, -1, "")),
+		"warm: blog did not warm; every site is back as it was"), 1, "10.0.0.3:20001 answered 503 to /healthz")
+	groupPreview = withPreview(groupSwap(3, api.StatePreviewing, api.StatePreviewing, api.StatePreviewing, phase("warm", "pending", -1, -1, ""), phase("switch", "pending", -1, -1, "")))
+)
+
+func withMemberError(op api.Operation, i int, msg string) api.Operation {
+	op.Members = append([]api.GroupMember(nil), op.Members...)
+	op.Members[i].Error = msg
+	return op
+}
+
 func withError(op api.Operation, msg string) api.Operation { op.Error = msg; return op }
 func withPreview(op api.Operation) api.Operation           { op.Preview = true; return op }
 
@@ -98,6 +129,53 @@ swap op-1 cancelled after 12.1s
 `,
 		},
 		{
+			name:     "a group swap prints each site's state as it changes",
+			versions: []api.Operation{groupPending, groupWarming, groupWarmed, groupDone},
+			want: `swap op-g: group storefront (web, blog) staging -> production
+    site web: pending
+    site blog: pending
+==> warm: started
+    site web (op-w): warming
+    site blog (op-b): applying
+    site blog (op-b): warming
+==> warm: succeeded in 2s
+==> switch: started
+==> switch: succeeded in 100ms (2 sites switched in one transaction)
+    site web (op-w): succeeded
+    site blog (op-b): succeeded
+swap op-g succeeded in 12.1s
+`,
+		},
+		{
+			name:     "a failed group swap says which site failed",
+			versions: []api.Operation{groupWarming, groupFailed},
+			code:     1,
+			want: `swap op-g: group storefront (web, blog) staging -> production
+==> warm: started
+    site web (op-w): warming
+    site blog (op-b): applying
+==> warm: failed after 9s: blog did not warm
+==> switch: skipped
+    site web (op-w): cancelled
+    site blog (op-b): failed: 10.0.0.3:20001 answered 503 to /healthz
+swap op-g failed after 12.1s: warm: blog did not warm; every site is back as it was
+`,
+		},
+		{
+			name:     "a group preview says how to finish it",
+			versions: []api.Operation{groupWarming, groupPreview},
+			want: `swap op-g: group storefront (web, blog) staging -> production
+==> warm: started
+    site web (op-w): warming
+    site blog (op-b): applying
+    site web (op-w): previewing
+    site blog (op-b): previewing
+swap op-g is previewing: staging's candidate is on production's preview routes.
+  finish the swap:  slotd swap -complete -group storefront
+  cancel it:        slotd swap -cancel -group storefront
+`,
+		},
+		{
 			name:     "a preview stops following",
 			versions: []api.Operation{swapApplying, swapPreview},
 			want: `swap op-1: web staging -> production
@@ -133,6 +211,14 @@ func TestDescribe(t *testing.T) {
 	assert.Equal(t, "deploy op-7: web/staging with count=3 image=web:2", describe(&deploy))
 	assert.Equal(t, "rollback op-8: web staging -> production (reverses op-6, started by monitor)", describe(&rollback))
 	assert.Equal(t, "swap op-9: web staging -> production (started by auto_swap)", describe(&auto))
+	group := api.Operation{ID: "op-10", Group: "storefront", Kind: api.KindSwap, Source: "staging", Target: "production",
+		Preview: true, Members: []api.GroupMember{{Site: "web"}, {Site: "blog"}}}
+	assert.Equal(t, "swap op-10: group storefront (web, blog) staging -> production (preview)", describe(&group))
+	group.Members = nil
+	assert.Equal(t, "swap op-10: group storefront staging -> production (preview)", describe(&group))
+	part := api.Operation{ID: "op-11", Site: "web", Group: "storefront", GroupOperation: "op-10", Kind: api.KindSwap,
+		Source: "staging", Target: "production"}
+	assert.Equal(t, "swap op-11: web staging -> production (part of op-10 of group storefront)", describe(&part))
 }
 
 func TestFollowerSpinner(t *testing.T) {
@@ -273,6 +359,42 @@ swap op-1 succeeded in 12.1s
 			stdout:   "swap op-1 failed after 12.1s: ",
 		},
 		{
+			name:     "group swap",
+			args:     []string{"swap", "-group", "storefront", "staging"},
+			start:    groupPending,
+			versions: []api.Operation{groupPending, groupDone},
+			stdout:   "    site blog (op-b): succeeded\nswap op-g succeeded in 12.1s\n",
+		},
+		{
+			name:     "group preview ends with exit 0",
+			args:     []string{"swap", "-group", "storefront", "staging", "-preview"},
+			start:    groupPending,
+			versions: []api.Operation{groupPending, groupPreview},
+			stdout:   "  finish the swap:  slotd swap -complete -group storefront\n",
+		},
+		{
+			name:     "group complete follows past previewing",
+			args:     []string{"swap", "-complete", "-group", "storefront"},
+			start:    groupPreview,
+			versions: []api.Operation{groupPreview, groupDone},
+			stdout:   "swap op-g succeeded in 12.1s\n",
+		},
+		{
+			name:     "group cancel ends with exit 0 when cancelled",
+			args:     []string{"swap", "-cancel", "-group", "storefront"},
+			start:    groupPreview,
+			versions: []api.Operation{groupPreview, withError(groupSwap(5, api.StateCancelled, api.StateCancelled, api.StateCancelled), "")},
+			stdout:   "swap op-g cancelled after 12.1s\n",
+		},
+		{
+			name:     "group rollback fails with exit 1",
+			args:     []string{"rollback", "-group", "storefront"},
+			start:    groupPending,
+			versions: []api.Operation{groupPending, groupFailed},
+			code:     1,
+			stdout:   "    site blog (op-b): failed: 10.0.0.3:20001 answered 503 to /healthz\n",
+		},
+		{
 			name:     "follow a finished operation",
 			args:     []string{"follow", "op-1"},
 			versions: []api.Operation{swapDone},
@@ -288,6 +410,9 @@ swap op-1 succeeded in 12.1s
 			f.reply("GET /v1/sites/{site}", 200, api.Site{Name: "web", Operation: &tc.start})
 			f.reply("POST /v1/operations/{id}/complete", 200, tc.start)
 			f.reply("POST /v1/operations/{id}/cancel", 200, tc.start)
+			f.reply("POST /v1/groups/{group}/swap", 202, tc.start)
+			f.reply("POST /v1/groups/{group}/rollback", 202, tc.start)
+			f.reply("GET /v1/groups/{group}", 200, api.Group{Name: "storefront", Sites: []string{"web", "blog"}, Operation: &tc.start})
 			f.operation(tc.versions...)
 
 			r := run(t, f.srv.URL, tc.args...)

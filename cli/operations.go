@@ -53,11 +53,17 @@ func swapCommand() *command {
 	return &command{
 		name:     "swap",
 		synopsis: "swap a slot into another (production by default), or finish a preview",
-		usage:    "<site> <source> [target] [-preview] [options]\n       slotd swap -complete|-cancel <site> [options]",
+		usage: "<site> <source> [target] [-preview] [options]\n" +
+			"       slotd swap -group <group> <source> [target] [-preview] [options]\n" +
+			"       slotd swap -complete|-cancel <site> | -group <group> [options]",
 		help: `
 Swaps the source slot into the target slot (default "production"): the source's warm
 instances take the target's routes and sticky settings, the target's old version lands in
 the source slot.
+
+With -group, swaps the source into the target on every site of the swap group, as one
+operation: the sites prepare side by side, switch together in one Consul transaction, and
+roll back together. Each site shows its state as it changes.
 
 With -preview the swap stops after the target's sticky settings are applied, so you can
 check the candidate on the target's preview routes; the command then exits 0. Finish the
@@ -68,7 +74,9 @@ switch phase, and ends the monitor phase of a swap early.
 Examples:
   slotd swap web staging
   slotd swap web staging production -preview
-  slotd swap -complete web`,
+  slotd swap -complete web
+  slotd swap -group storefront staging -preview
+  slotd swap -complete -group storefront`,
 		run: runSwap,
 	}
 }
@@ -78,8 +86,10 @@ func runSwap(e *env, cmd *command, args []string) int {
 	var cf clientFlags
 	cf.register(fs, true)
 	preview := fs.Bool("preview", false, "stop after the target's sticky settings are applied, for a check before -complete")
-	complete := fs.Bool("complete", false, "finish the site's previewing swap")
-	cancel := fs.Bool("cancel", false, "cancel the site's previewing or running operation (in the monitor phase: end the monitor)")
+	complete := fs.Bool("complete", false, "finish the site's (or -group's) previewing swap")
+	cancel := fs.Bool("cancel", false, "cancel the site's (or -group's) previewing or running operation (in the monitor phase: end the monitor)")
+	var group groupFlag
+	group.register(fs, "swap every site of the swap `group` as one operation, instead of one site")
 	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {
 		return code
@@ -91,26 +101,42 @@ func runSwap(e *env, cmd *command, args []string) int {
 			return e.usageError(cmd, "-complete and -cancel exclude each other")
 		case *preview:
 			return e.usageError(cmd, "-preview starts a swap; it does not go with -complete or -cancel")
-		case len(pos) != 1:
+		}
+		subj, rest, code, ok := e.subjectOf(cmd, &group, pos, 0, "give no site with it")
+		if !ok {
+			return code
+		}
+		if len(rest) != 0 {
 			return e.usageError(cmd, "want a site, got %d arguments", len(pos))
 		}
-		return e.finishPreview(&cf, pos[0], *cancel)
+		return e.finishPreview(&cf, subj, *cancel)
 	}
 
-	if len(pos) < 2 || len(pos) > 3 {
+	subj, slots, code, ok := e.subjectOf(cmd, &group, pos, 2, "give only the source slot and maybe a target slot, not a site")
+	if !ok {
+		return code
+	}
+	if len(slots) < 1 || len(slots) > 2 {
+		if subj.group {
+			return e.usageError(cmd, "with -group, want a source slot and maybe a target slot, got %d arguments", len(pos))
+		}
 		return e.usageError(cmd, "want a site, a source slot and maybe a target slot, got %d arguments", len(pos))
 	}
-	req := api.SwapRequest{Source: pos[1], Target: "production", Preview: *preview}
-	if len(pos) == 3 {
-		req.Target = pos[2]
+	req := api.SwapRequest{Source: slots[0], Target: "production", Preview: *preview}
+	if len(slots) == 2 {
+		req.Target = slots[1]
 	}
 	return e.startAndFollow(&cf, func(ctx context.Context, c *api.Client) (*api.Operation, error) {
-		return c.Swap(ctx, pos[0], req)
+		if subj.group {
+			return swapGroup(ctx, c, subj.name, req)
+		}
+		return c.Swap(ctx, subj.name, req)
 	})
 }
 
-// finishPreview completes or cancels the site's running operation and follows it to its end.
-func (e *env) finishPreview(cf *clientFlags, site string, cancel bool) int {
+// finishPreview completes or cancels the running operation of a site or group and follows it
+// to its end.
+func (e *env) finishPreview(cf *clientFlags, subj subject, cancel bool) int {
 	c, err := e.client(cf)
 	if err != nil {
 		return e.fail(err)
@@ -118,18 +144,18 @@ func (e *env) finishPreview(cf *clientFlags, site string, cancel bool) int {
 	ctx, stop := e.interrupt()
 	defer stop()
 
-	s, err := c.Site(ctx, site)
+	running, err := subj.running(ctx, c)
 	if err != nil {
 		return e.fail(err)
 	}
-	if s.Operation == nil {
-		return e.fail(fmt.Errorf("site %s has no running operation", site))
+	if running == nil {
+		return e.fail(fmt.Errorf("%s has no running operation", subj))
 	}
 	var op *api.Operation
 	if cancel {
-		op, err = c.Cancel(ctx, s.Operation.ID)
+		op, err = c.Cancel(ctx, running.ID)
 	} else {
-		op, err = c.Complete(ctx, s.Operation.ID)
+		op, err = c.Complete(ctx, running.ID)
 	}
 	if err != nil {
 		return e.fail(err)
@@ -142,27 +168,44 @@ func rollbackCommand() *command {
 	return &command{
 		name:     "rollback",
 		synopsis: "swap back the last completed swap",
-		usage:    "<site> [options]",
+		usage:    "<site> [options]\n       slotd rollback -group <group> [options]",
 		help: `
 Swaps back the site's last completed swap: the version that production had before it
 returns to production. Inside the site's monitor.rollback_window the lane that served
 production is still held warm with production's settings, and the rollback is a switch
-only (no restart, no warm-up); after it, the rollback is a full swap.
+only (no restart, no warm-up); after it, the rollback is a full swap. With -group, swaps
+back the group's last group swap on every site of the group, as one operation.
 ` + followHelp + `
 
-Example:
-  slotd rollback web`,
+Examples:
+  slotd rollback web
+  slotd rollback -group storefront`,
 		run: runRollback,
 	}
 }
 
 func runRollback(e *env, cmd *command, args []string) int {
-	cf, pos, code, ok := e.parseOne(cmd, args, true, "a site")
+	fs := newFlagSet(cmd)
+	var cf clientFlags
+	cf.register(fs, true)
+	var group groupFlag
+	group.register(fs, "roll back the last group swap of every site of the swap `group` as one operation, instead of one site")
+	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {
 		return code
 	}
-	return e.startAndFollow(cf, func(ctx context.Context, c *api.Client) (*api.Operation, error) {
-		return c.Rollback(ctx, pos)
+	subj, rest, code, ok := e.subjectOf(cmd, &group, pos, 0, "give no site with it")
+	if !ok {
+		return code
+	}
+	if len(rest) != 0 {
+		return e.usageError(cmd, "want a site, got %d arguments", len(pos))
+	}
+	return e.startAndFollow(&cf, func(ctx context.Context, c *api.Client) (*api.Operation, error) {
+		if subj.group {
+			return c.RollbackGroup(ctx, subj.name)
+		}
+		return c.Rollback(ctx, subj.name)
 	})
 }
 

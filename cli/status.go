@@ -19,9 +19,10 @@ func statusCommand() *command {
 		help: `
 Prints a table of every site's slots: the lane (Nomad job) serving each slot, its job
 version, its healthy and total instances, its scale (instance counts per task group, sticky to
-the slot; "live" when Nomad's counts decide), and the site's running or last operation. With a
-site, also every instance of each slot; with -json, each slot's settings too, sticky values
-as <hidden> unless -reveal is given.
+the slot; "live" when Nomad's counts decide), and the site's running or last operation; then
+a table of the swap groups: their sites and their running or last group operation. With a
+site, also every instance of each slot; with -json, the sites only (GET /v1/groups has the
+groups), each slot's settings too, sticky values as <hidden> unless -reveal is given.
 
 Examples:
   slotd status
@@ -61,7 +62,15 @@ func runStatus(e *env, cmd *command, args []string) int {
 			fmt.Fprintln(e.stdout, "no sites declared")
 			return exitOK
 		}
+		groups, err := c.Groups(ctx)
+		if err != nil {
+			return e.fail(err)
+		}
 		e.printSlots(e.stdout, sites)
+		if len(groups) > 0 {
+			fmt.Fprintln(e.stdout)
+			e.printGroups(e.stdout, groups)
+		}
 		return exitOK
 	}
 
@@ -85,7 +94,7 @@ func (e *env) printSlots(w io.Writer, sites []api.Site) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SITE\tSLOT\tLANE\tVERSION\tHEALTHY\tSCALE\tLAST OPERATION")
 	for _, s := range sites {
-		last := e.lastOperation(&s)
+		last := e.operationText(s.Operation, s.LastOperation, false)
 		if len(s.Slots) == 0 {
 			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t%s\n", s.Name, last)
 			continue
@@ -134,16 +143,22 @@ func (e *env) printInstances(w io.Writer, site *api.Site) {
 	_ = tw.Flush()
 }
 
-// lastOperation is the site's running operation, or else its newest finished one, as
-// "kind state age".
-func (e *env) lastOperation(s *api.Site) string {
-	if op := s.Operation; op != nil {
-		if op.CreatedAt.IsZero() {
-			return op.Kind + " " + op.State
+// operationText is a running operation, or else the newest finished one, as "kind state
+// age"; withID puts the operation's ID after its kind.
+func (e *env) operationText(running, last *api.Operation, withID bool) string {
+	kind := func(op *api.Operation) string {
+		if withID {
+			return op.Kind + " " + op.ID
 		}
-		return fmt.Sprintf("%s %s for %s", op.Kind, op.State, age(e.now().Sub(op.CreatedAt)))
+		return op.Kind
 	}
-	op := s.LastOperation
+	if op := running; op != nil {
+		if op.CreatedAt.IsZero() {
+			return kind(op) + " " + op.State
+		}
+		return fmt.Sprintf("%s %s for %s", kind(op), op.State, age(e.now().Sub(op.CreatedAt)))
+	}
+	op := last
 	if op == nil {
 		return "-"
 	}
@@ -152,9 +167,9 @@ func (e *env) lastOperation(s *api.Site) string {
 		at = *op.FinishedAt
 	}
 	if at.IsZero() {
-		return op.Kind + " " + op.State
+		return kind(op) + " " + op.State
 	}
-	return fmt.Sprintf("%s %s %s ago", op.Kind, op.State, age(e.now().Sub(at)))
+	return fmt.Sprintf("%s %s %s ago", kind(op), op.State, age(e.now().Sub(at)))
 }
 
 // historyPage is how many operations slotd history shows without -limit (the API's default).
@@ -163,17 +178,20 @@ const historyPage = 50
 func historyCommand() *command {
 	return &command{
 		name:     "history",
-		synopsis: "list a site's finished operations",
-		usage:    "<site> [-limit N] [-before SEQ] [options]",
+		synopsis: "list a site's or a group's finished operations",
+		usage:    "<site> [-limit N] [-before SEQ] [options]\n       slotd history -group <group> [-limit N] [-before SEQ] [options]",
 		help: `
 Lists the site's finished deploys, swaps, rollbacks and settings rollouts, newest first, with
 how they ended: the newest 50 unless -limit says otherwise. The site keeps its last
 history_limit operations (default 200). When older ones are kept, the last line says how to
-see them: -before with the seq of the oldest operation shown.
+see them: -before with the seq of the oldest operation shown. With -group, the group's
+finished group swaps and rollbacks (a group keeps the top-level history_limit); each member
+site's part of them is in that site's own history too.
 
 Example:
   slotd history web -limit 10
-  slotd history web -limit 10 -before 1234`,
+  slotd history web -limit 10 -before 1234
+  slotd history -group storefront`,
 		run: runHistory,
 	}
 }
@@ -182,19 +200,24 @@ func runHistory(e *env, cmd *command, args []string) int {
 	fs := newFlagSet(cmd)
 	var cf clientFlags
 	cf.register(fs, false)
-	limit := fs.Int("limit", historyPage, "show at most `N` operations (no more than the site keeps)")
+	limit := fs.Int("limit", historyPage, "show at most `N` operations (no more than the site or group keeps)")
 	before := fs.Uint64("before", 0, "show the operations older than the one of this `seq` (see the last line of a page)")
+	var group groupFlag
+	group.register(fs, "list the finished group operations of the swap `group` instead of a site's operations")
 	pos, code, ok := e.parse(cmd, fs, args)
 	if !ok {
 		return code
 	}
-	if len(pos) != 1 {
+	subj, rest, code, ok := e.subjectOf(cmd, &group, pos, 0, "give no site with it")
+	if !ok {
+		return code
+	}
+	if !subj.group && len(rest) != 0 {
 		return e.usageError(cmd, "want a site, got %d arguments", len(pos))
 	}
 	if *limit < 1 {
 		return e.usageError(cmd, "-limit %d: show 1 or more operations", *limit)
 	}
-	site := pos[0]
 	c, err := e.client(&cf)
 	if err != nil {
 		return e.fail(err)
@@ -202,7 +225,7 @@ func runHistory(e *env, cmd *command, args []string) int {
 	ctx, stop := e.interrupt()
 	defer stop()
 	// One more than shown tells whether older operations are kept.
-	ops, err := c.History(ctx, site, api.HistoryPage{Limit: min(*limit, math.MaxInt-1) + 1, Before: *before})
+	ops, err := subj.history(ctx, c, api.HistoryPage{Limit: min(*limit, math.MaxInt-1) + 1, Before: *before})
 	if err != nil {
 		return e.fail(err)
 	}
@@ -216,10 +239,10 @@ func runHistory(e *env, cmd *command, args []string) int {
 	}
 	if len(ops) == 0 {
 		if *before != 0 {
-			fmt.Fprintf(e.stdout, "no finished operations on site %s before seq %d\n", site, *before)
+			fmt.Fprintf(e.stdout, "no finished operations on %s before seq %d\n", subj, *before)
 			return exitOK
 		}
-		fmt.Fprintf(e.stdout, "no finished operations on site %s\n", site)
+		fmt.Fprintf(e.stdout, "no finished operations on %s\n", subj)
 		return exitOK
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
@@ -234,7 +257,7 @@ func runHistory(e *env, cmd *command, args []string) int {
 	}
 	_ = tw.Flush()
 	if more {
-		fmt.Fprintf(e.stdout, "older operations: slotd history %s -limit %d -before %d\n", site, *limit, ops[len(ops)-1].Seq)
+		fmt.Fprintf(e.stdout, "older operations: slotd history %s -limit %d -before %d\n", subj.arg(), *limit, ops[len(ops)-1].Seq)
 	}
 	return exitOK
 }
@@ -255,6 +278,14 @@ func detail(op *api.Operation) string {
 	var parts []string
 	if op.Error != "" {
 		parts = append(parts, op.Error)
+	}
+	for _, m := range op.Members {
+		if m.Error != "" {
+			parts = append(parts, m.Site+": "+m.Error)
+		}
+	}
+	if op.GroupOperation != "" {
+		parts = append(parts, "part of "+op.GroupOperation+" of group "+op.Group)
 	}
 	if op.Preview {
 		parts = append(parts, "preview")

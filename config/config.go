@@ -239,7 +239,10 @@ func (sl *Slot) ScaleDeclared() bool { return sl.Scale != nil || sl.ScaleLive }
 // MaxScale bounds one task group's declared count.
 const MaxScale = 10000
 
-// Site returns the site with the given name, or nil.
+// MaxGroupSites bounds a group's members: the switch exchanges every member's bindings and
+// swappable settings in one Consul transaction, which holds at most 64 operations, 8 a member.
+const MaxGroupSites = 8
+
 // Group is a swap group: declared sites swapped as one operation. A site can belong to
 // several groups.
 type Group struct {
@@ -260,6 +263,7 @@ func (c *Config) Group(name string) *Group {
 	return nil
 }
 
+// Site returns the site with the given name, or nil.
 func (c *Config) Site(name string) *Site {
 	for _, s := range c.Sites {
 		if s.Name == name {

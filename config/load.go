@@ -25,10 +25,11 @@ type file struct {
 	// HistoryLimit is the default of every site's history_limit.
 	HistoryLimit *int `hcl:"history_limit,optional"`
 
-	HTTP   *HTTP   `hcl:"http,block"`
-	Consul *Consul `hcl:"consul,block"`
-	Nomad  *Nomad  `hcl:"nomad,block"`
-	Sites  []*Site `hcl:"site,block"`
+	HTTP   *HTTP    `hcl:"http,block"`
+	Consul *Consul  `hcl:"consul,block"`
+	Nomad  *Nomad   `hcl:"nomad,block"`
+	Sites  []*Site  `hcl:"site,block"`
+	Groups []*Group `hcl:"group,block"`
 
 	name string // as given to Load or Parse
 	dir  string // absolute folder of the file: config_dir, where relative paths start
@@ -216,10 +217,11 @@ func build(names []string, files []*file, decoded hcl.Diagnostics) (*Config, err
 		return nil, diags
 	}
 	sort.SliceStable(b.cfg.Sites, func(i, j int) bool { return b.cfg.Sites[i].Name < b.cfg.Sites[j].Name })
+	sort.SliceStable(b.cfg.Groups, func(i, j int) bool { return b.cfg.Groups[i].Name < b.cfg.Groups[j].Name })
 	return b.cfg, nil
 }
 
-// merge adds one file's declarations. Sites from all files add up; each of the daemon's own
+// merge adds one file's declarations. Sites and groups from all files add up; each of the daemon's own
 // settings may be declared in one file only, so that no file silently overrides another.
 func (b *builder) merge(f *file) {
 	topAttr := func(name string) hcl.Range { return f.body.Attributes[name].SrcRange }
@@ -251,6 +253,7 @@ func (b *builder) merge(f *file) {
 		b.cfg.Nomad = *f.Nomad
 	}
 	b.cfg.Sites = append(b.cfg.Sites, f.Sites...)
+	b.cfg.Groups = append(b.cfg.Groups, f.Groups...)
 }
 
 // declare records where a daemon setting is declared; it reports false, and a problem, when

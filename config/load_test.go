@@ -386,6 +386,27 @@ func TestSitesInNameOrder(t *testing.T) {
 	assert.Equal(t, []string{"alpha", "mid", "zeta"}, names)
 }
 
+// TestGroupsAcrossFiles: groups from every file add up, in name order, and may list sites of
+// other files.
+func TestGroupsAcrossFiles(t *testing.T) {
+	clearTokenEnv(t)
+	dir := writeDir(t, map[string]string{
+		"a.hcl": "group \"web-first\" {\n  sites = [\"web\", \"api\"]\n}\n" + minimalSite,
+		"b.hcl": "group \"api-first\" {\n  sites = [\"api\", \"web\", \"docs\"]\n}\n",
+		"c.hcl": strings.Replace(minimalSite, `site "web"`, `site "api"`, 1) +
+			strings.Replace(minimalSite, `site "web"`, `site "docs"`, 1),
+	})
+	cfg, err := Load(dir)
+	require.NoError(t, err)
+	require.Len(t, cfg.Groups, 2)
+	assert.Equal(t, "api-first", cfg.Groups[0].Name, "groups are in name order")
+	assert.Equal(t, []string{"api", "web", "docs"}, cfg.Groups[0].Sites, "members keep the order written")
+	assert.Equal(t, filepath.Join(dir, "b.hcl"), cfg.Groups[0].Range.Filename)
+	assert.Equal(t, "web-first", cfg.Groups[1].Name)
+	assert.Equal(t, []string{"web", "api"}, cfg.Group("web-first").Sites)
+	assert.Nil(t, cfg.Group("nope"))
+}
+
 func TestLoadDirectoryConflicts(t *testing.T) {
 	clearTokenEnv(t)
 	cases := []struct {
@@ -402,6 +423,15 @@ func TestLoadDirectoryConflicts(t *testing.T) {
 				"b.hcl": "\n\n" + minimalSite,
 			},
 			want: [][2]string{{"b.hcl:4:6", "a.hcl:2:1"}},
+		},
+		{
+			name: "group declared in two files",
+			files: map[string]string{
+				"a.hcl": minimalSite + strings.Replace(minimalSite, `site "web"`, `site "api"`, 1),
+				"b.hcl": "group \"store\" {\n  sites = [\"web\", \"api\"]\n}\n",
+				"c.hcl": "\ngroup \"store\" {\n  sites = [\"api\", \"web\"]\n}\n",
+			},
+			want: [][2]string{{"c.hcl:2:7", "b.hcl:1:1"}},
 		},
 		{
 			name: "daemon settings declared in two files",

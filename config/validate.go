@@ -51,6 +51,7 @@ func (b *builder) validate() {
 		}
 		seen[s.Name] = s
 	}
+	b.validateGroups()
 }
 
 func (b *builder) validateDaemon() {
@@ -536,8 +537,8 @@ func (b *builder) validateAutoSwap(s *Site) {
 // get thousands of messages thousands of names long.
 const maxListed = 20
 
-// listNames lists names without except, which they hold once, at most maxListed of them, saying
-// how many more there are.
+// listNames lists names without except, which they hold at most once, at most maxListed of
+// them, saying how many more there are.
 func listNames(names []string, except string) string {
 	var listed []string
 	for _, n := range names {
@@ -549,7 +550,11 @@ func listNames(names []string, except string) string {
 		}
 	}
 	list := strings.Join(listed, ", ")
-	if more := len(names) - 1 - len(listed); more > 0 {
+	others := len(names)
+	if slices.Contains(names, except) {
+		others--
+	}
+	if more := others - len(listed); more > 0 {
 		list += fmt.Sprintf(" and %d more", more)
 	}
 	return list

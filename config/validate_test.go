@@ -3,6 +3,7 @@ package config
 import (
 	"maps"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -330,6 +331,33 @@ func TestRules(t *testing.T) {
 		{name: "consul address empty", src: decl{daemon: `consul { address = "" } ` + marker}.String(), summary: "Empty address"},
 		{name: "nomad address without scheme", src: decl{daemon: `nomad { address = "127.0.0.1:4646" } ` + marker}.String(), summary: "Invalid address"},
 		{name: "nomad address other scheme", src: decl{daemon: `nomad { address = "ftp://nomad:4646" } ` + marker}.String(), summary: "Invalid address"},
+
+		// Groups.
+		{name: "group name not a DNS label", src: twoSites("group \"Store\" { " + marker + "\n  sites = [\"web\", \"api\"]\n}\n"), summary: "Invalid group name", col: 7},
+		{
+			name:    "group twice",
+			src:     twoSites(group("store", `["web", "api"]`) + "group \"store\" { " + marker + "\n  sites = [\"api\", \"web\"]\n}\n"),
+			summary: "Duplicate group", detail: `Group "store" is already declared at $DIR/slots.hcl:`, col: 7,
+		},
+		{name: "group without sites", src: twoSites("group \"store\" {} " + marker + "\n"), summary: "Missing required argument", detail: `"sites"`},
+		{name: "group sites not a list", src: twoSites("group \"store\" {\n  sites = { web = 1 } " + marker + "\n}\n"), summary: "Unsuitable value type"},
+		{name: "group sites empty", src: twoSites(group("store", "[] "+marker)), summary: "Too few group sites", detail: `Group "store" lists 0 site(s); list at least two`, col: 3},
+		{name: "group of one site", src: twoSites(group("store", `["web"] `+marker)), summary: "Too few group sites", detail: "lists 1 site(s)"},
+		{
+			name:    "group site listed twice",
+			src:     twoSites(group("store", `["web", "api", "web"] `+marker)),
+			summary: "Duplicate group site", detail: `Group "store" lists site "web" twice (first at $DIR/slots.hcl:`, col: 26,
+		},
+		{
+			name:    "group site not declared",
+			src:     twoSites(group("store", `["web", "shop"] `+marker)),
+			summary: "Unknown group site", detail: `Group "store" lists site "shop", which is not declared; name one of: api, web.`, col: 19,
+		},
+		{
+			name:    "group of too many sites",
+			src:     manySites(MaxGroupSites+1) + group("big", `[`+quoted(siteNames(MaxGroupSites+1))+`] `+marker),
+			summary: "Too many group sites", detail: "lists 9 sites; list at most 8",
+		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -388,6 +416,8 @@ func TestValidEdges(t *testing.T) {
 		{name: "one tag in a slot's own lists", src: decl{prod: `    tags = ["www"]` + "\n" + `    previous_tags = ["www"]`}.String()},
 		{name: "tags of another service in the jobspec", src: taggedJob(decl{prod: `    tags = ["api-only"]`})},
 		{name: "tags the jobspec computes", src: taggedJob(decl{prod: `    tags = ["$${NOMAD_ALLOC_ID}"]`})},
+		{name: "a site in two groups", src: twoSites(group("store", `["web", "api"]`) + group("all", `["api", "web"]`))},
+		{name: "a group of the most sites", src: manySites(MaxGroupSites) + group("big", `[`+quoted(siteNames(MaxGroupSites))+`]`)},
 		{name: "a jobspec that does not parse", src: strings.Replace(decl{prod: `    tags = ["edge"]`}.String(), `job     = "job.nomad.hcl"`, `job     = "token"`, 1)},
 	}
 	for _, tc := range cases {
@@ -416,6 +446,43 @@ func TestScale(t *testing.T) {
 	assert.True(t, staging.ScaleLive)
 	assert.True(t, staging.ScaleDeclared())
 	assert.False(t, qa.ScaleDeclared())
+}
+
+// twoSites declares sites web and api, then groups.
+func twoSites(groups string) string {
+	return decl{}.String() + strings.Replace(minimalSite, `site "web"`, `site "api"`, 1) + groups
+}
+
+// group declares a group whose sites attribute is written as sites, on the group's second line.
+func group(name, sites string) string {
+	return "group " + strconv.Quote(name) + " {\n  sites = " + sites + "\n}\n"
+}
+
+// siteNames are n site names: s1, s2, …
+func siteNames(n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = "s" + strconv.Itoa(i+1)
+	}
+	return names
+}
+
+// manySites declares the sites siteNames(n).
+func manySites(n int) string {
+	var src strings.Builder
+	for _, name := range siteNames(n) {
+		src.WriteString(strings.Replace(minimalSite, `site "web"`, "site "+strconv.Quote(name), 1))
+	}
+	return src.String()
+}
+
+// quoted writes names as the items of an HCL list.
+func quoted(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	return strings.Join(q, ", ")
 }
 
 // withCaseFiles is the files of a case: its declarations as slots.hcl, next to caseFiles.

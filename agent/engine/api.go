@@ -141,6 +141,9 @@ func (e *Engine) Settle(ctx context.Context, name string) (*api.Operation, error
 		return nil, err
 	}
 	cfg := s.config()
+	if r := s.snapshot().running; r != nil && r.op.GroupOperation != "" {
+		return nil, partOfGroup(r.op)
+	}
 	if r := s.snapshot().running; r != nil {
 		cur := e.ops.get(r.op.ID)
 		if _, _, ok := holding(cfg, cur); ok && (cur.State == api.StateMonitoring || cur.State == api.StateHolding) {
@@ -252,8 +255,16 @@ func (e *Engine) running(id string) (*run, *api.Operation, error) {
 	if !e.Leading() {
 		return nil, nil, ErrNotLeader
 	}
+	if g := e.groupRun(id); g != nil {
+		if cur := e.ops.get(id); cur != nil {
+			return g.run, cur, nil
+		}
+	}
 	for _, s := range e.siteList() {
 		if r := s.snapshot().running; r != nil && r.op.ID == id {
+			if r.op.GroupOperation != "" {
+				return nil, nil, partOfGroup(r.op)
+			}
 			if cur := e.ops.get(id); cur != nil {
 				return r, cur, nil
 			}

@@ -66,6 +66,9 @@ type Engine struct {
 
 	runsMu sync.Mutex
 	runs   map[string]*run // the run in flight per site name, whichever owner started it
+
+	groupsMu  sync.Mutex
+	groupRuns map[string]*groupRun // the group operations in flight, by ID
 }
 
 // New builds the engine of cfg's sites; Run runs them.
@@ -76,7 +79,7 @@ func New(cfg *config.Config, d Deps) *Engine {
 		httpClient: newWarmupClient(),
 		daemon:     context.Background(),
 		sites:      map[string]*site{}, siteStops: map[string]context.CancelFunc{},
-		runs: map[string]*run{}, groups: cfg.Groups,
+		runs: map[string]*run{}, groups: cfg.Groups, groupRuns: map[string]*groupRun{},
 	}
 	for _, sc := range cfg.Sites {
 		e.sites[sc.Name] = newSite(e, sc)
@@ -134,6 +137,7 @@ func (e *Engine) Lead(lead context.Context) {
 	for _, s := range e.siteList() {
 		s.send(evLead{lead})
 	}
+	go e.leadGroups(lead)
 }
 
 // Drain waits, once the daemon stops, until every running operation has ended its phase or

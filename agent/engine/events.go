@@ -31,13 +31,14 @@ type waiter struct {
 type timerKind int
 
 const (
-	timerBoot   timerKind = iota // bring the site up again after a failure
-	timerReboot                  // bring it up again once a run of an earlier owner ended
-	timerCheck                   // compare the lanes again
-	timerMove                    // move an ended operation into history again
-	timerQueue                   // a start waited too long for a monitor to end
-	timerOrphan                  // look for a journaled operation that no one runs
-	timerNext                    // start a follow-up again
+	timerBoot      timerKind = iota // bring the site up again after a failure
+	timerReboot                     // bring it up again once a run of an earlier owner ended
+	timerCheck                      // compare the lanes again
+	timerMove                       // move an ended operation into history again
+	timerQueue                      // a start waited too long for a monitor to end
+	timerOrphan                     // look for a journaled operation that no one runs
+	timerNext                       // start a follow-up again
+	timerGroupHeld                  // a group's held lane waited long enough for the group's next operation
 )
 
 type (
@@ -79,6 +80,11 @@ type (
 		swap    *api.Operation
 		err     error
 		reply   chan<- answer
+	}
+	// evReserve: reserve the site for a member's part of a group operation (site.reserve).
+	evReserve struct {
+		req   *startReq
+		reply chan<- answer
 	}
 	// evConverge: a setting was written through the API: compare now, and converge when idle.
 	evConverge struct{ reply chan<- answer }
@@ -123,6 +129,7 @@ func (evCreated) isEvent()  {}
 func (evRollback) isEvent() {}
 func (evLastSwap) isEvent() {}
 func (evConverge) isEvent() {}
+func (evReserve) isEvent()  {}
 func (evEnded) isEvent()    {}
 func (evMoved) isEvent()    {}
 func (evJournal) isEvent()  {}
@@ -152,6 +159,8 @@ func (s *site) handle(ev event) {
 		s.start(ev.req)
 	case evCreated:
 		s.created(ev)
+	case evReserve:
+		s.reserve(ev.req, ev.reply)
 	case evRollback:
 		s.rollback(ev.trigger, ev.reply)
 	case evLastSwap:
@@ -239,6 +248,10 @@ func (s *site) timer(kind timerKind) {
 		if s.next != nil {
 			s.startNext()
 		}
+	case timerGroupHeld:
+		s.log.Info("the group's held lane was not taken by a group operation; the site converges it", "op", s.groupHeld.ID)
+		s.groupHeld, s.dirty = nil, true
+		s.check()
 	}
 }
 
@@ -370,7 +383,8 @@ func (s *site) adoptOrphan(ev evJournal) {
 		s.retryMove()
 		return
 	}
-	if !begun(op) {
+	if !begun(op) && op.GroupOperation == "" {
+		// (A member's part is the group's to decide: it is resumed, and joins the group.)
 		s.log.Warn("clearing an operation whose start consul did not confirm", "op", op.ID, "kind", op.Kind)
 		s.execute(op, func(context.Context, *run) error { return errNotStarted })
 		return

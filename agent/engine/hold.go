@@ -67,16 +67,16 @@ type holdEvent struct {
 }
 
 // await blocks until deadline, a control that the monitor and hold act on, the daemon
-// stopping, or, when watch is set, the target degrading past the threshold for the grace
-// period.
-func (w *swap) await(ctx context.Context, deadline time.Time, watch bool, m *config.Monitor, want int) (holdEvent, error) {
+// stopping, or watch (when not nil) returning an error: the target degrading past the
+// threshold for the grace period.
+func (r *run) await(ctx context.Context, deadline time.Time, watch func(context.Context) error) (holdEvent, error) {
 	wctx, cancel := context.WithDeadline(ctx, deadline)
 	degraded := make(chan error, 1)
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
-		if watch {
-			if err := w.watchHealth(wctx, m, want); err != nil {
+		if watch != nil {
+			if err := watch(wctx); err != nil {
 				degraded <- err
 			}
 		}
@@ -84,14 +84,14 @@ func (w *swap) await(ctx context.Context, deadline time.Time, watch bool, m *con
 	defer func() { cancel(); <-watched }() // the watch journals notes: it ends before the run goes on
 	for {
 		select {
-		case c := <-w.control:
+		case c := <-r.control:
 			switch c {
 			case ctlEndMonitor, ctlSettle, ctlFinish:
 				return holdEvent{control: c}, nil
 			}
 		case err := <-degraded:
 			return holdEvent{degraded: err}, nil
-		case <-w.eng.daemon.Done():
+		case <-r.eng.daemon.Done():
 			return holdEvent{}, store.ErrStopping
 		case <-wctx.Done():
 			if err := ctx.Err(); err != nil {

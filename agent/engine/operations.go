@@ -146,7 +146,7 @@ func (r *run) finish(err error) {
 		jerr := e.store.MoveToHistory(op, r.historyLimit)
 		if jerr == nil {
 			if !op.Unchanged || op.State != api.StateSucceeded {
-				e.index.kept(op.ID, e.store.HistoryKey(op.Site, op.Seq))
+				e.index.kept(op.ID, e.store.HistoryKeyOf(op))
 			}
 			break
 		}

@@ -19,6 +19,10 @@ import (
 // the source's lane is put back. Any other operation is undone by
 // converging every lane to KV, which still binds the slots to the versions they had before.
 func (e *Engine) recoverOp(cfg *config.Site, op *api.Operation) opFunc {
+	if op.GroupOperation != "" {
+		// A member's part of a group operation: the group decides, from its own journal.
+		return e.memberOp(cfg)
+	}
 	swap := op.Kind == api.KindSwap || op.Kind == api.KindRollback
 	if swap && cfg.Slot(op.Source) != nil && cfg.Slot(op.Target) != nil {
 		forward := op.State == api.StatePreviewing || op.Switched || op.HandedOff || op.Instant || succeeded(op, api.PhaseWarm)
@@ -27,13 +31,7 @@ func (e *Engine) recoverOp(cfg *config.Site, op *api.Operation) opFunc {
 			return e.swapOp(cfg, op.Source, op.Target)
 		}
 		return func(ctx context.Context, r *run) error {
-			cause := fmt.Errorf("interrupted in state %s by a daemon restart", op.State)
-			rctx, cancel := e.restoreContext(ctx)
-			defer cancel()
-			if _, err := e.restoreSlot(rctx, cfg, op.Target, lanes.GateTags); err != nil {
-				return fmt.Errorf("%w; putting %s's lane back failed: %v", cause, op.Target, err)
-			}
-			return e.putSlotBack(ctx, cfg, op.Source, cause)
+			return e.undoInterrupted(ctx, cfg, op, fmt.Errorf("interrupted in state %s by a daemon restart", op.State))
 		}
 	}
 	return func(ctx context.Context, r *run) error {
@@ -42,6 +40,17 @@ func (e *Engine) recoverOp(cfg *config.Site, op *api.Operation) opFunc {
 		}
 		return fmt.Errorf("interrupted in state %s by a daemon restart; every lane runs what KV says for its slot", op.State)
 	}
+}
+
+// undoInterrupted undoes a swap that a stopped daemon left before its warm-up succeeded, make
+// before break: the target's lane gets its routes back before the source's lane is put back.
+func (e *Engine) undoInterrupted(ctx context.Context, cfg *config.Site, op *api.Operation, cause error) error {
+	rctx, cancel := e.restoreContext(ctx)
+	defer cancel()
+	if _, err := e.restoreSlot(rctx, cfg, op.Target, lanes.GateTags); err != nil {
+		return fmt.Errorf("%w; putting %s's lane back failed: %v", cause, op.Target, err)
+	}
+	return e.putSlotBack(ctx, cfg, op.Source, cause)
 }
 
 // succeeded reports whether the named phase of op succeeded.

@@ -85,6 +85,9 @@ type site struct {
 	// may start.
 	failures  int
 	holdUntil time.Time
+	// groupHeld is a group operation's part that ended leaving the site's former target lane
+	// held for the group's next operation (timerGroupHeld bounds the wait).
+	groupHeld *api.Operation
 	// unmoved is an operation that ended here but is not in history yet (Consul refused the
 	// move): it is moved before anything else starts, and tried again until it is.
 	unmoved *api.Operation
@@ -214,7 +217,7 @@ func (s *site) unlead() {
 			req.answer(nil, ErrNotLeader)
 		}
 	}
-	s.starting, s.queued, s.next = nil, nil, nil
+	s.starting, s.queued, s.next, s.groupHeld = nil, nil, nil, nil
 	s.answerWaiters(nil, nil)
 }
 
@@ -322,7 +325,7 @@ func (s *site) check() {
 // idle reports whether the site may start something of its own: it is up under a
 // leadership, and no operation runs or starts.
 func (s *site) idle() bool {
-	return s.lead != nil && s.ready && s.running == nil && s.starting == nil && s.queued == nil && s.unmoved == nil
+	return s.lead != nil && s.ready && s.running == nil && s.starting == nil && s.queued == nil && s.unmoved == nil && s.groupHeld == nil
 }
 
 // compare runs a comparison of every lane with KV beside the owner (evCompared).

@@ -67,6 +67,9 @@ func (s *site) start(req *startReq) {
 	case s.starting != nil || s.queued != nil:
 		s.refuse(req, fmt.Errorf("%w: another operation is starting on site %s", store.ErrBusy, s.name))
 		return
+	case s.running != nil && s.running.op.GroupOperation != "":
+		s.refuse(req, partOfGroup(s.running.op))
+		return
 	}
 	if s.next != nil && !req.followUp && req.op.Trigger != triggerConverge {
 		s.log.Warn("follow-up dropped: another operation starts first", "follow_up", s.next.Next.Kind, "after", s.next.ID, "kind", req.op.Kind)
@@ -92,7 +95,61 @@ func (s *site) start(req *startReq) {
 		s.after(timerQueue, endMonitorWait)
 		return
 	}
-	s.create(req, nil)
+	s.create(req, s.takeGroupHeld())
+}
+
+// partOfGroup is the refusal of a site's own operation while the site runs its part of a
+// group operation: the group is acted on as one.
+func partOfGroup(op *api.Operation) error {
+	return fmt.Errorf("%w: site %s is part of group operation %s of group %q (%s of %s into %s); act on the group: slotd swap -group %s, slotd rollback -group %s",
+		store.ErrBusy, op.Site, op.GroupOperation, op.Group, op.Kind, op.Source, op.Target, op.Group, op.Group)
+}
+
+// reserve marks a member's part of a group operation as the site's starting operation when
+// the site is free for it: up under this leadership, nothing running or starting. The group
+// then journals every member's part with its own in one transaction and tells each owner how
+// that went (evCreated), as create does for an operation of the site's own.
+func (s *site) reserve(req *startReq, reply chan<- answer) {
+	var err error
+	switch {
+	case !s.eng.Leading():
+		err = ErrNotLeader
+	case s.lead == nil || !s.ready:
+		err = fmt.Errorf("site %s is %w; nothing was started, retry in a few seconds", s.name, ErrStarting)
+	case s.starting != nil || s.queued != nil:
+		err = fmt.Errorf("%w: another operation is starting on site %s", store.ErrBusy, s.name)
+	case s.running != nil && s.running.op.GroupOperation != "":
+		err = partOfGroup(s.running.op)
+	case s.running != nil:
+		state := s.running.op.State
+		if cur := s.eng.ops.get(s.running.op.ID); cur != nil {
+			state = cur.State
+		}
+		err = fmt.Errorf("%w: site %s runs %s %s (%s); wait for it to end, or settle or cancel it", store.ErrBusy, s.name, s.running.op.Kind, s.running.op.ID, state)
+	case s.unmoved != nil:
+		err = fmt.Errorf("%w: site %s is recording operation %s in its history; retry in a few seconds", store.ErrBusy, s.name, s.unmoved.ID)
+	}
+	if err != nil {
+		reply <- answer{nil, err}
+		return
+	}
+	if s.next != nil {
+		s.log.Warn("follow-up dropped: a group operation starts first", "follow_up", s.next.Next.Kind, "after", s.next.ID, "group", req.op.Group)
+		s.next = nil
+	}
+	s.takeGroupHeld() // the group's next operation moves the held lane itself
+	s.prepare(req)
+	c := *req.op
+	reply <- answer{&c, nil}
+}
+
+// takeGroupHeld is the lane a group operation left held for the group's next one, now that
+// another operation starts on the site: it settles that lane first (nil: none).
+func (s *site) takeGroupHeld() *api.Operation {
+	held := s.groupHeld
+	s.groupHeld = nil
+	s.stopTimer(timerGroupHeld)
+	return held
 }
 
 // create writes the journal entry of req's operation beside the owner (evCreated). held is
@@ -104,15 +161,7 @@ func (s *site) create(req *startReq, held *api.Operation) {
 		req.phases = append([]string{api.PhaseSettleHeld}, req.phases...)
 		req.fn = s.eng.settleFirst(s.cfg, held, req.fn)
 	}
-	now := time.Now().UTC()
-	op.ID, op.Site, op.State = newID(), s.name, api.StatePending
-	op.CreatedAt, op.UpdatedAt = now, now
-	op.Phases = nil
-	for _, p := range req.phases {
-		op.Phases = append(op.Phases, api.Phase{Name: p, State: api.PhasePending})
-	}
-	req.lead = s.lead
-	s.starting = req
+	s.prepare(req)
 	var unmoved *api.Operation
 	if s.unmoved != nil {
 		c := *s.unmoved
@@ -134,6 +183,20 @@ func (s *site) create(req *startReq, held *api.Operation) {
 		}
 		s.send(evCreated{req: req, moved: unmoved != nil, err: s.eng.journalNew(op, limit)})
 	}()
+}
+
+// prepare fills in req's operation as the site's next one and marks it starting.
+func (s *site) prepare(req *startReq) {
+	op := req.op
+	now := time.Now().UTC()
+	op.ID, op.Site, op.State = newID(), s.name, api.StatePending
+	op.CreatedAt, op.UpdatedAt = now, now
+	op.Phases = nil
+	for _, p := range req.phases {
+		op.Phases = append(op.Phases, api.Phase{Name: p, State: api.PhasePending})
+	}
+	req.lead = s.lead
+	s.starting = req
 }
 
 // journalNew journals op as the site's running operation. An operation that ended but was
@@ -297,6 +360,14 @@ func (s *site) ended(r *run) {
 		s.create(q, leftHeld(r.op))
 		return
 	}
+	if held := leftHeld(r.op); held != nil && r.op.GroupOperation != "" && !r.left && s.lead != nil {
+		// A group operation left its former target lane held for the group's next operation
+		// (its rollback): the site starts nothing of its own on that lane until the group
+		// does, or endMonitorWait passed.
+		s.groupHeld = held
+		s.after(timerGroupHeld, endMonitorWait)
+		return
+	}
 	if r.op.Trigger == triggerConverge {
 		if r.op.State == api.StateFailed {
 			s.failures++
@@ -337,6 +408,10 @@ func (s *site) startNext() {
 func (s *site) rollback(trigger string, reply chan<- answer) {
 	if !s.eng.Leading() {
 		reply <- answer{nil, ErrNotLeader} // before the history is read for nothing
+		return
+	}
+	if r := s.running; r != nil && r.op.GroupOperation != "" {
+		reply <- answer{nil, partOfGroup(r.op)}
 		return
 	}
 	if r := s.running; r != nil {

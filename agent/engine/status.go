@@ -158,6 +158,12 @@ func (e *Engine) present(cfg *config.Site, ob *observed, ready, detail bool) *ap
 				}
 			}
 		}
+		if running.GroupOperation != "" {
+			// A member's part of a group operation: the site shows the group operation.
+			if g := e.ops.get(running.GroupOperation); g != nil {
+				view.Operation = g
+			}
+		}
 	}
 	return &view
 }

@@ -173,16 +173,21 @@ func (w *swap) preview(ctx context.Context) error {
 		return err
 	}
 	w.eng.logger.Info("swap previewing", "site", w.cfg.Name, "op", w.op.ID, "preview_tags", strings.Join(w.target.PreviewTags, ","))
+	return w.awaitComplete(ctx)
+}
+
+// awaitComplete waits while the operation previews, until it is completed (nil) or cancelled.
+func (r *run) awaitComplete(ctx context.Context) error {
 	for {
 		select {
-		case c := <-w.control:
+		case c := <-r.control:
 			switch c {
 			case ctlComplete:
 				return nil
 			case ctlCancel:
 				return fmt.Errorf("%w while previewing", errCancelled)
 			}
-		case <-w.eng.daemon.Done():
+		case <-r.eng.daemon.Done():
 			return store.ErrStopping
 		case <-ctx.Done():
 			return ctx.Err()
@@ -248,7 +253,7 @@ func (w *swap) switchSlots(ctx context.Context) error {
 	// Where the switch's time went: what is ours (render, plan, register: "registered") and
 	// what is Nomad's and Consul's (the rest of make and break, until Consul shows the tags).
 	w.note(api.PhaseSwitch, fmt.Sprintf("%s; make %s (registered after %s), break %s (registered after %s), exchange %s",
-		w.op.Phase(api.PhaseSwitch).Message, ms(t1.Sub(t0)), ms(made.Registered), ms(t2.Sub(t1)), ms(broken.Registered), ms(time.Since(t2))))
+		w.op.Phase(api.PhaseSwitch).Message, roundMs(t1.Sub(t0)), roundMs(made.Registered), roundMs(t2.Sub(t1)), roundMs(broken.Registered), roundMs(time.Since(t2))))
 	return nil
 }
 
@@ -266,7 +271,7 @@ func (w *swap) retag(ctx context.Context, lane string, app lanes.Source, tags []
 }
 
 // ms rounds a duration to the millisecond, for messages.
-func ms(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+func roundMs(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 
 // exchange binds the target to the source lane and the source to the target lane, and swaps
 // their swappable settings, in one transaction together with the journal entry that says so:
@@ -278,38 +283,20 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 		return err
 	}
 	for attempt := 0; ; attempt++ {
-		st, err := kv.LoadSlots(w.cfg.Name, nil)
-		if err != nil {
-			return fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
-		}
-		s, t := st.Slot(w.source.Name), st.Slot(w.target.Name)
-		var ops consulapi.KVTxnOps
-		ops = append(ops, kv.BindOps(w.cfg.Name, w.target.Name, t, w.srcLane, srcLaneVersion)...)
-		ops = append(ops, kv.BindOps(w.cfg.Name, w.source.Name, s, w.tgtLane, tgtLaneVersion)...)
-		ops = append(ops, kv.DocOps(w.cfg.Name, w.source.Name, store.KindSwappable, s.Settings, t.Settings.Values)...)
-		ops = append(ops, kv.DocOps(w.cfg.Name, w.target.Name, store.KindSwappable, t.Settings, s.Settings.Values)...)
-		next := *w.op
-		next.Phases = append([]api.Phase(nil), w.op.Phases...)
-		next.Switched, next.TargetSick = true, w.tgtSick
-		if p := next.Phase(api.PhaseSwitch); p != nil {
-			p.Message = fmt.Sprintf("%s → lane %s, %s → lane %s", w.target.Name, w.srcLane, w.source.Name, w.tgtLane)
-		}
-		journal, err := kv.JournalOp(&next)
+		x, err := w.exchangeOps(srcLaneVersion, tgtLaneVersion)
 		if err != nil {
 			return err
 		}
 		if w.lead.Err() != nil {
 			return store.ErrStopping
 		}
-		resp, err := kv.Txn(append(ops, journal))
+		resp, err := kv.Txn(append(x.ops, x.journal))
 		if errors.Is(err, store.ErrConflict) && attempt < 5 {
 			// A setting was edited meanwhile, or the journal moved: read both again. The
 			// journal must still be this operation's.
-			cur, rerr := kv.RunningOperation(w.cfg.Name)
-			if rerr != nil || cur == nil || cur.ID != w.op.ID {
-				return fmt.Errorf("exchange the bindings of %s and %s: the journal no longer holds operation %s", w.source.Name, w.target.Name, w.op.ID)
+			if err := w.rereadJournal(); err != nil {
+				return err
 			}
-			w.op.Index = cur.Index
 			continue
 		}
 		if err != nil && !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrStopping) {
@@ -318,27 +305,79 @@ func (w *swap) exchange(ctx context.Context, srcLaneVersion, tgtLaneVersion uint
 			// the index the exchange checks makes sure it never does later.
 			var committed uint64
 			if committed, err = w.exchanged(ctx, err); err == nil {
-				next.Index = committed
+				x.next.Index = committed
 				resp = &consulapi.KVTxnResponse{}
 			}
 		}
 		if err != nil {
 			return fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
 		}
-		if next.Index == w.op.Index {
-			next.Index = store.ResultIndex(resp, kv.OperationKey(w.cfg.Name), w.op.Index)
-		}
-		*w.op = next
-		w.eng.ops.publish(w.op)
-		// Settings as KV has them now; the scales stay as the swap resolved them (a live
-		// slot's counts were read from its lane before this lane moved).
-		src, tgt := s.Values(), t.Values()
-		src.Scale, src.Live, tgt.Scale, tgt.Live = w.src.Scale, w.src.Live, w.tgt.Scale, w.tgt.Live
-		w.src, w.tgt = src, tgt
+		w.exchangedTo(x, resp)
 		// Past the exchange the swap is done as far as routing goes: a failure here is the
 		// switch's, not a reason to undo it.
 		return failpoint.Inject(ctx, "switch.after-exchange")
 	}
+}
+
+// exchangeWrite is one swap's part of an exchange: the writes of the bindings and swappable
+// settings, the journal entry that says switched, and the slots as they were read.
+type exchangeWrite struct {
+	ops     consulapi.KVTxnOps
+	journal *consulapi.KVTxnOp
+	next    *api.Operation
+	s, t    *store.SlotState
+}
+
+// exchangeOps reads both slots and writes what the exchange changes, check-and-set against
+// what was read: the source lane bound to the target at srcLaneVersion, the target lane to the
+// source at tgtLaneVersion, the swappable settings the other way round.
+func (w *swap) exchangeOps(srcLaneVersion, tgtLaneVersion uint64) (*exchangeWrite, error) {
+	kv := w.eng.store
+	st, err := kv.LoadSlots(w.cfg.Name, nil)
+	if err != nil {
+		return nil, fmt.Errorf("exchange the bindings of %s and %s: %w", w.source.Name, w.target.Name, err)
+	}
+	x := &exchangeWrite{s: st.Slot(w.source.Name), t: st.Slot(w.target.Name)}
+	x.ops = append(x.ops, kv.BindOps(w.cfg.Name, w.target.Name, x.t, w.srcLane, srcLaneVersion)...)
+	x.ops = append(x.ops, kv.BindOps(w.cfg.Name, w.source.Name, x.s, w.tgtLane, tgtLaneVersion)...)
+	x.ops = append(x.ops, kv.DocOps(w.cfg.Name, w.source.Name, store.KindSwappable, x.s.Settings, x.t.Settings.Values)...)
+	x.ops = append(x.ops, kv.DocOps(w.cfg.Name, w.target.Name, store.KindSwappable, x.t.Settings, x.s.Settings.Values)...)
+	next := *w.op
+	next.Phases = append([]api.Phase(nil), w.op.Phases...)
+	next.Switched, next.TargetSick = true, w.tgtSick
+	if p := next.Phase(api.PhaseSwitch); p != nil {
+		p.Message = fmt.Sprintf("%s → lane %s, %s → lane %s", w.target.Name, w.srcLane, w.source.Name, w.tgtLane)
+	}
+	x.next = &next
+	if x.journal, err = kv.JournalOp(&next); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// rereadJournal takes the index the journal holds the operation at now, after a lost race;
+// an error when it no longer holds this operation.
+func (w *swap) rereadJournal() error {
+	cur, err := w.eng.store.RunningOperation(w.cfg.Name)
+	if err != nil || cur == nil || cur.ID != w.op.ID {
+		return fmt.Errorf("exchange the bindings of %s and %s: the journal no longer holds operation %s", w.source.Name, w.target.Name, w.op.ID)
+	}
+	w.op.Index = cur.Index
+	return nil
+}
+
+// exchangedTo takes the outcome of an exchange that committed: the journal entry it wrote, and
+// the settings as KV has them now (the scales stay as the swap resolved them: a live slot's
+// counts were read from its lane before this lane moved).
+func (w *swap) exchangedTo(x *exchangeWrite, resp *consulapi.KVTxnResponse) {
+	if x.next.Index == w.op.Index {
+		x.next.Index = store.ResultIndex(resp, w.eng.store.OperationKey(w.cfg.Name), w.op.Index)
+	}
+	*w.op = *x.next
+	w.eng.ops.publish(w.op)
+	src, tgt := x.s.Values(), x.t.Values()
+	src.Scale, src.Live, tgt.Scale, tgt.Live = w.src.Scale, w.src.Live, w.tgt.Scale, w.tgt.Live
+	w.src, w.tgt = src, tgt
 }
 
 // holdFor is how long the former target lane is held after the switch: the site's rollback
@@ -381,8 +420,23 @@ func (w *swap) afterSwitch(ctx context.Context) error {
 	}
 	started := time.Now()
 	return w.phase(api.PhaseMonitor, api.StateMonitoring, func() error {
-		return w.monitorAndHold(ctx, m, monEnd, holdEnd, started)
+		return w.monitorAndHold(ctx, swapHolder{w: w, m: m, want: w.instanceCount(ctx)}, monEnd, holdEnd, started)
 	})
+}
+
+// holder is what the monitor and hold watch and settle: one swap's target and held lane, or
+// every member's of a group operation.
+type holder interface {
+	// watch returns when ctx ends (nil) or the target degraded (why).
+	watch(ctx context.Context) error
+	// settleHeld settles the held lanes now; the monitor goes on.
+	settleHeld(ctx context.Context) error
+	// autoRollback reports whether a degradation rolls back by itself.
+	autoRollback() bool
+	// heldLanes names the lanes held, for messages.
+	heldLanes() string
+	// stateIs tells of a new state of the operation (monitoring or holding).
+	stateIs(state string)
 }
 
 // monitorAndHold runs until both the monitor window and the hold are over. What ends them
@@ -390,14 +444,13 @@ func (w *swap) afterSwitch(ctx context.Context) error {
 // cancel (both, settled now), the target degrading (with auto_rollback: the swap ends and a
 // rollback takes the held lane back, instantly; without: the monitor reports it and the hold
 // goes on, so a rollback by hand is still instant).
-func (w *swap) monitorAndHold(ctx context.Context, m *config.Monitor, monEnd, holdEnd, started time.Time) error {
-	want := w.instanceCount(ctx)
+func (r *run) monitorAndHold(ctx context.Context, h holder, monEnd, holdEnd, started time.Time) error {
 	var degraded error
 	watching := time.Now().Before(monEnd)
 	for {
-		holding := !w.done(api.PhaseSettle)
+		holding := !succeeded(r.op, api.PhaseSettle)
 		if holding && !time.Now().Before(holdEnd) {
-			if err := w.settleDuringMonitor(ctx); err != nil {
+			if err := h.settleHeld(ctx); err != nil {
 				return err
 			}
 			continue
@@ -413,40 +466,45 @@ func (w *swap) monitorAndHold(ctx context.Context, m *config.Monitor, monEnd, ho
 				deadline = holdEnd
 			}
 		}
-		if w.op.State != state {
-			w.op.State, w.op.UpdatedAt = state, time.Now().UTC()
-			_ = w.journal()
+		if r.op.State != state {
+			r.op.State, r.op.UpdatedAt = state, time.Now().UTC()
+			_ = r.journal()
+			h.stateIs(state)
 		}
-		ev, err := w.await(ctx, deadline, watching, m, want)
+		var watch func(context.Context) error
+		if watching {
+			watch = h.watch
+		}
+		ev, err := r.await(ctx, deadline, watch)
 		switch {
 		case err != nil:
 			return err
 		case ev.degraded != nil:
 			watching = false
-			if m.AutoRollback {
+			if h.autoRollback() {
 				if holding {
-					w.skip(api.PhaseSettle, fmt.Sprintf("lane %s stays held for the rollback", w.tgtLane))
+					r.skip(api.PhaseSettle, fmt.Sprintf("%s stays held for the rollback", h.heldLanes()))
 				}
 				// Journaled before the swap ends: should this daemon stop before the rollback
 				// starts, the next leader starts it.
-				w.op.Next = &api.FollowUp{Kind: api.KindRollback, Trigger: "monitor", Source: w.op.Source, Target: w.op.Target, RollbackOf: w.op.ID}
-				if err := w.journal(); err != nil {
+				r.op.Next = &api.FollowUp{Kind: api.KindRollback, Trigger: "monitor", Source: r.op.Source, Target: r.op.Target, RollbackOf: r.op.ID}
+				if err := r.journal(); err != nil {
 					return err
 				}
 				return fmt.Errorf("%w: rolling back", ev.degraded)
 			}
 			degraded = ev.degraded
-			w.note(api.PhaseMonitor, fmt.Sprintf("%v; no automatic rollback (auto_rollback is off)", degraded))
+			r.note(api.PhaseMonitor, fmt.Sprintf("%v; no automatic rollback (auto_rollback is off)", degraded))
 		case ev.control == ctlEndMonitor:
 			msg := fmt.Sprintf("ended early after %s: another operation started; no automatic rollback", time.Since(started).Round(time.Second))
 			if holding {
-				w.skip(api.PhaseSettle, fmt.Sprintf("lane %s left held for the next operation, which settles it", w.tgtLane))
+				r.skip(api.PhaseSettle, fmt.Sprintf("%s left held for the next operation, which settles it", h.heldLanes()))
 			}
-			w.note(api.PhaseMonitor, msg)
+			r.note(api.PhaseMonitor, msg)
 			return degraded
 		case ev.control == ctlFinish:
 			watching = false
-			w.note(api.PhaseMonitor, fmt.Sprintf("ended early after %s: the swap was cancelled; no automatic rollback", time.Since(started).Round(time.Second)))
+			r.note(api.PhaseMonitor, fmt.Sprintf("ended early after %s: the swap was cancelled; no automatic rollback", time.Since(started).Round(time.Second)))
 			holdEnd = time.Now()
 		case ev.control == ctlSettle:
 			holdEnd = time.Now()
@@ -454,6 +512,20 @@ func (w *swap) monitorAndHold(ctx context.Context, m *config.Monitor, monEnd, ho
 	}
 	return degraded
 }
+
+// swapHolder is the holder of one swap: its target watched against the site's monitor, with
+// as many instances as it had when the monitor started.
+type swapHolder struct {
+	w    *swap
+	m    *config.Monitor
+	want int
+}
+
+func (h swapHolder) watch(ctx context.Context) error      { return h.w.watchHealth(ctx, h.m, h.want) }
+func (h swapHolder) settleHeld(ctx context.Context) error { return h.w.settleDuringMonitor(ctx) }
+func (h swapHolder) autoRollback() bool                   { return h.m.AutoRollback }
+func (h swapHolder) heldLanes() string                    { return "lane " + h.w.tgtLane }
+func (swapHolder) stateIs(string)                         {}
 
 // settleDuringMonitor settles the held lane while the swap's state is monitoring or holding;
 // the end of the settle phase is journaled with that state back, in one write.

@@ -77,21 +77,21 @@ func swappedBack(srcLaneSlot, tgtLaneSlot store.SlotSettings) (src, tgt store.Sl
 // of a committed exchange says switched. One that says otherwise at the index the exchange
 // checked is written again at that index: once that write lands, the exchange cannot. Consul
 // is asked until it answers or the switch's deadline ends.
-func (w *swap) exchanged(ctx context.Context, cause error) (uint64, error) {
-	kv := w.eng.store
+func (r *run) exchanged(ctx context.Context, cause error) (uint64, error) {
+	kv := r.eng.store
 	for attempt := 1; ; attempt++ {
-		cur, err := kv.RunningOperation(w.cfg.Name)
+		cur, err := kv.Journaled(r.op)
 		switch {
 		case err != nil:
-		case cur == nil || cur.ID != w.op.ID:
-			return 0, fmt.Errorf("%w; the journal no longer holds operation %s", cause, w.op.ID)
+		case cur == nil || cur.ID != r.op.ID:
+			return 0, fmt.Errorf("%w; the journal no longer holds operation %s", cause, r.op.ID)
 		case cur.Switched:
-			w.eng.logger.Info("consul's answer to the exchange was lost, but it committed", "site", w.cfg.Name, "op", w.op.ID, "error", cause)
+			r.eng.logger.Info("consul's answer to the exchange was lost, but it committed", "site", r.op.Site, "group", r.op.Group, "op", r.op.ID, "error", cause)
 			return cur.Index, nil
-		case cur.Index != w.op.Index:
+		case cur.Index != r.op.Index:
 			return 0, cause // the journal moved on: the exchange's check fails for good
 		default:
-			err = w.write()
+			err = r.write()
 			if err == nil {
 				return 0, cause
 			}
@@ -102,7 +102,7 @@ func (w *swap) exchanged(ctx context.Context, cause error) (uint64, error) {
 				continue // it landed meanwhile, or the journal moved: read again
 			}
 		}
-		if w.lead.Err() != nil {
+		if r.lead.Err() != nil {
 			return 0, store.ErrStopping
 		}
 		if serr := query.Sleep(ctx, query.Backoff(attempt)); serr != nil {

@@ -22,15 +22,23 @@ const (
 	runningPassword = "pw-running"
 )
 
-// fakeBackend serves one site, web (production and staging, db_password sensitive), from
-// memory: what the engine would answer once it checked what it was asked.
+// fakeBackend serves site web (production and staging, db_password sensitive) and group
+// storefront of web and blog (production, staging and qa), from memory: what the engine would
+// answer once it checked what it was asked.
 type fakeBackend struct {
-	cfg     *config.Config
-	leading bool
-	ready   bool
-	ops     map[string]*api.Operation
-	// started counts the writes that got past every check.
+	cfg      *config.Config
+	leading  bool
+	ready    bool
+	starting map[string]bool // sites not ready while ready is true
+	ops      map[string]*api.Operation
+	// started counts the writes that got past every check; last is the newest they started.
 	started int
+	last    *api.Operation
+	// history is the page the last history request asked for.
+	history struct {
+		limit  int
+		before uint64
+	}
 }
 
 var _ Backend = (*fakeBackend)(nil)
@@ -43,7 +51,11 @@ func newFakeBackend(token string, readRequiresToken *bool) *fakeBackend {
 	cfg.Sites = []*config.Site{{
 		Name: "web", Service: "web", Job: "/nonexistent.nomad.hcl", SensitiveVars: []string{"db_password"},
 		Slots: []*config.Slot{{Name: "production", Tags: []string{"urlprefix-www/"}}, {Name: "staging"}},
+	}, {
+		Name: "blog", Service: "blog", Job: "/nonexistent.nomad.hcl",
+		Slots: []*config.Slot{{Name: "production"}, {Name: "staging"}, {Name: "qa"}},
 	}}
+	cfg.Groups = []*config.Group{{Name: "storefront", Sites: []string{"web", "blog"}}}
 	deploy := func(id, state, password string) *api.Operation {
 		return &api.Operation{ID: id, Site: "web", Kind: api.KindDeploy, State: state, Slot: "staging",
 			Vars: map[string]string{"db_password": password, "app_version": "v2"}}
@@ -69,8 +81,10 @@ func (b *fakeBackend) Config() *config.Config { return b.cfg }
 func (b *fakeBackend) Site(name string) *config.Site {
 	return b.cfg.Site(name)
 }
-func (b *fakeBackend) SiteNames() []string    { return []string{"web"} }
-func (b *fakeBackend) Ready(site string) bool { return b.ready && b.cfg.Site(site) != nil }
+func (b *fakeBackend) SiteNames() []string { return []string{"web"} }
+func (b *fakeBackend) Ready(site string) bool {
+	return b.ready && b.cfg.Site(site) != nil && !b.starting[site]
+}
 
 func (b *fakeBackend) Health() (api.Health, bool) {
 	return api.Health{Status: api.HealthOK, Leader: b.leading, Sites: map[string]string{"web": api.SiteStandby}}, true
@@ -113,13 +127,18 @@ func (b *fakeBackend) DeleteSetting(_, slot, _ string) (api.Settings, error) {
 	return b.settings(slot), nil
 }
 
-func (b *fakeBackend) History(string, int, uint64) ([]api.Operation, error) {
+func (b *fakeBackend) History(_ string, limit int, before uint64) ([]api.Operation, error) {
+	b.history.limit, b.history.before = limit, before
 	return []api.Operation{*b.ops["op-old"]}, nil
 }
 
 func (b *fakeBackend) start(op *api.Operation) (*api.Operation, error) {
 	b.started++
-	op.ID, op.Site, op.State = fmt.Sprintf("op-%d", b.started), "web", api.StatePending
+	op.ID, op.State = fmt.Sprintf("op-%d", b.started), api.StatePending
+	if op.Group == "" {
+		op.Site = "web"
+	}
+	b.last = op
 	return op, nil
 }
 
@@ -156,4 +175,40 @@ func (b *fakeBackend) Complete(ctx context.Context, id string) (*api.Operation, 
 
 func (b *fakeBackend) Cancel(ctx context.Context, id string) (*api.Operation, error) {
 	return b.Operation(ctx, id, 0)
+}
+
+func (b *fakeBackend) Group(name string) *config.Group { return b.cfg.Group(name) }
+
+func (b *fakeBackend) GroupNames() []string {
+	var names []string
+	for _, g := range b.cfg.Groups {
+		names = append(names, g.Name)
+	}
+	return names
+}
+
+func (b *fakeBackend) GroupStatus(_ context.Context, name string) (*api.Group, error) {
+	g := b.cfg.Group(name)
+	return &api.Group{Name: g.Name, Sites: g.Sites, Operation: b.ops["op-group"]}, nil
+}
+
+// startGroup starts a group operation with a pending part on every member.
+func (b *fakeBackend) startGroup(op *api.Operation) (*api.Operation, error) {
+	for _, site := range b.cfg.Group(op.Group).Sites {
+		op.Members = append(op.Members, api.GroupMember{Site: site, State: api.StatePending})
+	}
+	return b.start(op)
+}
+
+func (b *fakeBackend) GroupSwap(group, source, target string, preview bool) (*api.Operation, error) {
+	return b.startGroup(&api.Operation{Kind: api.KindSwap, Group: group, Source: source, Target: target, Preview: preview})
+}
+
+func (b *fakeBackend) GroupRollback(group string) (*api.Operation, error) {
+	return b.startGroup(&api.Operation{Kind: api.KindRollback, Group: group})
+}
+
+func (b *fakeBackend) GroupHistory(group string, limit int, before uint64) ([]api.Operation, error) {
+	b.history.limit, b.history.before = limit, before
+	return []api.Operation{{ID: "op-g1", Group: group, Kind: api.KindSwap, State: api.StateSucceeded, Seq: 7}}, nil
 }

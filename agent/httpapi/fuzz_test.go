@@ -21,6 +21,8 @@ var fuzzRoutes = []struct{ method, path string }{
 	{"PUT", "/v1/sites/web/slots/staging/settings/bad-key"},
 	{"POST", "/v1/operations/op-1/complete"},
 	{"POST", "/v1/sites/nope/swap"},
+	{"POST", "/v1/groups/storefront/swap"},
+	{"POST", "/v1/groups/nope/swap"},
 }
 
 // FuzzRequestBodies sends arbitrary bodies to every write route: the agent never panics and

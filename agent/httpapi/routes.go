@@ -204,35 +204,42 @@ func (s *Server) settle(r *http.Request) (prepared, error) {
 	return answer(http.StatusOK, func(ctx context.Context) (*api.Operation, error) { return s.b.Settle(ctx, cfg.Name) }), nil
 }
 
-// history answers a page of a site's finished operations, newest first: ?limit=N of them
-// (default defaultHistoryPage, at most what the site keeps), older than ?before=SEQ when
-// given, so that the Seq of a page's last operation asks for the next page.
+// history answers a page of a site's finished operations, newest first (see historyPage).
 func (s *Server) history(r *http.Request) (prepared, error) {
 	cfg, err := s.lookupSite(r)
 	if err != nil {
 		return nil, err
 	}
-	keeps := store.HistoryKeeps(cfg.HistoryLimit)
-	limit := min(defaultHistoryPage, keeps)
+	limit, before, err := historyPage(r, "site "+cfg.Name, store.HistoryKeeps(cfg.HistoryLimit))
+	if err != nil {
+		return nil, err
+	}
+	return answer(http.StatusOK, func(context.Context) ([]api.Operation, error) { return s.b.History(cfg.Name, limit, before) }), nil
+}
+
+// historyPage reads the page a history request asks for: ?limit=N operations (default
+// defaultHistoryPage, at most keeps, what the site or group named by owner keeps), older than
+// ?before=SEQ when given, so that the Seq of a page's last operation asks for the next page.
+func historyPage(r *http.Request, owner string, keeps int) (limit int, before uint64, err error) {
+	limit = min(defaultHistoryPage, keeps)
 	q := r.URL.Query()
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
-			return nil, fmt.Errorf("%w: limit %q is not a whole number of 1 or more: ask for 1 to %d operations (site %s keeps %d)",
-				store.ErrBadRequest, v, keeps, cfg.Name, keeps)
+			return 0, 0, fmt.Errorf("%w: limit %q is not a whole number of 1 or more: ask for 1 to %d operations (%s keeps %d)",
+				store.ErrBadRequest, v, keeps, owner, keeps)
 		}
 		limit = min(n, keeps)
 	}
-	var before uint64
 	if v := q.Get("before"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil || n == 0 {
-			return nil, fmt.Errorf("%w: before %q is not an operation's seq: pass the seq of the oldest operation of the page before, such as before=1234",
+			return 0, 0, fmt.Errorf("%w: before %q is not an operation's seq: pass the seq of the oldest operation of the page before, such as before=1234",
 				store.ErrBadRequest, v)
 		}
 		before = n
 	}
-	return answer(http.StatusOK, func(context.Context) ([]api.Operation, error) { return s.b.History(cfg.Name, limit, before) }), nil
+	return limit, before, nil
 }
 
 // operation answers an operation; with ?index=N it blocks until the index differs.

@@ -31,8 +31,8 @@ const (
 	// defaultBlock and maxBlock bound how long GET /v1/operations/{id}?index= waits.
 	defaultBlock = 5 * time.Minute
 	maxBlock     = 10 * time.Minute
-	// defaultHistoryPage is how many operations GET /v1/sites/{site}/history answers without
-	// ?limit= (fewer when the site keeps fewer).
+	// defaultHistoryPage is how many operations GET /v1/sites/{site}/history and
+	// /v1/groups/{group}/history answer without ?limit= (fewer when fewer are kept).
 	defaultHistoryPage = 50
 	// retryAfter is the Retry-After of a write refused while a site starts or a leader is
 	// elected: both pass within seconds, and the client waits instead of failing.
@@ -45,7 +45,8 @@ var errUnauthorized = errors.New("missing or wrong bearer token: send Authorizat
 // errTooLarge is a request body over maxBody.
 var errTooLarge = errors.New("request body over 1 MiB")
 
-// Backend is what the API serves: the engine's sites and operations, and the daemon's health.
+// Backend is what the API serves: the engine's sites, groups and operations, and the daemon's
+// health.
 type Backend interface {
 	Leading() bool
 	// LeaderAddress is who leads, "" when no one is known (asked of Consul: it may take a while).
@@ -69,6 +70,13 @@ type Backend interface {
 	Operation(ctx context.Context, id string, index uint64) (*api.Operation, error)
 	Complete(ctx context.Context, id string) (*api.Operation, error)
 	Cancel(ctx context.Context, id string) (*api.Operation, error)
+
+	Group(name string) *config.Group
+	GroupNames() []string
+	GroupStatus(ctx context.Context, name string) (*api.Group, error)
+	GroupSwap(group, source, target string, preview bool) (*api.Operation, error)
+	GroupRollback(group string) (*api.Operation, error)
+	GroupHistory(group string, limit int, before uint64) ([]api.Operation, error)
 }
 
 // Server is the HTTP API on its listener.
@@ -131,7 +139,8 @@ const (
 	read access = iota
 	// write: the token, and this daemon must lead.
 	write
-	// operation: a write that starts an operation on the {site}, which must be brought up.
+	// operation: a write that starts an operation on the {site}, or on every member site of
+	// the {group}, which must be brought up.
 	operation
 )
 
@@ -158,6 +167,11 @@ func (s *Server) routes(registry *prometheus.Registry) http.Handler {
 	handle("GET /v1/operations/{id}", read, s.operation)
 	handle("POST /v1/operations/{id}/complete", write, s.complete)
 	handle("POST /v1/operations/{id}/cancel", write, s.cancel)
+	handle("GET /v1/groups", read, s.groups)
+	handle("GET /v1/groups/{group}", read, s.group)
+	handle("POST /v1/groups/{group}/swap", operation, s.groupSwap)
+	handle("POST /v1/groups/{group}/rollback", operation, s.groupRollback)
+	handle("GET /v1/groups/{group}/history", read, s.groupHistory)
 	// Open whatever the token rules say: Nomad's and Consul's health checks send no token.
 	mux.Handle("GET /v1/health", s.respond(func(*http.Request) (prepared, error) { return s.health, nil }, read))
 	mux.Handle("GET /v1/metrics", s.guard(read, promhttp.HandlerFor(registry, promhttp.HandlerOpts{})))
@@ -255,12 +269,34 @@ func (s *Server) run(r *http.Request, rt route, a access) (int, any, error) {
 	if a >= write && !s.b.Leading() {
 		return 0, nil, engine.ErrNotLeader
 	}
-	if site := r.PathValue("site"); a == operation && !s.b.Ready(site) {
-		// Leading, but the site's owner has not heard of the leadership yet or is still
-		// bringing the site up.
-		return 0, nil, fmt.Errorf("site %s is %w; nothing was started, retry in a few seconds", site, engine.ErrStarting)
+	if a == operation {
+		if err := s.ready(r); err != nil {
+			return 0, nil, err
+		}
 	}
 	return work(r.Context())
+}
+
+// ready checks that the sites an operation route starts on are up: the {site}, or every
+// member of the {group}. A site is not while its owner has not heard of the leadership yet or
+// is still bringing it up.
+func (s *Server) ready(r *http.Request) error {
+	if name := r.PathValue("group"); name != "" {
+		g := s.b.Group(name)
+		if g == nil {
+			return nil // gone since the route looked it up: the backend says so
+		}
+		for _, site := range g.Sites {
+			if !s.b.Ready(site) {
+				return fmt.Errorf("site %s of group %s is %w; nothing was started, retry in a few seconds", site, g.Name, engine.ErrStarting)
+			}
+		}
+		return nil
+	}
+	if site := r.PathValue("site"); !s.b.Ready(site) {
+		return fmt.Errorf("site %s is %w; nothing was started, retry in a few seconds", site, engine.ErrStarting)
+	}
+	return nil
 }
 
 // errorResponse maps err to a status and a body; retry, when not zero, is the Retry-After of a

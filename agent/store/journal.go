@@ -19,22 +19,57 @@ import (
 
 func (s *Store) OperationKey(site string) string { return s.SiteKey(site, "operation") }
 
+// A journal belongs to a site, or to a swap group for a group operation (Operation.Group set,
+// Site empty): its running operation and its history live under the root of either.
+
+// GroupKey is a key under a swap group's folder: <prefix>/groups/<group>/<parts>.
+func (s *Store) GroupKey(group string, parts ...string) string {
+	return s.Prefix + "/groups/" + group + "/" + strings.Join(parts, "/")
+}
+
+// GroupOperationKey is where a group's running group operation is journaled.
+func (s *Store) GroupOperationKey(group string) string { return s.GroupKey(group, "operation") }
+
+// root is the folder of op's journal: its group's for a group operation, else its site's.
+func (s *Store) root(op *api.Operation) string {
+	if op.Site == "" && op.Group != "" {
+		return s.GroupKey(op.Group)
+	}
+	return s.SiteKey(op.Site)
+}
+
+// JournalKey is where op is journaled while it runs.
+func (s *Store) JournalKey(op *api.Operation) string { return s.root(op) + "operation" }
+
 // CreateOperation journals op as the site's running operation, in one write; ErrBusy when
 // one exists. Its Seq (the history key) is the index it was created at.
 func (s *Store) CreateOperation(op *api.Operation) error {
-	b, err := json.Marshal(op)
-	if err != nil {
-		return err
+	return s.CreateOperations(op)
+}
+
+// CreateOperations journals every op as the running operation of its site or group in one
+// transaction: all of them, or none (ErrBusy when any journal holds an operation already).
+// A group operation and its members' parts start so.
+func (s *Store) CreateOperations(ops ...*api.Operation) error {
+	txn := make(consulapi.KVTxnOps, 0, len(ops))
+	for _, op := range ops {
+		b, err := json.Marshal(op)
+		if err != nil {
+			return err
+		}
+		txn = append(txn, CASOp(s.JournalKey(op), string(b), 0))
 	}
-	resp, err := s.Txn(consulapi.KVTxnOps{CASOp(s.OperationKey(op.Site), string(b), 0)})
+	resp, err := s.Txn(txn)
 	if errors.Is(err, ErrConflict) {
 		return ErrBusy
 	}
 	if err != nil {
 		return err
 	}
-	op.Index = ResultIndex(resp, s.OperationKey(op.Site), 0)
-	op.Seq = op.Index
+	for _, op := range ops {
+		op.Index = ResultIndex(resp, s.JournalKey(op), 0)
+		op.Seq = op.Index
+	}
 	return nil
 }
 
@@ -48,7 +83,7 @@ func (s *Store) UpdateOperation(op *api.Operation) error {
 	if err != nil {
 		return fmt.Errorf("journal operation %s: %w", op.ID, err)
 	}
-	op.Index = ResultIndex(resp, s.OperationKey(op.Site), op.Index)
+	op.Index = ResultIndex(resp, s.JournalKey(op), op.Index)
 	return nil
 }
 
@@ -58,7 +93,7 @@ func (s *Store) JournalOp(op *api.Operation) (*consulapi.KVTxnOp, error) {
 	if err != nil {
 		return nil, err
 	}
-	return CASOp(s.OperationKey(op.Site), string(b), op.Index), nil
+	return CASOp(s.JournalKey(op), string(b), op.Index), nil
 }
 
 // ResultIndex is the index a transaction wrote key at.
@@ -80,7 +115,7 @@ func ResultIndex(resp *consulapi.KVTxnResponse, key string, old uint64) uint64 {
 // would only push an operation that did something out of the history.
 func (s *Store) FinishOperation(op *api.Operation, limit int) error {
 	if op.Unchanged && op.State == api.StateSucceeded {
-		if _, err := s.Txn(consulapi.KVTxnOps{DeleteCASOp(s.OperationKey(op.Site), op.Index)}); err != nil {
+		if _, err := s.Txn(consulapi.KVTxnOps{DeleteCASOp(s.JournalKey(op), op.Index)}); err != nil {
 			return fmt.Errorf("drop operation %s, which changed nothing: %w", op.ID, err)
 		}
 		return nil
@@ -89,14 +124,14 @@ func (s *Store) FinishOperation(op *api.Operation, limit int) error {
 	if err != nil {
 		return err
 	}
-	refs, err := s.HistoryRefs(op.Site)
+	refs, err := s.historyRefs(s.root(op))
 	if err != nil {
 		return err
 	}
-	key := s.HistoryKey(op.Site, op.Seq)
+	key := s.historyKey(s.root(op), op.Seq)
 	ops := consulapi.KVTxnOps{
 		CASOp(key, string(b), 0),
-		DeleteCASOp(s.OperationKey(op.Site), op.Index),
+		DeleteCASOp(s.JournalKey(op), op.Index),
 	}
 	var drop []string
 	for _, r := range Prunable(refs, key, limit) {
@@ -156,7 +191,14 @@ func (s *Store) deleteKeys(keys []string) error {
 }
 
 func (s *Store) HistoryKey(site string, seq uint64) string {
-	return s.SiteKey(site, "history", fmt.Sprintf("%020d", seq))
+	return s.historyKey(s.SiteKey(site), seq)
+}
+
+// HistoryKeyOf is where op is kept once it has finished.
+func (s *Store) HistoryKeyOf(op *api.Operation) string { return s.historyKey(s.root(op), op.Seq) }
+
+func (s *Store) historyKey(root string, seq uint64) string {
+	return root + "history/" + fmt.Sprintf("%020d", seq)
 }
 
 // HistoryRef is one entry of a site's history, by key: its value is read only when needed.
@@ -168,12 +210,16 @@ type HistoryRef struct {
 // HistoryRefs lists the entries of a site's history, oldest first, from their keys alone.
 // A key whose name is not a sequence number (written by hand) is no entry.
 func (s *Store) HistoryRefs(site string) ([]HistoryRef, error) {
+	return s.historyRefs(s.SiteKey(site))
+}
+
+func (s *Store) historyRefs(root string) ([]HistoryRef, error) {
 	q, cancel := Bounded(nil)
 	defer cancel()
-	prefix := s.SiteKey(site, "history") + "/"
+	prefix := root + "history/"
 	keys, _, err := s.KV.Keys(prefix, "", q)
 	if err != nil {
-		return nil, fmt.Errorf("list the history of site %s: %w", site, err)
+		return nil, fmt.Errorf("list the history in %s: %w", root, err)
 	}
 	refs := make([]HistoryRef, 0, len(keys))
 	for _, k := range keys {
@@ -189,11 +235,25 @@ func (s *Store) HistoryRefs(site string) ([]HistoryRef, error) {
 
 // RunningOperation reads the site's running operation, or nil.
 func (s *Store) RunningOperation(site string) (*api.Operation, error) {
+	return s.runningAt(s.OperationKey(site))
+}
+
+// Journaled reads what op's journal (its site's or its group's) holds now, or nil.
+func (s *Store) Journaled(op *api.Operation) (*api.Operation, error) {
+	return s.runningAt(s.JournalKey(op))
+}
+
+// RunningGroupOperation reads the group's running group operation, or nil.
+func (s *Store) RunningGroupOperation(group string) (*api.Operation, error) {
+	return s.runningAt(s.GroupOperationKey(group))
+}
+
+func (s *Store) runningAt(key string) (*api.Operation, error) {
 	q, cancel := Bounded(nil)
 	defer cancel()
-	p, _, err := s.KV.Get(s.OperationKey(site), q)
+	p, _, err := s.KV.Get(key, q)
 	if err != nil {
-		return nil, fmt.Errorf("read operation of site %s: %w", site, err)
+		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
 	if p == nil {
 		return nil, nil
@@ -205,7 +265,7 @@ func (s *Store) RunningOperation(site string) (*api.Operation, error) {
 // whatever index the journal holds it at now; done already when the journal holds another
 // operation or none.
 func (s *Store) MoveToHistory(op *api.Operation, limit int) error {
-	cur, err := s.RunningOperation(op.Site)
+	cur, err := s.runningAt(s.JournalKey(op))
 	if err != nil {
 		return err
 	}
@@ -232,8 +292,17 @@ func (s *Store) PendingOperation(site string, limit int) (*api.Operation, error)
 // HistoryPage reads at most limit of a site's finished operations, newest first: those older
 // than before (its Seq), or the newest when before is 0.
 func (s *Store) HistoryPage(site string, limit int, before uint64) ([]api.Operation, error) {
+	return s.historyPage(s.SiteKey(site), limit, before)
+}
+
+// GroupHistoryPage is HistoryPage of a group's finished group operations.
+func (s *Store) GroupHistoryPage(group string, limit int, before uint64) ([]api.Operation, error) {
+	return s.historyPage(s.GroupKey(group), limit, before)
+}
+
+func (s *Store) historyPage(root string, limit int, before uint64) ([]api.Operation, error) {
 	ops := []api.Operation{}
-	err := s.WalkHistory(site, before, limit, func(op *api.Operation) bool {
+	err := s.walkHistory(root, before, limit, func(op *api.Operation) bool {
 		ops = append(ops, *op)
 		return true
 	})
@@ -244,7 +313,16 @@ func (s *Store) HistoryPage(site string, limit int, before uint64) ([]api.Operat
 // before (0: the newest), until fn returns false or bound entries were read. It lists the keys
 // once and reads one value at a time, so a walk that stops early reads little.
 func (s *Store) WalkHistory(site string, before uint64, bound int, fn func(*api.Operation) bool) error {
-	refs, err := s.HistoryRefs(site)
+	return s.walkHistory(s.SiteKey(site), before, bound, fn)
+}
+
+// WalkGroupHistory is WalkHistory of a group's finished group operations.
+func (s *Store) WalkGroupHistory(group string, before uint64, bound int, fn func(*api.Operation) bool) error {
+	return s.walkHistory(s.GroupKey(group), before, bound, fn)
+}
+
+func (s *Store) walkHistory(root string, before uint64, bound int, fn func(*api.Operation) bool) error {
+	refs, err := s.historyRefs(root)
 	if err != nil {
 		return err
 	}
