@@ -463,6 +463,7 @@ const (
 
 // sample is one request of a sampler.
 type sample struct {
+	client int       // which of the sampler's clients sent it
 	at     time.Time // when the request was sent
 	took   time.Duration
 	status int
@@ -484,6 +485,7 @@ func (s sample) String() string {
 // sampler sends requests for a host through Fabio from concurrent clients and records every
 // answer, until stopped, its time is up or it has sent samplerMaxRequests.
 type sampler struct {
+	clients int
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	mu      sync.Mutex
@@ -494,10 +496,10 @@ type sampler struct {
 func startSampler(t testing.TB, stack *Stack, host string, clients int, maxFor time.Duration) *sampler {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &sampler{cancel: cancel}
+	s := &sampler{clients: clients, cancel: cancel}
 	deadline := time.Now().Add(maxFor)
 	var sent atomic.Int64
-	for range clients {
+	for client := range clients {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -506,7 +508,7 @@ func startSampler(t testing.TB, stack *Stack, host string, clients int, maxFor t
 					s.capped.Store(true)
 					return
 				}
-				smp := sample{at: time.Now()}
+				smp := sample{client: client, at: time.Now()}
 				var body []byte
 				smp.status, body, smp.err = stack.FabioGet(ctx, host, "/")
 				smp.took = time.Since(smp.at)
@@ -546,6 +548,21 @@ func (s *sampler) snapshot() []sample {
 	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b sample) int { return a.at.Compare(b.at) })
 	return out
+}
+
+// waitSent waits until every client has recorded a request sent after at: from then on the
+// snapshot holds every request sent before at, whatever the requests in flight at that time.
+func (s *sampler) waitSent(t testing.TB, at time.Time) {
+	t.Helper()
+	WaitFor(t, 30*time.Second, "every client of the sampler to send a request after "+at.Format("15:04:05.000"), func() (bool, string) {
+		after := map[int]bool{}
+		for _, smp := range s.snapshot() {
+			if smp.at.After(at) {
+				after[smp.client] = true
+			}
+		}
+		return len(after) == s.clients, fmt.Sprintf("%d of %d clients", len(after), s.clients)
+	})
 }
 
 // firstSamples formats at most n samples for a failure message, with how many there were.

@@ -86,6 +86,7 @@ func TestGroupSwapUnderLoad(t *testing.T) {
 	for _, s := range sites {
 		newProd := func(a appAnswer) bool { return a.Lane == lanes[s.name]["staging"] && a.Version == "v2" }
 		waitAnswers(t, stack, s.host("production"), 30*time.Second, "v2 from "+lanes[s.name]["staging"], newProd)
+		smps[s.name].waitSent(t, time.Now())
 		for _, smp := range smps[s.name].snapshot() {
 			if !smp.at.Before(posted) && smp.err == nil && smp.status == 200 && newProd(smp.ans) {
 				firstV2[s.name] = smp
@@ -126,6 +127,8 @@ func TestGroupSwapUnderLoad(t *testing.T) {
 			return a.Lane == lanes[s.name]["production"] && a.Version == "v1" && a.Env["DB"] == "prod-db"
 		}
 		waitAnswers(t, stack, s.host("production"), 30*time.Second, "v1 from "+lanes[s.name]["production"], previous)
+		// The requests in flight until then are the sampler's last: steady v1 needs them.
+		smps[s.name].waitSent(t, time.Now())
 		samples := smps[s.name].snapshot()
 		back, ok := steadyFrom(samples, called, previous)
 		require.True(t, ok, "%s never settled on v1 after the group rollback; last answers: %s", s.host("production"), lastSamples(samples, 10))
@@ -193,6 +196,8 @@ func TestGroupWarmupFailsUndoesAll(t *testing.T) {
 	})
 	t.Logf("group swap %s: %s %q (%s; members %s)", op.ID, op.State, op.Error, phaseTimes(op), memberStates(op))
 	require.Equal(t, api.StateFailed, op.State, "a group swap whose member %s fails its warm-up", failing)
+	assert.Contains(t, op.Error, failing, "the group swap's error names the member that failed")
+	assert.Contains(t, op.Error, "/warm", "the group swap's error names the failing path")
 	assert.False(t, op.Switched, "the group swap exchanged no slot")
 	if sw := op.Phase(api.PhaseSwitch); assert.NotNil(t, sw, "group swap %s has a switch phase", op.ID) {
 		assert.NotEqual(t, api.PhaseSucceeded, sw.State, "no switch after a failed warm-up")
@@ -201,6 +206,7 @@ func TestGroupWarmupFailsUndoesAll(t *testing.T) {
 	if m, ok := parts[failing]; assert.True(t, ok, "the group swap has a part of %s: %s", failing, memberStates(op)) {
 		assert.Contains(t, strings.ToLower(m.Error), "warm", "%s's part names the warm-up", failing)
 		assert.Contains(t, m.Error, "/warm", "%s's part names the failing path", failing)
+		assert.Contains(t, m.Error, failing, "%s's part names its site as the one that failed", failing)
 		part, err := d.client.Operation(ctx, m.Operation, 0)
 		require.NoError(t, err, "read %s's part %s", failing, m.Operation)
 		if warm := part.Phase(api.PhaseWarm); assert.NotNil(t, warm, "%s's part has a warm phase", failing) {
