@@ -372,30 +372,60 @@ func waitServes(t testing.TB, stack *Stack, host, lane string) {
 // site blocks of the others appended (each keeps its own lanes; the kv_prefix is the first's).
 func startDaemonSites(t testing.TB, stack *Stack, first siteSpec, others ...siteSpec) *daemon {
 	t.Helper()
-	for _, s := range append([]siteSpec{first}, others...) {
+	return startDaemonOn(t, stack, "", append([]siteSpec{first}, others...))
+}
+
+// startDaemonGroup starts one agent for the sites, as startDaemonSites does, with the sites
+// declared as the swap group named group.
+func startDaemonGroup(t testing.TB, stack *Stack, group string, sites ...siteSpec) *daemon {
+	t.Helper()
+	return startDaemonOn(t, stack, groupHCL(group, sites), sites)
+}
+
+// startDaemonOn starts one agent for the sites with the declarations extra after their site
+// blocks, and waits until every site is ready.
+func startDaemonOn(t testing.TB, stack *Stack, extra string, sites []siteSpec) *daemon {
+	t.Helper()
+	for _, s := range sites {
 		stack.PurgeSiteAtEnd(t, s.name)
 	}
 	addr := freeAddr(t)
-	src := first.hcl(t, stack, addr)
-	for _, o := range others {
-		block := o.hcl(t, stack, addr)
-		i := strings.Index(block, "\nsite ")
-		require.GreaterOrEqual(t, i, 0, "no site block in the rendered slots.hcl")
-		src += block[i:]
-	}
 	path := filepath.Join(t.TempDir(), "slots.hcl")
-	require.NoError(t, os.WriteFile(path, []byte(src), 0o644))
+	require.NoError(t, os.WriteFile(path, []byte(sitesHCL(t, stack, addr, sites)+extra), 0o644))
 	cfg, err := config.Load(path)
 	require.NoError(t, err, "load the test's slots.hcl")
 	d := &daemon{t: t, cfg: cfg, addr: addr}
 	d.start()
 	t.Cleanup(d.stop)
-	d.client, err = api.NewClient(api.Config{Address: "http://" + addr, Token: first.token, Reveal: true})
+	d.client, err = api.NewClient(api.Config{Address: "http://" + addr, Token: sites[0].token, Reveal: true})
 	require.NoError(t, err)
-	for _, s := range append([]siteSpec{first}, others...) {
+	for _, s := range sites {
 		d.waitReady(s.name)
 	}
 	return d
+}
+
+// sitesHCL renders the slots.hcl of one agent for several sites: the first site's, with the
+// site blocks of the others appended.
+func sitesHCL(t testing.TB, stack *Stack, addr string, sites []siteSpec) string {
+	t.Helper()
+	src := sites[0].hcl(t, stack, addr)
+	for _, o := range sites[1:] {
+		block := o.hcl(t, stack, addr)
+		i := strings.Index(block, "\nsite ")
+		require.GreaterOrEqual(t, i, 0, "no site block in the rendered slots.hcl")
+		src += block[i:]
+	}
+	return src
+}
+
+// groupHCL renders the declaration of a swap group of the sites.
+func groupHCL(name string, sites []siteSpec) string {
+	names := make([]string, len(sites))
+	for i, s := range sites {
+		names[i] = s.name
+	}
+	return fmt.Sprintf("\ngroup %q {\n  sites = %s\n}\n", name, hclList(names))
 }
 
 // laneJobs maps each slot of the site to the job ID of the lane that serves it now.
@@ -433,6 +463,7 @@ const (
 
 // sample is one request of a sampler.
 type sample struct {
+	client int       // which of the sampler's clients sent it
 	at     time.Time // when the request was sent
 	took   time.Duration
 	status int
@@ -454,6 +485,7 @@ func (s sample) String() string {
 // sampler sends requests for a host through Fabio from concurrent clients and records every
 // answer, until stopped, its time is up or it has sent samplerMaxRequests.
 type sampler struct {
+	clients int
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	mu      sync.Mutex
@@ -464,10 +496,10 @@ type sampler struct {
 func startSampler(t testing.TB, stack *Stack, host string, clients int, maxFor time.Duration) *sampler {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &sampler{cancel: cancel}
+	s := &sampler{clients: clients, cancel: cancel}
 	deadline := time.Now().Add(maxFor)
 	var sent atomic.Int64
-	for range clients {
+	for client := range clients {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -476,7 +508,7 @@ func startSampler(t testing.TB, stack *Stack, host string, clients int, maxFor t
 					s.capped.Store(true)
 					return
 				}
-				smp := sample{at: time.Now()}
+				smp := sample{client: client, at: time.Now()}
 				var body []byte
 				smp.status, body, smp.err = stack.FabioGet(ctx, host, "/")
 				smp.took = time.Since(smp.at)
@@ -516,6 +548,21 @@ func (s *sampler) snapshot() []sample {
 	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b sample) int { return a.at.Compare(b.at) })
 	return out
+}
+
+// waitSent waits until every client has recorded a request sent after at: from then on the
+// snapshot holds every request sent before at, whatever the requests in flight at that time.
+func (s *sampler) waitSent(t testing.TB, at time.Time) {
+	t.Helper()
+	WaitFor(t, 30*time.Second, "every client of the sampler to send a request after "+at.Format("15:04:05.000"), func() (bool, string) {
+		after := map[int]bool{}
+		for _, smp := range s.snapshot() {
+			if smp.at.After(at) {
+				after[smp.client] = true
+			}
+		}
+		return len(after) == s.clients, fmt.Sprintf("%d of %d clients", len(after), s.clients)
+	})
 }
 
 // firstSamples formats at most n samples for a failure message, with how many there were.

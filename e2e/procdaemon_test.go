@@ -88,11 +88,34 @@ func startProcDaemon(t testing.TB, stack *Stack, site siteSpec, env ...string) *
 // address and a data_dir of its own, with the extra env (K=V); it does not wait for anything.
 func launchProcDaemon(t testing.TB, stack *Stack, site siteSpec, env ...string) *procDaemon {
 	t.Helper()
-	stack.PurgeSiteAtEnd(t, site.name)
+	return launchProcDaemonOn(t, stack, []siteSpec{site}, func(addr string) string { return site.hcl(t, stack, addr) }, env...)
+}
+
+// startProcDaemonGroup starts slotd as a process for the sites, declared as the swap group
+// named group (the kv_prefix is the first site's), with the extra env (K=V), and waits until
+// every site is ready.
+func startProcDaemonGroup(t testing.TB, stack *Stack, group string, sites []siteSpec, env ...string) *procDaemon {
+	t.Helper()
+	p := launchProcDaemonOn(t, stack, sites, func(addr string) string {
+		return sitesHCL(t, stack, addr, sites) + groupHCL(group, sites)
+	}, env...)
+	for _, s := range sites {
+		p.waitReady(s.name)
+	}
+	return p
+}
+
+// launchProcDaemonOn starts slotd as a process for the sites on the slots.hcl that render
+// gives for its HTTP address, with the extra env (K=V); it does not wait for anything.
+func launchProcDaemonOn(t testing.TB, stack *Stack, sites []siteSpec, render func(addr string) string, env ...string) *procDaemon {
+	t.Helper()
+	for _, s := range sites {
+		stack.PurgeSiteAtEnd(t, s.name)
+	}
 	dir := t.TempDir()
 	p := &procDaemon{t: t, stack: stack, addr: freeAddr(t), config: filepath.Join(dir, "slots.hcl"), logPath: filepath.Join(dir, "slotd.log")}
-	require.NoError(t, os.WriteFile(p.config, []byte(site.hcl(t, stack, p.addr)), 0o644))
-	client, err := api.NewClient(api.Config{Address: "http://" + p.addr, Token: site.token, Reveal: true})
+	require.NoError(t, os.WriteFile(p.config, []byte(render(p.addr)), 0o644))
+	client, err := api.NewClient(api.Config{Address: "http://" + p.addr, Token: sites[0].token, Reveal: true})
 	require.NoError(t, err)
 	p.client = client
 	t.Cleanup(p.cleanup)
