@@ -26,6 +26,7 @@ const (
 // 0.05 for production's lane and 0 for staging's. Fabio's own metrics are scraped as well.
 func TestPrometheusErrorRateByLane(t *testing.T) {
 	stack := Shared(t)
+	t.Parallel()
 	promURL := stack.Prometheus(t)
 	site := newSite(func(s *siteSpec) { s.vars = map[string]string{"show_env": "FEATURE,DB,ERROR_RATE"} })
 	d := startDaemon(t, stack, site)
@@ -127,6 +128,18 @@ func TestPrometheusErrorRateByLane(t *testing.T) {
 	require.Len(t, fabioRoute, 1, "fabio counts the requests of the route to %s", prod)
 	require.Len(t, appRequests, 1)
 	assert.InEpsilon(t, appRequests[0].Value, fabioRoute[0].Value, 0.2, "fabio's route count and the app's own count of production's requests")
+
+	// Fabio's per-route figures by lane: its target is the instance's URL, the apps' instance
+	// label its address.
+	byLane, err := PromQuery(ctx, promURL, fmt.Sprintf(`sum by (lane) (
+  label_replace(increase(fabio_route_count{host=%q}[%s]), "instance", "$1", "target", "http://([^/]+)/")
+  * on (instance) group_left (lane) max by (instance, lane) (up{job=%q})
+)`, prod, promRateWindow, PromJobApps))
+	require.NoError(t, err)
+	t.Logf("fabio's requests to %s over %s by lane: %s", prod, promRateWindow, byLane)
+	require.Len(t, byLane, 1, "one lane serves %s", prod)
+	assert.Equal(t, label("production"), byLane[0].Labels["lane"])
+	assert.InEpsilon(t, fabioRoute[0].Value, byLane[0].Value, 0.05, "every request of the route is on production's lane")
 	status, err := PromQuery(ctx, promURL, `sum by (code) (fabio_http_status_count)`)
 	require.NoError(t, err)
 	t.Logf("fabio's answers by status code, all routes: %s", status)
