@@ -144,3 +144,22 @@ func TestPrometheusErrorRateByLane(t *testing.T) {
 	require.NoError(t, err)
 	t.Logf("fabio's answers by status code, all routes: %s", status)
 }
+
+// TestOwnPrometheusStops: a test's own Prometheus scrapes Fabio like the shared one, and once
+// stopped its queries fail to connect (what an analysis sees of a Prometheus that is down).
+func TestOwnPrometheusStops(t *testing.T) {
+	stack := Shared(t)
+	t.Parallel()
+	ctx := context.Background()
+	p := stack.StartPrometheus(t)
+	up, err := PromQuery(ctx, p.URL, `up{job="`+PromJobFabio+`"}`)
+	require.NoError(t, err)
+	require.Len(t, up, 1, "fabio is a target: %s", up)
+	assert.Equal(t, 1.0, up[0].Value)
+
+	require.NoError(t, p.Stop())
+	_, err = PromQuery(ctx, p.URL, "up")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "connection refused")
+	require.NoError(t, p.Stop(), "a second Stop is harmless")
+}
