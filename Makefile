@@ -19,7 +19,7 @@ build: ## build bin/slotd and the test app
 	$(GO) build -o $(BIN)/testapp ./e2e/testapp
 
 .PHONY: stack
-stack: ## build Consul 1.14.8, Nomad 1.6.1 and Fabio 1.6.3 into $(STACK_DIR) (reused when present)
+stack: ## build Consul 1.14.8, Nomad 1.6.1, Fabio 1.6.3 and Prometheus 3.16.0 into $(STACK_DIR) (reused when present)
 	./scripts/install-stack.sh
 
 .PHONY: test

@@ -1,5 +1,5 @@
-// Package e2e runs the real stack (Consul, Nomad with raw_exec, Fabio) on loopback for tests
-// and the demo, and holds the test app and the end-to-end scenarios.
+// Package e2e runs the real stack (Consul, Nomad with raw_exec, Fabio, and Prometheus when a test
+// asks) on loopback for tests and the demo, and holds the test app and the end-to-end scenarios.
 package e2e
 
 import (
@@ -51,13 +51,20 @@ type Stack struct {
 	NomadAddr   string // "http://127.0.0.1:PORT"
 	FabioAddr   string // "127.0.0.1:PORT" proxy listener; empty WithoutFabio
 	FabioUIAddr string // "127.0.0.1:PORT"; empty WithoutFabio
-	Consul      *consulapi.Client
-	Nomad       *nomadapi.Client
+	// FabioMetricsAddr serves Fabio's Prometheus metrics on /metrics; empty WithoutFabio.
+	FabioMetricsAddr string
+	Consul           *consulapi.Client
+	Nomad            *nomadapi.Client
 
-	opts     options
+	opts options
+	// procsMu guards procs and stopping: Prometheus starts while tests run.
+	procsMu  sync.Mutex
 	procs    []*process // in start order
+	stopping bool
 	stopOnce sync.Once
 	stopErr  error
+
+	prom sharedPrometheus
 }
 
 // Option configures Start.
@@ -155,7 +162,7 @@ func Start(ctx context.Context, opts ...Option) (_ *Stack, err error) {
 type stackPorts struct {
 	consulHTTP, consulServer, consulSerfLAN, consulSerfWAN, consulGRPC int
 	nomadHTTP, nomadRPC, nomadSerf                                     int
-	fabioProxy, fabioUI                                                int
+	fabioProxy, fabioUI, fabioMetrics                                  int
 	// nomadDynamicMin is the start of the window Nomad picks task ports from (see startNomad).
 	nomadDynamicMin int
 }
@@ -181,7 +188,8 @@ func (s *Stack) pickPorts(pp *portPicker) (p stackPorts, err error) {
 	if s.opts.fabio {
 		picks = append(picks,
 			pick{dst: &p.fabioProxy, want: want.FabioProxy, what: "the Fabio proxy"},
-			pick{dst: &p.fabioUI, want: want.FabioUI, what: "the Fabio UI"})
+			pick{dst: &p.fabioUI, want: want.FabioUI, what: "the Fabio UI"},
+			pick{dst: &p.fabioMetrics})
 	}
 	for _, pk := range picks {
 		if pk.want != 0 {
@@ -204,12 +212,24 @@ func (s *Stack) logf(format string, args ...any) {
 }
 
 func (s *Stack) start(name, bin string, args ...string) (*process, error) {
+	s.procsMu.Lock()
+	defer s.procsMu.Unlock()
+	if s.stopping {
+		return nil, fmt.Errorf("start %s: the stack is stopping", name)
+	}
 	p, err := startProcess(name, bin, args, s.Dir, s.opts.logOutput)
 	if err != nil {
 		return nil, err
 	}
 	s.procs = append(s.procs, p)
 	return p, nil
+}
+
+// started is a copy of procs, in start order, taken under the lock.
+func (s *Stack) started() []*process {
+	s.procsMu.Lock()
+	defer s.procsMu.Unlock()
+	return append([]*process(nil), s.procs...)
 }
 
 // ready waits (at most timeout, and as long as ctx) until cond is done, failing early when
@@ -423,7 +443,8 @@ vault {
 func (s *Stack) startFabio(ctx context.Context, bin string, ports stackPorts) error {
 	s.FabioAddr = addr(ports.fabioProxy)
 	s.FabioUIAddr = addr(ports.fabioUI)
-	p, err := s.start("fabio", bin, fabioArgs(s.ConsulAddr, s.FabioAddr, s.FabioUIAddr)...)
+	s.FabioMetricsAddr = addr(ports.fabioMetrics)
+	p, err := s.start("fabio", bin, fabioArgs(s.ConsulAddr, s.FabioAddr, s.FabioUIAddr, s.FabioMetricsAddr)...)
 	if err != nil {
 		return err
 	}
@@ -447,9 +468,10 @@ func (s *Stack) startFabio(ctx context.Context, bin string, ports stackPorts) er
 		})
 }
 
-// fabioArgs are Fabio's flags: loopback only, no self-registration, no metrics, and routes
-// from Consul's health by blocking query (no poll interval), so tag changes show up at once.
-func fabioArgs(consul, proxy, ui string) []string {
+// fabioArgs are Fabio's flags: loopback only, no self-registration, Prometheus metrics on a
+// listener of their own, and routes from Consul's health by blocking query (no poll
+// interval), so tag changes show up at once.
+func fabioArgs(consul, proxy, ui, metrics string) []string {
 	return []string{
 		"-registry.backend", "consul",
 		"-registry.consul.addr", consul,
@@ -459,12 +481,15 @@ func fabioArgs(consul, proxy, ui string) []string {
 		// 0 = watch Consul with blocking queries; any interval would poll and lag behind.
 		"-registry.consul.pollinterval", "0",
 		"-registry.retry", "100ms",
-		"-proxy.addr", proxy,
+		// The second listener serves /metrics (proto=prometheus), never proxied traffic.
+		"-proxy.addr", proxy + ";proto=http," + metrics + ";proto=prometheus",
 		"-proxy.localip", "127.0.0.1",
 		// Round robin, so that a few requests reach every instance of a slot.
 		"-proxy.strategy", "rr",
 		"-ui.addr", ui,
-		"-metrics.target", "",
+		// Metric names start fabio_ (the default prefix is the host name and the binary's).
+		"-metrics.target", "prometheus",
+		"-metrics.prefix", "fabio",
 		"-log.routes.format", "delta",
 	}
 }
@@ -511,6 +536,11 @@ func (s *Stack) stop() error {
 	began := time.Now()
 	defer func() { s.logf("stack stopped in %s", time.Since(began).Round(time.Millisecond)) }()
 	var errs []error
+	s.prom.mu.Lock() // a Prometheus starting now finishes first; then none can start
+	s.procsMu.Lock()
+	s.stopping = true
+	s.procsMu.Unlock()
+	s.prom.mu.Unlock()
 	if nomad := s.proc("nomad"); nomad != nil {
 		if ok, _ := nomad.exited(); !ok {
 			if err := s.purgeJobs(); err != nil {
@@ -521,13 +551,14 @@ func (s *Stack) stop() error {
 	// Collected before any agent is signalled: once an agent exits, its executors and tasks
 	// are re-parented and no longer found below it.
 	var leftovers []procID
-	for _, p := range s.procs {
+	procs := s.started()
+	for _, p := range procs {
 		if ok, _ := p.exited(); !ok {
 			leftovers = append(leftovers, descendants(p.pid())...)
 		}
 	}
-	for i := len(s.procs) - 1; i >= 0; i-- {
-		p := s.procs[i]
+	for i := len(procs) - 1; i >= 0; i-- {
+		p := procs[i]
 		if err := p.stop(agentGrace); err != nil {
 			errs = append(errs, err)
 		}
@@ -551,7 +582,7 @@ func (s *Stack) stop() error {
 }
 
 func (s *Stack) proc(name string) *process {
-	for _, p := range s.procs {
+	for _, p := range s.started() {
 		if p.name == name {
 			return p
 		}

@@ -111,7 +111,7 @@ func TestTestAppThroughFabio(t *testing.T) {
 
 func TestBinaryMissingNamesMakeStack(t *testing.T) {
 	t.Setenv("STACK_DIR", t.TempDir())
-	for _, name := range []string{"consul", "nomad", "fabio"} {
+	for _, name := range []string{"consul", "nomad", "fabio", "prometheus"} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Binary(name)
 			require.Error(t, err)

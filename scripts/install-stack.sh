@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the pinned Consul, Nomad and Fabio from the Go module proxy into a per-user cache,
-# reusing a finished build. Usage: install-stack.sh [consul|nomad|fabio]... (default: all three)
+# Builds the pinned Consul, Nomad, Fabio and Prometheus from the Go module proxy into a per-user
+# cache, reusing a finished build.
+# Usage: install-stack.sh [consul|nomad|fabio|prometheus]... (default: all four)
 #
 # A build is written under a temporary name and renamed into place only when it succeeded, so
 # the cache never holds a half-written binary. STACK_DIR overrides the cache folder.
@@ -9,6 +10,12 @@ set -euo pipefail
 CONSUL_VERSION=v1.14.8
 NOMAD_VERSION=v1.6.1
 FABIO_VERSION=v1.6.3
+# Prometheus 3.x is published as the module's v0.3xx.y versions: v0.316.0 is Prometheus 3.16.0.
+PROMETHEUS_VERSION=v0.316.0
+PROMETHEUS_RELEASE=3.16.0
+# Only the Consul service discovery (file and http are always in): the other discoveries' SDKs
+# are most of its build. No web UI assets (builtinassets): the tests use the HTTP API only.
+PROMETHEUS_TAGS=remove_all_sd,enable_consul_sd
 # The nomad api as of the v1.6.1 tag.
 NOMAD_API_VERSION=v0.0.0-20230710102300-e8683e3f4958
 
@@ -21,6 +28,8 @@ STACK_DIR=${STACK_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/slotd/stack}
 export GOFLAGS=-buildvcs=false
 export GONOSUMDB=github.com/hashicorp/nomad/api,github.com/fabiolb/fabio
 export CHECKPOINT_DISABLE=1
+# Prometheus ships a go.work naming folders its module zip does not hold.
+export GOWORK=off
 
 log() { printf 'install-stack: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -45,10 +54,11 @@ download() {
   printf '%s\n' "$dir"
 }
 
-# build NAME VERSION MODULE_DIR PREP_FUNC: copies the module, runs PREP_FUNC in it, builds.
+# build NAME VERSION MODULE_DIR PREP_FUNC [PACKAGE]: copies the module, runs PREP_FUNC in it,
+# builds PACKAGE (default: the module's root) with BUILD_TAGS and BUILD_LDFLAGS if set.
 build() {
-  local name=$1 version=$2 src=$3 prep=$4
-  local dest="$STACK_DIR/$name-$version" work
+  local name=$1 version=$2 src=$3 prep=$4 pkg=${5:-.}
+  local dest="$STACK_DIR/$name-$version" work said
   [ -n "$src" ] && [ -f "$src/go.mod" ] || die "no module source for $name $version"
   if [ -x "$dest/$name" ]; then
     log "$name $version already built at $dest/$name"
@@ -61,9 +71,17 @@ build() {
   chmod -R u+w "$work"
   log "building $name $version (this takes a few minutes the first time)"
   (cd "$work" && "$prep") || die "preparing $name $version failed"
-  if ! (cd "$work" && GOFLAGS="-mod=mod -buildvcs=false" go build -trimpath -o "$dest/.$name.tmp" . ) >"$work.log" 2>&1; then
+  if ! (cd "$work" && GOFLAGS="-mod=mod -buildvcs=false" go build -trimpath \
+      -tags "${BUILD_TAGS:-}" -ldflags "${BUILD_LDFLAGS:-}" -o "$dest/.$name.tmp" "$pkg") >"$work.log" 2>&1; then
     tail -30 "$work.log" >&2
     die "building $name $version failed (output above)"
+  fi
+  if [ -n "${BUILD_CHECK:-}" ]; then
+    said=$("$dest/.$name.tmp" --version 2>&1 | head -1) || true
+    case "$said" in
+      *"$BUILD_CHECK"*) ;;
+      *) die "the built $name does not say \"$BUILD_CHECK\" (--version said: ${said:-nothing})" ;;
+    esac
   fi
   mv -f "$dest/.$name.tmp" "$dest/$name"
   log "built $name $version at $dest/$name"
@@ -105,6 +123,15 @@ install_fabio() {
   build fabio "$FABIO_VERSION" "$src" prep_none
 }
 
+install_prometheus() {
+  [ -x "$STACK_DIR/prometheus-$PROMETHEUS_VERSION/prometheus" ] && { log "prometheus $PROMETHEUS_VERSION already built"; return; }
+  local src v=github.com/prometheus/common/version
+  src=$(download "github.com/prometheus/prometheus@$PROMETHEUS_VERSION")
+  BUILD_TAGS=$PROMETHEUS_TAGS BUILD_CHECK="version $PROMETHEUS_RELEASE" \
+    BUILD_LDFLAGS="-X $v.Version=$PROMETHEUS_RELEASE -X $v.Revision=$PROMETHEUS_VERSION" \
+    build prometheus "$PROMETHEUS_VERSION" "$src" prep_none ./cmd/prometheus
+}
+
 # Module downloads need a module context that is not ours; an empty temp module works.
 cleanup=()
 trap 'rm -rf "${cleanup[@]}"' EXIT
@@ -114,10 +141,10 @@ cd "$scratch"
 go mod init slotd-stack-scratch >/dev/null 2>&1
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(consul nomad fabio)
+[ ${#targets[@]} -gt 0 ] || targets=(consul nomad fabio prometheus)
 for t in "${targets[@]}"; do
   case "$t" in
-    consul|nomad|fabio) "install_$t" ;;
-    *) die "unknown component '$t' (want consul, nomad or fabio)" ;;
+    consul|nomad|fabio|prometheus) "install_$t" ;;
+    *) die "unknown component '$t' (want consul, nomad, fabio or prometheus)" ;;
   esac
 done

@@ -1,5 +1,6 @@
 // Command testapp is the small HTTP server the e2e scenarios and the demo run under Nomad's
-// raw_exec driver; knobs in its environment make it slow, cold or unhealthy on purpose.
+// raw_exec driver; knobs in its environment make it slow, cold, unhealthy or failing on purpose,
+// and /metrics shows what its users got.
 package main
 
 import (
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +19,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Defaults when neither Nomad nor the caller names an address.
@@ -42,6 +47,10 @@ type settings struct {
 	FailHealthz     bool
 	FailHealthzFile string
 	FailPath        string
+	// ErrorRate is the fraction of counted requests answered 500, spread evenly (ERROR_RATE).
+	ErrorRate float64
+	// AddedLatency delays every answer but /healthz and /metrics (ADDED_LATENCY).
+	AddedLatency time.Duration
 }
 
 // info is the JSON body of GET /.
@@ -155,43 +164,102 @@ func load(environ []string) (settings, error) {
 			return s, fmt.Errorf("FAIL_HEALTHZ: %w", err)
 		}
 	}
+	if v := env["ERROR_RATE"]; v != "" {
+		s.ErrorRate, err = strconv.ParseFloat(v, 64)
+		if err != nil || !(s.ErrorRate >= 0 && s.ErrorRate <= 1) {
+			return s, fmt.Errorf("ERROR_RATE=%q: want a fraction from 0 to 1, e.g. 0.05", v)
+		}
+	}
+	if v := env["ADDED_LATENCY"]; v != "" {
+		s.AddedLatency, err = time.ParseDuration(v)
+		if err != nil || s.AddedLatency < 0 {
+			return s, fmt.Errorf("ADDED_LATENCY=%q: want a Go duration of 0 or more, e.g. 300ms", v)
+		}
+	}
 	return s, nil
 }
 
-// newHandler serves /, /healthz, the failing path and an "ok" for any other path.
+// newHandler serves /, /healthz, /metrics, the failing path and an "ok" for any other path.
+// Every request but /healthz and /metrics is counted in /metrics by status code and timed.
 func newHandler(s settings) http.Handler {
-	var served atomic.Int64 // requests other than /healthz, for SLOW_FIRST
+	var served atomic.Int64 // requests other than /healthz and /metrics
 	body := info{Lane: s.Lane, Alloc: s.Alloc, Version: s.Version, Slot: s.Slot, Env: s.Env}
 
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" {
-			if reason := unhealthy(s); reason != "" {
-				http.Error(w, "unhealthy: "+reason, http.StatusServiceUnavailable)
-				return
-			}
-			fmt.Fprint(w, "ok")
-			return
-		}
+	reg := prometheus.NewRegistry()
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "app_requests_total",
+		Help: "Requests answered, but /healthz and /metrics, by status code.",
+	}, []string{"code"})
+	duration := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "app_request_duration_seconds",
+		Help:    "Time to answer the requests counted in app_requests_total.",
+		Buckets: prometheus.DefBuckets,
+	})
+	reg.MustRegister(requests, duration)
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 
+	serve := func(w http.ResponseWriter, r *http.Request, n int64) int {
+		if s.AddedLatency > 0 {
+			select {
+			case <-time.After(s.AddedLatency):
+			case <-r.Context().Done():
+				return 499 // the client left; nginx's name for it
+			}
+		}
 		// A cold app: its first requests are slow until it has warmed up.
-		if n := served.Add(1); n <= s.SlowFirst && s.SlowDelay > 0 {
+		if n <= s.SlowFirst && s.SlowDelay > 0 {
 			select {
 			case <-time.After(s.SlowDelay):
 			case <-r.Context().Done():
-				return
+				return 499
 			}
 		}
-
 		switch {
+		case failsAt(n, s.ErrorRate):
+			http.Error(w, fmt.Sprintf("failing on purpose: ERROR_RATE=%g", s.ErrorRate), http.StatusInternalServerError)
+			return http.StatusInternalServerError
 		case s.FailPath != "" && r.URL.Path == s.FailPath:
 			http.Error(w, "failing on purpose: "+r.URL.Path, http.StatusInternalServerError)
+			return http.StatusInternalServerError
 		case r.URL.Path == "/":
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(body)
 		default:
 			fmt.Fprintf(w, "ok %s", r.URL.Path)
 		}
+		return http.StatusOK
+	}
+
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/healthz":
+			if reason := unhealthy(s); reason != "" {
+				http.Error(w, "unhealthy: "+reason, http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprint(w, "ok")
+			return
+		case "/metrics":
+			metrics.ServeHTTP(w, r)
+			return
+		}
+		began := time.Now()
+		code := serve(w, r, served.Add(1))
+		duration.Observe(time.Since(began).Seconds())
+		requests.WithLabelValues(strconv.Itoa(code)).Inc()
 	})
+}
+
+// failsAt reports whether the nth counted request (from 1) fails under ERROR_RATE rate: the
+// failures are spread evenly, so any run of requests fails that fraction of them, give or
+// take one, on each instance.
+func failsAt(n int64, rate float64) bool {
+	if rate <= 0 {
+		return false
+	}
+	// The epsilon keeps n*rate that should be whole (20*0.05) from landing just below it.
+	const eps = 1e-9
+	return math.Floor(float64(n)*rate+eps) > math.Floor(float64(n-1)*rate+eps)
 }
 
 // unhealthy says why /healthz must fail, or "" when the app is healthy.

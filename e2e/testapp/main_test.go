@@ -2,10 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,4 +144,93 @@ func TestSlowFirst(t *testing.T) {
 	start = time.Now()
 	assert.Equal(t, http.StatusOK, get(t, h, "/").Code)
 	assert.Less(t, time.Since(start), delay, "the app is warm after SLOW_FIRST requests")
+}
+
+func TestLoadKnobs(t *testing.T) {
+	s, err := load([]string{"ERROR_RATE=0.05", "ADDED_LATENCY=300ms"})
+	require.NoError(t, err)
+	assert.Equal(t, 0.05, s.ErrorRate)
+	assert.Equal(t, 300*time.Millisecond, s.AddedLatency)
+
+	for _, kv := range []string{"ERROR_RATE=some", "ERROR_RATE=-0.1", "ERROR_RATE=1.5", "ERROR_RATE=NaN", "ADDED_LATENCY=300", "ADDED_LATENCY=-1s"} {
+		t.Run(kv, func(t *testing.T) {
+			_, err := load([]string{kv})
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), kv[:strings.IndexByte(kv, '=')], "the error names the knob")
+		})
+	}
+}
+
+// TestErrorRate: ERROR_RATE answers that fraction of the requests with 500, spread evenly, and
+// never /healthz or /metrics.
+func TestErrorRate(t *testing.T) {
+	for _, tc := range []struct {
+		rate     float64
+		requests int
+		want     int
+	}{
+		{rate: 0, requests: 100, want: 0},
+		{rate: 0.05, requests: 100, want: 5},
+		{rate: 0.05, requests: 19, want: 0},
+		{rate: 0.05, requests: 20, want: 1},
+		{rate: 0.3, requests: 100, want: 30},
+		{rate: 1, requests: 10, want: 10},
+	} {
+		t.Run(fmt.Sprintf("%g of %d", tc.rate, tc.requests), func(t *testing.T) {
+			h := newHandler(settings{ErrorRate: tc.rate})
+			failed := 0
+			for i := range tc.requests {
+				switch rec := get(t, h, "/any"); rec.Code {
+				case http.StatusInternalServerError:
+					failed++
+				case http.StatusOK:
+				default:
+					t.Fatalf("request %d: status %d", i, rec.Code)
+				}
+				assert.Equal(t, http.StatusOK, get(t, h, "/healthz").Code, "health stays passing")
+				assert.Equal(t, http.StatusOK, get(t, h, "/metrics").Code)
+			}
+			assert.Equal(t, tc.want, failed)
+		})
+	}
+}
+
+// TestAddedLatency: every answer but /healthz and /metrics waits ADDED_LATENCY.
+func TestAddedLatency(t *testing.T) {
+	h := newHandler(settings{AddedLatency: 50 * time.Millisecond})
+	for _, tc := range []struct {
+		path string
+		slow bool
+	}{{"/", true}, {"/any", true}, {"/healthz", false}, {"/metrics", false}} {
+		began := time.Now()
+		rec := get(t, h, tc.path)
+		took := time.Since(began)
+		assert.Equal(t, http.StatusOK, rec.Code, tc.path)
+		if tc.slow {
+			assert.GreaterOrEqual(t, took, 50*time.Millisecond, tc.path)
+		} else {
+			assert.Less(t, took, 50*time.Millisecond, tc.path)
+		}
+	}
+}
+
+// TestMetrics: /metrics counts each request but /healthz and /metrics by status code, and
+// times them in a histogram.
+func TestMetrics(t *testing.T) {
+	h := newHandler(settings{ErrorRate: 0.25, FailPath: "/broken"})
+	for range 8 {
+		get(t, h, "/")
+	}
+	get(t, h, "/broken")
+	get(t, h, "/healthz")
+	get(t, h, "/metrics")
+	rec := get(t, h, "/metrics")
+	require.Equal(t, http.StatusOK, rec.Code)
+	assert.Contains(t, rec.Header().Get("Content-Type"), "text/plain")
+	body := rec.Body.String()
+	// 9 requests: 2 of the 8 to / (every 4th) and /broken failed.
+	assert.Contains(t, body, `app_requests_total{code="200"} 6`+"\n")
+	assert.Contains(t, body, `app_requests_total{code="500"} 3`+"\n")
+	assert.Contains(t, body, "app_request_duration_seconds_count 9\n")
+	assert.Contains(t, body, `app_request_duration_seconds_bucket{le="+Inf"} 9`+"\n")
 }

@@ -67,6 +67,18 @@ variable "fail_path" {
   description = "a path that answers 500"
 }
 
+variable "error_rate" {
+  type        = string
+  default     = ""
+  description = "fraction of requests answered 500 (a slot's ERROR_RATE setting overrides it)"
+}
+
+variable "added_latency" {
+  type        = string
+  default     = ""
+  description = "Go duration added to every answer but /healthz and /metrics"
+}
+
 variable "show_env" {
   type        = string
   default     = ""
@@ -147,6 +159,8 @@ job "web" {
         FAIL_HEALTHZ_FILE = var.fail_healthz_file
         FAIL_PATH         = var.fail_path
         SHOW_ENV          = var.show_env
+        ERROR_RATE        = var.error_rate
+        ADDED_LATENCY     = var.added_latency
       }
 
       logs {
