@@ -178,6 +178,9 @@ func (b *builder) completeMonitor(m *Monitor) {
 	m.Window = b.duration(m.Range, "window", m.WindowRaw, DefaultMonitorWindow, true)
 	m.Grace = b.duration(m.Range, "grace", m.GraceRaw, DefaultMonitorGrace, false)
 	m.RollbackWindow = b.duration(m.Range, "rollback_window", m.RollbackWindowRaw, m.Window, false)
+	for _, a := range m.Analyses {
+		b.completeAnalysis(a)
+	}
 }
 
 // duration parses the duration attribute name of the block, or returns def when it is not

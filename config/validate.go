@@ -197,6 +197,7 @@ func (b *builder) validateSite(s *Site) {
 	}
 	b.validateWarmup(s.Warmup)
 	b.validateMonitor(s.Monitor)
+	b.validateAnalyses(s)
 
 	seen := map[string]*Slot{}
 	for _, sl := range s.Slots {

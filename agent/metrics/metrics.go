@@ -20,6 +20,9 @@ type Metrics struct {
 	QueryErrors    *prometheus.CounterVec
 	WatchRequests  *prometheus.CounterVec
 	Leader         prometheus.Gauge
+	// AnalysisValue is what each analysis measured last; absent while it measures nothing.
+	AnalysisValue       *prometheus.GaugeVec
+	AnalysisEvaluations *prometheus.CounterVec
 }
 
 func New() *Metrics {
@@ -54,9 +57,15 @@ func New() *Metrics {
 		Leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "slotd_leader", Help: "1 while this daemon holds the Leader lock.",
 		}),
+		AnalysisValue: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "slotd_analysis_value", Help: "The value an analysis measured last, by site and analysis; absent while it measures nothing.",
+		}, []string{"site", "analysis"}),
+		AnalysisEvaluations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "slotd_analysis_evaluations_total", Help: "Evaluations of analyses, by site, analysis and verdict (pass, fail, inconclusive).",
+		}, []string{"site", "analysis", "verdict"}),
 	}
 	m.Registry.MustRegister(m.OpsStarted, m.OpsFinished, m.PhaseSeconds, m.WarmupFailures,
-		m.Rollbacks, m.Instances, m.QueryErrors, m.WatchRequests, m.Leader,
+		m.Rollbacks, m.Instances, m.QueryErrors, m.WatchRequests, m.Leader, m.AnalysisValue, m.AnalysisEvaluations,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -70,4 +79,14 @@ func (m *Metrics) Finished(op *api.Operation) {
 	if op.Kind == api.KindRollback {
 		m.Rollbacks.WithLabelValues(site, op.Trigger).Inc()
 	}
+}
+
+// Measured counts one evaluation of an analysis of site (analysis.Observer).
+func (m *Metrics) Measured(site string, ms api.Measurement) {
+	m.AnalysisEvaluations.WithLabelValues(site, ms.Analysis, ms.Verdict).Inc()
+	if ms.Value == nil {
+		m.AnalysisValue.DeleteLabelValues(site, ms.Analysis)
+		return
+	}
+	m.AnalysisValue.WithLabelValues(site, ms.Analysis).Set(*ms.Value)
 }
