@@ -40,15 +40,21 @@ type QueryVars struct {
 	Service string // the Consul service of the site's lanes
 	Group   string // the swap group, when a group is swapped; empty otherwise
 	Slot    string // the slot being judged, such as production
-	Lane    string // the Nomad job ID of the lane being judged, such as web-b
-	Version string // that job's version
-	// OtherLane and OtherVersion are the lane that the judged one replaces (empty when none).
+	// Lane is the name of the lane being judged, such as b: what its instances' Consul
+	// service meta slotd_lane holds (relabel it into a label of your metrics); Job is that
+	// lane's Nomad job ID, such as web-b, and Version the job's version.
+	Lane    string
+	Job     string
+	Version string
+	// OtherLane, OtherJob and OtherVersion are the lane the judged one replaces (empty when
+	// none).
 	OtherLane    string
+	OtherJob     string
 	OtherVersion string
 }
 
 // queryVarNames lists QueryVars' fields, for messages.
-const queryVarNames = "{{.Site}}, {{.Service}}, {{.Group}}, {{.Slot}}, {{.Lane}}, {{.Version}}, {{.OtherLane}}, {{.OtherVersion}}"
+const queryVarNames = "{{.Site}}, {{.Service}}, {{.Group}}, {{.Slot}}, {{.Lane}}, {{.Job}}, {{.Version}}, {{.OtherLane}}, {{.OtherJob}}, {{.OtherVersion}}"
 
 // RenderQuery renders an analysis' query template (its name names it in errors) with v.
 func RenderQuery(name, query string, v QueryVars) (string, error) {
@@ -152,7 +158,7 @@ func (b *builder) validateQuery(s *Site, a *Analysis) {
 	}
 	sample := QueryVars{
 		Site: s.Name, Service: s.Service, Group: "group", Slot: "production",
-		Lane: s.Name + "-b", Version: "2", OtherLane: s.Name + "-a", OtherVersion: "1",
+		Lane: "b", Job: s.Name + "-b", Version: "2", OtherLane: "a", OtherJob: s.Name + "-a", OtherVersion: "1",
 	}
 	q, err := RenderQuery(a.Name, a.Query, sample)
 	switch {

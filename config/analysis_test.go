@@ -64,7 +64,7 @@ func TestAnalysisRules(t *testing.T) {
 		{
 			name:    "query template lists what it may name",
 			src:     withAnalyses(analysisBlock("errors", promAttr, `query = "{{.site}}"`+m, maxAttr)),
-			summary: "Invalid query template", detail: "may name {{.Site}}, {{.Service}}, {{.Group}}, {{.Slot}}, {{.Lane}}, {{.Version}}, {{.OtherLane}}, {{.OtherVersion}}",
+			summary: "Invalid query template", detail: "may name {{.Site}}, {{.Service}}, {{.Group}}, {{.Slot}}, {{.Lane}}, {{.Job}}, {{.Version}}, {{.OtherLane}}, {{.OtherJob}}, {{.OtherVersion}}",
 		},
 		{name: "query template unclosed", src: withAnalyses(analysisBlock("errors", promAttr, `query = "up{lane=\"{{.Lane\"}"`+m, maxAttr)), summary: "Invalid query template"},
 		{name: "query template unknown function", src: withAnalyses(analysisBlock("errors", promAttr, `query = "{{upper .Lane}}"`+m, maxAttr)), summary: "Invalid query template", detail: `"upper" not defined`},
@@ -167,13 +167,13 @@ func TestAnalysisDefaults(t *testing.T) {
 }
 
 func TestRenderQuery(t *testing.T) {
-	v := QueryVars{Site: "web", Service: "web-svc", Group: "store", Slot: "production", Lane: "web-b", Version: "7", OtherLane: "web-a", OtherVersion: "6"}
+	v := QueryVars{Site: "web", Service: "web-svc", Group: "store", Slot: "production", Lane: "b", Job: "web-b", Version: "7", OtherLane: "a", OtherJob: "web-a", OtherVersion: "6"}
 	cases := []struct {
 		name, query, want, err string
 	}{
-		{name: "every variable", query: "{{.Site}} {{.Service}} {{.Group}} {{.Slot}} {{.Lane}} {{.Version}} {{.OtherLane}} {{.OtherVersion}}", want: "web web-svc store production web-b 7 web-a 6"},
+		{name: "every variable", query: "{{.Site}} {{.Service}} {{.Group}} {{.Slot}} {{.Lane}} {{.Job}} {{.Version}} {{.OtherLane}} {{.OtherJob}} {{.OtherVersion}}", want: "web web-svc store production b web-b 7 a web-a 6"},
 		{name: "no variable", query: "sum(up)", want: "sum(up)"},
-		{name: "PromQL braces stay", query: `rate(app_requests_total{lane="{{.Lane}}"}[1m])`, want: `rate(app_requests_total{lane="web-b"}[1m])`},
+		{name: "PromQL braces stay", query: `rate(app_requests_total{lane="{{.Lane}}"}[1m])`, want: `rate(app_requests_total{lane="b"}[1m])`},
 		{name: "unknown field", query: "{{.Lanes}}", err: `template: errors:1:2: executing "errors" at <.Lanes>: can't evaluate field Lanes`},
 		{name: "bad syntax", query: "{{.Lane", err: "template: errors:1: unclosed action"},
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/slotd/slotd/agent/analysis"
 	"github.com/slotd/slotd/agent/lanes"
 	"github.com/slotd/slotd/agent/metrics"
 	"github.com/slotd/slotd/agent/query"
@@ -52,10 +53,12 @@ type Engine struct {
 	lanes   laneOps
 	metrics *metrics.Metrics
 	follow  *query.Follower
-	notify  Notifier
-	gates   Gatekeeper
-	ops     *opRegistry
-	index   *opIndex
+	// analysis evaluates the sites' analyses against Prometheus.
+	analysis *analysis.Runner
+	notify   Notifier
+	gates    Gatekeeper
+	ops      *opRegistry
+	index    *opIndex
 	// httpClient sends the warm-up requests (newWarmupClient).
 	httpClient *http.Client
 
@@ -85,9 +88,9 @@ func New(cfg *config.Config, d Deps) *Engine {
 	e := &Engine{
 		logger: d.Logger, consul: d.Consul, nomad: d.Nomad, store: d.Store, lanes: d.Lanes,
 		metrics: d.Metrics, follow: d.Follow, notify: d.Notify, gates: d.Gates, ops: newOpRegistry(), index: newOpIndex(),
-		httpClient: newWarmupClient(),
-		daemon:     context.Background(),
-		sites:      map[string]*site{}, siteStops: map[string]context.CancelFunc{},
+		httpClient: newWarmupClient(), analysis: analysis.NewRunner(nil, d.Metrics),
+		daemon: context.Background(),
+		sites:  map[string]*site{}, siteStops: map[string]context.CancelFunc{},
 		runs: map[string]*run{}, groups: cfg.Groups, groupRuns: map[string]*groupRun{},
 		historyLimit: cfg.HistoryLimit,
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/slotd/slotd/agent/analysis"
 	"github.com/slotd/slotd/agent/lanes"
 	"github.com/slotd/slotd/agent/metrics"
 	"github.com/slotd/slotd/agent/query"
@@ -178,7 +179,7 @@ func testEngine(kv *storetest.KV, lanes laneOps) *Engine {
 	e := &Engine{
 		logger: hclog.NewNullLogger(), store: &store.Store{KV: kv, Prefix: "slotd"}, lanes: lanes,
 		metrics: metrics.New(), ops: newOpRegistry(), index: newOpIndex(), httpClient: http.DefaultClient,
-		daemon: context.Background(), runs: map[string]*run{},
+		daemon: context.Background(), runs: map[string]*run{}, analysis: analysis.NewRunner(nil, nil),
 	}
 	e.leader.Store(true)
 	return e

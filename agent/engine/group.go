@@ -523,6 +523,14 @@ func (g *groupRun) beforeSwitch(ctx context.Context, ms []*member) error {
 	if g.op.Kind != api.KindSwap {
 		return nil
 	}
+	if err := side(ms, func(_ int, m *member) error { return m.w.checkAnalyses(ctx, g.name, m.r, g.run) }); err != nil {
+		if !inconclusive(err) {
+			return err
+		}
+		if err := g.waitUnless(ctx, err); err != nil {
+			return err
+		}
+	}
 	return g.waitUnless(ctx, side(ms, func(_ int, m *member) error { return g.eng.gate(ctx, m.cfg, gateBeforeSwitch, g.op) }))
 }
 
@@ -805,36 +813,37 @@ type groupHolder struct {
 
 	mu   sync.Mutex
 	auto bool // the member that degraded rolls back by itself
+	p    pausedSet
 }
 
 func (h *groupHolder) watch(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errs := make(chan error, len(h.ms))
-	n := 0
+	var fns []func(context.Context) error
 	for i, m := range h.ms {
-		if m.cfg.Monitor == nil || m.cfg.Monitor.Window <= 0 {
+		mon := m.cfg.Monitor
+		if mon == nil || mon.Window <= 0 {
 			continue
 		}
-		n++
-		go func() {
-			err := m.w.watchHealth(ctx, m.cfg.Monitor, h.want[i])
+		// Each member's health and analyses against its own site's monitor; the analyses'
+		// measurements are kept in the member's part and in the group operation.
+		fns = append(fns, func(ctx context.Context) error {
+			err := allOf(ctx,
+				func(ctx context.Context) error { return m.w.watchHealth(ctx, mon, h.want[i]) },
+				func(ctx context.Context) error {
+					return m.w.watchAnalyses(ctx, h.g.name, h.p.tell(m.site), m.r, h.g.run)
+				})
 			if err != nil {
 				h.mu.Lock()
-				h.auto = m.cfg.Monitor.AutoRollback
+				h.auto = mon.AutoRollback
 				h.mu.Unlock()
-				err = fmt.Errorf("%s: %w", m.site, err)
+				return fmt.Errorf("%s: %w", m.site, err)
 			}
-			errs <- err
-		}()
+			return nil
+		})
 	}
-	for ; n > 0; n-- {
-		if err := <-errs; err != nil {
-			return err // the others end with ctx
-		}
-	}
-	return nil
+	return allOf(ctx, fns...)
 }
+
+func (h *groupHolder) paused() string { return h.p.any() }
 
 func (h *groupHolder) settleHeld(ctx context.Context) error {
 	state := h.g.op.State

@@ -292,10 +292,13 @@ func (g *groupEngine) holdingGroup(t *testing.T) *api.Operation {
 }
 
 // waitState waits until operation id is in state.
-func (g *groupEngine) waitState(t *testing.T, id, state string) {
+func (g *groupEngine) waitState(t *testing.T, id, state string) { waitState(t, g.e, id, state) }
+
+// waitState waits until operation id of e is in state.
+func waitState(t *testing.T, e *Engine, id, state string) {
 	t.Helper()
 	waitUntil(t, 10*time.Second, "operation "+id+" to be "+state, func() bool {
-		cur := g.e.ops.get(id)
+		cur := e.ops.get(id)
 		return cur != nil && cur.State == state
 	})
 }

@@ -129,7 +129,7 @@ func (w *swap) watchHealth(ctx context.Context, m *config.Monitor, want int) err
 				badSince = time.Time{}
 			case badSince.IsZero():
 				badSince = time.Now()
-				w.note(api.PhaseMonitor, fmt.Sprintf("%d/%d instances of %s passing", passing, total, w.target.Name))
+				w.noteWatch(api.PhaseMonitor, fmt.Sprintf("%d/%d instances of %s passing", passing, total, w.target.Name))
 			case time.Since(badSince) >= m.Grace:
 				degraded = fmt.Errorf("%s degraded: %d/%d instances passing for %s (threshold %.0f%%)",
 					w.target.Name, passing, total, time.Since(badSince).Round(time.Second), m.Threshold*100)

@@ -48,6 +48,8 @@ type run struct {
 	unmoved bool
 	// historyLimit is how many finished operations the site keeps (see store.finishOperation).
 	historyLimit int
+	// watch orders the journal writes of the watches that run beside it (await).
+	watch watcher
 }
 
 // leadKey carries a run's leadership in its context, for work that outlives the run's own

@@ -38,6 +38,9 @@ type swap struct {
 	// The settings of the two slots when the swap started (after the exchange: as they were
 	// before it); the lanes are rendered from them until the site converges to KV after.
 	src, tgt store.SlotSettings
+	// srcVersion and tgtVersion are the job versions of the two lanes as the swap last moved
+	// or read them (for the analyses' queries).
+	srcVersion, tgtVersion uint64
 	// tgtSick is set when the target lane failed its checks as it left the target's routes;
 	// the exchange journals it (Operation.TargetSick) for a daemon that takes the swap over.
 	tgtSick bool
@@ -164,6 +167,7 @@ func (w *swap) apply(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	w.srcVersion = ro.Version
 	w.note(api.PhaseApply, fmt.Sprintf("lane %s version %d (%s)", w.srcLane, ro.Version, ro.Change))
 	return nil
 }
@@ -185,6 +189,14 @@ func (w *swap) preview(ctx context.Context) error {
 func (w *swap) beforeSwitch(ctx context.Context) error {
 	if w.op.Kind != api.KindSwap {
 		return nil
+	}
+	if err := w.checkAnalyses(ctx, "", w.run); err != nil {
+		if !inconclusive(err) {
+			return err
+		}
+		if err := w.waitUnless(ctx, err); err != nil {
+			return err
+		}
 	}
 	return w.waitUnless(ctx, w.eng.gate(ctx, w.cfg, gateBeforeSwitch, w.op))
 }
@@ -275,6 +287,7 @@ func (w *swap) switchSlots(ctx context.Context) error {
 		return w.restoreBoth(fmt.Errorf("take the routes of %s off lane %s: %w", w.target.Name, w.tgtLane, err))
 	}
 	t2 := time.Now()
+	w.srcVersion, w.tgtVersion = made.Version, broken.Version
 	if err := w.exchange(ctx, made.Version, broken.Version); err != nil {
 		if w.op.Switched || errors.Is(err, store.ErrStopping) || errors.Is(err, errUndecided) {
 			return err // after the exchange the site converges what is left; deposed: nothing
@@ -454,7 +467,7 @@ func (w *swap) afterSwitch(ctx context.Context) error {
 	}
 	started := time.Now()
 	return w.phase(api.PhaseMonitor, api.StateMonitoring, func() error {
-		return w.monitorAndHold(ctx, swapHolder{w: w, m: m, want: w.instanceCount(ctx)}, monEnd, holdEnd, started)
+		return w.monitorAndHold(ctx, swapHolder{w: w, m: m, want: w.instanceCount(ctx), p: &pausedSet{}}, monEnd, holdEnd, started)
 	})
 }
 
@@ -471,6 +484,8 @@ type holder interface {
 	heldLanes() string
 	// stateIs tells of a new state of the operation (monitoring or holding).
 	stateIs(state string)
+	// paused names the analyses that pause on "inconclusive" and measure nothing now.
+	paused() string
 }
 
 // monitorAndHold runs until both the monitor window and the hold are over. What ends them
@@ -489,12 +504,22 @@ func (r *run) monitorAndHold(ctx context.Context, h holder, monEnd, holdEnd, sta
 			}
 			continue
 		}
-		watching = watching && time.Now().Before(monEnd)
+		paused := h.paused()
+		if msg := fmt.Sprintf("window over; waiting for analyses of %s: inconclusive (on_inconclusive = \"pause\")", paused); watching && paused != "" &&
+			!time.Now().Before(monEnd) && r.op.Phase(api.PhaseMonitor).Message != msg {
+			r.note(api.PhaseMonitor, msg)
+		}
+		watching = watching && (time.Now().Before(monEnd) || paused != "")
 		if !watching && !holding {
 			break
 		}
 		deadline, state := holdEnd, api.StateHolding
-		if watching {
+		if watching && !time.Now().Before(monEnd) {
+			// The window is over, but an analysis that pauses on "inconclusive" measures
+			// nothing: the window goes on until it measures again (or a cancel ends it).
+			deadline, state = time.Now().Add(time.Second), api.StateMonitoring
+		}
+		if watching && time.Now().Before(monEnd) {
 			deadline, state = monEnd, api.StateMonitoring
 			if holding && holdEnd.Before(monEnd) {
 				deadline = holdEnd
@@ -548,15 +573,21 @@ func (r *run) monitorAndHold(ctx context.Context, h holder, monEnd, holdEnd, sta
 	return degraded
 }
 
-// swapHolder is the holder of one swap: its target watched against the site's monitor, with
-// as many instances as it had when the monitor started.
+// swapHolder is the holder of one swap: its target watched against the site's monitor (its
+// health, with as many instances as it had when the monitor started, and its analyses).
 type swapHolder struct {
 	w    *swap
 	m    *config.Monitor
 	want int
+	p    *pausedSet
 }
 
-func (h swapHolder) watch(ctx context.Context) error      { return h.w.watchHealth(ctx, h.m, h.want) }
+func (h swapHolder) watch(ctx context.Context) error {
+	return allOf(ctx,
+		func(ctx context.Context) error { return h.w.watchHealth(ctx, h.m, h.want) },
+		func(ctx context.Context) error { return h.w.watchAnalyses(ctx, "", h.p.tell(h.w.cfg.Name), h.w.run) })
+}
+func (h swapHolder) paused() string                       { return h.p.any() }
 func (h swapHolder) settleHeld(ctx context.Context) error { return h.w.settleDuringMonitor(ctx) }
 func (h swapHolder) autoRollback() bool                   { return h.m.AutoRollback }
 func (h swapHolder) heldLanes() string                    { return "lane " + h.w.tgtLane }

@@ -46,6 +46,7 @@ func (w *swap) load(ctx context.Context) error {
 		w.keepLiveScale(w.target, t, w.tgt)
 	}
 	w.srcLane, w.tgtLane = s.Lane.Value, t.Lane.Value
+	w.srcVersion, w.tgtVersion = s.BoundVersion(), t.BoundVersion()
 	if w.srcApp, err = w.eng.lanes.Submission(ctx, w.cfg, w.srcLane, s.BoundVersion(), true); err != nil {
 		return err
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -59,10 +58,7 @@ func TestSwapTellsAndAsksTheGate(t *testing.T) {
 
 	op, err := e.Swap("web", "staging", "production", false)
 	require.NoError(t, err)
-	waitUntil(t, 10*time.Second, "the swap to wait at the gate", func() bool {
-		cur := e.ops.get(op.ID)
-		return cur != nil && cur.State == api.StatePreviewing
-	})
+	waitState(t, e, op.ID, api.StatePreviewing)
 	cur := e.ops.get(op.ID)
 	assert.Contains(t, cur.Waiting, "change freeze")
 	assert.Equal(t, "web-a", kv.Value("slotd/sites/web/slots/production/lane"), "no route moved")
