@@ -361,24 +361,32 @@ func TestRules(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			clearTokenEnv(t)
-			dir := writeDir(t, withCaseFiles(tc.src))
-			path := filepath.Join(dir, "slots.hcl")
-
-			_, err := Load(path)
-			diags := requireDiagnostics(t, err)
-			require.Len(t, diags, 1, "want one problem, got:\n%v", err)
-			d := diags[0]
-			assert.Equal(t, tc.summary, d.Summary, err.Error())
-			if tc.detail != "" {
-				assert.Contains(t, d.Detail, strings.ReplaceAll(tc.detail, "$DIR", dir))
-			}
-			assert.Equal(t, path, d.Subject.Filename)
-			assert.Equal(t, markedLine(t, tc.src), d.Subject.Start.Line, err.Error())
-			if tc.col != 0 {
-				assert.Equal(t, tc.col, d.Subject.Start.Column, err.Error())
-			}
+			assertOneProblem(t, tc.src, tc.summary, tc.detail, tc.col)
 		})
+	}
+}
+
+// assertOneProblem loads src (next to caseFiles) and asserts exactly one problem, on the
+// marked line (and at col, unless 0), with summary and a detail that holds detail ($DIR is
+// the case's folder).
+func assertOneProblem(t *testing.T, src, summary, detail string, col int) {
+	t.Helper()
+	clearTokenEnv(t)
+	dir := writeDir(t, withCaseFiles(src))
+	path := filepath.Join(dir, "slots.hcl")
+
+	_, err := Load(path)
+	diags := requireDiagnostics(t, err)
+	require.Len(t, diags, 1, "want one problem, got:\n%v", err)
+	d := diags[0]
+	assert.Equal(t, summary, d.Summary, err.Error())
+	if detail != "" {
+		assert.Contains(t, d.Detail, strings.ReplaceAll(detail, "$DIR", dir))
+	}
+	assert.Equal(t, path, d.Subject.Filename)
+	assert.Equal(t, markedLine(t, src), d.Subject.Start.Line, err.Error())
+	if col != 0 {
+		assert.Equal(t, col, d.Subject.Start.Column, err.Error())
 	}
 }
 
