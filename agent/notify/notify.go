@@ -70,8 +70,11 @@ type options struct {
 	requestTimeout time.Duration
 }
 
-// New starts a worker for each of hooks.
+// New starts a worker for each of hooks; a nil logger logs nothing.
 func New(hooks []*config.Notify, logger hclog.Logger) *Notifier {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
 	return newNotifier(hooks, logger, options{queueSize: QueueSize, backoff: Backoff, requestTimeout: RequestTimeout})
 }
 

@@ -452,3 +452,10 @@ func TestSendAfterClose(t *testing.T) {
 	assert.Empty(t, rc.requests())
 	assert.Contains(t, out.String(), "notifier closed")
 }
+
+// TestNewWithoutLogger: New with no logger and no webhooks works, and Close ends at once.
+func TestNewWithoutLogger(t *testing.T) {
+	n := New(nil, nil)
+	n.Send(swapEvent("started"))
+	require.NoError(t, n.Close(context.Background()))
+}
