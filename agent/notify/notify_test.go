@@ -453,9 +453,11 @@ func TestSendAfterClose(t *testing.T) {
 	assert.Contains(t, out.String(), "notifier closed")
 }
 
-// TestNewWithoutLogger: New with no logger and no webhooks works, and Close ends at once.
+// TestNewWithoutLogger: a notifier made with no logger posts, and logs a refusal, quietly.
 func TestNewWithoutLogger(t *testing.T) {
-	n := New(nil, nil)
+	rc := newReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNotFound) })
+	n := New([]*config.Notify{hookTo(rc, "ops")}, nil)
 	n.Send(swapEvent("started"))
-	require.NoError(t, n.Close(context.Background()))
+	closeNow(t, n)
+	assert.Len(t, rc.requests(), 1)
 }
