@@ -18,6 +18,7 @@ import (
 	"github.com/slotd/slotd/agent/lanes"
 	"github.com/slotd/slotd/agent/leader"
 	"github.com/slotd/slotd/agent/metrics"
+	"github.com/slotd/slotd/agent/notify"
 	"github.com/slotd/slotd/agent/query"
 	"github.com/slotd/slotd/agent/store"
 	"github.com/slotd/slotd/api"
@@ -49,6 +50,8 @@ type Agent struct {
 	metrics   *metrics.Metrics
 	follow    *query.Follower
 	probes    *probes
+	// notifier posts operation events to the notify webhooks and asks the sites' gates.
+	notifier *notify.Notifier
 
 	mu  sync.Mutex
 	cfg *config.Config
@@ -75,9 +78,11 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 		role: make(chan struct{}, 1),
 	}
 	a.store = &store.Store{KV: consul.KV(), Prefix: cfg.KVPrefix, Logger: logger.Named("store")}
+	a.notifier = notify.New(cfg.Notify, logger.Named("notify"))
 	a.engine = engine.New(cfg, engine.Deps{
 		Consul: consul, Nomad: nomad, Store: a.store, Metrics: m, Follow: a.follow, Logger: logger.Named("engine"),
-		Lanes: lanes.New(nomad, consul, a.follow, logger.Named("lanes")),
+		Lanes:  lanes.New(nomad, consul, a.follow, logger.Named("lanes")),
+		Notify: a.notifier, Gates: a.notifier,
 	})
 	if a.server, err = httpapi.New(cfg.HTTP.Address, backend{a.engine, a}, m.Registry, logger); err != nil {
 		return nil, err
@@ -182,9 +187,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	stopProbes()
 	<-probesDone
+	// The API's shutdown and the notifier's last deliveries share the last step's time.
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), apiShutdown)
 	defer cancel()
-	_ = a.server.Shutdown(shutdownCtx)
+	var last sync.WaitGroup
+	last.Go(func() { _ = a.server.Shutdown(shutdownCtx) })
+	last.Go(func() {
+		if nerr := a.notifier.Close(shutdownCtx); nerr != nil {
+			a.logger.Warn("notifications not delivered before the stop", "error", nerr)
+		}
+	})
+	last.Wait()
 	return err
 }
 
@@ -198,6 +211,7 @@ func (a *Agent) Reload(cfg *config.Config) error {
 	a.cfg = cfg
 	a.mu.Unlock()
 	a.engine.Reload(cfg)
+	a.notifier.Reload(cfg.Notify)
 	a.logger.Info("reloaded", "sites", len(cfg.Sites))
 	return nil
 }

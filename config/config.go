@@ -71,7 +71,7 @@ type Config struct {
 	Sites []*Site
 	// Groups in name order: sites swapped as one (group "storefront" { sites = [...] }).
 	Groups []*Group
-	// Notify are the webhooks told of every operation's events.
+	// Notify are the webhooks told of every operation's events, in name order.
 	Notify []*Notify
 
 	// Files are the files the declarations were read from, as named to Load or Parse.

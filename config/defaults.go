@@ -41,6 +41,9 @@ func (b *builder) complete() {
 	for _, s := range b.cfg.Sites {
 		b.completeSite(s)
 	}
+	for _, n := range b.cfg.Notify {
+		b.completeNotify(n)
+	}
 }
 
 func (b *builder) completeHTTP(h *HTTP) {
@@ -147,6 +150,7 @@ func (b *builder) completeSite(s *Site) {
 		s.Monitor = &Monitor{}
 	}
 	b.completeMonitor(s.Monitor)
+	b.completeGates(s)
 	for _, sl := range s.Slots {
 		if sl.Settings == nil {
 			sl.Settings = map[string]string{}

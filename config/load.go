@@ -219,10 +219,11 @@ func build(names []string, files []*file, decoded hcl.Diagnostics) (*Config, err
 	}
 	sort.SliceStable(b.cfg.Sites, func(i, j int) bool { return b.cfg.Sites[i].Name < b.cfg.Sites[j].Name })
 	sort.SliceStable(b.cfg.Groups, func(i, j int) bool { return b.cfg.Groups[i].Name < b.cfg.Groups[j].Name })
+	sort.SliceStable(b.cfg.Notify, func(i, j int) bool { return b.cfg.Notify[i].Name < b.cfg.Notify[j].Name })
 	return b.cfg, nil
 }
 
-// merge adds one file's declarations. Sites and groups from all files add up; each of the daemon's own
+// merge adds one file's declarations. Sites, groups and notify blocks from all files add up; each of the daemon's own
 // settings may be declared in one file only, so that no file silently overrides another.
 func (b *builder) merge(f *file) {
 	topAttr := func(name string) hcl.Range { return f.body.Attributes[name].SrcRange }
@@ -255,6 +256,7 @@ func (b *builder) merge(f *file) {
 	}
 	b.cfg.Sites = append(b.cfg.Sites, f.Sites...)
 	b.cfg.Groups = append(b.cfg.Groups, f.Groups...)
+	b.cfg.Notify = append(b.cfg.Notify, f.Notify...)
 }
 
 // declare records where a daemon setting is declared; it reports false, and a problem, when

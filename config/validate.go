@@ -52,6 +52,7 @@ func (b *builder) validate() {
 		seen[s.Name] = s
 	}
 	b.validateGroups()
+	b.validateNotify()
 }
 
 func (b *builder) validateDaemon() {
@@ -198,6 +199,7 @@ func (b *builder) validateSite(s *Site) {
 	b.validateWarmup(s.Warmup)
 	b.validateMonitor(s.Monitor)
 	b.validateAnalyses(s)
+	b.validateGates(s)
 
 	seen := map[string]*Slot{}
 	for _, sl := range s.Slots {

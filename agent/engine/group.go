@@ -531,7 +531,7 @@ func (g *groupRun) beforeSwitch(ctx context.Context, ms []*member) error {
 			return err
 		}
 	}
-	return g.waitUnless(ctx, side(ms, func(_ int, m *member) error { return g.eng.gate(ctx, m.cfg, gateBeforeSwitch, g.op) }))
+	return g.waitUnless(ctx, side(ms, func(_ int, m *member) error { return g.eng.gate(ctx, m.cfg, config.GateBeforeSwitch, g.op) }))
 }
 
 // preview holds every member after apply until the group operation is completed or cancelled.

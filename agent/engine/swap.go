@@ -198,11 +198,8 @@ func (w *swap) beforeSwitch(ctx context.Context) error {
 			return err
 		}
 	}
-	return w.waitUnless(ctx, w.eng.gate(ctx, w.cfg, gateBeforeSwitch, w.op))
+	return w.waitUnless(ctx, w.eng.gate(ctx, w.cfg, config.GateBeforeSwitch, w.op))
 }
-
-// gateBeforeSwitch is the gate asked between warm-up and switch.
-const gateBeforeSwitch = "before-switch"
 
 // waitUnless waits previewing for complete or cancel when why is not nil, with why in Waiting.
 func (r *run) waitUnless(ctx context.Context, why error) error {

@@ -53,14 +53,12 @@ func (e *Engine) tell(op *api.Operation, what string, phase *api.Phase) {
 // gate asks the site's gate of that name, if it has one: nil when there is none or it said
 // yes, else why not.
 func (e *Engine) gate(ctx context.Context, cfg *config.Site, name string, op *api.Operation) error {
-	for _, g := range cfg.Gates {
-		if g.Name != name {
-			continue
-		}
-		if e.gates == nil {
-			return fmt.Errorf("gate %s of site %s: no gatekeeper in this daemon", name, cfg.Name)
-		}
-		return e.gates.Ask(ctx, g, op)
+	g := cfg.Gate(name)
+	switch {
+	case g == nil:
+		return nil
+	case e.gates == nil:
+		return fmt.Errorf("gate %s of site %s: no gatekeeper in this daemon", name, cfg.Name)
 	}
-	return nil
+	return e.gates.Ask(ctx, g, op)
 }
