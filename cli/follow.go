@@ -17,19 +17,22 @@ const spinInterval = 100 * time.Millisecond
 var spinFrames = []string{"⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"}
 
 // follower prints an operation's progress from the versions it is given: one line when a
-// phase starts, one when it ends, the phase's messages in between. On a terminal it also keeps
-// a spinner line with the elapsed time of the current phase, redrawn by tick.
+// phase starts, one when it ends, the phase's messages and the analyses' measurements in
+// between, and why the operation waits when it does. On a terminal it also keeps a spinner
+// line with the elapsed time of the current phase, redrawn by tick.
 type follower struct {
 	mu  sync.Mutex
 	w   io.Writer
 	now func() time.Time
 	tty bool
 
-	op      *api.Operation // newest version seen
-	phases  map[string]*seenPhase
-	members map[string]memberSeen // a group operation's member sites, by site
-	frame   int
-	drawn   bool // the spinner line is on screen
+	op       *api.Operation // newest version seen
+	phases   map[string]*seenPhase
+	members  map[string]memberSeen // a group operation's member sites, by site
+	measured map[measurementKey]bool
+	waiting  string // the Waiting printed last
+	frame    int
+	drawn    bool // the spinner line is on screen
 }
 
 // seenPhase is what has been printed about a phase.
@@ -40,11 +43,14 @@ type seenPhase struct {
 }
 
 func newFollower(w io.Writer, now func() time.Time, tty bool) *follower {
-	return &follower{w: w, now: now, tty: tty, phases: map[string]*seenPhase{}, members: map[string]memberSeen{}}
+	return &follower{w: w, now: now, tty: tty, phases: map[string]*seenPhase{}, members: map[string]memberSeen{},
+		measured: map[measurementKey]bool{}}
 }
 
-// update prints what changed since the previous version: its phases, and the state of each
-// member site of a group operation.
+// update prints what changed since the previous version: its phases, the state of each
+// member site of a group operation, new measurements and why it waits. A measurement goes
+// before the start or end of a phase that came after it, so a version that brings several
+// changes at once (or a finished operation followed) still reads in the order they happened.
 func (f *follower) update(op *api.Operation) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -54,14 +60,16 @@ func (f *follower) update(op *api.Operation) {
 	}
 	f.op = op
 	for i := range op.Phases {
-		f.updatePhase(&op.Phases[i])
+		f.updatePhase(op, &op.Phases[i])
 	}
 	for _, m := range op.Members {
 		f.updateMember(m)
 	}
+	f.updateMeasurements(op)
+	f.updateWaiting(op)
 }
 
-func (f *follower) updatePhase(p *api.Phase) {
+func (f *follower) updatePhase(op *api.Operation, p *api.Phase) {
 	seen := f.phases[p.Name]
 	if seen == nil {
 		seen = &seenPhase{}
@@ -76,6 +84,7 @@ func (f *follower) updatePhase(p *api.Phase) {
 		}
 		if !seen.started {
 			seen.started = true
+			f.measurementsUntil(op, p.StartedAt)
 			f.printf("==> %s: started\n", p.Name)
 		}
 		if p.Message != "" && p.Message != seen.message {
@@ -92,8 +101,10 @@ func (f *follower) updatePhase(p *api.Phase) {
 	}
 	if !seen.started && p.State != api.PhaseSkipped && seen.ended == "" {
 		seen.started = true
+		f.measurementsUntil(op, p.StartedAt)
 		f.printf("==> %s: started\n", p.Name)
 	}
+	f.measurementsUntil(op, p.EndedAt)
 	first := seen.ended == ""
 	seen.ended = p.State
 	took := ""

@@ -395,6 +395,26 @@ swap op-1 succeeded in 12.1s
 			stdout:   "    site blog (op-b): failed: 10.0.0.3:20001 answered 503 to /healthz\n",
 		},
 		{
+			name:     "swap prints each measurement of its analyses",
+			args:     []string{"swap", "web", "staging"},
+			start:    analysedMonitoring,
+			versions: []api.Operation{analysedMonitoring, analysedMeasured, analysedFailed},
+			code:     1,
+			stdout: "==> monitor: started\n" +
+				"    analysis errors (monitor): 0.0021 ≤ max 0.01  pass\n" +
+				"    analysis errors (monitor): 0.052 > max 0.01  FAIL\n" +
+				"    analysis latency (monitor): inconclusive: " + unreachable + "\n" +
+				"==> monitor: failed after 20.2s: analysis errors failed\n",
+		},
+		{
+			name:     "complete of a waiting swap says why it waits again",
+			args:     []string{"swap", "-complete", "web"},
+			start:    withWaiting(swapPreview, noMeasure),
+			versions: []api.Operation{withWaiting(swapPreview, noMeasure), withWaiting(swapOp(5, api.StatePreviewing, swapPreview.Phases...), gateRefused), swapOp(6, api.StateSucceeded)},
+			stdout: "    waiting: " + noMeasure + "; slotd swap -complete web to go on, -cancel to undo\n" +
+				"    waiting: " + gateRefused + "; slotd swap -complete web to go on, -cancel to undo\n",
+		},
+		{
 			name:     "follow a finished operation",
 			args:     []string{"follow", "op-1"},
 			versions: []api.Operation{swapDone},

@@ -9,10 +9,13 @@ import (
 
 // followHelp is the part of every following command's help about following.
 const followHelp = `
-The operation is followed live: a line when each phase starts and ends, and a final line
-with the outcome. Exit 0 when it succeeds, 1 when it fails or is cancelled. Ctrl-C stops
-following, not the operation, and exits 1; 'slotd follow <id>' resumes following. With
--detach the command returns as soon as the operation starts.`
+The operation is followed live: a line when each phase starts and ends, one for each
+evaluation of the site's analyses ("analysis errors (monitor): 0.052 > max 0.01 FAIL"), one
+saying why it waits for -complete or -cancel when a gate refused or an analysis before the
+switch measured nothing, and a final line with the outcome. Exit 0 when it succeeds, 1 when
+it fails or is cancelled. Ctrl-C stops following, not the operation, and exits 1;
+'slotd follow <id>' resumes following. With -detach the command returns as soon as the
+operation starts.`
 
 func deployCommand() *command {
 	return &command{
@@ -268,7 +271,8 @@ func followCommand() *command {
 		help: `
 Follows a running operation, for example after Ctrl-C stopped an earlier command's
 following, or one started by auto-swap or by a pipeline. A finished operation prints its
-outcome at once. With -detach it prints the operation's current state and returns.
+outcome at once, with every phase and measurement as it happened (the detail of an operation
+in the history). With -detach it prints the operation's current state and returns.
 ` + followHelp + `
 
 Example:

@@ -18,11 +18,13 @@ func statusCommand() *command {
 		usage:    "[site] [options]",
 		help: `
 Prints a table of every site's slots: the lane (Nomad job) serving each slot, its job
-version, its healthy and total instances, its scale (instance counts per task group, sticky to
-the slot; "live" when Nomad's counts decide), and the site's running or last operation; then
-a table of the swap groups: their sites and their running or last group operation. With a
-site, also every instance of each slot; with -json, the sites only (GET /v1/groups has the
-groups), each slot's settings too, sticky values as <hidden> unless -reveal is given.
+version, its healthy and total instances, its scale (instance counts per task group, sticky
+to the slot; "live" when Nomad's counts decide), and the site's running or last operation;
+then a table of the swap groups: their sites and their running or last group operation;
+then, for each running operation that waits for -complete or -cancel, why (a gate refused,
+an analysis before the switch measured nothing) and how to go on. With a site, also every
+instance of each slot; with -json, the sites only (GET /v1/groups has the groups), each
+slot's settings too, sticky values as <hidden> unless -reveal is given.
 
 Examples:
   slotd status
@@ -71,6 +73,7 @@ func runStatus(e *env, cmd *command, args []string) int {
 			fmt.Fprintln(e.stdout)
 			e.printGroups(e.stdout, groups)
 		}
+		printWaiting(e.stdout, sites, groups)
 		return exitOK
 	}
 
@@ -85,6 +88,9 @@ func runStatus(e *env, cmd *command, args []string) int {
 	e.printInstances(e.stdout, site)
 	if op := site.Operation; op != nil {
 		fmt.Fprintf(e.stdout, "\nrunning: %s, %s; follow it with: slotd follow %s\n", describe(op), op.State, op.ID)
+		if w := waitingText(op); w != "" {
+			fmt.Fprintf(e.stdout, "  %s\n", w)
+		}
 	}
 	return exitOK
 }
@@ -107,6 +113,30 @@ func (e *env) printSlots(w io.Writer, sites []api.Site) {
 		}
 	}
 	_ = tw.Flush()
+}
+
+// printWaiting prints, after the tables, a line for each running operation that waits
+// previewing for -complete or -cancel, and why: once each, though a group operation is the
+// running operation of every member site too.
+func printWaiting(w io.Writer, sites []api.Site, groups []api.Group) {
+	ops := make([]*api.Operation, 0, len(sites)+len(groups))
+	for _, s := range sites {
+		ops = append(ops, s.Operation)
+	}
+	for _, g := range groups {
+		ops = append(ops, g.Operation)
+	}
+	printed := map[string]bool{}
+	for _, op := range ops {
+		if op == nil || op.Waiting == "" || printed[op.ID] {
+			continue
+		}
+		if len(printed) == 0 {
+			fmt.Fprintln(w)
+		}
+		printed[op.ID] = true
+		fmt.Fprintf(w, "%s: %s %s %s\n", subjectOfOperation(op), op.Kind, op.ID, waitingText(op))
+	}
 }
 
 // laneText is a slot's lane for the table; a held lane says that it still runs another slot's
@@ -181,12 +211,14 @@ func historyCommand() *command {
 		synopsis: "list a site's or a group's finished operations",
 		usage:    "<site> [-limit N] [-before SEQ] [options]\n       slotd history -group <group> [-limit N] [-before SEQ] [options]",
 		help: `
-Lists the site's finished deploys, swaps, rollbacks and settings rollouts, newest first, with
-how they ended: the newest 50 unless -limit says otherwise. The site keeps its last
-history_limit operations (default 200). When older ones are kept, the last line says how to
-see them: -before with the seq of the oldest operation shown. With -group, the group's
-finished group swaps and rollbacks (a group keeps the top-level history_limit); each member
-site's part of them is in that site's own history too.
+Lists the site's finished deploys, swaps, rollbacks and settings rollouts, newest first,
+with how they ended and how their analyses' evaluations came out ("errors 6 pass/2 fail"):
+the newest 50 unless -limit says otherwise. 'slotd follow <id>' prints one operation's
+phases and every measurement; -json prints them all. The site keeps its last history_limit
+operations (default 200). When older ones are kept, the last line says how to see them:
+-before with the seq of the oldest operation shown. With -group, the group's finished group
+swaps and rollbacks (a group keeps the top-level history_limit); each member site's part of
+them is in that site's own history too.
 
 Example:
   slotd history web -limit 10
@@ -283,6 +315,9 @@ func detail(op *api.Operation) string {
 		if m.Error != "" {
 			parts = append(parts, m.Site+": "+m.Error)
 		}
+	}
+	if a := analysesText(op); a != "" {
+		parts = append(parts, a)
 	}
 	if op.GroupOperation != "" {
 		parts = append(parts, "part of "+op.GroupOperation+" of group "+op.Group)
