@@ -158,9 +158,11 @@ const (
 
 // Measurement is one evaluation of an analysis: what its query measured and what that means.
 type Measurement struct {
-	Analysis string    `json:"analysis"`
-	Phase    string    `json:"phase"` // warm (before the switch, on the candidate) or monitor
-	At       time.Time `json:"at"`
+	Analysis string `json:"analysis"`
+	// Site is the member site measured, in a group operation's measurements.
+	Site  string    `json:"site,omitempty"`
+	Phase string    `json:"phase"` // warm (before the switch, on the candidate) or monitor
+	At    time.Time `json:"at"`
 	// Value is what the query returned; absent when it returned nothing.
 	Value   *float64 `json:"value,omitempty"`
 	Verdict string   `json:"verdict"`

@@ -21,13 +21,22 @@ type measurementKey struct {
 }
 
 func keyOf(m api.Measurement) measurementKey {
-	return measurementKey{m.Analysis, m.Phase, m.At.UnixNano()}
+	return measurementKey{analysisName(m), m.Phase, m.At.UnixNano()}
+}
+
+// analysisName names a measurement's analysis, with the member site in a group operation's
+// ("shop/errors").
+func analysisName(m api.Measurement) string {
+	if m.Site != "" {
+		return m.Site + "/" + m.Analysis
+	}
+	return m.Analysis
 }
 
 // measurementText is one measurement as the follow prints it: the analysis and phase, what
 // was measured against which bound, and the verdict (FAIL in capitals, to stand out).
 func measurementText(m api.Measurement) string {
-	head := fmt.Sprintf("analysis %s%s: ", m.Analysis, suffix(" ", parens(m.Phase)))
+	head := fmt.Sprintf("analysis %s%s: ", analysisName(m), suffix(" ", parens(m.Phase)))
 	what := m.Message
 	if what == "" && m.Value != nil {
 		what = compact(*m.Value)
@@ -62,10 +71,11 @@ func analysesText(op *api.Operation) string {
 	var tallies []*tally
 	byName := map[string]*tally{}
 	for _, m := range op.Measurements {
-		t := byName[m.Analysis]
+		name := analysisName(m)
+		t := byName[name]
 		if t == nil {
-			t = &tally{name: m.Analysis, counts: map[string]int{}}
-			byName[m.Analysis] = t
+			t = &tally{name: name, counts: map[string]int{}}
+			byName[name] = t
 			tallies = append(tallies, t)
 		}
 		if t.counts[m.Verdict] == 0 {

@@ -166,6 +166,11 @@ func TestMeasurementText(t *testing.T) {
 		{"nothing but the verdict", measured("rps", "monitor", 1, nil, api.VerdictPass, ""), "analysis rps (monitor): pass"},
 		{"nothing but a failing verdict", measured("rps", "monitor", 1, nil, api.VerdictFail, ""), "analysis rps (monitor): FAIL"},
 		{"a verdict this CLI does not know", measured("rps", "", 1, val(2), "skipped", ""), "analysis rps: 2  skipped"},
+		{"a member site's, in a group operation", func() api.Measurement {
+			m := monitorFailed
+			m.Site = "shop"
+			return m
+		}(), "analysis shop/errors (monitor): 0.052 > max 0.01  FAIL"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

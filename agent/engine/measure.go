@@ -92,11 +92,7 @@ func (w *swap) watchAnalyses(ctx context.Context, group string, paused func(bool
 	if len(as) == 0 {
 		return nil
 	}
-	err := w.eng.analysis.Watch(ctx, as, w.judged(group), api.PhaseMonitor, func(m api.Measurement) {
-		for _, r := range rec {
-			r.measured(m)
-		}
-	}, paused)
+	err := w.eng.analysis.Watch(ctx, as, w.judged(group), api.PhaseMonitor, w.recordIn(rec), paused)
 	var failed *analysis.Failed
 	if errors.As(err, &failed) {
 		for _, r := range rec {
@@ -115,11 +111,7 @@ func (w *swap) checkAnalyses(ctx context.Context, group string, rec ...*run) err
 	if len(as) == 0 || w.op.Kind != api.KindSwap {
 		return nil
 	}
-	err := w.eng.analysis.Check(ctx, as, w.judged(group), api.PhaseWarm, func(m api.Measurement) {
-		for _, r := range rec {
-			r.measured(m)
-		}
-	})
+	err := w.eng.analysis.Check(ctx, as, w.judged(group), api.PhaseWarm, w.recordIn(rec))
 	var failed *analysis.Failed
 	if errors.As(err, &failed) {
 		for _, r := range rec {
@@ -128,6 +120,18 @@ func (w *swap) checkAnalyses(ctx context.Context, group string, rec ...*run) err
 		return fmt.Errorf("before the switch: %w", err)
 	}
 	return err
+}
+
+// recordIn keeps each measurement in every run of rec: a group operation's says which site.
+func (w *swap) recordIn(rec []*run) func(api.Measurement) {
+	return func(m api.Measurement) {
+		for _, r := range rec {
+			if r.op.Site == "" {
+				m.Site = w.cfg.Name
+			}
+			r.measured(m)
+		}
+	}
 }
 
 // inconclusive reports whether err is only an analysis that measured nothing and says
