@@ -178,7 +178,11 @@ func (b *builder) readPEM(t clientTLS, s tlsSetting) ([]byte, bool) {
 
 func (b *builder) fileError(t clientTLS, s tlsSetting, err error) {
 	if errors.Is(err, fs.ErrNotExist) {
-		b.tlsErrorf(t, s, "File not found", "%s %q does not exist; fix the path (a relative path starts at the folder of the declaring file).", *s.value)
+		hint := "; fix the path (a relative path starts at the folder of the declaring file)."
+		if !b.src.set(t.block, s.attr) {
+			hint = "." // tlsErrorf says which variable to fix
+		}
+		b.tlsErrorf(t, s, "File not found", "%s %q does not exist"+hint, *s.value)
 		return
 	}
 	b.tlsErrorf(t, s, "Cannot read file", "%s: %v.", err)
