@@ -36,11 +36,12 @@ type tlsSetting struct {
 type clientTLS struct {
 	client                                 string // the block: "consul" or "nomad"
 	block                                  hcl.Range
+	address                                string
 	caFile, caPath, certFile, keyFile, sni tlsSetting
 }
 
 func consulTLS(c *Consul) clientTLS {
-	return clientTLS{client: "consul", block: c.Range,
+	return clientTLS{client: "consul", block: c.Range, address: c.Address,
 		caFile:   tlsSetting{"ca_file", "CONSUL_CACERT", &c.CAFile},
 		caPath:   tlsSetting{"ca_path", "CONSUL_CAPATH", &c.CAPath},
 		certFile: tlsSetting{"cert_file", "CONSUL_CLIENT_CERT", &c.CertFile},
@@ -50,7 +51,7 @@ func consulTLS(c *Consul) clientTLS {
 }
 
 func nomadTLS(n *Nomad) clientTLS {
-	return clientTLS{client: "nomad", block: n.Range,
+	return clientTLS{client: "nomad", block: n.Range, address: n.Address,
 		caFile:   tlsSetting{"ca_file", "NOMAD_CACERT", &n.CAFile},
 		caPath:   tlsSetting{"ca_path", "NOMAD_CAPATH", &n.CAPath},
 		certFile: tlsSetting{"cert_file", "NOMAD_CLIENT_CERT", &n.CertFile},
@@ -99,6 +100,7 @@ func (b *builder) consulScheme(c *Consul) {
 // checkTLS reads the files of a client's TLS settings, so that a wrong path, a certificate
 // without its key or a file that is not PEM fails the load rather than the first call.
 func (b *builder) checkTLS(t clientTLS) {
+	b.checkTLSAddress(t)
 	if *t.caFile.value != "" {
 		if pem, ok := b.readPEM(t, t.caFile); ok && !x509.NewCertPool().AppendCertsFromPEM(pem) {
 			b.tlsErrorf(t, t.caFile, "Invalid CA file",
@@ -126,6 +128,27 @@ func (b *builder) checkTLS(t clientTLS) {
 		if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
 			b.tlsErrorf(t, t.certFile, "Invalid client certificate",
 				"%s %q and key_file %q are not a PEM certificate and its key: %v.", cert, key, err)
+		}
+	}
+}
+
+// checkTLSAddress refuses TLS attributes written in a block whose address is not https: the
+// client would talk plain HTTP and never use them. Variables are not checked, so that a shell
+// set up for a TLS cluster can still run a daemon against a local agent over HTTP.
+func (b *builder) checkTLSAddress(t clientTLS) {
+	if strings.HasPrefix(strings.ToLower(t.address), "https://") {
+		return
+	}
+	for _, s := range append(t.files(), t.sni) {
+		if *s.value != "" && b.src.set(t.block, s.attr) {
+			how := "write https:// in the address"
+			if t.client == "consul" {
+				how += " (or set " + envConsulSSL + "=true)"
+			}
+			b.errorf(b.src.attrRange(t.block, s.attr), "TLS settings without https",
+				"%s sets %s but its address %q is not https, so they would not be used; %s, or remove %s.",
+				t.client, s.attr, t.address, how, s.attr)
+			return
 		}
 	}
 }

@@ -54,8 +54,8 @@ func TestClientTLSSettings(t *testing.T) {
 		{name: "none"},
 		{
 			name: "written, relative to the file",
-			src: "consul {\n  ca_file = \"tls/ca.pem\"\n  cert_file = \"tls/client.pem\"\n  key_file = \"tls/client.key\"\n  tls_server_name = \"consul.internal\"\n}\n" +
-				"nomad {\n  ca_path = \"cas\"\n  cert_file = \"tls/client.pem\"\n  key_file = \"tls/client.key\"\n  tls_server_name = \"server.global.nomad\"\n}",
+			src: "consul {\n  address = \"https://127.0.0.1:8501\"\n  ca_file = \"tls/ca.pem\"\n  cert_file = \"tls/client.pem\"\n  key_file = \"tls/client.key\"\n  tls_server_name = \"consul.internal\"\n}\n" +
+				"nomad {\n  address = \"https://127.0.0.1:4646\"\n  ca_path = \"cas\"\n  cert_file = \"tls/client.pem\"\n  key_file = \"tls/client.key\"\n  tls_server_name = \"server.global.nomad\"\n}",
 			consul: want{caFile: "$DIR/tls/ca.pem", certFile: "$DIR/tls/client.pem", keyFile: "$DIR/tls/client.key", sni: "consul.internal"},
 			nomad:  want{caPath: "$DIR/cas", certFile: "$DIR/tls/client.pem", keyFile: "$DIR/tls/client.key", sni: "server.global.nomad"},
 		},
@@ -72,7 +72,7 @@ func TestClientTLSSettings(t *testing.T) {
 		},
 		{
 			name: "written wins over the environment, attribute by attribute",
-			src:  "consul {\n  ca_file = \"tls/ca.pem\"\n  tls_server_name = \"\"\n}\nnomad {\n  ca_file = \"\"\n}",
+			src:  "consul {\n  address = \"https://127.0.0.1:8501\"\n  ca_file = \"tls/ca.pem\"\n  tls_server_name = \"\"\n}\nnomad {\n  ca_file = \"\"\n}",
 			env: map[string]string{
 				"CONSUL_CACERT": "/nonexistent/ca.pem", "CONSUL_TLS_SERVER_NAME": "from-env", "CONSUL_CLIENT_CERT": "$DIR/tls/client.pem",
 				"CONSUL_CLIENT_KEY": "$DIR/tls/client.key", "NOMAD_CACERT": "/nonexistent/ca.pem", "NOMAD_TLS_SERVER_NAME": "nomad-env",
@@ -127,8 +127,15 @@ func TestConsulHTTPSSL(t *testing.T) {
 	}
 }
 
-// TestClientTLSProblems: a TLS file that is missing, unreadable or not PEM, and a certificate
-// without its key, fail the load with the setting, the path and the position of the attribute
+// https is a block of client with an https address and lines, the first of them marked as
+// the line of the problem.
+func https(client string, lines ...string) string {
+	lines[0] += " " + marker
+	return client + " {\n  address = \"https://127.0.0.1:8501\"\n  " + strings.Join(lines, "\n  ") + "\n}"
+}
+
+// TestClientTLSProblems: a TLS file that is missing, unreadable or not PEM, a certificate
+// without its key, and TLS attributes written for an address that is not https fail the load with the setting, the path and the position of the attribute
 // (or of the block, or the file's start, when an environment variable gave the value).
 func TestClientTLSProblems(t *testing.T) {
 	cases := []struct {
@@ -139,26 +146,32 @@ func TestClientTLSProblems(t *testing.T) {
 		detail  string
 		col     int
 	}{
-		{name: "consul ca_file missing", src: `consul { ca_file = "tls/nope.pem" } ` + marker, summary: "File not found",
-			detail: `consul ca_file "$DIR/tls/nope.pem" does not exist`, col: 10},
-		{name: "nomad ca_file not PEM", src: "nomad {\n  ca_file = \"tls/garbage.pem\" " + marker + "\n}", summary: "Invalid CA file",
+		{name: "consul ca_file missing", src: https("consul", `ca_file = "tls/nope.pem"`), summary: "File not found",
+			detail: `consul ca_file "$DIR/tls/nope.pem" does not exist`, col: 3},
+		{name: "nomad ca_file not PEM", src: https("nomad", `ca_file = "tls/garbage.pem"`), summary: "Invalid CA file",
 			detail: `nomad ca_file "$DIR/tls/garbage.pem" holds no PEM certificate`, col: 3},
-		{name: "ca_file a folder", src: `consul { ca_file = "tls" } ` + marker, summary: "Cannot read file", detail: "consul ca_file: $DIR/tls: not a regular file"},
-		{name: "ca_file too large", src: `nomad { ca_file = "tls/big.pem" } ` + marker, summary: "Cannot read file", detail: "too large for a certificate"},
-		{name: "cert without key", src: "consul {\n  cert_file = \"tls/client.pem\" " + marker + "\n}", summary: "Incomplete TLS settings",
+		{name: "ca_file a folder", src: https("consul", `ca_file = "tls"`), summary: "Cannot read file", detail: "consul ca_file: $DIR/tls: not a regular file"},
+		{name: "ca_file too large", src: https("nomad", `ca_file = "tls/big.pem"`), summary: "Cannot read file", detail: "too large for a certificate"},
+		{name: "cert without key", src: https("consul", `cert_file = "tls/client.pem"`), summary: "Incomplete TLS settings",
 			detail: `consul cert_file "$DIR/tls/client.pem" is set without key_file`},
-		{name: "key without cert", src: "nomad {\n  key_file = \"tls/client.key\" " + marker + "\n}", summary: "Incomplete TLS settings",
+		{name: "key without cert", src: https("nomad", `key_file = "tls/client.key"`), summary: "Incomplete TLS settings",
 			detail: `nomad key_file "$DIR/tls/client.key" is set without cert_file`},
-		{name: "cert and a key of another", src: "consul {\n  cert_file = \"tls/server.pem\" " + marker + "\n  key_file = \"tls/client.key\"\n}",
+		{name: "cert and a key of another", src: https("consul", `cert_file = "tls/server.pem"`, `key_file = "tls/client.key"`),
 			summary: "Invalid client certificate", detail: "private key does not match public key"},
-		{name: "key not PEM", src: "nomad {\n  cert_file = \"tls/client.pem\" " + marker + "\n  key_file = \"tls/garbage.pem\"\n}",
+		{name: "key not PEM", src: https("nomad", `cert_file = "tls/client.pem"`, `key_file = "tls/garbage.pem"`),
 			summary: "Invalid client certificate", detail: `nomad cert_file "$DIR/tls/client.pem" and key_file "$DIR/tls/garbage.pem" are not a PEM certificate and its key`},
-		{name: "key missing", src: "consul {\n  cert_file = \"tls/client.pem\"\n  key_file = \"tls/nope.key\" " + marker + "\n}",
+		{name: "key missing", src: https("consul", `key_file = "tls/nope.key"`, `cert_file = "tls/client.pem"`),
 			summary: "File not found", detail: `consul key_file "$DIR/tls/nope.key" does not exist`},
-		{name: "ca_path missing", src: `nomad { ca_path = "nope" } ` + marker, summary: "File not found", detail: `nomad ca_path "$DIR/nope" does not exist`},
-		{name: "ca_path a file", src: `consul { ca_path = "tls/ca.pem" } ` + marker, summary: "Not a folder", detail: `consul ca_path "$DIR/tls/ca.pem" is not a folder`},
-		{name: "ca_path with a file not PEM", src: `consul { ca_path = "badcas" } ` + marker, summary: "Invalid CA folder", detail: "$DIR/badcas/notes.txt holds no PEM certificate"},
-		{name: "ca_path without a certificate", src: `nomad { ca_path = "emptycas" } ` + marker, summary: "Invalid CA folder", detail: "$DIR/emptycas/.keep holds no PEM certificate"},
+		{name: "ca_path missing", src: https("nomad", `ca_path = "nope"`), summary: "File not found", detail: `nomad ca_path "$DIR/nope" does not exist`},
+		{name: "ca_path a file", src: https("consul", `ca_path = "tls/ca.pem"`), summary: "Not a folder", detail: `consul ca_path "$DIR/tls/ca.pem" is not a folder`},
+		{name: "ca_path with a file not PEM", src: https("consul", `ca_path = "badcas"`), summary: "Invalid CA folder", detail: "$DIR/badcas/notes.txt holds no PEM certificate"},
+		{name: "ca_path without a certificate", src: https("nomad", `ca_path = "emptycas"`), summary: "Invalid CA folder", detail: "$DIR/emptycas/.keep holds no PEM certificate"},
+		{name: "consul TLS on an address without a scheme", src: "consul {\n  ca_file = \"tls/ca.pem\" " + marker + "\n  address = \"127.0.0.1:8501\"\n}",
+			summary: "TLS settings without https", detail: `consul sets ca_file but its address "127.0.0.1:8501" is not https, so they would not be used; write https:// in the address (or set CONSUL_HTTP_SSL=true), or remove ca_file.`, col: 3},
+		{name: "nomad TLS on the default address", src: `nomad { tls_server_name = "server.global.nomad" } ` + marker,
+			summary: "TLS settings without https", detail: `nomad sets tls_server_name but its address "http://127.0.0.1:4646" is not https`, col: 9},
+		{name: "CONSUL_HTTP_SSL=false", src: "consul {\n  cert_file = \"tls/client.pem\" " + marker + "\n  key_file = \"tls/client.key\"\n}",
+			env: map[string]string{envConsulSSL: "false"}, summary: "TLS settings without https", detail: "consul sets cert_file"},
 		{name: "CONSUL_CACERT missing, no consul block", src: "# no consul block " + marker,
 			env:     map[string]string{"CONSUL_CACERT": "$DIR/nope.pem"},
 			summary: "File not found", detail: `CONSUL_CACERT (standing in for consul ca_file) "$DIR/nope.pem" does not exist`, col: 1},
