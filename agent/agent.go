@@ -4,6 +4,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net/http"
 	"sync"
@@ -102,6 +103,15 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 func newClients(cfg *config.Config, conns int) (*consulapi.Client, *nomadapi.Client, error) {
 	ccfg := consulapi.DefaultConfig()
 	ccfg.Address = cfg.Consul.Address
+	// The declarations own TLS: config resolved the CONSUL_* variables that DefaultConfig reads
+	// (a written attribute wins over them), CONSUL_HTTP_SSL into the address's scheme.
+	ccfg.Scheme = "http"
+	c := cfg.Consul
+	ccfg.TLSConfig = consulapi.TLSConfig{
+		Address: c.TLSServerName, CAFile: c.CAFile, CAPath: c.CAPath, CertFile: c.CertFile, KeyFile: c.KeyFile,
+	}
+	// NewClient sets up TLS on this very transport (its TLSClientConfig is nil), so the limits
+	// stay.
 	ccfg.Transport.MaxConnsPerHost, ccfg.Transport.MaxIdleConnsPerHost = conns, max(conns, 2)
 	if cfg.Consul.Token != "" {
 		ccfg.Token = cfg.Consul.Token
@@ -116,7 +126,17 @@ func newClients(cfg *config.Config, conns int) (*consulapi.Client, *nomadapi.Cli
 	// jobspec parse): no call waits longer than the longest blocking query and its grace.
 	nt := http.DefaultTransport.(*http.Transport).Clone()
 	nt.MaxConnsPerHost, nt.MaxIdleConnsPerHost = conns, max(conns, 2)
+	nt.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	ncfg.HttpClient = &http.Client{Transport: nt, Timeout: query.IdleWait + 2*query.Grace}
+	// NewClient applies TLSConfig only to a client it makes itself, so it is applied to this
+	// one here; as for Consul, the NOMAD_* variables were resolved by config.
+	n := cfg.Nomad
+	ncfg.TLSConfig = &nomadapi.TLSConfig{
+		CACert: n.CAFile, CAPath: n.CAPath, ClientCert: n.CertFile, ClientKey: n.KeyFile, TLSServerName: n.TLSServerName,
+	}
+	if err := nomadapi.ConfigureTLS(ncfg.HttpClient, ncfg.TLSConfig); err != nil {
+		return nil, nil, fmt.Errorf("nomad client TLS: %w", err)
+	}
 	if cfg.Nomad.Token != "" {
 		ncfg.SecretID = cfg.Nomad.Token
 	}

@@ -109,7 +109,8 @@ func (h HTTP) ReadsNeedToken() bool {
 }
 
 // Consul configures the Consul client. The token comes from token_file, token, or
-// CONSUL_HTTP_TOKEN, in that order; never from more than one of the first two.
+// CONSUL_HTTP_TOKEN, in that order; never from more than one of the first two. TLS is on with an
+// https:// address, or an address without a scheme and CONSUL_HTTP_SSL=true.
 type Consul struct {
 	Address   string `hcl:"address,optional"`
 	Token     string `hcl:"token,optional" json:"-"`
@@ -117,18 +118,33 @@ type Consul struct {
 	// Service names the Consul service this daemon runs as (registered by Nomad with
 	// enable_tag_override): slotd keeps a "leader" or "standby" tag on its own instance.
 	Service string `hcl:"service,optional"`
+	// CAFile, CAPath (a folder of CA certificates), CertFile and KeyFile (a client
+	// certificate and its key) and TLSServerName: each left out comes from its CONSUL_* variable (see consulTLS).
+	CAFile        string `hcl:"ca_file,optional"`
+	CAPath        string `hcl:"ca_path,optional"`
+	CertFile      string `hcl:"cert_file,optional"`
+	KeyFile       string `hcl:"key_file,optional"`
+	TLSServerName string `hcl:"tls_server_name,optional"`
 
 	// Range is where the block is declared, for messages; zero when it was left out.
 	Range hcl.Range `hcl:",def_range"`
 }
 
 // Nomad configures the Nomad client. The token comes from token_file, token, or NOMAD_TOKEN.
+// TLS is on with an https:// address.
 type Nomad struct {
 	Address   string `hcl:"address,optional"`
 	Token     string `hcl:"token,optional" json:"-"`
 	TokenFile string `hcl:"token_file,optional"`
 	Region    string `hcl:"region,optional"`
 	Namespace string `hcl:"namespace,optional"`
+	// CAFile, CAPath (a folder of CA certificates), CertFile and KeyFile (a client
+	// certificate and its key) and TLSServerName: each left out comes from its NOMAD_* variable (see nomadTLS).
+	CAFile        string `hcl:"ca_file,optional"`
+	CAPath        string `hcl:"ca_path,optional"`
+	CertFile      string `hcl:"cert_file,optional"`
+	KeyFile       string `hcl:"key_file,optional"`
+	TLSServerName string `hcl:"tls_server_name,optional"`
 
 	// Range is where the block is declared, for messages; zero when it was left out.
 	Range hcl.Range `hcl:",def_range"`

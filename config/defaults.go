@@ -19,7 +19,7 @@ const maxSecretSize = 64 << 10
 var errNotRegular = errors.New("not a regular file")
 
 // Default returns the configuration of a daemon without declarations: every default filled in,
-// no sites. Tokens from the environment are read by Load and Parse, not here.
+// no sites. Tokens and TLS settings from the environment are read by Load and Parse, not here.
 func Default() *Config {
 	return &Config{
 		LogLevel:     DefaultLogLevel,
@@ -63,6 +63,8 @@ func (b *builder) completeConsul(c *Consul) {
 		c.Address = DefaultConsulAddress
 	}
 	c.TokenFile, c.Token = b.token(c.Range, "consul", c.TokenFile, c.Token, "CONSUL_HTTP_TOKEN")
+	b.consulScheme(c)
+	b.completeTLS(consulTLS(c))
 }
 
 func (b *builder) completeNomad(n *Nomad) {
@@ -70,6 +72,7 @@ func (b *builder) completeNomad(n *Nomad) {
 		n.Address = DefaultNomadAddress
 	}
 	n.TokenFile, n.Token = b.token(n.Range, "nomad", n.TokenFile, n.Token, "NOMAD_TOKEN")
+	b.completeTLS(nomadTLS(n))
 }
 
 // token picks a client's token: from token_file, else token, else the environment variable env.

@@ -30,11 +30,19 @@ func writeDir(t testing.TB, files map[string]string) string {
 	return dir
 }
 
-// clearTokenEnv makes the client tokens independent of the environment the tests run in.
+// clearTokenEnv makes the client tokens and TLS settings independent of the environment the
+// tests run in.
 func clearTokenEnv(t *testing.T) {
 	t.Helper()
 	t.Setenv("CONSUL_HTTP_TOKEN", "")
 	t.Setenv("NOMAD_TOKEN", "")
+	t.Setenv(envConsulSSL, "")
+	cfg := Default()
+	for _, c := range []clientTLS{consulTLS(&cfg.Consul), nomadTLS(&cfg.Nomad)} {
+		for _, s := range append(c.files(), c.sni) {
+			t.Setenv(s.env, "")
+		}
+	}
 }
 
 // requireDiagnostics asserts that err lists problems and returns them.

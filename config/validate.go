@@ -95,6 +95,8 @@ func (b *builder) validateDaemon() {
 		b.errorf(b.src.attrRange(c.Nomad.Range, "address"), "Invalid address",
 			"nomad address %q is not a URL of the Nomad API; write it like %q.", c.Nomad.Address, DefaultNomadAddress)
 	}
+	b.checkTLS(consulTLS(&c.Consul))
+	b.checkTLS(nomadTLS(&c.Nomad))
 }
 
 func validPort(port string) bool {
