@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -195,6 +196,9 @@ func (e *Engine) DeleteSetting(name, slot, key string) (api.Settings, error) {
 	return set, err
 }
 
+// settingRetries is how often a settings write is tried again after another won the race.
+const settingRetries = 20
+
 // changeSetting applies a change to one slot's settings documents, check-and-set against the
 // documents as read, retrying on a race. change edits the values it is given (copies) and
 // returns the documents by kind.
@@ -218,7 +222,10 @@ func (e *Engine) changeSetting(name, slot string, change func(*store.SlotState) 
 			ops = append(ops, e.store.DocOps(name, slot, kind, old[kind], values)...)
 		}
 		_, err = e.store.Txn(ops)
-		if errors.Is(err, store.ErrConflict) && attempt < 5 {
+		if errors.Is(err, store.ErrConflict) && attempt < settingRetries {
+			// Another write of the slot's documents won: read them again, after a pause
+			// that grows and spreads the writers that lost, so a burst of writes lands.
+			time.Sleep(time.Duration(rand.Int64N(int64(attempt+1) * int64(10*time.Millisecond))))
 			continue
 		}
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 
 	"github.com/slotd/slotd/agent/lanes"
+	"github.com/slotd/slotd/agent/query"
 	"github.com/slotd/slotd/agent/store"
 	"github.com/slotd/slotd/api"
 	"github.com/slotd/slotd/config"
@@ -35,7 +36,10 @@ const groupJoinWait = 5 * time.Minute
 // group's) and its members.
 type groupRun struct {
 	*run
-	name string
+	// id and name never change: read them, not run.op, from other goroutines.
+	id, name string
+	// released is set once every part has its verdict (release).
+	released bool
 
 	mu      sync.Mutex
 	members []*member // as the group operation lists them
@@ -78,7 +82,7 @@ func (e *Engine) activeGroup(name string) *groupRun {
 
 // newGroupRun registers a group operation's run; e.groupsMu is held.
 func (e *Engine) newGroupRun(op *api.Operation, lead context.Context) *groupRun {
-	g := &groupRun{run: e.newRun(nil, lead, op), name: op.Group, joined: make(chan struct{})}
+	g := &groupRun{run: e.newRun(nil, lead, op), id: op.ID, name: op.Group, joined: make(chan struct{})}
 	g.historyLimit = e.groupHistoryLimit()
 	for _, m := range op.Members {
 		g.members = append(g.members, &member{site: m.Site, opID: m.Operation, result: make(chan error, 1)})
@@ -91,10 +95,21 @@ func (e *Engine) newGroupRun(op *api.Operation, lead context.Context) *groupRun 
 func (e *Engine) runGroup(g *groupRun) {
 	g.execute(g.carryOut)
 	e.groupsMu.Lock()
-	delete(e.groupRuns, g.op.ID)
+	delete(e.groupRuns, g.id)
 	e.groupsMu.Unlock()
-	if g.op.Next != nil && !g.left {
+	switch {
+	case g.op.Next != nil && !g.left:
 		go e.startGroupNext(g.op, g.lead)
+	case g.left && g.lead.Err() == nil && !e.stopping():
+		// Left journaled while this daemon still leads (a read that failed): its parts may
+		// all have ended, so nothing adopts it but a look at the group's journal.
+		go func() {
+			if query.Sleep(g.lead, orphanCheck) == nil {
+				if err := e.leadGroup(g.lead, g.name); err != nil {
+					e.logger.Warn("cannot look at the group's journal", "group", g.name, "error", err)
+				}
+			}
+		}()
 	}
 }
 
@@ -106,12 +121,9 @@ func (e *Engine) memberOp(cfg *config.Site) opFunc {
 		if err != nil {
 			return err
 		}
-		select {
-		case err := <-m.result:
-			return err
-		case <-r.lead.Done():
-			return store.ErrStopping
-		}
+		// The group gives every part that joined a verdict, whatever happens to it (release):
+		// the part returns only then, so nothing writes its operation after.
+		return <-m.result
 	}
 }
 
@@ -204,6 +216,9 @@ func (g *groupRun) awaitMembers(ctx context.Context) error {
 	case <-g.joined:
 		return nil
 	case <-ctx.Done():
+		if g.lead.Err() == nil && !g.eng.stopping() {
+			return fmt.Errorf("%w while its parts started", errCancelled)
+		}
 		return store.ErrStopping
 	case <-t.C:
 		g.mu.Lock()
@@ -234,12 +249,18 @@ func (g *groupRun) present() []*member {
 
 // carryOut is the group operation: every member's part, phase after phase together. The parts
 // end before the group does, each with the group's verdict.
-func (g *groupRun) carryOut(ctx context.Context, _ *run) error {
+func (g *groupRun) carryOut(ctx context.Context, _ *run) (err error) {
+	defer func() {
+		if !g.released {
+			// A panic on the way (run.call recovers it): the parts end too.
+			g.release(errors.New("the group operation ended unexpectedly; see the daemon's log"))
+		}
+	}()
 	if err := g.awaitMembers(ctx); err != nil {
 		g.release(err)
 		return err
 	}
-	err := g.runPhases(ctx, g.present())
+	err = g.runPhases(ctx, g.present())
 	g.release(err)
 	return err
 }
@@ -247,6 +268,7 @@ func (g *groupRun) carryOut(ctx context.Context, _ *run) error {
 // release ends every part with the group's verdict; unless the group is left for the next
 // leader, it waits until they ended and notes their states in the group operation.
 func (g *groupRun) release(err error) {
+	g.released = true
 	leaving := errors.Is(err, store.ErrStopping) || errors.Is(err, errUndecided) || g.lead.Err() != nil
 	ms := g.present()
 	for _, m := range ms {
@@ -284,8 +306,13 @@ func (g *groupRun) runPhases(ctx context.Context, ms []*member) error {
 	if err := g.load(ctx, ms); err != nil {
 		return err
 	}
+	if g.recovered && ended(g.op) {
+		// Its outcome was decided, only not journaled as an end: it ends so again (a
+		// follow-up it journaled starts after).
+		return fmt.Errorf("%s", failure(g.op))
+	}
 	if !g.op.Switched {
-		if g.recovered && (len(ms) < len(g.members) || !forward(g.op)) {
+		if len(ms) < len(g.members) || g.recovered && !forward(g.op) {
 			return g.undoInterrupted(ctx, ms)
 		}
 		if g.preflightDue() {
@@ -322,8 +349,11 @@ func (g *groupRun) runPhases(ctx context.Context, ms []*member) error {
 				return g.undo(ms, err)
 			}
 		}
-		if err := g.beforeSwitch(ctx, ms); err != nil {
-			return g.undo(ms, err)
+		if sw := g.op.Phase(api.PhaseSwitch); sw == nil || sw.StartedAt == nil {
+			// Asked once: a switch taken over after make or break goes on without asking.
+			if err := g.beforeSwitch(ctx, ms); err != nil {
+				return g.undo(ms, err)
+			}
 		}
 		if err := g.phase(api.PhaseSwitch, api.StateSwitching, func() error {
 			return g.alongside(ms, api.PhaseSwitch, api.StateSwitching, func() error { return g.switchAll(ctx, ms) })
@@ -368,7 +398,7 @@ func (g *groupRun) load(ctx context.Context, ms []*member) error {
 			continue
 		}
 		m.w = &swap{run: m.r, cfg: m.cfg, source: source, target: target}
-		wg.Go(func() { errs[i] = m.w.load(ctx) })
+		wg.Go(func() { errs[i] = guard(func() error { return m.w.load(ctx) }) })
 	}
 	wg.Wait()
 	return memberErrors(ms, errs)
@@ -431,7 +461,7 @@ func (g *groupRun) each(ms []*member, name, state string, fn func(*member) error
 		if p := m.w.op.Phase(name); p == nil || p.State == api.PhaseSucceeded || p.State == api.PhaseSkipped {
 			continue
 		}
-		wg.Go(func() { errs[i] = m.w.phase(name, state, func() error { return fn(m) }) })
+		wg.Go(func() { errs[i] = guard(func() error { return m.w.phase(name, state, func() error { return fn(m) }) }) })
 	}
 	wg.Wait()
 	return memberErrors(ms, errs)
@@ -476,10 +506,31 @@ func side(ms []*member, fn func(i int, m *member) error) error {
 	errs := make([]error, len(ms))
 	var wg sync.WaitGroup
 	for i, m := range ms {
-		wg.Go(func() { errs[i] = fn(i, m) })
+		wg.Go(func() { errs[i] = guard(func() error { return fn(i, m) }) })
 	}
 	wg.Wait()
 	return memberErrors(ms, errs)
+}
+
+// guard runs fn, a member's part of a step on a goroutine of its own: a panic in it is that
+// member's error, not the end of the daemon.
+func guard(fn func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("slotd failed inside the operation (panic: %v); see the daemon's log", p)
+		}
+	}()
+	return fn()
+}
+
+// failure is what the failed or cancelled phase of op said.
+func failure(op *api.Operation) string {
+	for _, p := range op.Phases {
+		if p.State == api.PhaseFailed || p.State == api.PhaseCancelled {
+			return fmt.Sprintf("%s: %s", p.Name, p.Message)
+		}
+	}
+	return "ended"
 }
 
 // memberErrs is what went wrong with some members, each named by its site.
@@ -520,6 +571,7 @@ func memberErrors(ms []*member, errs []error) error {
 // beforeSwitch asks every member site's before-switch gate, side by side (a group swap; a
 // group rollback does not wait for them): any refusal leaves the group waiting previewing.
 func (g *groupRun) beforeSwitch(ctx context.Context, ms []*member) error {
+	g.op.Waiting = ""
 	if g.op.Kind != api.KindSwap {
 		return nil
 	}
@@ -687,9 +739,15 @@ func (g *groupRun) exchange(ctx context.Context, ms []*member, made, broken []la
 				next.Index = committed
 				resp = &consulapi.KVTxnResponse{}
 				for i, m := range ms {
-					cur, rerr := kv.RunningOperation(m.site)
-					if rerr == nil && cur != nil && cur.ID == m.opID {
-						xs[i].next.Index = cur.Index
+					for try := 1; try <= 5; try++ {
+						cur, rerr := kv.RunningOperation(m.site)
+						if rerr == nil && cur != nil && cur.ID == m.opID {
+							xs[i].next.Index = cur.Index
+							break
+						}
+						if query.Sleep(ctx, query.Backoff(try)) != nil {
+							break
+						}
 					}
 				}
 			}
@@ -761,6 +819,11 @@ func (g *groupRun) afterSwitch(ctx context.Context, ms []*member) error {
 	hold := g.holdFor(ms)
 	holdEnd := switchEnd.Add(hold)
 	h := &groupHolder{g: g, ctx: ctx, ms: ms}
+	for _, m := range ms {
+		// One release: when any member's site rolls back by itself, a degraded member rolls
+		// the whole group back.
+		h.auto = h.auto || m.cfg.Monitor != nil && m.cfg.Monitor.AutoRollback
+	}
 	if !succeeded(g.op, api.PhaseSettle) && !time.Now().Before(holdEnd) {
 		if err := g.phase(api.PhaseSettle, api.StateSettling, func() error { return h.settle(ctx) }); err != nil {
 			return err
@@ -811,8 +874,7 @@ type groupHolder struct {
 	ms   []*member
 	want []int
 
-	mu   sync.Mutex
-	auto bool // the member that degraded rolls back by itself
+	auto bool // any member's site rolls back by itself
 	p    pausedSet
 }
 
@@ -832,9 +894,6 @@ func (h *groupHolder) watch(ctx context.Context) error {
 					return m.w.watchAnalyses(ctx, h.g.name, h.p.tell(m.site), m.r, h.g.run)
 				})
 			if err != nil {
-				h.mu.Lock()
-				h.auto = mon.AutoRollback
-				h.mu.Unlock()
 				return fmt.Errorf("%s: %w", m.site, err)
 			}
 			return nil
@@ -844,6 +903,14 @@ func (h *groupHolder) watch(ctx context.Context) error {
 }
 
 func (h *groupHolder) paused() string { return h.p.any() }
+
+func (h *groupHolder) pauseStep() time.Duration {
+	cfgs := make([]*config.Site, len(h.ms))
+	for i, m := range h.ms {
+		cfgs[i] = m.cfg
+	}
+	return pauseStep(cfgs...)
+}
 
 func (h *groupHolder) settleHeld(ctx context.Context) error {
 	state := h.g.op.State
@@ -859,11 +926,7 @@ func (h *groupHolder) settle(ctx context.Context) error {
 	return h.g.each(h.ms, api.PhaseSettle, api.StateSettling, func(m *member) error { return m.w.settle(ctx) })
 }
 
-func (h *groupHolder) autoRollback() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.auto
-}
+func (h *groupHolder) autoRollback() bool { return h.auto }
 
 func (h *groupHolder) heldLanes() string {
 	lanes := make([]string, len(h.ms))

@@ -47,7 +47,7 @@ func (e *Engine) GroupStatus(ctx context.Context, name string) (*api.Group, erro
 	}
 	out := &api.Group{Name: g.Name, Sites: slices.Clone(g.Sites)}
 	if run := e.activeGroup(name); run != nil {
-		out.Operation = e.withParts(e.ops.get(run.op.ID))
+		out.Operation = e.withParts(e.ops.get(run.id))
 	} else {
 		op, err := e.store.RunningGroupOperation(name)
 		if err != nil {
@@ -84,7 +84,11 @@ func (e *Engine) GroupHistory(name string, limit int, before uint64) ([]api.Oper
 // operation; preview stops every member after apply.
 func (e *Engine) GroupSwap(name, source, target string, preview bool) (*api.Operation, error) {
 	op := &api.Operation{Kind: api.KindSwap, Trigger: "api", Source: source, Target: target, Preview: preview}
-	return e.startGroup(name, op, nil)
+	g := e.Group(name)
+	if g == nil {
+		return nil, fmt.Errorf("%w: no group %q", ErrNotFound, name)
+	}
+	return e.startGroup(name, g.Sites, op, nil)
 }
 
 // GroupRollback swaps back the group's last group swap on every member: the one monitoring or
@@ -99,21 +103,25 @@ func (e *Engine) GroupRollback(name string) (*api.Operation, error) {
 	}
 	var last *api.Operation
 	if g := e.activeGroup(name); g != nil {
-		cur := e.ops.get(g.op.ID)
+		cur := e.ops.get(g.id)
 		if cur == nil || !cur.Switched || (cur.State != api.StateMonitoring && cur.State != api.StateHolding) {
-			return nil, fmt.Errorf("%w: group operation %s of group %q is %s; roll back once it has switched", store.ErrBusy, g.op.ID, name, cur.State)
+			state := "starting"
+			if cur != nil {
+				state = cur.State
+			}
+			return nil, fmt.Errorf("%w: group operation %s of group %q is %s; roll back once it has switched", store.ErrBusy, g.id, name, state)
 		}
 		select {
 		case g.control <- ctlEndMonitor:
 		default:
-			return nil, fmt.Errorf("%w: group operation %s is already handling a request", store.ErrBusy, g.op.ID)
+			return nil, fmt.Errorf("%w: group operation %s is already handling a request", store.ErrBusy, g.id)
 		}
 		select {
 		case <-g.done:
 		case <-time.After(endMonitorWait):
-			return nil, fmt.Errorf("%w: the monitor of group operation %s did not end", store.ErrBusy, g.op.ID)
+			return nil, fmt.Errorf("%w: the monitor of group operation %s did not end", store.ErrBusy, g.id)
 		}
-		last = g.op
+		last = e.ops.get(g.id)
 	} else {
 		err := e.store.WalkGroupHistory(name, 0, store.HistoryKeeps(0), func(h *api.Operation) bool {
 			if (h.Kind == api.KindSwap || h.Kind == api.KindRollback) && h.Switched {
@@ -136,14 +144,18 @@ func (e *Engine) GroupRollback(name string) (*api.Operation, error) {
 // owners yet (microseconds): the start is tried again for a few seconds while they are busy.
 func (e *Engine) startRollbackOf(last *api.Operation, trigger string) (*api.Operation, error) {
 	op := &api.Operation{Kind: api.KindRollback, Trigger: trigger, Source: last.Source, Target: last.Target, RollbackOf: last.ID}
+	// The members of the swap rolled back, whatever the group declares now: each reverses its
+	// own part.
 	of := map[string]string{}
+	var sites []string
 	for _, m := range last.Members {
 		of[m.Site] = m.Operation
+		sites = append(sites, m.Site)
 	}
 	var err error
 	for attempt := 1; attempt <= 100; attempt++ {
 		var started *api.Operation
-		if started, err = e.startGroup(last.Group, op, of); err == nil {
+		if started, err = e.startGroup(last.Group, sites, op, of); err == nil {
 			return started, nil
 		}
 		if !errors.Is(err, store.ErrBusy) && !errors.Is(err, ErrStarting) {
@@ -158,6 +170,16 @@ func (e *Engine) startRollbackOf(last *api.Operation, trigger string) (*api.Oper
 // trying again while the leadership lasts and the members are not ready.
 func (e *Engine) startGroupNext(from *api.Operation, lead context.Context) {
 	for attempt := 1; lead.Err() == nil; attempt++ {
+		// Dropped once anything ran after it (a rollback by hand, a new swap): whoever
+		// started an operation since took over, as for a site's follow-up.
+		if last, err := e.store.GroupHistoryPage(from.Group, 1, 0); err == nil && (len(last) == 0 || last[0].ID != from.ID) {
+			e.logger.Warn("group follow-up dropped: another group operation ran after it", "group", from.Group, "after", from.ID)
+			return
+		}
+		if g := e.activeGroup(from.Group); g != nil {
+			e.logger.Warn("group follow-up dropped: another group operation runs", "group", from.Group, "after", from.ID, "op", g.id)
+			return
+		}
 		_, err := e.startRollbackOf(from, from.Next.Trigger)
 		if err == nil || errors.Is(err, ErrNotLeader) || errors.Is(err, store.ErrBadRequest) || errors.Is(err, ErrNotFound) {
 			if err != nil {
@@ -172,19 +194,15 @@ func (e *Engine) startGroupNext(from *api.Operation, lead context.Context) {
 	}
 }
 
-// startGroup starts a group operation: every member's part reserved with its site's owner,
-// then the group's journal entry and every part's in one transaction, then run. rollbackOf
-// maps a member site to the part a rollback reverses.
-func (e *Engine) startGroup(name string, gop *api.Operation, rollbackOf map[string]string) (*api.Operation, error) {
-	cfg := e.Group(name)
-	switch {
-	case cfg == nil:
-		return nil, fmt.Errorf("%w: no group %q", ErrNotFound, name)
-	case !e.Leading():
+// startGroup starts a group operation of members: every member's part reserved with its
+// site's owner, then the group's journal entry and every part's in one transaction, then run.
+// rollbackOf maps a member site to the part a rollback reverses.
+func (e *Engine) startGroup(name string, members []string, gop *api.Operation, rollbackOf map[string]string) (*api.Operation, error) {
+	if !e.Leading() {
 		return nil, ErrNotLeader
 	}
-	sites := make([]*site, len(cfg.Sites))
-	for i, n := range cfg.Sites {
+	sites := make([]*site, len(members))
+	for i, n := range members {
 		s := e.site(n)
 		if s == nil {
 			return nil, fmt.Errorf("%w: member %s of group %q is not a declared site", ErrNotFound, n, name)
@@ -196,7 +214,7 @@ func (e *Engine) startGroup(name string, gop *api.Operation, rollbackOf map[stri
 		sites[i] = s
 	}
 	if g := e.activeGroup(name); g != nil {
-		return nil, fmt.Errorf("%w: group %q runs group operation %s", store.ErrBusy, name, g.op.ID)
+		return nil, fmt.Errorf("%w: group %q runs group operation %s", store.ErrBusy, name, g.id)
 	}
 	if cur, err := e.store.RunningGroupOperation(name); err != nil {
 		return nil, err
@@ -250,11 +268,12 @@ func (e *Engine) startGroup(name string, gop *api.Operation, rollbackOf map[stri
 	e.groupsMu.Lock()
 	g := e.newGroupRun(gop, lead)
 	e.groupsMu.Unlock()
-	release(nil) // each site runs its part, which joins g
-	e.logger.Info("group operation started", "group", name, "op", gop.ID, "kind", gop.Kind, "members", fmt.Sprint(cfg.Sites))
+	e.tell(gop, evStarted, nil) // before it runs: the first of its events
+	release(nil)                // each site runs its part, which joins g
+	e.logger.Info("group operation started", "group", name, "op", gop.ID, "kind", gop.Kind, "members", fmt.Sprint(members))
+	started := e.ops.get(gop.ID)
 	go e.runGroup(g)
-	e.tell(gop, evStarted, nil)
-	return e.ops.get(gop.ID), nil
+	return started, nil
 }
 
 // journalGroup writes the journal entries of a group operation and its parts in one

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/slotd/slotd/agent/analysis"
 	"github.com/slotd/slotd/api"
@@ -95,12 +96,19 @@ func (w *swap) watchAnalyses(ctx context.Context, group string, paused func(bool
 	err := w.eng.analysis.Watch(ctx, as, w.judged(group), api.PhaseMonitor, w.recordIn(rec), paused)
 	var failed *analysis.Failed
 	if errors.As(err, &failed) {
-		for _, r := range rec {
-			r.eng.tell(r.op, evAnalysisFailed, nil)
-		}
+		tellLocked(rec, evAnalysisFailed)
 		return fmt.Errorf("%s: %w", w.target.Name, err)
 	}
 	return err
+}
+
+// tellLocked tells an event of each run's operation from a watch beside the run's others.
+func tellLocked(rec []*run, what string) {
+	for _, r := range rec {
+		r.watch.mu.Lock()
+		r.eng.tell(r.op, what, nil)
+		r.watch.mu.Unlock()
+	}
 }
 
 // checkAnalyses is the analysis before the switch, on the candidate (reached through its
@@ -114,9 +122,7 @@ func (w *swap) checkAnalyses(ctx context.Context, group string, rec ...*run) err
 	err := w.eng.analysis.Check(ctx, as, w.judged(group), api.PhaseWarm, w.recordIn(rec))
 	var failed *analysis.Failed
 	if errors.As(err, &failed) {
-		for _, r := range rec {
-			r.eng.tell(r.op, evAnalysisFailed, nil)
-		}
+		tellLocked(rec, evAnalysisFailed)
 		return fmt.Errorf("before the switch: %w", err)
 	}
 	return err
@@ -132,6 +138,18 @@ func (w *swap) recordIn(rec []*run) func(api.Measurement) {
 			r.measured(m)
 		}
 	}
+}
+
+// pauseStep is how long a watch of the site's analyses must run to evaluate each once: the
+// longest interval, the query's time, and a second.
+func pauseStep(cfgs ...*config.Site) time.Duration {
+	step := time.Second
+	for _, cfg := range cfgs {
+		for _, a := range analyses(cfg) {
+			step = max(step, a.Interval+analysis.MaxQueryTimeout+time.Second)
+		}
+	}
+	return step
 }
 
 // inconclusive reports whether err is only an analysis that measured nothing and says

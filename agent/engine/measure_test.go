@@ -141,14 +141,16 @@ func TestAnalysisBeforeTheSwitch(t *testing.T) {
 func TestAnalysisPausesTheWindow(t *testing.T) {
 	kv := storetest.New()
 	kvSlots(kv, false)
-	cfg, prom := analysed(t, "0.001", 300*time.Millisecond, false, config.InconclusivePause)
+	cfg, prom := analysed(t, "down", 3*time.Second, false, config.InconclusivePause)
 	cfg.Monitor.RollbackWindow = 0
+	// An interval longer than a second: each step of the paused window must be long enough
+	// for an evaluation (one interval after a watch starts).
+	cfg.Monitor.Analyses[0].Interval = 1200 * time.Millisecond
 	e, _, s := ownedSite(t, kv, cfg)
 	op, err := e.Swap("web", "staging", "production", false)
 	require.NoError(t, err)
 	waitState(t, e, op.ID, api.StateMonitoring)
-	prom.set("down")
-	time.Sleep(time.Second)
+	time.Sleep(4 * time.Second)
 	cur := e.ops.get(op.ID)
 	require.Equal(t, api.StateMonitoring, cur.State, "the window is over but the analysis measures nothing")
 	assert.Contains(t, cur.Phase(api.PhaseMonitor).Message, "waiting for analyses")

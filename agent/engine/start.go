@@ -137,7 +137,12 @@ func (s *site) reserve(req *startReq, reply chan<- answer) {
 		s.log.Warn("follow-up dropped: a group operation starts first", "follow_up", s.next.Next.Kind, "after", s.next.ID, "group", req.op.Group)
 		s.next = nil
 	}
-	s.takeGroupHeld() // the group's next operation moves the held lane itself
+	if held := s.takeGroupHeld(); held != nil && !touchesHeld(req.op, held.Source) {
+		// Left held for a group operation that does not move that lane: its part settles
+		// it first, as a site's own operation would.
+		req.phases = append([]string{api.PhaseSettleHeld}, req.phases...)
+		req.fn = s.eng.settleFirst(s.cfg, held, req.fn)
+	}
 	s.prepare(req)
 	c := *req.op
 	reply <- answer{&c, nil}

@@ -83,8 +83,12 @@ func (w *swap) runPhases(ctx context.Context) error {
 				return w.undo(err)
 			}
 		}
-		if err := w.beforeSwitch(ctx); err != nil {
-			return w.undo(err)
+		if sw := w.op.Phase(api.PhaseSwitch); sw == nil || sw.StartedAt == nil {
+			// Asked once: a switch taken over after make or break goes on without asking
+			// (and an undo then would take the target's routes off both lanes).
+			if err := w.beforeSwitch(ctx); err != nil {
+				return w.undo(err)
+			}
 		}
 		if err := w.phase(api.PhaseSwitch, api.StateSwitching, func() error { return w.switchSlots(ctx) }); err != nil {
 			return err
@@ -187,6 +191,7 @@ func (w *swap) preview(ctx context.Context) error {
 // it): when the gate refuses or does not answer in time, the swap waits previewing, with the
 // reason in Waiting, until it is completed (it goes on) or cancelled (undone).
 func (w *swap) beforeSwitch(ctx context.Context) error {
+	w.op.Waiting = "" // a swap taken over while it waited asks again
 	if w.op.Kind != api.KindSwap {
 		return nil
 	}
@@ -481,8 +486,10 @@ type holder interface {
 	heldLanes() string
 	// stateIs tells of a new state of the operation (monitoring or holding).
 	stateIs(state string)
-	// paused names the analyses that pause on "inconclusive" and measure nothing now.
+	// paused names the analyses that pause on "inconclusive" and measure nothing now;
+	// pauseStep is long enough for each of them to evaluate once.
 	paused() string
+	pauseStep() time.Duration
 }
 
 // monitorAndHold runs until both the monitor window and the hold are over. What ends them
@@ -502,6 +509,11 @@ func (r *run) monitorAndHold(ctx context.Context, h holder, monEnd, holdEnd, sta
 			continue
 		}
 		paused := h.paused()
+		if paused != "" && !time.Now().Before(monEnd.Add(monEnd.Sub(started))) {
+			// Paused as long as the window itself: the window ends, and says so.
+			r.note(api.PhaseMonitor, fmt.Sprintf("window ended while analyses of %s measured nothing for as long as the window (on_inconclusive = \"pause\"); no automatic rollback", paused))
+			paused = ""
+		}
 		if msg := fmt.Sprintf("window over; waiting for analyses of %s: inconclusive (on_inconclusive = \"pause\")", paused); watching && paused != "" &&
 			!time.Now().Before(monEnd) && r.op.Phase(api.PhaseMonitor).Message != msg {
 			r.note(api.PhaseMonitor, msg)
@@ -513,8 +525,9 @@ func (r *run) monitorAndHold(ctx context.Context, h holder, monEnd, holdEnd, sta
 		deadline, state := holdEnd, api.StateHolding
 		if watching && !time.Now().Before(monEnd) {
 			// The window is over, but an analysis that pauses on "inconclusive" measures
-			// nothing: the window goes on until it measures again (or a cancel ends it).
-			deadline, state = time.Now().Add(time.Second), api.StateMonitoring
+			// nothing: the window goes on until it measures again, a step at a time long
+			// enough for an evaluation (a cancel ends it).
+			deadline, state = time.Now().Add(h.pauseStep()), api.StateMonitoring
 		}
 		if watching && time.Now().Before(monEnd) {
 			deadline, state = monEnd, api.StateMonitoring
@@ -585,6 +598,7 @@ func (h swapHolder) watch(ctx context.Context) error {
 		func(ctx context.Context) error { return h.w.watchAnalyses(ctx, "", h.p.tell(h.w.cfg.Name), h.w.run) })
 }
 func (h swapHolder) paused() string                       { return h.p.any() }
+func (h swapHolder) pauseStep() time.Duration             { return pauseStep(h.w.cfg) }
 func (h swapHolder) settleHeld(ctx context.Context) error { return h.w.settleDuringMonitor(ctx) }
 func (h swapHolder) autoRollback() bool                   { return h.m.AutoRollback }
 func (h swapHolder) heldLanes() string                    { return "lane " + h.w.tgtLane }
