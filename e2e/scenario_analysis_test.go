@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -521,11 +522,17 @@ func TestNotifyAndGate(t *testing.T) {
 			"swap.switched", "swap.phase_ended switch"}
 		require.GreaterOrEqual(t, len(names), len(want)+1)
 		assert.Equal(t, want, names[:len(want)], "the events in the order they happened")
-		var ended []string
+		// Phases end in the order they happened, not as listed: settle ends within the monitor.
+		var phases []api.Phase
 		for _, p := range swap.Phases {
 			if p.EndedAt != nil && p.State != api.PhaseSkipped {
-				ended = append(ended, "swap.phase_ended "+p.Name)
+				phases = append(phases, p)
 			}
+		}
+		slices.SortStableFunc(phases, func(a, b api.Phase) int { return a.EndedAt.Compare(*b.EndedAt) })
+		var ended []string
+		for _, p := range phases {
+			ended = append(ended, "swap.phase_ended "+p.Name)
 		}
 		var told []string
 		for _, n := range names {
