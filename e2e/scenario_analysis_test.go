@@ -308,16 +308,20 @@ func TestAnalysisInconclusive(t *testing.T) {
 		interval = 2 * time.Second
 	)
 	own := stack.StartPrometheus(t)
-	monitor := func(rule string) string {
+	// "pause" holds nothing (rollback_window 0: the former lane is settled before the window
+	// starts), so past the window the swap only monitors; "fail" holds, so its rollback is a
+	// switch.
+	monitor := func(rule, hold string) string {
 		return fmt.Sprintf(`window = %q
+    rollback_window = %q
     auto_rollback = true
-    `, window) + analysisHCL("errors", own.URL, errorRateQuery, fmt.Sprintf(`max = 0.01
+    `, window, hold) + analysisHCL("errors", own.URL, errorRateQuery, fmt.Sprintf(`max = 0.01
       interval = %q
       failures = 2
       on_inconclusive = %q`, interval, rule))
 	}
-	pause := newSite(func(s *siteSpec) { s.monitor = monitor("pause") })
-	fail := newSite(func(s *siteSpec) { s.monitor = monitor("fail") })
+	pause := newSite(func(s *siteSpec) { s.monitor = monitor("pause", "0s") })
+	fail := newSite(func(s *siteSpec) { s.monitor = monitor("fail", "5m") })
 	d := startDaemonSites(t, stack, pause, fail)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -377,11 +381,36 @@ func TestAnalysisInconclusive(t *testing.T) {
 	// Prometheus answers again: the analysis measures, passes, and the swap ends.
 	require.NoError(t, own.Restart(ctx))
 	restartedAt := time.Now()
+	// What the analysis' query gives now, asked directly: Prometheus answers it.
+	judged := strings.TrimPrefix(lanes[pause.name]["staging"], pause.name+"-")
+	query := strings.NewReplacer("{{.Site}}", pause.name, "{{.Lane}}", judged).Replace(errorRateQuery)
+	WaitFor(t, 30*time.Second, "the restarted Prometheus to answer the analysis' query", func() (bool, string) {
+		v, err := PromQuery(ctx, own.URL, query)
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(v) == 1, v.String()
+	})
+	t.Logf("the restarted Prometheus answers the analysis' query %s after the restart", time.Since(restartedAt).Round(time.Millisecond))
 	rctx, rcancel := context.WithTimeout(ctx, time.Minute)
 	defer rcancel()
-	op, err = d.client.Follow(rctx, op, func(o *api.Operation) bool { return api.Terminal(o.State) }, nil)
-	require.NoError(t, err, "the swap %s did not end within a minute of Prometheus answering again (last seen %s, monitor %q)%s",
-		op.ID, op.State, op.Phase(api.PhaseMonitor).Message, measurements(op))
+	ended, err := d.client.Follow(rctx, op, func(o *api.Operation) bool { return api.Terminal(o.State) }, nil)
+	if !assert.NoError(t, err, "the swap %s did not end within a minute of Prometheus answering again", op.ID) {
+		op, err = d.client.Operation(ctx, op.ID, 0)
+		require.NoError(t, err)
+		t.Logf("%s (pause) still %s %s after Prometheus came back, monitor %q; no measurement since the window ended:%s",
+			pause.name, op.State, time.Since(restartedAt).Round(time.Second), op.Phase(api.PhaseMonitor).Message, measurements(op))
+		// What a user does then: cancel, which ends the monitor early.
+		_, err = d.client.Cancel(ctx, op.ID)
+		require.NoError(t, err)
+		op = waitTerminal(ctx, t, d, op)
+		t.Logf("%s (pause) cancelled: %s %s, monitor %q", pause.name, op.State, phaseTimes(op), op.Phase(api.PhaseMonitor).Message)
+		assert.Equal(t, api.StateSucceeded, op.State, op.Error)
+		assert.Contains(t, op.Phase(api.PhaseMonitor).Message, "ended early")
+		assertNoRollback(ctx, t, d, pause.name)
+		return
+	}
+	op = ended
 	t.Logf("%s (pause) swap %s %s after Prometheus came back: %s%s", pause.name, op.State, time.Since(restartedAt).Round(time.Millisecond), phaseTimes(op), measurements(op))
 	assert.Equal(t, api.StateSucceeded, op.State, op.Error)
 	n = len(op.Measurements)
