@@ -42,6 +42,8 @@ type siteSpec struct {
 	settings map[string]map[string]string
 	sticky   map[string]map[string]string
 	slots    string // raw HCL of further slot blocks inside the site block
+	// gate, when set, is the body of the site's gate "before-switch" block.
+	gate string
 	// scale declares the scale of production or staging, by slot name, as written in HCL:
 	// `{ app = 3 }` or `"live"`.
 	scale map[string]string
@@ -147,6 +149,10 @@ func (s siteSpec) siteHCL(t testing.TB, job string) string {
 	if s.previousTags {
 		previous = fmt.Sprintf("previous_tags = [\"urlprefix-%s/\"]", s.previous("production"))
 	}
+	gate := ""
+	if s.gate != "" {
+		gate = "gate \"before-switch\" {\n    " + s.gate + "\n  }"
+	}
 	historyLimit := ""
 	if s.historyLimit != 0 {
 		historyLimit = fmt.Sprintf("history_limit = %d", s.historyLimit)
@@ -164,6 +170,7 @@ site %[1]q {
     %[4]s
   }
   %[5]s
+  %[17]s
   slot "production" {
     tags         = ["urlprefix-%[1]s-production.test/"]
     preview_tags = ["urlprefix-%[1]s-production-preview.test/"]
@@ -184,7 +191,7 @@ site %[1]q {
 `, s.name, job, vb.String(), warmup, monitor, autoSwap,
 		declared(s.settings, "production", "FEATURE", "prod-feature"), declared(s.sticky, "production", "DB", "prod-db"),
 		declared(s.settings, "staging", "FEATURE", "staging-feature"), declared(s.sticky, "staging", "DB", "staging-db"),
-		s.slots, historyLimit, hclList(s.sensitiveVars), scale("production"), scale("staging"), previous)
+		s.slots, historyLimit, hclList(s.sensitiveVars), scale("production"), scale("staging"), previous, gate)
 }
 
 // hclList renders strings as an HCL list.

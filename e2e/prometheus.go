@@ -45,6 +45,9 @@ type Prometheus struct {
 	URL  string // "http://127.0.0.1:PORT"
 	Dir  string // its config, data and log
 	proc *process
+	// launch starts the server (again) with its config, data and address, and waits until it
+	// is ready.
+	launch func(ctx context.Context) (*process, error)
 }
 
 // sharedPrometheus is the stack's own Prometheus, started by the first Prometheus call.
@@ -105,6 +108,21 @@ func (p *Prometheus) Stop() error {
 	return p.proc.stop(agentGrace)
 }
 
+// Restart starts a stopped Prometheus again on the same address, with its config and the data
+// it had kept, and waits until it is ready: what an analysis sees of a Prometheus that comes
+// back. The port may have been taken meanwhile; the error then says so.
+func (p *Prometheus) Restart(ctx context.Context) error {
+	if ok, _ := p.proc.exited(); !ok {
+		return fmt.Errorf("restart %s: it is still running", p.proc.name)
+	}
+	proc, err := p.launch(ctx)
+	if err != nil {
+		return fmt.Errorf("restart %s on %s: %w", p.proc.name, p.URL, err)
+	}
+	p.proc = proc
+	return nil
+}
+
 // startPrometheus writes the config of a Prometheus named name (its folder and log are
 // <Dir>/<name>), starts it with start and waits until it is ready and has scraped Fabio.
 func (s *Stack) startPrometheus(ctx context.Context, name string, start func(name, bin string, args ...string) (*process, error)) (*Prometheus, error) {
@@ -131,23 +149,39 @@ func (s *Stack) startPrometheus(ctx context.Context, name string, start func(nam
 		return nil, err
 	}
 	p := &Prometheus{URL: "http://" + addr(port), Dir: dir}
-	p.proc, err = start(name, bin,
-		"--config.file="+file,
-		"--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+addr(port),
-		"--log.level=warn",
-	)
-	if err != nil {
+	p.launch = func(ctx context.Context) (*process, error) {
+		proc, err := start(name, bin,
+			"--config.file="+file,
+			"--storage.tsdb.path="+filepath.Join(dir, "data"),
+			"--web.listen-address="+addr(port),
+			"--log.level=warn",
+		)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.promReady(ctx, proc, p.URL); err != nil {
+			_ = proc.stop(agentGrace)
+			return nil, err
+		}
+		return proc, nil
+	}
+	if p.proc, err = p.launch(ctx); err != nil {
 		return nil, err
 	}
+	return p, nil
+}
+
+// promReady waits until the Prometheus at url answers /-/ready and, when the stack runs Fabio,
+// has scraped it.
+func (s *Stack) promReady(ctx context.Context, proc *process, url string) error {
 	what := "prometheus to answer /-/ready"
 	if s.FabioMetricsAddr != "" {
 		what += " and to have scraped fabio"
 	}
-	err = s.ready(ctx, p.proc, promReadyTimeout, what, func() (bool, string) {
+	return s.ready(ctx, proc, promReadyTimeout, what, func() (bool, string) {
 		qctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
-		req, _ := http.NewRequestWithContext(qctx, http.MethodGet, p.URL+"/-/ready", nil)
+		req, _ := http.NewRequestWithContext(qctx, http.MethodGet, url+"/-/ready", nil)
 		resp, err := promClient.Do(req)
 		if err != nil {
 			return false, err.Error()
@@ -159,17 +193,12 @@ func (s *Stack) startPrometheus(ctx context.Context, name string, start func(nam
 		if s.FabioMetricsAddr == "" {
 			return true, ""
 		}
-		up, err := PromQuery(qctx, p.URL, `up{job="`+PromJobFabio+`"}`)
+		up, err := PromQuery(qctx, url, `up{job="`+PromJobFabio+`"}`)
 		if err != nil {
 			return false, err.Error()
 		}
 		return len(up) == 1 && up[0].Value == 1, "up{job=fabio}: " + up.String()
 	})
-	if err != nil {
-		_ = p.Stop()
-		return nil, err
-	}
-	return p, nil
 }
 
 // promConfig is the Prometheus configuration: every PromScrapeInterval, Fabio's metrics and
