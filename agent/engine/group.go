@@ -783,22 +783,6 @@ func (g *groupRun) rereadJournals(ms []*member) error {
 	return nil
 }
 
-// endTakenOverSwitch ends the switch of a group operation whose daemon stopped after the
-// exchange (swap.endTakenOverSwitch).
-func (g *groupRun) endTakenOverSwitch() error {
-	p := g.op.Phase(api.PhaseSwitch)
-	if p == nil {
-		return nil
-	}
-	now := time.Now().UTC()
-	if p.StartedAt == nil {
-		p.StartedAt = &now
-	}
-	p.State, p.EndedAt = api.PhaseSucceeded, &now
-	p.Message = strings.TrimPrefix(p.Message+"; taken over after the exchange", "; ")
-	return g.journal()
-}
-
 // holdFor is how long the group holds its members' former target lanes: the longest rollback
 // window of a member whose lane is held.
 func (g *groupRun) holdFor(ms []*member) time.Duration {

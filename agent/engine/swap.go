@@ -101,11 +101,11 @@ func (w *swap) runPhases(ctx context.Context) error {
 	return w.afterSwitch(ctx)
 }
 
-// endTakenOverSwitch ends the switch of a swap whose daemon stopped after the exchange but
-// before the phase's end reached the journal. Make and break come before the exchange, so
-// routing is done; the switch ends now, and the hold and the monitor count from here.
-func (w *swap) endTakenOverSwitch() error {
-	p := w.op.Phase(api.PhaseSwitch)
+// endTakenOverSwitch ends the switch of a swap (or group operation) whose daemon stopped after
+// the exchange but before the phase's end reached the journal. Make and break come before the
+// exchange, so routing is done; the switch ends now, and the hold and the monitor count from here.
+func (r *run) endTakenOverSwitch() error {
+	p := r.op.Phase(api.PhaseSwitch)
 	if p == nil {
 		return nil
 	}
@@ -115,7 +115,7 @@ func (w *swap) endTakenOverSwitch() error {
 	}
 	p.State, p.EndedAt = api.PhaseSucceeded, &now
 	p.Message = strings.TrimPrefix(p.Message+"; taken over after the exchange", "; ")
-	return w.journal()
+	return r.journal()
 }
 
 // skipHeld marks a phase that an instant swap does not need.

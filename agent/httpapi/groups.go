@@ -43,15 +43,7 @@ func orNone(names []string) string {
 
 func (s *Server) groups(*http.Request) (prepared, error) {
 	return answer(http.StatusOK, func(ctx context.Context) ([]api.Group, error) {
-		out := []api.Group{}
-		for _, name := range s.b.GroupNames() {
-			g, err := s.b.GroupStatus(ctx, name)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, *g)
-		}
-		return out, nil
+		return readAll(ctx, s.b.GroupNames(), s.b.GroupStatus)
 	}), nil
 }
 

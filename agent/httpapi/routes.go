@@ -55,16 +55,23 @@ func slotOf(cfg *config.Site, name string) (*config.Slot, error) {
 
 func (s *Server) sites(*http.Request) (prepared, error) {
 	return answer(http.StatusOK, func(ctx context.Context) ([]api.Site, error) {
-		out := []api.Site{}
-		for _, name := range s.b.SiteNames() {
-			view, err := s.b.Status(ctx, name, false)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, *view)
-		}
-		return out, nil
+		return readAll(ctx, s.b.SiteNames(), func(ctx context.Context, name string) (*api.Site, error) {
+			return s.b.Status(ctx, name, false)
+		})
 	}), nil
+}
+
+// readAll reads each of names with read, in order: a list answer.
+func readAll[T any](ctx context.Context, names []string, read func(context.Context, string) (*T, error)) ([]T, error) {
+	out := []T{}
+	for _, name := range names {
+		v, err := read(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *v)
+	}
+	return out, nil
 }
 
 func (s *Server) site(r *http.Request) (prepared, error) {
